@@ -1,0 +1,245 @@
+"""Saving and loading KeyDNN artifacts.
+
+Writing is atomic (``keydnn.atomic``): with a sidecar, both files are fully
+written and fsynced as temp files before either is renamed into place, the
+sidecar first. Reading validates in layers — file, JSON, format and version,
+schema, tensor bytes and checksums, then the graph with the IR verifier — and
+turns every failure into one ``ArtifactError`` that says which layer failed.
+
+The JSON is indented by one space, in the schema's field order, ASCII only,
+with each base64 string on a single line: the same graph always gives the
+same bytes, a diff of two artifacts is readable line by line, and the
+indentation costs little next to the weight data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence, Union
+
+import numpy as np
+import pydantic
+from pydantic import ValidationError
+
+import keydnn
+from keydnn.atomic import stage_bytes
+from keydnn.backends.artifact.codec import SidecarBuilder, decode_all, encode_base64, sha256_hex
+from keydnn.backends.artifact.format import (
+    FORMAT, FORMAT_VERSION, ArtifactFile, Interface, SidecarRef, Verification,
+)
+from keydnn.backends.artifact.reader import (
+    MAX_FILE_BYTES, check_version, describe_validation_error, read_json_document, read_sidecar,
+)
+from keydnn.errors import ArtifactError, IRError
+from keydnn.ir.graph import Graph
+from keydnn.ir.verify import verify
+
+__all__ = [
+    "LoadedArtifact", "save_artifact", "load_artifact", "read_artifact_header", "sidecar_path", "interface_of",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True)
+class LoadedArtifact:
+    """A loaded, fully checked artifact; ``graph`` has its weights attached."""
+
+    graph: Graph
+    producer: dict[str, Any]
+    interface: dict[str, Any]
+    pipeline: list[str]
+    layers: list[dict[str, Any]]
+    verification: dict[str, Any] | None
+    path: Path
+    version: int = FORMAT_VERSION
+
+
+def sidecar_path(path: PathLike) -> Path:
+    """Where ``save_artifact(..., sidecar=True)`` puts the weights: ``<stem>.weights.bin`` beside it."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.weights.bin")
+
+
+def interface_of(graph: Graph) -> Interface:
+    """The external interface recorded in the file: the graph's input and output types."""
+    def entry(name: str, typ: Any) -> dict[str, Any]:
+        if typ is None:
+            raise ArtifactError(f"graph value %{name} has no type; run infer-shapes before saving")
+        return {"name": name, "shape": list(typ.shape), "dtype": typ.dtype, "layout": typ.layout}
+
+    return Interface(
+        inputs=[entry(v.name, v.type) for v in graph.inputs],
+        outputs=[entry(n, t) for n, t in zip(graph.outputs, graph.output_types())],
+    )
+
+
+def _producer(source: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {
+        "keydnn": keydnn.__version__, "python": platform.python_version(), "numpy": np.__version__,
+        "pydantic": pydantic.VERSION, "source": None if source is None else dict(source),
+    }
+
+
+def _as_arrays(value: Any) -> list[np.ndarray]:
+    if isinstance(value, np.ndarray):
+        return [value]
+    return [np.asarray(v) for v in value]
+
+
+def _check_samples(kind: str, arrays: Sequence[np.ndarray], spec: Sequence[Any], where: str = "") -> None:
+    if len(arrays) != len(spec):
+        raise ArtifactError(f"{where}verification has {len(arrays)} {kind}s but the graph has {len(spec)}")
+    for arr, io_spec in zip(arrays, spec):
+        shape_ok = len(arr.shape) == len(io_spec.shape) and all(
+            isinstance(d, str) or d == s for d, s in zip(io_spec.shape, arr.shape)
+        )
+        if not shape_ok:
+            raise ArtifactError(
+                f"{where}verification {kind} {io_spec.name!r} has shape {list(arr.shape)}, "
+                f"the graph expects {io_spec.shape}"
+            )
+
+
+def _encode_verification(verification: Mapping[str, Any], interface: Interface, encode: Any) -> Verification:
+    unknown = set(verification) - {"inputs", "outputs", "rtol", "atol", "source"}
+    if unknown:
+        raise ArtifactError(f"unknown verification keys {sorted(unknown)}")
+    inputs, outputs = _as_arrays(verification["inputs"]), _as_arrays(verification["outputs"])
+    _check_samples("input", inputs, interface.inputs)
+    _check_samples("output", outputs, interface.outputs)
+    return Verification(
+        inputs=[encode(spec.name, a) for spec, a in zip(interface.inputs, inputs)],
+        outputs=[encode(spec.name, a) for spec, a in zip(interface.outputs, outputs)],
+        rtol=float(verification.get("rtol", 1e-4)), atol=float(verification.get("atol", 1e-5)),
+        source=verification.get("source", "keras"),
+    )
+
+
+def _dumps(doc: ArtifactFile, path: Path) -> bytes:
+    try:
+        text = json.dumps(doc.model_dump(mode="json"), indent=1, ensure_ascii=True, allow_nan=False)
+    except ValueError as exc:  # inf / nan in an op attribute: JSON cannot hold it, and null would change meaning
+        raise ArtifactError(f"cannot save {path}: the graph holds a number JSON cannot represent ({exc})") from None
+    return (text + "\n").encode("ascii")
+
+
+def save_artifact(
+    path: PathLike,
+    graph: Graph,
+    *,
+    pipeline: Sequence[str],
+    layers: Sequence[Mapping[str, Any]],
+    source: Mapping[str, Any] | None = None,
+    verification: Mapping[str, Any] | None = None,
+    sidecar: bool = False,
+) -> Path:
+    """Write ``graph`` and its weights as an artifact; nothing changes on disk unless it all succeeds."""
+    path = Path(path)
+    verify(graph, require_types=True)
+    builder = SidecarBuilder() if sidecar else None
+    encode = builder.add if builder is not None else encode_base64
+    side = sidecar_path(path)
+    try:
+        interface = interface_of(graph)
+        weights = [encode(c.name, graph.weights[c.name]) for c in graph.constants]
+        checks = None if verification is None else _encode_verification(verification, interface, encode)
+        blob = builder.getvalue() if builder is not None else None
+        doc = ArtifactFile(
+            format=FORMAT, version=FORMAT_VERSION, producer=_producer(source), interface=interface,
+            pipeline=list(pipeline), layers=[dict(layer) for layer in layers], graph=graph,
+            weights=weights, verification=checks,
+            sidecar=None if blob is None else SidecarRef(file=side.name, sha256=sha256_hex(blob), nbytes=len(blob)),
+        )
+    except ValidationError as exc:
+        raise ArtifactError(f"cannot save {path}:\n{describe_validation_error(exc)}") from None
+    data = _dumps(doc, path)
+    if len(data) > MAX_FILE_BYTES:
+        raise ArtifactError(f"cannot save {path}: {len(data)} bytes exceeds the {MAX_FILE_BYTES}-byte limit")
+    with contextlib.ExitStack() as stack:  # stage everything, then publish sidecar first
+        staged = [] if blob is None else [stack.enter_context(stage_bytes(side, blob))]
+        staged.append(stack.enter_context(stage_bytes(path, data)))
+        for item in staged:
+            item.commit()
+    logger.debug("saved artifact %s (%d bytes, sidecar %s)", path, len(data), None if blob is None else len(blob))
+    return path
+
+
+def read_artifact_header(path: PathLike) -> dict[str, Any]:
+    """The parsed top level of a keydnn artifact (version not checked); ArtifactError otherwise.
+
+    A Keras ``.h5``/``.keras`` file is rejected from its first bytes, so the CLI
+    can use this to decide which loader a path needs.
+    """
+    return read_json_document(Path(path))
+
+
+def _attach_weights(path: Path, doc: ArtifactFile, arrays: dict[str, np.ndarray]) -> Graph:
+    constants = {c.name: c for c in doc.graph.constants}
+    missing, extra = sorted(set(constants) - set(arrays)), sorted(set(arrays) - set(constants))
+    if missing or extra:
+        raise ArtifactError(
+            f"{path}: weights do not match the graph's constants: missing {missing}, unexpected {extra}"
+        )
+    for name, const in constants.items():
+        arr = arrays[name]
+        if list(arr.shape) != list(const.type.shape) or arr.dtype.name != const.type.dtype:
+            raise ArtifactError(
+                f"{path}: weight {name!r} is {arr.dtype.name}{list(arr.shape)} "
+                f"but the graph's constant is {const.type}"
+            )
+    try:
+        graph = doc.graph.with_weights(arrays)
+        verify(graph, require_types=True)
+    except IRError as exc:
+        raise ArtifactError(f"{path}: the graph is invalid: {exc}") from None
+    except ValueError as exc:
+        raise ArtifactError(f"{path}: the weights do not match the graph: {exc}") from None
+    return graph
+
+
+def load_artifact(path: PathLike) -> LoadedArtifact:
+    """Load and check an artifact; every problem is an ``ArtifactError`` naming what is wrong."""
+    path = Path(path)
+    data = read_json_document(path)
+    version = check_version(path, data)
+    try:
+        doc = ArtifactFile.model_validate(data)
+    except ValidationError as exc:
+        problems = describe_validation_error(exc)
+        raise ArtifactError(f"{path}: does not match the artifact schema:\n{problems}") from None
+    del data
+    blob = None if doc.sidecar is None else read_sidecar(path, doc.sidecar)
+    arrays = dict(zip((w.name for w in doc.weights), decode_all(doc.weights, blob, "weight")))
+    graph = _attach_weights(path, doc, arrays)
+    if doc.interface != interface_of(graph):
+        raise ArtifactError(f"{path}: the recorded interface does not match the graph's inputs and outputs")
+    checks = None
+    if doc.verification is not None:
+        v = doc.verification
+        checks = {
+            "inputs": decode_all(v.inputs, blob, "verification input"),
+            "outputs": decode_all(v.outputs, blob, "verification output"),
+            "rtol": v.rtol, "atol": v.atol, "source": v.source,
+        }
+        _check_samples("input", checks["inputs"], doc.interface.inputs, f"{path}: ")
+        _check_samples("output", checks["outputs"], doc.interface.outputs, f"{path}: ")
+    if doc.sidecar is not None and sha256_hex(blob) != doc.sidecar.sha256:  # type: ignore[arg-type]
+        raise ArtifactError(
+            f"{path}: sidecar {doc.sidecar.file} failed its SHA-256 check: the file was modified or corrupted"
+        )
+    logger.debug("loaded artifact %s (format version %d)", path, version)
+    return LoadedArtifact(
+        graph=graph, producer=doc.producer.model_dump(mode="json"),
+        interface=doc.interface.model_dump(mode="json"), pipeline=list(doc.pipeline),
+        layers=[r.model_dump(mode="json") for r in doc.layers],
+        verification=checks, path=path, version=version,
+    )

@@ -1,0 +1,155 @@
+"""Reading an artifact's JSON safely: bounded size, strict JSON, clear errors.
+
+Split from ``io`` so the CLI can tell an artifact from a Keras file (which
+starts with HDF5 or ZIP magic) by reading a few bytes, and so every way a file
+can be unreadable maps to one ``ArtifactError`` that says which way it is.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from keydnn.backends.artifact.format import FORMAT, FORMAT_VERSION, SidecarRef
+from keydnn.errors import ArtifactError
+
+__all__ = ["MAX_FILE_BYTES", "read_json_document", "check_version", "read_sidecar", "describe_validation_error"]
+
+#: Refuse larger files before reading them (4 GiB of tensors is ~5.4 GiB as base64).
+MAX_FILE_BYTES = 8 * 2**30
+_SNIFF_BYTES = 64
+
+
+def _open_checked(path: Path) -> None:
+    """Check that ``path`` is a regular file within the size bound."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ArtifactError(f"{path}: not a regular file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise ArtifactError(f"{path}: file is {st.st_size} bytes, larger than the {MAX_FILE_BYTES}-byte limit")
+
+
+def _read(path: Path, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(limit)
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _sniff(path: Path) -> None:
+    """Reject non-JSON files (HDF5, ZIP, ...) from their first bytes, without reading them whole."""
+    head = _read(path, _SNIFF_BYTES).lstrip(b" \t\r\n")
+    if not head:
+        raise ArtifactError(f"{path}: file is empty")
+    if not head.startswith(b"{"):
+        raise ArtifactError(f"{path}: not a keydnn artifact (not a JSON object)")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ArtifactError(f"duplicate key {key!r} in a JSON object")
+        out[key] = value
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise ArtifactError(f"{name} is not valid JSON")
+
+
+def _parse(path: Path, raw: bytes) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ArtifactError(f"{path}: not a keydnn artifact (not UTF-8 text at byte {exc.start})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(
+            f"{path}: truncated or malformed JSON at line {exc.lineno} col {exc.colno} ({exc.msg})"
+        ) from None
+    except ArtifactError as exc:
+        raise ArtifactError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise ArtifactError(f"{path}: JSON is nested too deeply") from None
+
+
+def read_json_document(path: Path) -> dict[str, Any]:
+    """The parsed top level of ``path`` if it is JSON carrying ``format: keydnn-artifact``."""
+    _open_checked(path)
+    _sniff(path)
+    raw = _read(path, MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:  # grew since stat
+        raise ArtifactError(f"{path}: file is larger than the {MAX_FILE_BYTES}-byte limit")
+    data = _parse(path, raw)
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path}: not a keydnn artifact (top level is not a JSON object)")
+    if "format" not in data:
+        raise ArtifactError(f"{path}: JSON but not a keydnn artifact (no 'format' field)")
+    if data["format"] != FORMAT:
+        raise ArtifactError(
+            f"{path}: JSON but not a keydnn artifact (format is {data['format']!r}, expected {FORMAT!r})"
+        )
+    return data
+
+
+def check_version(path: Path, data: dict[str, Any]) -> int:
+    """The file's format version, if this keydnn can read it; checked before the schema."""
+    if "version" not in data:
+        raise ArtifactError(f"{path}: artifact has no 'version' field")
+    version = data["version"]
+    if type(version) is not int:
+        raise ArtifactError(
+            f"{path}: artifact format version must be an integer, got {version!r} ({type(version).__name__})"
+        )
+    if version < 1:
+        raise ArtifactError(f"{path}: artifact format version {version} is invalid (versions start at 1)")
+    if version > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: artifact format version {version} is newer than this keydnn supports "
+            f"({FORMAT_VERSION}); upgrade keydnn"
+        )
+    return version
+
+
+def read_sidecar(path: Path, ref: SidecarRef) -> bytes:
+    """The sidecar's bytes, if it exists and has exactly the recorded length."""
+    side = path.parent / ref.file
+    try:
+        with open(side, "rb") as fh:
+            blob = fh.read(ref.nbytes + 1)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: its sidecar {side} is missing") from None
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read its sidecar {side}: {exc.strerror or exc}") from None
+    if len(blob) != ref.nbytes:
+        state = "truncated" if len(blob) < ref.nbytes else "longer than recorded"
+        raise ArtifactError(f"{path}: sidecar {side} is {state}: expected {ref.nbytes} bytes")
+    return blob
+
+
+def _location(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def describe_validation_error(exc: ValidationError, limit: int = 12) -> str:
+    """One line per schema violation, with its location in the file; values are not echoed."""
+    errors = exc.errors(include_url=False, include_input=False)
+    lines = [f"  - {_location(tuple(e['loc']))}: {e['msg']}" for e in errors[:limit]]
+    if len(errors) > limit:
+        lines.append(f"  - ... and {len(errors) - limit} more")
+    return "\n".join(lines)

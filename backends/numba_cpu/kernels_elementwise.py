@@ -1,0 +1,206 @@
+"""Elementwise kernels (relu, named activations), softmax, and the fused-epilogue encoding.
+
+An activation is encoded once at compile time as an integer code plus four
+float parameters, so that one compiled kernel (per dtype) serves every
+function and conv/dense can apply it as a fused epilogue without a Python
+round trip. Scalars are computed in float64 and rounded on store, which keeps
+float32 results within an ulp or two of the float64 reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, Optional, Sequence
+
+import numba
+import numpy as np
+from numba import prange
+
+from keydnn.backends.numba_cpu.lowering import (
+    JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, Unsupported, register_kernel,
+)
+from keydnn.ir.ops.base import OpBase, normalize_axis
+
+__all__ = [
+    "ACTIVATION_CODES", "Epilogue", "NO_EPILOGUE", "encode_activation", "activate_range",
+    "activate_parallel", "softmax_kernel",
+]
+
+logger = logging.getLogger(__name__)
+
+#: (code, p0, p1, p2, p3): what a kernel needs to apply one activation.
+Epilogue = tuple[int, float, float, float, float]
+
+LINEAR, RELU0, RELU, SIGMOID, TANH, SOFTPLUS, SOFTSIGN, ELU, SELU = 0, 1, 2, 3, 4, 5, 6, 7, 8
+GELU, GELU_TANH, SWISH, EXPONENTIAL, HARD_SIGMOID, HARD_SIGMOID_K2 = 9, 10, 11, 12, 13, 14
+
+#: Activation function name (ir.ops.ACTIVATION_FUNCTIONS) -> kernel code.
+ACTIVATION_CODES: dict[str, int] = {
+    "linear": LINEAR, "sigmoid": SIGMOID, "tanh": TANH, "softplus": SOFTPLUS, "softsign": SOFTSIGN,
+    "elu": ELU, "selu": SELU, "gelu": GELU, "gelu_tanh": GELU_TANH, "swish": SWISH,
+    "exponential": EXPONENTIAL, "hard_sigmoid": HARD_SIGMOID, "hard_sigmoid_k2": HARD_SIGMOID_K2,
+}
+
+NO_EPILOGUE: Epilogue = (LINEAR, 0.0, 0.0, 0.0, 0.0)
+
+_SELU_ALPHA = 1.6732632423543772
+_SELU_SCALE = 1.0507009873554805
+_SQRT_HALF = 1.0 / math.sqrt(2.0)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _encode_relu(op: OpBase) -> Epilogue:
+    if op.max_value is None and op.negative_slope == 0.0 and op.threshold == 0.0:
+        return (RELU0, 0.0, 0.0, 0.0, 0.0)
+    has_max = op.max_value is not None
+    return (RELU, float(op.threshold), float(op.max_value or 0.0), 1.0 if has_max else 0.0,
+            float(op.negative_slope))
+
+
+def _encode_function(op: OpBase) -> Epilogue:
+    code = ACTIVATION_CODES.get(op.function)
+    if code is None:
+        raise Unsupported(f"activation function {op.function!r} has no numba-cpu kernel; "
+                          f"supported: {', '.join(sorted(ACTIVATION_CODES))}")
+    return (code, float(op.alpha), 0.0, 0.0, 0.0)
+
+
+_ENCODERS: dict[str, Callable[[OpBase], Epilogue]] = {"relu": _encode_relu, "activation": _encode_function}
+
+
+def encode_activation(op: Optional[OpBase]) -> Epilogue:
+    """Encode a relu/activation op (standalone or a fused epilogue) for the kernels."""
+    if op is None:
+        return NO_EPILOGUE
+    encoder = _ENCODERS.get(op.kind)
+    if encoder is None:
+        raise Unsupported(f"{op.kind} cannot be a fused epilogue; supported: {', '.join(_ENCODERS)}")
+    return encoder(op)
+
+
+@numba.njit(**JIT_OPTIONS)
+def _act_scalar(v, code, p0, p1, p2, p3):
+    """One activation in float64; mirrors keydnn.ir.reference term by term."""
+    if code == RELU:
+        y = v if v > p0 else 0.0
+        if p2 != 0.0:
+            y = min(max(y, 0.0), p1)
+        if p3 != 0.0:
+            y -= p3 * max(p0 - v, 0.0)
+        return y
+    if code == SIGMOID:
+        return 1.0 / (1.0 + math.exp(-v))
+    if code == TANH:
+        return math.tanh(v)
+    if code == SOFTPLUS:
+        return max(v, 0.0) + math.log1p(math.exp(-abs(v)))
+    if code == SOFTSIGN:
+        return v / (1.0 + abs(v))
+    if code == ELU:
+        return v if v > 0.0 else p0 * math.expm1(min(v, 0.0))
+    if code == SELU:
+        return _SELU_SCALE * (v if v > 0.0 else _SELU_ALPHA * math.expm1(min(v, 0.0)))
+    if code == GELU:
+        return 0.5 * v * (1.0 + math.erf(v * _SQRT_HALF))
+    if code == GELU_TANH:
+        return 0.5 * v * (1.0 + math.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)))
+    if code == SWISH:
+        return v / (1.0 + math.exp(-v))
+    if code == EXPONENTIAL:
+        return math.exp(v)
+    if code == HARD_SIGMOID:
+        return min(max(v / 6.0 + 0.5, 0.0), 1.0)
+    if code == HARD_SIGMOID_K2:
+        return min(max(0.2 * v + 0.5, 0.0), 1.0)
+    if code == RELU0:
+        return v if v > 0.0 else 0.0
+    return v
+
+
+@numba.njit(**JIT_OPTIONS)
+def activate_range(x, out, lo, hi, code, p0, p1, p2, p3):
+    """out[lo:hi] = act(x[lo:hi]) on flat arrays; ``out`` may be ``x``. Plain relu gets its own loop."""
+    if code == RELU0:
+        for i in range(lo, hi):
+            v = x[i]
+            out[i] = v if v > 0.0 else 0.0
+    else:
+        for i in range(lo, hi):
+            out[i] = _act_scalar(np.float64(x[i]), code, p0, p1, p2, p3)
+
+
+_CHUNK = 1 << 14
+
+
+@numba.njit(**PARALLEL_JIT_OPTIONS)
+def activate_parallel(x, out, code, p0, p1, p2, p3):
+    """Elementwise activation of a flat array, split into chunks across threads."""
+    n = x.size
+    chunks = (n + _CHUNK - 1) // _CHUNK
+    for c in prange(chunks):
+        activate_range(x, out, c * _CHUNK, min(n, (c + 1) * _CHUNK), code, p0, p1, p2, p3)
+
+
+@numba.njit(**JIT_OPTIONS)
+def softmax_lane(x, out, o, i):
+    """Softmax of x[o, :, i]; max-subtracted, float64 sum; ``out`` may be ``x``."""
+    length = x.shape[1]
+    m = -np.inf
+    for k in range(length):
+        m = max(m, np.float64(x[o, k, i]))
+    s = 0.0
+    for k in range(length):
+        s += math.exp(np.float64(x[o, k, i]) - m)
+    inv = 1.0 / s
+    for k in range(length):
+        out[o, k, i] = math.exp(np.float64(x[o, k, i]) - m) * inv
+
+
+@numba.njit(**JIT_OPTIONS)
+def softmax_lanes(x, out, lo, hi):
+    inner = x.shape[2]
+    for t in range(lo, hi):
+        softmax_lane(x, out, t // inner, t % inner)
+
+
+_LANES = 256
+
+
+@numba.njit(**PARALLEL_JIT_OPTIONS)
+def softmax_kernel(x, out):
+    """Softmax over axis 1 of an (outer, L, inner) view, in blocks of lanes per task."""
+    lanes = x.shape[0] * x.shape[2]
+    for blk in prange((lanes + _LANES - 1) // _LANES):
+        softmax_lanes(x, out, blk * _LANES, min(lanes, (blk + 1) * _LANES))
+
+
+def _elementwise(ctx: LowerContext, act: Epilogue) -> LoweredOp:
+    code, p0, p1, p2, p3 = act
+
+    def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
+        activate_parallel(inputs[0].reshape(-1), out.reshape(-1), code, p0, p1, p2, p3)
+        return out
+
+    return LoweredOp(run=run, inplace=True, description=f"activate code={code}")
+
+
+@register_kernel("relu", "activation")
+def lower_activation(ctx: LowerContext) -> LoweredOp:
+    """Standalone relu or named activation: one elementwise pass, may run in place."""
+    return _elementwise(ctx, encode_activation(ctx.node.op))
+
+
+@register_kernel("softmax")
+def lower_softmax(ctx: LowerContext) -> LoweredOp:
+    """Softmax on any axis: view the tensor as (outer, axis, inner) so one kernel serves all."""
+    shape = ctx.in_types[0].shape
+    axis = normalize_axis(ctx.node.op.axis, len(shape))
+
+    def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
+        x = inputs[0]
+        view = (math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1:]))
+        softmax_kernel(x.reshape(view), out.reshape(view))
+        return out
+
+    return LoweredOp(run=run, inplace=True, description=f"softmax axis={axis}")

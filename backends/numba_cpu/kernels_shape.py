@@ -1,0 +1,82 @@
+"""Data-movement ops: flatten and reshape are free views; transpose gathers into a buffer.
+
+Every buffer the executor hands out is C-contiguous, so a row-major reshape
+never copies. Transpose is the one op here that moves bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import numba
+import numpy as np
+from numba import prange
+
+from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, register_kernel
+
+__all__ = ["transpose_kernel"]
+
+logger = logging.getLogger(__name__)
+
+
+@numba.njit(**JIT_OPTIONS)
+def transpose_rows(x, out, out_shape, src_strides, lo, hi):
+    """Output rows lo..hi (rows = all axes but the last) gathered from the flat input."""
+    rank = out_shape.size
+    inner = out_shape[rank - 1]
+    step = src_strides[rank - 1]
+    for t in range(lo, hi):
+        rem = t
+        src = 0
+        for k in range(rank - 2, -1, -1):
+            src += (rem % out_shape[k]) * src_strides[k]
+            rem //= out_shape[k]
+        base = t * inner
+        for j in range(inner):
+            out[base + j] = x[src + j * step]
+
+
+_ROWS = 64
+
+
+@numba.njit(**PARALLEL_JIT_OPTIONS)
+def transpose_kernel(x, out, out_shape, src_strides):
+    """Any-rank permutation on flat arrays: ``src_strides[k]`` is the input stride of output axis k."""
+    inner = out_shape[out_shape.size - 1]
+    if out.size == 0:
+        return
+    rows = out.size // inner
+    for blk in prange((rows + _ROWS - 1) // _ROWS):
+        transpose_rows(x, out, out_shape, src_strides, blk * _ROWS, min(rows, (blk + 1) * _ROWS))
+
+
+@register_kernel("flatten")
+def lower_flatten(ctx: LowerContext) -> LoweredOp:
+    def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
+        return inputs[0].reshape(inputs[0].shape[0], -1)
+
+    return LoweredOp(run=run, allocates=False, description="flatten (view)")
+
+
+@register_kernel("reshape")
+def lower_reshape(ctx: LowerContext) -> LoweredOp:
+    target = tuple(ctx.node.op.shape)
+
+    def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
+        return inputs[0].reshape((inputs[0].shape[0],) + target)
+
+    return LoweredOp(run=run, allocates=False, description=f"reshape {list(target)} (view)")
+
+
+@register_kernel("transpose")
+def lower_transpose(ctx: LowerContext) -> LoweredOp:
+    perm = tuple(ctx.node.op.perm)
+
+    def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
+        x = inputs[0]
+        strides = np.array(x.strides, dtype=np.int64) // x.itemsize
+        transpose_kernel(x.reshape(-1), out.reshape(-1), np.array(out.shape, dtype=np.int64), strides[list(perm)])
+        return out
+
+    return LoweredOp(run=run, description=f"transpose {list(perm)}")

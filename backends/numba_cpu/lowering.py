@@ -1,0 +1,111 @@
+"""The kernel table of the numba-cpu backend and what a lowering returns.
+
+A *lowering* turns one IR node into a ``LoweredOp``: attributes decoded and
+constant weights cast and laid out once, at compile time, so that a call only
+moves activations. The executor dispatches through ``KERNELS`` (op kind ->
+lowering) and never on op classes by hand; a new op adds one entry here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from keydnn.errors import BackendError
+from keydnn.ir.graph import Node
+from keydnn.ir.types import TensorType
+
+__all__ = [
+    "JIT_OPTIONS", "PARALLEL_JIT_OPTIONS", "KERNELS", "LoweredOp", "LowerContext", "Lowering",
+    "Unsupported", "register_kernel", "require_nchw",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Every kernel: cached on disk (a second process does not recompile), releases the GIL
+#: (concurrent callers run in parallel) and uses NumPy's float error model (no
+#: ZeroDivisionError checks that would block vectorization).
+JIT_OPTIONS: dict = {"cache": True, "nogil": True, "error_model": "numpy"}
+PARALLEL_JIT_OPTIONS: dict = {**JIT_OPTIONS, "parallel": True}
+
+#: (inputs, out) -> result. ``out`` is the preallocated, C-contiguous output buffer
+#: (``None`` when the op does not allocate); the result is ``out`` or a view.
+RunFn = Callable[[Sequence[np.ndarray], Optional[np.ndarray]], np.ndarray]
+
+
+class Unsupported(BackendError):
+    """A lowering cannot handle this node; the executor adds the node's name."""
+
+
+@dataclass(frozen=True)
+class LoweredOp:
+    """One node bound to its kernel, attributes and weights.
+
+    ``allocates`` is False for ops that return a view of their first operand
+    (flatten, reshape); ``inplace`` marks elementwise kernels that may write
+    over their first operand when it is dead afterwards.
+    """
+
+    run: RunFn
+    allocates: bool = True
+    inplace: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class LowerContext:
+    """What a lowering may read: the node's operand and result types, and the weights."""
+
+    node: Node
+    in_types: tuple[TensorType, ...]
+    out_type: TensorType
+    weights: Mapping[str, np.ndarray]
+    _cache: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.out_type.np_dtype
+
+    def constant(self, position: int) -> Optional[np.ndarray]:
+        """Operand ``position`` as a private, writable, C-contiguous array in the result dtype.
+
+        A private copy keeps the kernels' argument types uniform (numba types
+        read-only arrays separately, which would mean another compile) and
+        isolates the executable from whoever else holds the weights.
+        """
+        if position >= len(self.node.inputs):
+            return None
+        name = self.node.inputs[position]
+        if name not in self.weights:
+            raise Unsupported(f"operand {position} (%{name}) must be a constant weight")
+        return np.array(self.weights[name], dtype=self.dtype, order="C", copy=True)
+
+
+Lowering = Callable[[LowerContext], LoweredOp]
+
+#: op kind -> lowering. Filled by the kernel modules through ``register_kernel``.
+KERNELS: dict[str, Lowering] = {}
+
+
+def register_kernel(*kinds: str) -> Callable[[Lowering], Lowering]:
+    """Register a lowering for one or more op kinds."""
+
+    def register(fn: Lowering) -> Lowering:
+        for kind in kinds:
+            KERNELS[kind] = fn
+        return fn
+
+    return register
+
+
+def require_nchw(ctx: LowerContext) -> None:
+    """Kernels are channels-first only; layout is canonicalized by a pass, not here."""
+    layout = getattr(ctx.node.op, "layout", "NCHW")
+    if layout != "NCHW":
+        raise Unsupported(
+            f"{ctx.node.op.kind} with layout {layout} is not supported by numba-cpu "
+            "(kernels are NCHW); run the canonicalize-layout pass first"
+        )

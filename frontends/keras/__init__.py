@@ -1,0 +1,46 @@
+"""Keras frontend: read Sequential models (files without TensorFlow, or live objects) and lower them to IR."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from keydnn.frontends.keras import convert_core as _convert_core  # noqa: F401  (registers converters)
+from keydnn.frontends.keras.lower import FrontendResult, lower_model
+from keydnn.frontends.keras.registry import CONVERTERS, ConversionOptions, LayerContext, register_converter
+
+__all__ = [
+    "CONVERTERS", "ConversionOptions", "FrontendResult", "LayerContext", "register_converter",
+    "load_spec", "convert",
+]
+
+
+def load_spec(model_or_path: Any):
+    """Read a path (``.keras`` / ``.h5``) or a live model into a ``ModelSpec``."""
+    from keydnn.frontends.keras.reader import read_keras_file, read_live_model
+    from keydnn.frontends.keras.spec import ModelSpec
+
+    if isinstance(model_or_path, ModelSpec):
+        return model_or_path
+    if isinstance(model_or_path, (str, os.PathLike)):
+        return read_keras_file(model_or_path)
+    return read_live_model(model_or_path)
+
+
+def _keras_major(spec) -> int:
+    """Keras 2 and 3 disagree on some activations (hard_sigmoid); tell which wrote the model."""
+    version = (spec.keras_version or "").split(".")[0]
+    if version.isdigit():
+        return int(version)
+    return 2 if spec.source_format in ("keras2-h5", "live-tf_keras") else 3
+
+
+def convert(model_or_path: Any, options: ConversionOptions) -> FrontendResult:
+    spec = load_spec(model_or_path)
+    major = _keras_major(spec)
+    options = ConversionOptions(dtype=options.dtype, allow_non_linear_activation=options.allow_non_linear_activation,
+                                strict=options.strict, keras_major=major)
+    result = lower_model(spec, options)
+    if isinstance(model_or_path, (str, os.PathLike)):
+        result.source["path_name"] = os.path.basename(os.fspath(model_or_path))
+    return result

@@ -1,0 +1,55 @@
+"""The closed set of IR ops, as one discriminated union keyed by ``kind``.
+
+Adding an op: write its class (attributes + ``infer``) in the module of its
+family, add it to ``Op`` below, then give it a reference kernel
+(``keydnn.ir.reference``), a layout rule (``keydnn.ir.passes.layout_rules``)
+and a backend kernel. Nothing else dispatches on op classes by hand.
+
+Families: ``nn`` (conv2d, dense, windowed pools), ``spatial`` (pad2d, crop2d,
+upsample2d, global_max_pool2d), ``norm`` (batch_norm, scale_shift),
+``elementwise`` (relu, prelu, softmax, activation), ``shape`` (flatten,
+reshape, transpose, expand_dims, squeeze, opaque). 1-D layers are 2-D ops
+between ``expand_dims`` and ``squeeze``; see ``keydnn.ir.ops.shape``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from keydnn.ir.ops.base import OpBase, ShapeError
+from keydnn.ir.ops.elementwise import ACTIVATION_FUNCTIONS, Activation, PRelu, Relu, Softmax
+from keydnn.ir.ops.nn import AvgPool2d, Conv2d, Dense, Epilogue, GlobalAvgPool2d, MaxPool2d
+from keydnn.ir.ops.norm import BatchNorm, ScaleShift
+from keydnn.ir.ops.shape import ExpandDims, Flatten, Opaque, Reshape, Squeeze, Transpose
+from keydnn.ir.ops.spatial import Crop2d, GlobalMaxPool2d, Pad2d, Upsample2d
+
+__all__ = [
+    "Op", "OpBase", "ShapeError", "OP_CLASSES", "Epilogue", "ACTIVATION_FUNCTIONS",
+    "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Dense", "Flatten", "Reshape",
+    "Transpose", "Relu", "Softmax", "Activation", "Opaque",
+    "BatchNorm", "ScaleShift", "PRelu", "Pad2d", "Crop2d", "Upsample2d", "GlobalMaxPool2d",
+    "ExpandDims", "Squeeze",
+]
+
+_CLASSES = (
+    Conv2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Dense, Flatten, Reshape, Transpose,
+    Relu, Softmax, Activation, Opaque,
+    BatchNorm, ScaleShift, PRelu, Pad2d, Crop2d, Upsample2d, GlobalMaxPool2d, ExpandDims, Squeeze,
+)
+
+Op = Annotated[
+    Union[
+        Conv2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Dense, Flatten, Reshape, Transpose,
+        Relu, Softmax, Activation, Opaque,
+        BatchNorm, ScaleShift, PRelu, Pad2d, Crop2d, Upsample2d, GlobalMaxPool2d, ExpandDims, Squeeze,
+    ],
+    Field(discriminator="kind"),
+]
+
+#: kind -> op class, for tables keyed by op kind.
+OP_CLASSES: dict[str, type[OpBase]] = {
+    cls.model_fields["kind"].default: cls  # type: ignore[misc]
+    for cls in _CLASSES
+}

@@ -1,0 +1,110 @@
+"""Elementwise and normalizing activations: relu family, prelu, softmax, named functions."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal, Optional
+
+from pydantic import field_validator
+
+from keydnn.ir.ops.base import OpBase, ShapeError, dim_eq, normalize_axis
+from keydnn.ir.types import TensorType
+
+__all__ = ["Relu", "PRelu", "Softmax", "Activation", "ACTIVATION_FUNCTIONS"]
+
+
+class Relu(OpBase):
+    """Keras ReLU: ``clip(x * (x > threshold), 0, max_value) - negative_slope * relu(threshold - x)``."""
+
+    kind: Literal["relu"] = "relu"
+    max_value: Optional[float] = None
+    negative_slope: float = 0.0
+    threshold: float = 0.0
+
+    @field_validator("max_value")
+    @classmethod
+    def _max_ok(cls, v: Optional[float]) -> Optional[float]:
+        if v is not None and not v >= 0:
+            raise ValueError(f"max_value must be >= 0, got {v}")
+        return v
+
+    @field_validator("negative_slope")
+    @classmethod
+    def _slope_ok(cls, v: float) -> float:
+        if not v >= 0:
+            raise ValueError(f"negative_slope must be >= 0, got {v}")
+        return v
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        return inputs[0]
+
+
+class PRelu(OpBase):
+    """Keras PReLU: ``y = max(x, 0) + alpha * min(x, 0)`` with a learned constant ``alpha``.
+
+    ``alpha`` is a scalar (shape ``()`` or ``(1,)``) or has the rank of one sample
+    (``x.rank - 1``) and broadcasts over ``x.shape[1:]`` without growing it: Keras stores it with the
+    sample's shape, with size 1 on its ``shared_axes``. It is laid out in the
+    same axis order as ``x`` (so ``canonicalize-layout`` permutes it with ``x``).
+    """
+
+    kind: Literal["prelu"] = "prelu"
+
+    operands: ClassVar[tuple[str, ...]] = ("x", "alpha")
+    constant_operands: ClassVar[tuple[str, ...]] = ("alpha",)
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        x, alpha = inputs[0], inputs[1]
+        sample = x.shape[1:]
+        ok = alpha.shape in ((), (1,)) or (
+            alpha.rank == len(sample) and all(a == 1 or dim_eq(a, s) for a, s in zip(alpha.shape, sample))
+        )
+        if not ok:
+            raise ShapeError(f"prelu alpha {alpha} does not broadcast to the sample shape {list(sample)}")
+        return x
+
+
+class Softmax(OpBase):
+    """Softmax along one axis, computed with the max subtracted for stability."""
+
+    kind: Literal["softmax"] = "softmax"
+    axis: int = -1
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        normalize_axis(self.axis, inputs[0].rank)
+        return inputs[0]
+
+
+#: Named elementwise functions, with their meaning (the reference kernels implement each).
+ACTIVATION_FUNCTIONS: dict[str, str] = {
+    "linear": "x",
+    "sigmoid": "1 / (1 + exp(-x))",
+    "tanh": "tanh(x)",
+    "softplus": "log(1 + exp(x))",
+    "softsign": "x / (1 + |x|)",
+    "elu": "x if x > 0 else alpha * (exp(x) - 1)",
+    "selu": "scale * elu(x, alpha) with the SELU constants",
+    "gelu": "x * Phi(x) (exact, erf)",
+    "gelu_tanh": "tanh approximation of gelu",
+    "swish": "x * sigmoid(x)",
+    "exponential": "exp(x)",
+    "hard_sigmoid": "clip(x / 6 + 0.5, 0, 1) (Keras 3)",
+    "hard_sigmoid_k2": "clip(0.2 * x + 0.5, 0, 1) (Keras 2)",
+}
+
+ActivationFunction = Literal[
+    "linear", "sigmoid", "tanh", "softplus", "softsign", "elu", "selu", "gelu",
+    "gelu_tanh", "swish", "exponential", "hard_sigmoid", "hard_sigmoid_k2",
+]
+
+
+class Activation(OpBase):
+    """A named elementwise function; ``alpha`` parameterizes elu."""
+
+    kind: Literal["activation"] = "activation"
+    function: ActivationFunction
+    alpha: float = 1.0
+
+    operands: ClassVar[tuple[str, ...]] = ("x",)
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        return inputs[0]

@@ -1,0 +1,96 @@
+"""The two entry points: ``from_keras`` (convert) and ``load`` (read an artifact)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from keydnn.device import DeviceLike, parse_device
+from keydnn.errors import KerasInteropError
+from keydnn.ir.passes import DEFAULT_PIPELINE, Pass, PassManager
+from keydnn.runtime import Sequential
+
+__all__ = ["from_keras", "load", "normalize_dtype"]
+
+logger = logging.getLogger(__name__)
+
+
+def normalize_dtype(dtype: Any) -> str:
+    """np.float32 / "float32" / np.dtype -> the IR dtype name; refuse what we cannot compute in."""
+    try:
+        name = np.dtype(dtype).name
+    except TypeError as exc:
+        raise ValueError(f"unknown dtype {dtype!r}; supported: float32, float64") from exc
+    if name not in ("float32", "float64"):
+        raise ValueError(f"unsupported dtype {name}; supported: float32, float64")
+    return name
+
+
+def from_keras(
+    model_or_path: Any,
+    device: DeviceLike = "cpu",
+    dtype: Any = np.float32,
+    strict: bool = True,
+    allow_non_linear_activation: bool = False,
+    *,
+    passes: str | Sequence[str | Pass] = DEFAULT_PIPELINE,
+    print_after: str | Sequence[str] | None = None,
+    verify_ir: bool = True,
+    **options: Any,
+) -> Sequential:
+    """Convert a Keras Sequential model (live object, ``.keras`` or ``.h5`` path) into a keydnn model.
+
+    Files are read without importing TensorFlow. ``passes`` is the pipeline to
+    run (a spec string such as ``"infer-shapes,eliminate-identity"`` or a list
+    of names / Pass instances); ``print_after`` prints the IR after the named
+    passes ("all" for every one). Extra ``options`` are passed to passes that
+    take them (e.g. ``input_layout="channels_first"`` for canonicalize-layout).
+    """
+    from keydnn.frontends.keras import ConversionOptions, convert
+
+    if isinstance(model_or_path, (str, os.PathLike)) and not os.path.exists(model_or_path):
+        raise KerasInteropError(f"model file {os.fspath(model_or_path)!r} does not exist")
+    device = parse_device(device)
+    opts = ConversionOptions(dtype=normalize_dtype(dtype), allow_non_linear_activation=allow_non_linear_activation,
+                             strict=strict)
+    result = convert(model_or_path, opts)
+    manager = PassManager(_configure(passes, options), verify=verify_ir, print_after=print_after)
+    out = manager.run(result.graph)
+    for record in out.records:
+        logger.debug("pass %s: %.3f ms%s", record.name, record.seconds * 1e3, " (changed)" if record.changed else "")
+    return Sequential(out.graph, device=device, pipeline=manager.names, layers=result.layers, source=result.source)
+
+
+def _configure(passes: str | Sequence[str | Pass], options: dict) -> list[Pass]:
+    """Instantiate the pipeline, handing each pass the options its constructor accepts."""
+    import inspect
+
+    from keydnn.ir.passes import parse_pipeline
+
+    instances = parse_pipeline(passes)
+    used: set[str] = set()
+    configured: list[Pass] = []
+    for p in instances:
+        params = inspect.signature(type(p).__init__).parameters
+        accepted = {k: v for k, v in options.items() if k in params}
+        if accepted:
+            p = type(p)(**accepted)
+            used.update(accepted)
+        configured.append(p)
+    unknown = sorted(set(options) - used)
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown}: no pass in the pipeline takes them")
+    return configured
+
+
+def load(path: str | os.PathLike, device: DeviceLike = "cpu") -> Sequential:
+    """Load a KeyDNN artifact written by ``Sequential.save`` / ``keydnn convert``; no Keras needed."""
+    from keydnn.backends.artifact import load_artifact
+
+    art = load_artifact(path)
+    source = art.producer.get("source") if isinstance(art.producer, dict) else None
+    return Sequential(art.graph, device=device, pipeline=art.pipeline, layers=art.layers, source=source,
+                      verification=art.verification)

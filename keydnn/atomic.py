@@ -1,0 +1,152 @@
+"""Atomic file writes: a reader sees the old file or the complete new one, never a mix.
+
+Every output keydnn writes (artifacts, sidecars, caches, converted models) goes
+through here so that a crash, a full disk or an exception half-way leaves the
+previous file untouched and no partial file behind. The recipe is the usual
+one: write a uniquely named temp file in the target's directory (same file
+system, so the rename is atomic), flush and fsync it, ``os.replace`` it onto
+the target, then fsync the directory so the rename itself is durable. Two
+processes writing the same target each use their own temp file; the last
+rename wins and the target is always complete.
+
+``stage_bytes`` splits the write from the publish so that a caller writing
+several files (an artifact JSON and its weights sidecar) can do all the slow,
+failure-prone work first and publish with back-to-back renames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator, Union
+
+__all__ = ["StagedFile", "stage_bytes", "atomic_write_bytes", "atomic_write_text", "atomic_writer"]
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _file_mode() -> int:
+    """Permissions a plain ``open(path, 'w')`` would give (mkstemp makes 0600 files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no race-free way to read it elsewhere; restore at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable; silently skipped where directories cannot be opened (Windows)."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    try:
+        fd = os.open(directory, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # never mask the original error
+        logger.warning("could not remove temp file %s: %s", path, exc)
+
+
+class StagedFile:
+    """A complete, fsynced temp file beside its target, published by ``commit()``."""
+
+    def __init__(self, target: Path, temp: str) -> None:
+        self.target = target
+        self.temp = temp
+        self._done = False
+
+    def commit(self) -> Path:
+        """Atomically replace the target with the staged file."""
+        if self._done:
+            raise RuntimeError(f"staged write of {self.target} was already committed or discarded")
+        try:
+            os.replace(self.temp, self.target)
+        except BaseException:
+            self.discard()
+            raise
+        self._done = True
+        _fsync_dir(self.target.parent)
+        return self.target
+
+    def discard(self) -> None:
+        """Remove the temp file; the target is left as it was. Safe to call twice."""
+        if not self._done:
+            self._done = True
+            _remove_quietly(self.temp)
+
+    def __enter__(self) -> "StagedFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()  # no-op after commit
+
+
+@contextlib.contextmanager
+def _staged(path: PathLike, mode: str) -> Iterator[tuple[IO, StagedFile]]:
+    """Open a temp file beside ``path``; discard it if the body raises."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic writes support mode 'wb' or 'w', not {mode!r}")
+    target = Path(os.fspath(path))
+    directory = target.parent if str(target.parent) else Path(".")
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    staged = StagedFile(target, temp)
+    try:
+        kwargs = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            if hasattr(os, "fchmod"):
+                os.fchmod(fh.fileno(), _file_mode())
+            yield fh, staged
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        staged.discard()
+        raise
+
+
+def stage_bytes(path: PathLike, data: bytes) -> StagedFile:
+    """Write ``data`` to a durable temp file beside ``path``; publish it with ``.commit()``."""
+    with _staged(path, "wb") as (fh, staged):
+        fh.write(data)
+    return staged
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically; on failure the old file is untouched."""
+    stage_bytes(path, data).commit()
+
+
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Replace ``path`` with ``text`` (encoded, newlines as given) atomically."""
+    atomic_write_bytes(path, text.encode(encoding))
+
+
+@contextlib.contextmanager
+def atomic_writer(path: PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Stream into a file that appears at ``path`` only if the ``with`` body succeeds.
+
+    ``mode`` is ``"wb"`` (bytes) or ``"w"`` (UTF-8 text, newlines untranslated).
+    """
+    with _staged(path, mode) as (fh, staged):
+        yield fh
+    staged.commit()

@@ -1,0 +1,105 @@
+"""Shared fixtures: Keras models in every source form (live Keras 3 / tf_keras, .keras, .h5 K3, .h5 K2)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+#: Every form a Keras model reaches keydnn in.
+SOURCE_FORMS = ("live-keras3", "keras3-zip", "keras3-h5", "live-tf_keras", "keras2-h5")
+
+
+@pytest.fixture(scope="session")
+def keras_sources(tmp_path_factory) -> Callable[..., list[tuple[str, Any, Any]]]:
+    """``make(name, build_fn)`` -> [(form, model_or_path, live_model_that_wrote_it)] for all five forms."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("tf_keras")
+    from fixtures.make_fixtures import build_and_save
+
+    cache: dict[str, list[tuple[str, Any, Any]]] = {}
+    root = tmp_path_factory.mktemp("keras_models")
+
+    def make(name: str, build_fn: Callable[[Any], Any], seed: int = 0) -> list[tuple[str, Any, Any]]:
+        if name not in cache:
+            paths, models = build_and_save(build_fn, root / name, name, seed=seed)
+            cache[name] = [
+                ("live-keras3", models["keras3-zip"], models["keras3-zip"]),
+                ("keras3-zip", paths["keras3-zip"], models["keras3-zip"]),
+                ("keras3-h5", paths["keras3-h5"], models["keras3-h5"]),
+                ("live-tf_keras", models["keras2-h5"], models["keras2-h5"]),
+                ("keras2-h5", paths["keras2-h5"], models["keras2-h5"]),
+            ]
+        return cache[name]
+
+    return make
+
+
+_NCHW_TO_NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}
+
+
+def channels_last_twin(model: Any) -> Any | None:
+    """The same Sequential model, rebuilt channels_last with the very same weights (Keras 3).
+
+    TensorFlow 2.21's CPU kernels compute some channels_first Conv2D layers
+    wrongly (the bias lands on the wrong pixels; see
+    test_parity_keras.test_tf_channels_first_conv_discrepancy), so a
+    channels_first model's oracle is its channels_last twin, run on the
+    transposed input. Returns None when the model has no channels_first layer.
+    """
+    import tensorflow as tf
+
+    keras = tf.keras
+    if type(model).__module__.startswith("tf_keras"):
+        import tf_keras as keras  # the twin must share the model's Keras version (hard_sigmoid differs)
+    L = keras.layers
+    if not any(getattr(layer, "data_format", None) == "channels_first" for layer in model.layers):
+        return None
+    shape = tuple(model.inputs[0].shape)[1:]
+    rank = len(shape) + 1
+    layers: list[Any] = [L.Input(shape=shape[1:] + shape[:1] if rank == 4 else shape)]
+    weights: list[np.ndarray] = []
+    for layer in model.layers:
+        cfg = dict(layer.get_config())
+        cls = type(layer).__name__
+        if rank == 4 and cls == "Flatten" and cfg.get("data_format") != "channels_first":
+            layers.append(L.Permute((3, 1, 2)))  # flatten in the channels_first order
+        if "data_format" in cfg:
+            cfg["data_format"] = "channels_last"
+        if cls == "Softmax" and rank == 4:
+            cfg["axis"] = _NCHW_TO_NHWC_AXIS[cfg["axis"] % 4]
+        if rank == 4 and cls not in ("Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
+                                     "Flatten", "ReLU", "Softmax", "Activation"):
+            return None  # not a layer whose channels_last twin is obvious
+        cfg.pop("name", None)
+        new = getattr(L, cls).from_config(cfg)
+        layers.append(new)
+        weights += layer.get_weights()
+        if cls in ("Flatten", "GlobalAveragePooling2D") and not cfg.get("keepdims"):
+            rank = 2
+    twin = keras.Sequential(layers)
+    twin.set_weights(weights)
+    twin._keydnn_output_rank = rank  # 4: transpose the output back
+    return twin
+
+
+def keras_predict(model: Any, x: np.ndarray) -> np.ndarray:
+    """What Keras computes for ``x``; for channels_first models, via their channels_last twin.
+
+    (tf_keras cannot run channels_first Conv2D on the CPU at all, and Keras 3
+    sometimes runs it wrongly; the twin is exact for both.)
+    """
+    twin = getattr(model, "_keydnn_cl_twin", False)
+    if twin is False:
+        twin = model._keydnn_cl_twin = channels_last_twin(model)
+    if twin is None:
+        return np.asarray(model(x, training=False))
+    y = np.asarray(twin(x.transpose(0, 2, 3, 1), training=False))
+    return y.transpose(0, 3, 1, 2) if twin._keydnn_output_rank == 4 else y
