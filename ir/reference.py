@@ -176,17 +176,17 @@ def _prelu(op, args):
 @kernel("pad2d")
 def _pad2d(op, args):
     x = _to_nchw(args[0], op.layout).astype(np.float64)
-    t, b, l, r = op.pads
-    y = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=op.value)
+    top, bottom, left, right = op.pads
+    y = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=op.value)
     return _from_nchw(y, op.layout)
 
 
 @kernel("crop2d")
 def _crop2d(op, args):
     x = _to_nchw(args[0], op.layout).astype(np.float64)
-    t, b, l, r = op.crops
+    top, bottom, left, right = op.crops
     h, w = x.shape[2:]
-    return _from_nchw(x[:, :, t:h - b, l:w - r], op.layout)
+    return _from_nchw(x[:, :, top:h - bottom, left:w - right], op.layout)
 
 
 @kernel("upsample2d")

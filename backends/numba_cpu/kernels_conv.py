@@ -1,4 +1,4 @@
-"""conv2d lowering: bind weights and epilogue, pick direct loops or im2col + GEMM by shape.
+"""conv2d lowering: bind weights and epilogue, pick direct loops, im2col or BLAS by shape.
 
 Both kernels take a private weight copy, a bias that is zeros when the op has
 none, and apply the fused epilogue while the output is still in cache.
@@ -17,23 +17,34 @@ from keydnn.backends.numba_cpu.conv_gemm import blas_scratch, conv2d_blas, conv2
 from keydnn.backends.numba_cpu.kernels_elementwise import encode_activation
 from keydnn.backends.numba_cpu.lowering import LowerContext, LoweredOp, register_kernel, require_nchw
 
-__all__ = ["choose_algorithm", "lower_conv2d", "FORCE_ALGORITHM", "ThreadScratch"]
+__all__ = ["choose_algorithm", "lower_conv2d", "FORCE_ALGORITHM", "ALGORITHMS", "ThreadScratch"]
 
 logger = logging.getLogger(__name__)
 
 #: Tests set this to "direct" or "gemm" to exercise one kernel on every shape.
 FORCE_ALGORITHM: Optional[str] = None
+#: Filters reducing over at least this many inputs, with this many outputs per group, use BLAS.
+BLAS_MIN_DEPTH = 512
+BLAS_MIN_OUTPUTS = 128
+#: Every conv2d kernel by name (what FORCE_ALGORITHM may name).
+ALGORITHMS = ("direct", "im2col", "blas")
 
 
-def choose_algorithm(cg: int, kh: int, kw: int, og: int) -> str:
-    """GEMM wherever a filter mixes channels: even a 1-channel 3x3 conv runs faster as im2col + BLAS.
+def choose_algorithm(cg: int, kh: int, kw: int, og: int, groups: int) -> str:
+    """Pick the kernel by filter shape (thresholds measured on 2 cores).
 
-    Depthwise filters (one input channel, few outputs per group) make a
-    degenerate GEMM per channel, so they take the direct loops.
+    Depthwise filters (one input channel per group) make a degenerate GEMM, so
+    they take the direct loops. Everything else unfolds (im2col) and multiplies
+    on numba's threads. Only very deep, wide filters hand the product to BLAS,
+    where one large GEMM amortizes BLAS's own threading.
     """
     if FORCE_ALGORITHM is not None:
         return FORCE_ALGORITHM
-    return "direct" if cg * og < 8 else "gemm"
+    if cg == 1 and groups > 1:
+        return "direct"
+    if cg * kh * kw >= BLAS_MIN_DEPTH and og >= BLAS_MIN_OUTPUTS:
+        return "blas"
+    return "im2col"
 
 
 #: Kernels that unfold the input (im2col): algorithm -> (kernel, scratch size in elements).
@@ -70,7 +81,7 @@ def lower_conv2d(ctx: LowerContext) -> LoweredOp:
     dh, dw = op.dilations
     pt, _, pl, _ = op.pads
     act = encode_activation(op.activation)
-    algorithm = choose_algorithm(cg, kh, kw, og)
+    algorithm = choose_algorithm(cg, kh, kw, og, groups)
 
     if algorithm in _UNFOLDED:
         kernel, scratch_size = _UNFOLDED[algorithm]

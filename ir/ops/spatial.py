@@ -46,9 +46,9 @@ class Pad2d(OpBase):
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
         n, c, h, w = _spatial(inputs[0], self.layout)
-        t, b, l, r = self.pads
-        oh: Dim = h + t + b if isinstance(h, int) else h
-        ow: Dim = w + l + r if isinstance(w, int) else w
+        top, bottom, left, right = self.pads
+        oh: Dim = h + top + bottom if isinstance(h, int) else h
+        ow: Dim = w + left + right if isinstance(w, int) else w
         return _assemble(n, c, oh, ow, self.layout, inputs[0])
 
 
@@ -70,12 +70,12 @@ class Crop2d(OpBase):
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
         n, c, h, w = _spatial(inputs[0], self.layout)
-        t, b, l, r = self.crops
+        top, bottom, left, right = self.crops
         oh, ow = h, w
         if isinstance(h, int):
-            oh = h - t - b
+            oh = h - top - bottom
         if isinstance(w, int):
-            ow = w - l - r
+            ow = w - left - right
         if (isinstance(oh, int) and oh < 1) or (isinstance(ow, int) and ow < 1):
             raise ShapeError(f"crops {list(self.crops)} leave nothing of {inputs[0]}")
         return _assemble(n, c, oh, ow, self.layout, inputs[0])

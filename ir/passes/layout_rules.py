@@ -37,11 +37,11 @@ from keydnn.ir.ops import ExpandDims, Squeeze
 from keydnn.ir.ops.base import normalize_axis
 
 if TYPE_CHECKING:  # pragma: no cover
-    from keydnn.ir.passes.canonicalize_layout import LayoutContext
+    from keydnn.ir.passes.layout_context import LayoutContext
 
 __all__ = [
     "Form", "LAYOUT_RULES", "CHANNELS_LAST", "CHANNELS_FIRST_OF", "cf_perm", "inverse", "compose",
-    "is_identity", "layout_for", "FLATTEN_PASS_THROUGH",
+    "is_identity", "layout_for", "FLATTEN_PASS_THROUGH", "Perm", "guard",
 ]
 
 Perm = tuple[int, ...]

@@ -103,7 +103,10 @@ class GraphBuilder:
         c = self.shape(x)[axis]
         mean = self.rand(f"{name}.moving_mean", (c,), scale=0.5)
         var = self.rand(f"{name}.moving_variance", (c,), scale=1.0, low=0.5)
-        gamma = self.rand(f"{name}.gamma", (c,), scale=1.0, low=0.5) if scale else self.const(f"{name}.gamma", np.ones(c))
+        if scale:
+            gamma = self.rand(f"{name}.gamma", (c,), scale=1.0, low=0.5)
+        else:
+            gamma = self.const(f"{name}.gamma", np.ones(c))
         beta = self.rand(f"{name}.beta", (c,), scale=0.3) if center else self.const(f"{name}.beta", np.zeros(c))
         return self.add(BatchNorm(epsilon=epsilon, axis=axis), x, mean, var, gamma, beta, name=name)
 

@@ -8,10 +8,9 @@ from pydantic import ValidationError
 
 from keydnn.ir import Graph, TensorType, run_reference
 from keydnn.ir.ops import (
-    BatchNorm, Conv2d, Crop2d, ExpandDims, GlobalMaxPool2d, Pad2d, PRelu, ScaleShift, ShapeError, Squeeze,
-    Upsample2d,
+    OP_CLASSES, BatchNorm, Conv2d, Crop2d, ExpandDims, GlobalMaxPool2d, Pad2d, PRelu, ScaleShift, ShapeError,
+    Squeeze, Upsample2d,
 )
-from keydnn.ir.ops import OP_CLASSES
 from keydnn.ir.reference import REFERENCE_KERNELS
 
 from .builders import GraphBuilder

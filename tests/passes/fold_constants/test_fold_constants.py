@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from keydnn.errors import IRError
-from keydnn.ir import Graph, Node, Value, run_reference, verify
+from keydnn.ir import Node, Value, run_reference, verify
 from keydnn.ir.ops import Dense, ExpandDims, Flatten, Relu, Reshape, ScaleShift, Squeeze, Transpose
 from keydnn.ir.passes import PassManager
 from keydnn.ir.passes.fold_constants import FoldConstants

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -131,4 +130,61 @@ def test_generated_channels_last_stacks(layers, head, size, channels, seed):
     assert PROPERTIES["channels-first"](out)
     again = PassManager(DEFAULT_PIPELINE).run(out)
     assert again.graph == out and not any(r.changed for r in again.records), kinds(out)
-    assert np.isfinite(out.weights[next(iter(out.weights))]).all() if out.weights else True
+
+
+LAYER_1D = st.one_of(
+    st.tuples(st.just("conv"), st.integers(1, 4), st.sampled_from([1, 3]), st.sampled_from([1, 2]),
+              st.sampled_from(["same", "valid"])),
+    st.tuples(st.just("bn"), st.booleans(), st.booleans()),
+    st.tuples(st.just("relu"), st.sampled_from([None, 6.0])),
+    st.tuples(st.just("pool"), st.sampled_from(["max", "avg"])),
+    st.tuples(st.just("softmax"),),
+)
+
+
+def build_stack_1d(layers: list, head: str, size: int, channels: int) -> Graph:
+    """Conv1D-style layers in NWC, lowered as the frontend does: expand_dims, 2-D op, squeeze."""
+    b = GraphBuilder("stack1d", seed=len(layers))
+    h = b.input("x", ("N", size, channels), "NWC")
+
+    def wrap(i: int, h: str, make) -> str:
+        h = b.add(ExpandDims(axis=1, layout="NHWC"), h, name=f"l{i}.expand")
+        return b.add(Squeeze(axis=1, layout="NWC"), make(h), name=f"l{i}.squeeze")
+
+    for i, (kind, *args) in enumerate(layers):
+        width = b.shape(h)[1]
+        if kind == "conv":
+            out_ch, k, stride, padding = args
+            padding = "same" if width < k else padding
+            h = wrap(i, h, lambda e: b.conv(e, out_ch, (1, k), stride=stride, padding=padding, name=f"conv{i}"))
+        elif kind == "bn":
+            h = b.bn(h, -1, center=args[0], scale=args[1], name=f"bn{i}")
+        elif kind == "relu":
+            h = b.add(Relu(max_value=args[0]), h, name=f"relu{i}")
+        elif kind == "pool" and width >= 2:
+            cls = MaxPool2d if args[0] == "max" else AvgPool2d
+            h = wrap(i, h, lambda e: b.add(cls(kernel=(1, 2), strides=(1, 2), layout="NHWC"), e, name=f"pool{i}"))
+        elif kind == "softmax":
+            h = b.add(Softmax(axis=-1), h, name=f"softmax{i}")
+    if head == "flatten_dense":
+        h = b.dense(b.add(Flatten(), h, name="flat"), 3, name="fc")
+    elif head == "gap_dense":
+        e = b.add(ExpandDims(axis=1, layout="NHWC"), h, name="gap.expand")
+        h = b.dense(b.add(GlobalAvgPool2d(layout="NHWC"), e, name="gap"), 3, name="fc")
+    elif head == "gmp":
+        e = b.add(ExpandDims(axis=1, layout="NHWC"), h, name="gmp.expand")
+        h = b.add(GlobalMaxPool2d(layout="NHWC"), e, name="gmp")
+    return b.build(h)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layers=st.lists(LAYER_1D, min_size=1, max_size=6), head=HEAD, size=st.integers(3, 12),
+       channels=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_generated_channels_last_1d_stacks(layers, head, size, channels, seed):
+    g = build_stack_1d(layers, head, size, channels)
+    out = PassManager(DEFAULT_PIPELINE).run(g).graph
+    assert_same_numerics(g, out, seed=seed)
+    assert count(out, "transpose") <= 2 and count(out, "batch_norm") == 0
+    assert count(out, "expand_dims") <= 1 and count(out, "squeeze") <= 1
+    again = PassManager(DEFAULT_PIPELINE).run(out)
+    assert again.graph == out and not any(r.changed for r in again.records), kinds(out)
