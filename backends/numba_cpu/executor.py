@@ -136,11 +136,21 @@ class NumbaCpuExecutable:
         env = list(plan.template)
         for s, a in zip(plan.input_slots, arrays):
             env[s] = a
+        threads = numba.get_num_threads()
+        current = threads
         with _parallel_guard():
-            for step, place, buf in zip(plan.steps, layout.placements, bufs):
-                if place.kind == "fresh":
-                    buf = fresh[place.index].reshape(place.shape)
-                env[step.output] = step.op.run([env[s] for s in step.operands], buf)
+            try:
+                for step, place, buf in zip(plan.steps, layout.placements, bufs):
+                    want = 1 if place.serial else threads
+                    if want != current:  # thread-local in numba: other callers are unaffected
+                        numba.set_num_threads(want)
+                        current = want
+                    if place.kind == "fresh":
+                        buf = fresh[place.index].reshape(place.shape)
+                    env[step.output] = step.op.run([env[s] for s in step.operands], buf)
+            finally:
+                if current != threads:
+                    numba.set_num_threads(threads)
         results: list[np.ndarray] = []
         handed_out: set[int] = set()
         for s, f in zip(plan.output_slots, layout.output_fresh):

@@ -102,4 +102,5 @@ def lower_conv2d(ctx: LowerContext) -> LoweredOp:
             conv2d_direct(inputs[0], w, b, out, sh, sw, dh, dw, pt, pl, *act)
             return out
 
-    return LoweredOp(run=run, description=f"conv2d[{algorithm}] {o_ch}x{cg}x{kh}x{kw} groups={groups}")
+    return LoweredOp(run=run, description=f"conv2d[{algorithm}] {o_ch}x{cg}x{kh}x{kw} groups={groups}",
+                     work_per_element=cg * kh * kw)

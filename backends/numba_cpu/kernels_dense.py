@@ -61,4 +61,4 @@ def lower_dense(ctx: LowerContext) -> LoweredOp:
         dense_kernel(x.reshape(rows, k), w, b, out.reshape(rows, n), *act)
         return out
 
-    return LoweredOp(run=run, description=f"dense {k}->{n}")
+    return LoweredOp(run=run, description=f"dense {k}->{n}", work_per_element=k)

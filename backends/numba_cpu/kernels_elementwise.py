@@ -182,7 +182,8 @@ def _elementwise(ctx: LowerContext, act: Epilogue) -> LoweredOp:
         activate_parallel(inputs[0].reshape(-1), out.reshape(-1), code, p0, p1, p2, p3)
         return out
 
-    return LoweredOp(run=run, inplace=True, description=f"activate code={code}")
+    cost = 1 if code in (LINEAR, RELU0, RELU) else 8  # transcendental functions
+    return LoweredOp(run=run, inplace=True, description=f"{ctx.node.op.kind} code={code}", work_per_element=cost)
 
 
 @register_kernel("relu", "activation")
@@ -203,4 +204,4 @@ def lower_softmax(ctx: LowerContext) -> LoweredOp:
         softmax_kernel(x.reshape(view), out.reshape(view))
         return out
 
-    return LoweredOp(run=run, inplace=True, description=f"softmax axis={axis}")
+    return LoweredOp(run=run, inplace=True, description=f"softmax axis={axis}", work_per_element=8)

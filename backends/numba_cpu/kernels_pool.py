@@ -14,6 +14,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from keydnn.backends.numba_cpu.conv_direct import tap_hi, tap_lo
 from keydnn.backends.numba_cpu.lowering import (
     JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, register_kernel, require_nchw,
 )
@@ -25,40 +26,58 @@ logger = logging.getLogger(__name__)
 
 @numba.njit(**JIT_OPTIONS)
 def max_plane(xin, plane, kh, kw, sh, sw, pt, pl):
-    """Max over the part of each window inside the input; NaN propagates like NumPy's max."""
+    """Max over the part of each window inside the input, one window tap at a time along
+    output rows (long loops); NaN propagates like NumPy's max."""
     h, wd = xin.shape
     oh, ow = plane.shape
     for i in range(oh):
-        h0 = i * sh - pt
-        h_lo, h_hi = max(h0, 0), min(h0 + kh, h)
+        prow = plane[i]
         for j in range(ow):
-            w0 = j * sw - pl
-            w_lo, w_hi = max(w0, 0), min(w0 + kw, wd)
-            m = xin[h_lo, w_lo]
-            for ih in range(h_lo, h_hi):
-                for iw in range(w_lo, w_hi):
-                    v = xin[ih, iw]
-                    if v > m or v != v:
-                        m = v
-            plane[i, j] = m
+            prow[j] = -np.inf
+        for ki in range(kh):
+            ih = i * sh + ki - pt
+            if ih < 0 or ih >= h:
+                continue
+            for kj in range(kw):
+                off_w = kj - pl
+                j_lo, j_hi = tap_lo(off_w, sw), tap_hi(off_w, sw, wd, ow)
+                if j_hi <= j_lo:
+                    continue
+                dst = prow[j_lo:j_hi]
+                src = xin[ih, j_lo * sw + off_w:]
+                for j in range(dst.size):  # branch-free select: random data defeats branch prediction
+                    v = src[j * sw]
+                    d = dst[j]
+                    dst[j] = v if (v > d) | (v != v) else d
 
 
 @numba.njit(**JIT_OPTIONS)
 def avg_plane(xin, plane, kh, kw, sh, sw, pt, pl):
-    """Mean over the part of each window inside the input (padding not counted); float64 sums."""
+    """Mean over the part of each window inside the input (padding not counted), tap by tap."""
     h, wd = xin.shape
     oh, ow = plane.shape
     for i in range(oh):
+        prow = plane[i]
+        for j in range(ow):
+            prow[j] = 0.0
         h0 = i * sh - pt
-        h_lo, h_hi = max(h0, 0), min(h0 + kh, h)
+        rows = min(h0 + kh, h) - max(h0, 0)
+        for ki in range(kh):
+            ih = h0 + ki
+            if ih < 0 or ih >= h:
+                continue
+            for kj in range(kw):
+                off_w = kj - pl
+                j_lo, j_hi = tap_lo(off_w, sw), tap_hi(off_w, sw, wd, ow)
+                if j_hi <= j_lo:
+                    continue
+                dst = prow[j_lo:j_hi]
+                src = xin[ih, j_lo * sw + off_w:]
+                for j in range(dst.size):
+                    dst[j] += src[j * sw]
         for j in range(ow):
             w0 = j * sw - pl
-            w_lo, w_hi = max(w0, 0), min(w0 + kw, wd)
-            s = 0.0
-            for ih in range(h_lo, h_hi):
-                for iw in range(w_lo, w_hi):
-                    s += xin[ih, iw]
-            plane[i, j] = s / ((h_hi - h_lo) * (w_hi - w_lo))
+            prow[j] /= rows * (min(w0 + kw, wd) - max(w0, 0))
 
 
 @numba.njit(**PARALLEL_JIT_OPTIONS)
@@ -114,7 +133,7 @@ def _lower_window(ctx: LowerContext, kernel) -> LoweredOp:
         kernel(inputs[0], out, kh, kw, sh, sw, pt, pl)
         return out
 
-    return LoweredOp(run=run, description=f"{op.kind} {kh}x{kw}/{sh}x{sw}")
+    return LoweredOp(run=run, description=f"{op.kind} {kh}x{kw}/{sh}x{sw}", work_per_element=kh * kw)
 
 
 @register_kernel("max_pool2d")
@@ -138,4 +157,5 @@ def lower_global_avg_pool2d(ctx: LowerContext) -> LoweredOp:
         global_avg_pool_kernel(x.reshape(n * c, h * w), out.reshape(n * c))
         return out
 
-    return LoweredOp(run=run, description="global_avg_pool2d")
+    _, _, h, w = ctx.in_types[0].shape
+    return LoweredOp(run=run, description="global_avg_pool2d", work_per_element=int(h) * int(w))

@@ -53,6 +53,9 @@ class LoweredOp:
     allocates: bool = True
     inplace: bool = False
     description: str = ""
+    #: Rough cost per output element (a conv's reduction depth), so the executor can run
+    #: small steps on one thread: waking a thread pool costs more than they do.
+    work_per_element: int = 1
 
 
 @dataclass(frozen=True)

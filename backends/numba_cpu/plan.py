@@ -23,7 +23,7 @@ from keydnn.backends.numba_cpu.lowering import LoweredOp
 from keydnn.ir.graph import Graph
 from keydnn.ir.types import TensorType
 
-__all__ = ["Step", "Plan", "Placement", "MemoryLayout", "plan_memory", "resolve_shapes"]
+__all__ = ["Step", "Plan", "Placement", "MemoryLayout", "plan_memory", "resolve_shapes", "PARALLEL_MIN_WORK"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +58,20 @@ class Plan:
         return "\n".join(lines)
 
 
+#: Steps estimated below this much work run on the calling thread only.
+PARALLEL_MIN_WORK = 1 << 19
+
+
 @dataclass(frozen=True)
 class Placement:
-    """Where one step writes: ``kind`` is "arena" (index = buffer), "fresh" (index = storage) or "none"."""
+    """Where one step writes: ``kind`` is "arena" (index = buffer), "fresh" (index = storage) or "none";
+    ``serial`` steps are too small to be worth waking the thread pool."""
 
     kind: str
     index: int
     shape: tuple[int, ...]
     dtype: np.dtype
+    serial: bool = True
 
 
 @dataclass(frozen=True)
@@ -156,12 +162,13 @@ def plan_memory(plan: Plan, shapes: list[tuple[int, ...]]) -> MemoryLayout:
     placements = []
     for i, step in enumerate(plan.steps):
         storage, dtype = storage_of[step.output], _dtype(plan, i)
+        serial = math.prod(shapes[i]) * step.op.work_per_element < PARALLEL_MIN_WORK
         if not step.op.allocates:
-            placements.append(Placement("none", -1, shapes[i], dtype))
+            placements.append(Placement("none", -1, shapes[i], dtype, serial))
         elif storage in fresh_index:
-            placements.append(Placement("fresh", fresh_index[storage], shapes[i], dtype))
+            placements.append(Placement("fresh", fresh_index[storage], shapes[i], dtype, serial))
         else:
-            placements.append(Placement("arena", arena_of[storage], shapes[i], dtype))
+            placements.append(Placement("arena", arena_of[storage], shapes[i], dtype, serial))
     fresh = tuple((math.prod(shapes[s]), _dtype(plan, s)) for s in fresh_storages)
     output_fresh = tuple(fresh_index.get(storage_of.get(s, -1), -1) for s in plan.output_slots)
     logger.debug("memory plan: %d arena buffers (%d elements), %d fresh outputs",

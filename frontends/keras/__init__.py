@@ -11,7 +11,7 @@ from keydnn.frontends.keras.registry import CONVERTERS, ConversionOptions, Layer
 
 __all__ = [
     "CONVERTERS", "ConversionOptions", "FrontendResult", "LayerContext", "register_converter",
-    "load_spec", "convert",
+    "load_spec", "convert", "keras_major", "lower_model",
 ]
 
 
@@ -27,7 +27,7 @@ def load_spec(model_or_path: Any):
     return read_live_model(model_or_path)
 
 
-def _keras_major(spec) -> int:
+def keras_major(spec) -> int:
     """Keras 2 and 3 disagree on some activations (hard_sigmoid); tell which wrote the model."""
     version = (spec.keras_version or "").split(".")[0]
     if version.isdigit():
@@ -37,7 +37,7 @@ def _keras_major(spec) -> int:
 
 def convert(model_or_path: Any, options: ConversionOptions) -> FrontendResult:
     spec = load_spec(model_or_path)
-    major = _keras_major(spec)
+    major = keras_major(spec)
     options = ConversionOptions(dtype=options.dtype, allow_non_linear_activation=options.allow_non_linear_activation,
                                 strict=options.strict, keras_major=major)
     result = lower_model(spec, options)

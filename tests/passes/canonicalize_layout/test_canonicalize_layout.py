@@ -249,3 +249,14 @@ def test_dense_layer_rule_leaves_plain_dense_alone():
     g = b.build(b.add(Dense(), h, b.rand("w", (2, 3)), name="fc"))
     out = check_pass(g, PASS, None)
     assert next(n for n in out.nodes if n.op.kind == "dense").inputs[1] == "w"
+
+
+def test_reshape_to_an_image_then_channels_last_convs():
+    """Dense -> Reshape((H, W, C)) -> Conv2D: one transpose after the reshape, one before the output."""
+    b = GraphBuilder("decoder")
+    x = b.input("x", ("N", 4), "NC")
+    h = b.add(Reshape(shape=(3, 3, 2), layout="NHWC"), b.dense(x, 18, name="fc"), name="reshape")
+    h = b.conv(h, 3, 3, padding="same", name="conv1")
+    g = b.build(b.add(Upsample2d(factors=(2, 2), layout="NHWC"), h, name="up"))
+    out = check_pass(g, PASS, HERE / "decoder.txt")
+    assert count(out, "transpose") == 2 and PROPERTIES["channels-first"](out)

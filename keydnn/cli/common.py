@@ -1,0 +1,90 @@
+"""What every command shares: exit codes, clean error messages, reading a model source."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+import keydnn
+from keydnn.errors import ArtifactError, KerasInteropError, KeydnnError
+
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "fail", "Guard", "read_source"]
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"keydnn: error: {message}", err=True)
+    sys.exit(code)
+
+
+class Guard:
+    """Turn keydnn errors into clean messages and exit codes."""
+
+    def __init__(self, unreadable_code: int = EXIT_USAGE) -> None:
+        self.unreadable_code = unreadable_code
+
+    def __enter__(self) -> "Guard":
+        return self
+
+    def __exit__(self, etype, exc, tb) -> bool:
+        if exc is None or isinstance(exc, (SystemExit, click.exceptions.Exit, click.ClickException)):
+            return False
+        if os.environ.get("KEYDNN_DEBUG"):
+            return False
+        if isinstance(exc, KeyboardInterrupt):
+            fail("interrupted", 130)
+        if isinstance(exc, ArtifactError):
+            fail(str(exc), self.unreadable_code)
+        if isinstance(exc, ImportError):
+            fail(str(exc), EXIT_FAILED)
+        if isinstance(exc, KeydnnError):
+            fail(str(exc), EXIT_FAILED)
+        if isinstance(exc, (ValueError, TypeError)):
+            fail(str(exc), EXIT_USAGE)
+        if isinstance(exc, OSError):
+            fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), EXIT_USAGE)
+        fail(f"internal error ({type(exc).__name__}: {exc}); rerun with KEYDNN_DEBUG=1 for a traceback "
+              "and please report it", EXIT_FAILED)
+
+
+def read_source(src: str) -> tuple[str, Any]:
+    """Tell a KeyDNN artifact from a Keras file; ('artifact', LoadedArtifact) or ('keras', ModelSpec)."""
+    path = Path(src)
+    if not path.exists():
+        fail(f"{src}: no such file", EXIT_USAGE)
+    if path.is_dir():
+        fail(f"{src}: is a directory; expected a .keras, .h5 or KeyDNN .json file", EXIT_USAGE)
+    with open(path, "rb") as fh:
+        head = fh.read(64).lstrip()
+    if head.startswith(b"{"):
+        from keydnn.backends.artifact import load_artifact
+
+        return "artifact", load_artifact(path)
+    from keydnn.frontends.keras import load_spec
+
+    try:
+        return "keras", load_spec(path)
+    except KerasInteropError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+
+
+def load_npy(path: str) -> "np.ndarray":
+    """Read a user's ``.npy`` array safely (never unpickles)."""
+    import numpy as np
+
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        fail(f"cannot read {path} as a .npy array (object arrays are refused): {exc}", EXIT_USAGE)
+    if not isinstance(array, np.ndarray):
+        fail(f"{path} holds several arrays (.npz); pass one .npy array", EXIT_USAGE)
+    return array

@@ -1,0 +1,87 @@
+"""`keydnn convert`: Keras file -> KeyDNN artifact (optionally verified against Keras)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+import keydnn
+from keydnn.cli import cli
+from keydnn.cli.common import EXIT_FAILED, EXIT_USAGE, Guard, fail, load_npy, read_source
+
+
+@cli.command()
+@click.option("--src", required=True, type=click.Path(dir_okay=False), help="Keras model file (.keras or .h5).")
+@click.option("--dst", required=True, type=click.Path(dir_okay=False), help="KeyDNN artifact to write (.json).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (checked at conversion).")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--strict/--no-strict", default=True, show_default=True,
+              help="Refuse unsupported layers (--no-strict keeps them as placeholders; the result cannot run).")
+@click.option("--allow-non-linear-activation", is_flag=True,
+              help="Accept fused activations such as Dense(activation='relu') (lowered to explicit nodes).")
+@click.option("--passes", default=None, help="Pass pipeline, comma-separated (default: the standard pipeline).")
+@click.option("--input-layout", type=click.Choice(["keras", "channels_first"]), default="keras", show_default=True,
+              help="Feed data as Keras did, or feed channels_first data to a channels_last model (no input transpose).")
+@click.option("--sidecar", is_flag=True, help="Store weights in a binary file beside the JSON.")
+@click.option("--verify", "verify", is_flag=True,
+              help="Run Keras (needs TensorFlow) and the converted model on sample inputs; fail (exit 1) with a "
+                   "per-layer report if they differ; record the vectors in the artifact for `keydnn verify`.")
+@click.option("--verify-input", type=click.Path(exists=True, dir_okay=False),
+              help="Sample inputs for --verify (.npy, batch first); default: 8 seeded random samples.")
+@click.option("--rtol", type=float, default=1e-4, show_default=True, help="Relative tolerance for --verify.")
+@click.option("--atol", type=float, default=1e-5, show_default=True, help="Absolute tolerance for --verify.")
+def convert(src: str, dst: str, device: str, dtype: str, strict: bool, allow_non_linear_activation: bool,
+            passes: str | None, input_layout: str, sidecar: bool, verify: bool, verify_input: str | None,
+            rtol: float, atol: float) -> None:
+    """Convert a Keras model file into a KeyDNN artifact.
+
+    \b
+    Examples:
+      keydnn convert --src model.h5 --dst model.json
+      keydnn convert --src model.keras --dst model.json --verify
+      keydnn convert --src model.h5 --dst model.json --passes infer-shapes,eliminate-identity
+    """
+    from keydnn.frontends.keras import ConversionOptions, convert as lower, keras_major
+    from keydnn.ir.passes import DEFAULT_PIPELINE
+
+    with Guard():
+        kind, spec = read_source(src)
+        if kind != "keras":
+            fail(f"{src} is already a KeyDNN artifact; convert takes a .keras or .h5 file", EXIT_USAGE)
+        dst_dir = Path(dst).resolve().parent
+        if not dst_dir.is_dir():
+            fail(f"cannot write {dst}: directory {dst_dir} does not exist", EXIT_USAGE)
+        if Path(dst).is_dir():
+            fail(f"cannot write {dst}: it is a directory", EXIT_USAGE)
+        samples = load_npy(verify_input) if verify_input else None
+        if verify:
+            from keydnn.verify import load_keras_model
+
+            keras_model = load_keras_model(src, keras_major=keras_major(spec))  # ImportError (exit 1) without TF
+        options = {"input_layout": input_layout} if input_layout != "keras" else {}
+        model = keydnn.from_keras(spec, device=device, dtype=dtype, strict=strict,
+                                  allow_non_linear_activation=allow_non_linear_activation,
+                                  passes=passes or DEFAULT_PIPELINE, **options)
+        if verify:
+            from keydnn.verify import sample_inputs, verify_against_keras
+
+            x = samples if samples is not None else sample_inputs(model.graph.inputs[0].type)
+            if input_layout != "keras":
+                fail("--verify compares in the Keras layout; drop --input-layout to verify", EXIT_USAGE)
+            frontend = lower(spec, ConversionOptions(dtype=dtype, strict=strict,
+                                                     allow_non_linear_activation=allow_non_linear_activation)).graph
+            report, expected = verify_against_keras(model, keras_model, np.asarray(x, dtype=model.dtype),
+                                                    frontend_graph=frontend, rtol=rtol, atol=atol)
+            click.echo(report.text(), err=True)
+            if not report.ok:
+                fail(f"verification failed; {dst} was not written", EXIT_FAILED)
+            model.verification = {"inputs": [np.asarray(x, dtype=model.dtype)],
+                                  "outputs": [np.asarray(expected, dtype=model.dtype)],
+                                  "rtol": rtol, "atol": atol, "source": "keras"}
+        written = model.save(dst, sidecar=sidecar)
+        n_params = sum(int(a.size) for a in model.graph.weights.values())
+        click.echo(f"wrote {written}: {len(model.graph.nodes)} nodes, {n_params} parameters, "
+                   f"input {model.input_types[0]}, output {model.output_types[0]}", err=True)
+

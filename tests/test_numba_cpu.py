@@ -1,0 +1,415 @@
+"""The numba-cpu backend against the NumPy reference interpreter, op by op and as chains.
+
+Every check compares numbers with ``keydnn.ir.reference.run_reference`` (the
+oracle), never only that something ran. Convolutions are checked with each
+kernel algorithm forced, since the shape heuristic alone would leave some
+kernels untested.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keydnn.backends.numba_cpu import KERNELS, NumbaCpuExecutable, compile_graph, kernels_conv
+from keydnn.errors import BackendError
+from keydnn.ir import OP_CLASSES, Graph, Node, TensorType, Value, run_reference
+from keydnn.ir.ops import (
+    ACTIVATION_FUNCTIONS, Activation, AvgPool2d, Conv2d, Dense, Flatten, GlobalAvgPool2d, MaxPool2d,
+    Opaque, Relu, Reshape, Softmax, Transpose,
+)
+from keydnn.ir.passes import run_pipeline
+
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def make_graph(nodes: Sequence[Node], shape: tuple, weights: dict | None = None, *, dtype: str = "float32",
+               outputs: Optional[tuple[str, ...]] = None, layout: str = "NCHW") -> Graph:
+    """A one-input graph ``x`` with shapes inferred (batch symbolic)."""
+    g = Graph.build(
+        name="t", inputs=(Value(name="x", type=TensorType(shape=("N",) + tuple(shape[1:]), dtype=dtype, layout=layout)),),
+        outputs=outputs or (nodes[-1].outputs[0].name,), nodes=tuple(nodes), weights=weights or {},
+    )
+    return run_pipeline(g, "infer-shapes")
+
+
+def node(name: str, op, *inputs: str) -> Node:
+    return Node(name=name, op=op, inputs=tuple(inputs), outputs=(Value(name=name),))
+
+
+def randn(*shape: int, seed: int = 0, dtype: str = "float32", scale: float = 1.0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
+
+
+def check(graph: Graph, x: np.ndarray, *, exe: NumbaCpuExecutable | None = None, **tol) -> list[np.ndarray]:
+    exe = exe or compile_graph(graph)
+    got = exe(x)
+    want = run_reference(graph, x)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, **(tol or TOL))
+    return got
+
+
+@contextlib.contextmanager
+def conv_algorithm(name: Optional[str]) -> Iterator[None]:
+    """Force one conv2d kernel while graphs are compiled (the choice is made at compile time)."""
+    saved = kernels_conv.FORCE_ALGORITHM
+    kernels_conv.FORCE_ALGORITHM = name
+    try:
+        yield
+    finally:
+        kernels_conv.FORCE_ALGORITHM = saved
+
+
+def conv_graph(n: int, c: int, h: int, w: int, o: int, k: tuple[int, int], *, bias: bool = True,
+               dtype: str = "float32", seed: int = 0, **attrs) -> tuple[Graph, np.ndarray]:
+    groups = attrs.get("groups", 1)
+    fan_in = c // groups * k[0] * k[1]
+    weights = {"w": randn(o, c // groups, *k, seed=seed + 1, dtype=dtype, scale=fan_in ** -0.5)}
+    inputs = ["x", "w"]
+    if bias:
+        weights["b"] = randn(o, seed=seed + 2, dtype=dtype, scale=0.1)
+        inputs.append("b")
+    g = make_graph([node("conv", Conv2d(**attrs), *inputs)], (n, c, h, w), weights, dtype=dtype)
+    return g, randn(n, c, h, w, seed=seed, dtype=dtype)
+
+
+EPILOGUES = {
+    "none": None,
+    "relu": Relu(),
+    "relu6": Relu(max_value=6.0),
+    "leaky": Relu(negative_slope=0.1),
+    "thresholded": Relu(threshold=0.3, max_value=1.0, negative_slope=0.05),
+    "sigmoid": Activation(function="sigmoid"),
+    "gelu": Activation(function="gelu"),
+    "elu": Activation(function="elu", alpha=0.7),
+}
+
+
+# -- conv2d -------------------------------------------------------------------------------------
+
+CONV_CASES = {
+    "basic": dict(n=2, c=3, h=9, w=9, o=4, k=(3, 3)),
+    "same-pads": dict(n=1, c=3, h=8, w=8, o=5, k=(3, 3), pads=(1, 1, 1, 1)),
+    "asym-pads": dict(n=2, c=3, h=7, w=10, o=4, k=(3, 2), pads=(0, 2, 1, 0)),
+    "stride2": dict(n=2, c=4, h=11, w=10, o=6, k=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
+    "stride3-mixed": dict(n=1, c=2, h=13, w=12, o=3, k=(3, 4), strides=(3, 1), pads=(2, 0, 0, 3)),
+    "dilation2": dict(n=2, c=3, h=12, w=11, o=4, k=(3, 3), dilations=(2, 2), pads=(2, 2, 2, 2)),
+    "dilation-stride": dict(n=1, c=3, h=15, w=15, o=4, k=(3, 3), dilations=(2, 1), strides=(2, 3), pads=(1, 0, 2, 1)),
+    "groups2": dict(n=2, c=4, h=8, w=8, o=6, k=(3, 3), groups=2, pads=(1, 1, 1, 1)),
+    "depthwise": dict(n=2, c=6, h=9, w=9, o=6, k=(3, 3), groups=6, pads=(1, 1, 1, 1)),
+    "depthwise-mult2": dict(n=1, c=4, h=8, w=7, o=8, k=(3, 3), groups=4, strides=(2, 2)),
+    "pointwise": dict(n=3, c=8, h=5, w=6, o=7, k=(1, 1)),
+    "no-bias": dict(n=2, c=3, h=6, w=6, o=4, k=(3, 3), bias=False, pads=(1, 1, 1, 1)),
+    "kernel-as-large-as-input": dict(n=2, c=2, h=4, w=5, o=3, k=(4, 5)),
+    "deep": dict(n=2, c=40, h=6, w=6, o=20, k=(3, 3), pads=(1, 1, 1, 1)),
+}
+
+
+@pytest.mark.parametrize("algorithm", kernels_conv.ALGORITHMS)
+@pytest.mark.parametrize("case", list(CONV_CASES), ids=list(CONV_CASES))
+def test_conv2d_matches_reference(case: str, algorithm: str) -> None:
+    spec = dict(CONV_CASES[case])
+    g, x = conv_graph(spec.pop("n"), spec.pop("c"), spec.pop("h"), spec.pop("w"), spec.pop("o"), spec.pop("k"), **spec)
+    with conv_algorithm(algorithm):
+        exe = compile_graph(g)
+    check(g, x, exe=exe)
+
+
+@pytest.mark.parametrize("algorithm", kernels_conv.ALGORITHMS)
+@pytest.mark.parametrize("epilogue", list(EPILOGUES), ids=list(EPILOGUES))
+def test_conv2d_fused_epilogue(epilogue: str, algorithm: str) -> None:
+    g, x = conv_graph(2, 3, 7, 7, 4, (3, 3), pads=(1, 1, 1, 1), activation=EPILOGUES[epilogue])
+    with conv_algorithm(algorithm):
+        exe = compile_graph(g)
+    check(g, x, exe=exe)
+
+
+def test_conv2d_default_choice_matches_reference_for_batch_1_and_5() -> None:
+    g, _ = conv_graph(1, 8, 10, 10, 16, (3, 3), pads=(1, 1, 1, 1), activation=Relu())
+    exe = compile_graph(g)
+    for n in (1, 5):
+        check(g, randn(n, 8, 10, 10, seed=n), exe=exe)
+
+
+def test_conv2d_float64_weights_in_float32_graph_are_cast() -> None:
+    w = randn(4, 3, 3, 3, seed=3, dtype="float64", scale=0.2)
+    g = make_graph([node("conv", Conv2d(), "x", "w")], (1, 3, 6, 6), {"w": w})
+    check(g, randn(2, 3, 6, 6))
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_conv2d_generated(data: st.DataObject) -> None:
+    groups = data.draw(st.sampled_from([1, 1, 2, 3]), label="groups")
+    cg = data.draw(st.integers(1, 3), label="cg")
+    og = data.draw(st.integers(1, 3), label="og")
+    kh, kw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    sh, sw = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    dh, dw = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
+    pads = tuple(data.draw(st.integers(0, 3)) for _ in range(4))
+    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    h = data.draw(st.integers(max(1, span_h - pads[0] - pads[1]), 12), label="h")
+    w = data.draw(st.integers(max(1, span_w - pads[2] - pads[3]), 12), label="w")
+    n = data.draw(st.integers(1, 3), label="n")
+    algorithm = data.draw(st.sampled_from(kernels_conv.ALGORITHMS), label="algorithm")
+    g, x = conv_graph(n, cg * groups, h, w, og * groups, (kh, kw), strides=(sh, sw), dilations=(dh, dw),
+                      pads=pads, groups=groups, bias=data.draw(st.booleans()))
+    with conv_algorithm(algorithm):
+        exe = compile_graph(g)
+    check(g, x, exe=exe)
+
+
+# -- pooling ------------------------------------------------------------------------------------
+
+POOL_CASES = {
+    "2x2/2": dict(kernel=(2, 2), strides=(2, 2)),
+    "3x3/2-same": dict(kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
+    "asym-pads": dict(kernel=(3, 2), strides=(1, 2), pads=(2, 0, 0, 1)),
+    "stride-not-kernel": dict(kernel=(3, 3), strides=(1, 2)),
+    "stride>kernel": dict(kernel=(2, 2), strides=(3, 3), pads=(1, 0, 1, 0)),
+}
+
+
+@pytest.mark.parametrize("cls", [MaxPool2d, AvgPool2d], ids=["max", "avg"])
+@pytest.mark.parametrize("case", list(POOL_CASES), ids=list(POOL_CASES))
+def test_pool2d_matches_reference(cls, case: str) -> None:
+    g = make_graph([node("pool", cls(**POOL_CASES[case]), "x")], (1, 3, 9, 8))
+    x = randn(2, 3, 9, 8)
+    check(g, x)
+    check(g, -np.abs(x))  # all negative: a padded zero must never win a max
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_pool2d_generated(data: st.DataObject) -> None:
+    kh, kw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    pads = (data.draw(st.integers(0, kh - 1)), data.draw(st.integers(0, kh - 1)),
+            data.draw(st.integers(0, kw - 1)), data.draw(st.integers(0, kw - 1)))
+    h = data.draw(st.integers(max(1, kh - pads[0] - pads[1]), 11))
+    w = data.draw(st.integers(max(1, kw - pads[2] - pads[3]), 11))
+    cls = data.draw(st.sampled_from([MaxPool2d, AvgPool2d]))
+    op = cls(kernel=(kh, kw), strides=(data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))), pads=pads)
+    n, c = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    g = make_graph([node("pool", op, "x")], (n, c, h, w))
+    check(g, randn(n, c, h, w, seed=data.draw(st.integers(0, 9))))
+
+
+def test_max_pool_propagates_nan_like_numpy() -> None:
+    g = make_graph([node("pool", MaxPool2d(kernel=(2, 2), strides=(2, 2)), "x")], (1, 1, 4, 4))
+    x = randn(1, 1, 4, 4)
+    x[0, 0, 1, 1] = np.nan
+    got = compile_graph(g)(x)[0]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(run_reference(g, x)[0]))
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_global_avg_pool(keepdims: bool) -> None:
+    g = make_graph([node("gap", GlobalAvgPool2d(keepdims=keepdims), "x")], (1, 5, 7, 6))
+    check(g, randn(3, 5, 7, 6))
+
+
+# -- dense, elementwise, softmax, shape ops -----------------------------------------------------
+
+@pytest.mark.parametrize("epilogue", ["none", "relu", "leaky", "gelu"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense(epilogue: str, bias: bool) -> None:
+    weights = {"w": randn(12, 7, seed=1, scale=12 ** -0.5)}
+    if bias:
+        weights["b"] = randn(7, seed=2)
+    op = Dense(activation=EPILOGUES[epilogue])
+    g = make_graph([node("fc", op, "x", *sorted(weights, reverse=True))], (1, 12), weights, layout="NC")
+    for n in (1, 5):
+        check(g, randn(n, 12, seed=n))
+
+
+def test_dense_on_rank3_input() -> None:
+    weights = {"w": randn(6, 4, seed=1), "b": randn(4, seed=2)}
+    g = make_graph([node("fc", Dense(), "x", "w", "b")], (1, 3, 6), weights, layout="ANY")
+    check(g, randn(2, 3, 6))
+
+
+ACT_INPUT = np.concatenate([np.linspace(-8, 8, 161), [-30.0, -1e-3, 0.0, 1e-3, 30.0]]).reshape(1, -1)
+
+
+@pytest.mark.parametrize("function", sorted(ACTIVATION_FUNCTIONS))
+def test_every_activation_function(function: str) -> None:
+    op = Activation(function=function, alpha=0.6 if function == "elu" else 1.0)
+    g = make_graph([node("act", op, "x")], ACT_INPUT.shape, layout="NC")
+    x = ACT_INPUT.astype(np.float32)
+    if function == "exponential":
+        x = np.clip(x, -8.0, 8.0)  # exp(30) is out of float32's 1e-5 relative reach
+    check(g, x)
+
+
+@pytest.mark.parametrize("max_value", [None, 0.0, 0.5, 6.0])
+@pytest.mark.parametrize("negative_slope", [0.0, 0.2])
+@pytest.mark.parametrize("threshold", [-0.5, 0.0, 0.7])
+def test_relu_variants(max_value: Optional[float], negative_slope: float, threshold: float) -> None:
+    op = Relu(max_value=max_value, negative_slope=negative_slope, threshold=threshold)
+    g = make_graph([node("relu", op, "x")], (1, 2, 3, 30))
+    x = np.broadcast_to(np.linspace(-2, 8, 30, dtype=np.float32), (2, 2, 3, 30)).copy()
+    check(g, x)
+
+
+@pytest.mark.parametrize("axis,shape", [(1, (3, 5, 4, 2)), (-1, (3, 5, 4, 2)), (-1, (4, 10)), (2, (2, 3, 6))])
+def test_softmax(axis: int, shape: tuple) -> None:
+    g = make_graph([node("sm", Softmax(axis=axis), "x")], shape, layout="ANY")
+    x = randn(*shape, scale=5.0)
+    check(g, x)
+    check(g, x + 1000.0)  # max subtraction keeps large logits finite
+
+
+def test_shape_ops_chain() -> None:
+    nodes = [
+        node("to_nhwc", Transpose(perm=(0, 2, 3, 1), layout="NHWC"), "x"),
+        node("flat", Flatten(), "to_nhwc"),
+        node("re", Reshape(shape=(4, -1)), "flat"),
+        node("t", Transpose(perm=(0, 2, 1)), "re"),
+    ]
+    g = make_graph(nodes, (1, 3, 4, 2), outputs=("t", "flat"))
+    check(g, randn(2, 3, 4, 2))
+
+
+# -- whole graphs ---------------------------------------------------------------------------------
+
+def seed_cnn(dtype: str = "float32") -> Graph:
+    """The seed CNN: conv 8 3x3 same, relu, maxpool 2, conv 16 3x3 same, relu, gap, dense 10, softmax."""
+    weights = {
+        "c1w": randn(8, 1, 3, 3, seed=1, dtype=dtype, scale=0.3), "c1b": randn(8, seed=2, dtype=dtype, scale=0.1),
+        "c2w": randn(16, 8, 3, 3, seed=3, dtype=dtype, scale=0.1), "c2b": randn(16, seed=4, dtype=dtype, scale=0.1),
+        "dw": randn(16, 10, seed=5, dtype=dtype, scale=0.3), "db": randn(10, seed=6, dtype=dtype, scale=0.1),
+    }
+    nodes = [
+        node("conv1", Conv2d(pads=(1, 1, 1, 1)), "x", "c1w", "c1b"),
+        node("relu1", Relu(), "conv1"),
+        node("pool", MaxPool2d(kernel=(2, 2), strides=(2, 2)), "relu1"),
+        node("conv2", Conv2d(pads=(1, 1, 1, 1), activation=Relu()), "pool", "c2w", "c2b"),
+        node("gap", GlobalAvgPool2d(), "conv2"),
+        node("dense", Dense(), "gap", "dw", "db"),
+        node("softmax", Softmax(), "dense"),
+    ]
+    return make_graph(nodes, (1, 1, 28, 28), weights, dtype=dtype)
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_seed_cnn(n: int) -> None:
+    g = seed_cnn()
+    exe = compile_graph(g)
+    check(g, randn(n, 1, 28, 28, seed=n), exe=exe)
+    check(g, randn(n, 1, 28, 28, seed=n + 10), exe=exe)  # buffers reused across calls
+
+
+def test_float64_graph_is_computed_in_float64() -> None:
+    g = seed_cnn("float64")
+    out = check(g, randn(3, 1, 28, 28, dtype="float64"), rtol=1e-10, atol=1e-12)
+    assert out[0].dtype == np.float64
+
+
+def test_outputs_are_fresh_and_intermediates_can_be_outputs() -> None:
+    weights = {"w": randn(4, 2, 3, 3, seed=1, scale=0.3)}
+    nodes = [
+        node("conv", Conv2d(pads=(1, 1, 1, 1)), "x", "w"),
+        node("relu", Relu(), "conv"),
+        node("flat", Flatten(), "relu"),
+        node("sm", Softmax(), "flat"),
+    ]
+    g = make_graph(nodes, (1, 2, 5, 5), weights, outputs=("sm", "relu", "flat", "sm", "x"))
+    exe = compile_graph(g)
+    x = randn(2, 2, 5, 5)
+    first = check(g, x, exe=exe)
+    kept = [a.copy() for a in first]
+    for a in first:
+        a[...] = 123.0  # the caller owns what it got: scribbling must not leak into later calls
+    second = check(g, x, exe=exe)
+    for k, s in zip(kept, second):
+        np.testing.assert_array_equal(k, s)
+    assert len({id(a) for a in second}) == len(second)
+    np.testing.assert_array_equal(x, randn(2, 2, 5, 5))  # the input is never written
+
+
+def test_read_only_and_non_contiguous_inputs() -> None:
+    g = seed_cnn()
+    exe = compile_graph(g)
+    x = randn(2, 1, 28, 28)
+    x.flags.writeable = False
+    check(g, x, exe=exe)
+    wide = randn(2, 1, 28, 56)
+    check(g, wide[..., ::2], exe=exe)
+
+
+def test_concurrent_calls_from_8_threads() -> None:
+    g = seed_cnn()
+    exe = compile_graph(g)
+    inputs = [randn(1 + i % 3, 1, 28, 28, seed=100 + i) for i in range(8)]
+    expected = [run_reference(g, x)[0] for x in inputs]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def worker(i: int) -> None:
+        try:
+            barrier.wait()
+            for _ in range(25):
+                np.testing.assert_allclose(exe(inputs[i])[0], expected[i], **TOL)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+def test_every_ir_op_has_a_kernel() -> None:
+    assert set(KERNELS) == set(OP_CLASSES) - {"opaque"}
+
+
+def test_opaque_node_is_rejected_by_name() -> None:
+    nodes = [
+        node("mystery", Opaque(keras_class="Lambda", reason="arbitrary Python", output_shape=("N", 3, 4, 4)), "x"),
+        node("relu", Relu(), "mystery"),
+    ]
+    g = make_graph(nodes, (1, 3, 4, 4))
+    with pytest.raises(BackendError, match=r"mystery.*Lambda"):
+        compile_graph(g)
+
+
+def test_nhwc_conv_asks_for_canonicalize_layout() -> None:
+    weights = {"w": randn(4, 3, 3, 3)}
+    g = make_graph([node("conv_nhwc", Conv2d(layout="NHWC"), "x", "w")], (1, 8, 8, 3), weights, layout="NHWC")
+    with pytest.raises(BackendError, match=r"conv_nhwc.*canonicalize-layout"):
+        compile_graph(g)
+
+
+def test_nhwc_pool_asks_for_canonicalize_layout() -> None:
+    g = make_graph([node("pool_nhwc", MaxPool2d(kernel=(2, 2), strides=(2, 2), layout="NHWC"), "x")],
+                   (1, 8, 8, 3), layout="NHWC")
+    with pytest.raises(BackendError, match=r"pool_nhwc.*canonicalize-layout"):
+        compile_graph(g)
+
+
+def test_op_without_kernel_is_rejected_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(KERNELS, "softmax")
+    g = make_graph([node("probabilities", Softmax(), "x")], (1, 4), layout="NC")
+    with pytest.raises(BackendError, match=r"probabilities.*softmax"):
+        compile_graph(g)
+
+
+def test_wrong_input_shape_is_a_value_error() -> None:
+    exe = compile_graph(seed_cnn())
+    with pytest.raises(ValueError):
+        exe(randn(1, 2, 28, 28))
