@@ -158,4 +158,5 @@ def lower_global_avg_pool2d(ctx: LowerContext) -> LoweredOp:
         return out
 
     _, _, h, w = ctx.in_types[0].shape
-    return LoweredOp(run=run, description="global_avg_pool2d", work_per_element=int(h) * int(w))
+    window = h * w if isinstance(h, int) and isinstance(w, int) else 1
+    return LoweredOp(run=run, description="global_avg_pool2d", work_per_element=window)
