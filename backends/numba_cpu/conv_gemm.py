@@ -1,11 +1,17 @@
-"""im2col + GEMM conv2d (NCHW): the kernel for convolutions that reduce over many inputs.
+"""im2col conv2d (NCHW): unfold the input, then one matrix product per group.
 
-Samples are unfolded in chunks into one (Cg*KH*KW, chunk*OH*OW) matrix per
-group, so each group costs one large BLAS call that BLAS parallelizes itself;
-the result is then scattered to NCHW with bias and epilogue. BLAS is never
-called from inside a prange: BLAS threads nested in numba's threads contend
-for the cores and run several times slower. For a single sample the GEMM
-writes straight into the output, and a 1x1 stride-1 convolution skips im2col.
+Two kernels share the unfolding and operand layout (x as (N, G, Cg, H, W),
+weights as (G, Og, Cg*KH*KW), output as (N, G, Og, OH*OW)):
+
+* ``conv2d_im2col`` multiplies with numba loops on numba's threads; the
+  default for every filter that mixes channels.
+* ``conv2d_blas`` hands one large product per group and chunk of samples to
+  BLAS, which parallelizes it itself, then scatters to NCHW with bias and
+  epilogue. BLAS is only ever called outside prange: BLAS threads nested in
+  numba's threads fight over the cores and ran several times slower.
+
+A 1x1 stride-1 unpadded convolution skips the unfolding (the input already is
+the matrix).
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ def _build_plan(graph: Graph) -> Plan:
         if value.type is None:
             problems.append(f"graph input %{value.name} has no type")
     steps: list[Step] = []
+    opaque = graph.find_opaque()
     for node in graph.nodes:
         where = f"node {node.name!r} ({node.op.kind})" + (f" from Keras layer {node.source!r}" if node.source else "")
         if node.op.kind == "opaque":
@@ -66,7 +67,8 @@ def _build_plan(graph: Graph) -> Plan:
             continue
         in_types = tuple(types.get(i) for i in node.inputs)
         if node.outputs[0].type is None or any(t is None for t in in_types):
-            problems.append(f"{where} has untyped operands or result; run the infer-shapes pass first")
+            if not opaque:  # downstream of a placeholder nothing is typed; the placeholder says why
+                problems.append(f"{where} has untyped operands or result; run the infer-shapes pass first")
             continue
         ctx = LowerContext(node=node, in_types=in_types, out_type=node.outputs[0].type, weights=graph.weights)
         try:
@@ -75,7 +77,7 @@ def _build_plan(graph: Graph) -> Plan:
             problems.append(f"{where}: {exc}")
             continue
         steps.append(Step(node.name, node.op.kind, lowered, tuple(slot[i] for i in node.inputs),
-                          slot[node.outputs[0].name]))
+                          slot[node.outputs[0].name], ctx.dtype))
     if problems:
         raise BackendError(f"numba-cpu cannot compile graph {graph.name!r}:\n"
                            + "\n".join(f"  - {p}" for p in problems))
@@ -95,6 +97,7 @@ class NumbaCpuExecutable:
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
         self.plan = _build_plan(graph)
+        self._input_dtypes = tuple(v.type.np_dtype for v in graph.inputs)
         self._layouts: dict[tuple, MemoryLayout] = {}
         self._layouts_lock = threading.Lock()
         self._local = threading.local()
@@ -127,8 +130,12 @@ class NumbaCpuExecutable:
         plan = self.plan
         if len(inputs) != len(plan.input_slots):
             raise ValueError(f"graph {self.graph.name!r} takes {len(plan.input_slots)} inputs, got {len(inputs)}")
-        # Kernels are compiled for writable C-contiguous arrays; anything else is copied once here.
-        arrays = [a if a.flags.c_contiguous and a.flags.writeable else np.array(a, order="C") for a in inputs]
+        # Kernels are compiled for writable C-contiguous arrays of the graph's dtype; anything
+        # else is copied once here rather than triggering another numba specialization.
+        arrays = [
+            a if a.dtype == dt and a.flags.c_contiguous and a.flags.writeable else np.array(a, dtype=dt, order="C")
+            for a, dt in zip(map(np.asarray, inputs), self._input_dtypes)
+        ]
         key = tuple(a.shape for a in arrays)
         layout = self._layout(key)
         bufs = self._arena(key, layout)

@@ -1,7 +1,7 @@
 """conv2d lowering: bind weights and epilogue, pick direct loops, im2col or BLAS by shape.
 
-Both kernels take a private weight copy, a bias that is zeros when the op has
-none, and apply the fused epilogue while the output is still in cache.
+Every kernel takes a private weight copy, a bias that is zeros when the op has
+none, and applies the fused epilogue while the output is still in cache.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ __all__ = ["choose_algorithm", "lower_conv2d", "FORCE_ALGORITHM", "ALGORITHMS", 
 
 logger = logging.getLogger(__name__)
 
-#: Tests set this to "direct" or "gemm" to exercise one kernel on every shape.
+#: Tests set this to one of ALGORITHMS to exercise that kernel on every shape.
 FORCE_ALGORITHM: Optional[str] = None
 #: Filters reducing over at least this many inputs, with this many outputs per group, use BLAS.
 BLAS_MIN_DEPTH = 512

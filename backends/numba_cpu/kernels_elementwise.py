@@ -183,7 +183,8 @@ def _elementwise(ctx: LowerContext, act: Epilogue) -> LoweredOp:
         return out
 
     cost = 1 if code in (LINEAR, RELU0, RELU) else 8  # transcendental functions
-    return LoweredOp(run=run, inplace=True, description=f"{ctx.node.op.kind} code={code}", work_per_element=cost)
+    name = getattr(ctx.node.op, "function", ctx.node.op.kind)
+    return LoweredOp(run=run, inplace=True, description=name, work_per_element=cost)
 
 
 @register_kernel("relu", "activation")

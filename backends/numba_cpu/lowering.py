@@ -9,7 +9,7 @@ lowering) and never on op classes by hand; a new op adds one entry here.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -27,7 +27,10 @@ logger = logging.getLogger(__name__)
 
 #: Every kernel: cached on disk (a second process does not recompile), releases the GIL
 #: (concurrent callers run in parallel) and uses NumPy's float error model (no
-#: ZeroDivisionError checks that would block vectorization).
+#: ZeroDivisionError checks that would block vectorization). Caveat of numba's cache: it
+#: is invalidated per source file, so after editing a helper that kernels in *other*
+#: files call (activate_range, tap_lo/tap_hi, im2col_channel), delete
+#: backends/numba_cpu/__pycache__/*.nbi so those callers recompile.
 JIT_OPTIONS: dict = {"cache": True, "nogil": True, "error_model": "numpy"}
 PARALLEL_JIT_OPTIONS: dict = {**JIT_OPTIONS, "parallel": True}
 
@@ -66,7 +69,6 @@ class LowerContext:
     in_types: tuple[TensorType, ...]
     out_type: TensorType
     weights: Mapping[str, np.ndarray]
-    _cache: dict = field(default_factory=dict, compare=False)
 
     @property
     def dtype(self) -> np.dtype:

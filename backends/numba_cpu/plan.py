@@ -37,6 +37,7 @@ class Step:
     op: LoweredOp
     operands: tuple[int, ...]
     output: int
+    dtype: np.dtype
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class Plan:
 
 
 #: Steps estimated below this much work run on the calling thread only.
-PARALLEL_MIN_WORK = 1 << 19
+PARALLEL_MIN_WORK = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -177,4 +178,4 @@ def plan_memory(plan: Plan, shapes: list[tuple[int, ...]]) -> MemoryLayout:
 
 
 def _dtype(plan: Plan, step_index: int) -> np.dtype:
-    return plan.graph.nodes[step_index].outputs[0].type.np_dtype
+    return plan.steps[step_index].dtype

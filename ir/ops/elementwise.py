@@ -13,7 +13,8 @@ __all__ = ["Relu", "PRelu", "Softmax", "Activation", "ACTIVATION_FUNCTIONS"]
 
 
 class Relu(OpBase):
-    """Keras ReLU: ``clip(x * (x > threshold), 0, max_value) - negative_slope * relu(threshold - x)``."""
+    """Keras ReLU: ``x * (x > threshold)``, clipped to ``[0, max_value]`` only when max_value is set,
+    minus ``negative_slope * relu(threshold - x)`` (keras.activations.relu, both Keras 2 and 3)."""
 
     kind: Literal["relu"] = "relu"
     max_value: Optional[float] = None

@@ -1,0 +1,126 @@
+"""Activation functions as one device function per dtype, and their compile-time encoding.
+
+An activation (a standalone relu/activation node, or the epilogue fused into
+conv2d/dense) is encoded once as an integer code plus four parameters, so one
+compiled kernel per dtype serves every function: no recompilation per layer.
+The codes are the CPU backend's. Parameters and literals are in the compute
+dtype, so a float32 kernel never promotes to float64 (slow on most GPUs);
+each formula mirrors ``keydnn.ir.reference`` term by term.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from typing import Callable, Optional
+
+import numpy as np
+
+from keydnn.backends.numba_cuda.device import cuda
+from keydnn.backends.numba_cuda.lowering import Unsupported
+from keydnn.ir.ops.base import OpBase
+
+__all__ = ["ACTIVATION_CODES", "Encoded", "LINEAR", "encode_activation", "make_activation", "epilogue_args"]
+
+logger = logging.getLogger(__name__)
+
+#: (code, p0, p1, p2, p3): what a kernel needs to apply one activation.
+Encoded = tuple[int, float, float, float, float]
+
+LINEAR, RELU0, RELU, SIGMOID, TANH, SOFTPLUS, SOFTSIGN, ELU, SELU = 0, 1, 2, 3, 4, 5, 6, 7, 8
+GELU, GELU_TANH, SWISH, EXPONENTIAL, HARD_SIGMOID, HARD_SIGMOID_K2 = 9, 10, 11, 12, 13, 14
+
+#: Activation function name (ir.ops.ACTIVATION_FUNCTIONS) -> kernel code.
+ACTIVATION_CODES: dict[str, int] = {
+    "linear": LINEAR, "sigmoid": SIGMOID, "tanh": TANH, "softplus": SOFTPLUS, "softsign": SOFTSIGN,
+    "elu": ELU, "selu": SELU, "gelu": GELU, "gelu_tanh": GELU_TANH, "swish": SWISH,
+    "exponential": EXPONENTIAL, "hard_sigmoid": HARD_SIGMOID, "hard_sigmoid_k2": HARD_SIGMOID_K2,
+}
+
+_NONE: Encoded = (LINEAR, 0.0, 0.0, 0.0, 0.0)
+
+
+def _encode_relu(op: OpBase) -> Encoded:
+    if op.max_value is None and op.negative_slope == 0.0 and op.threshold == 0.0:
+        return (RELU0, 0.0, 0.0, 0.0, 0.0)
+    has_max = op.max_value is not None
+    return (RELU, float(op.threshold), float(op.max_value or 0.0), 1.0 if has_max else 0.0,
+            float(op.negative_slope))
+
+
+def _encode_function(op: OpBase) -> Encoded:
+    code = ACTIVATION_CODES.get(op.function)
+    if code is None:
+        raise Unsupported(f"activation function {op.function!r} has no numba-cuda kernel; "
+                          f"supported: {', '.join(sorted(ACTIVATION_CODES))}")
+    return (code, float(op.alpha), 0.0, 0.0, 0.0)
+
+
+_ENCODERS: dict[str, Callable[[OpBase], Encoded]] = {"relu": _encode_relu, "activation": _encode_function}
+
+
+def encode_activation(op: Optional[OpBase]) -> Encoded:
+    """Encode a relu/activation op (standalone or a fused epilogue); None is the identity."""
+    if op is None:
+        return _NONE
+    encoder = _ENCODERS.get(op.kind)
+    if encoder is None:
+        raise Unsupported(f"{op.kind} cannot be a fused epilogue; supported: {', '.join(_ENCODERS)}")
+    return encoder(op)
+
+
+def epilogue_args(act: Encoded, dtype: np.dtype) -> tuple:
+    """Kernel arguments for an encoded activation: the code, then the parameters in ``dtype``."""
+    code, *params = act
+    return (np.int32(code), *(dtype.type(p) for p in params))
+
+
+@functools.lru_cache(maxsize=None)
+def make_activation(dtype_name: str) -> Callable:
+    """``act(v, code, p0, p1, p2, p3)`` as a device function whose literals are ``dtype_name`` scalars."""
+    f = np.dtype(dtype_name).type
+    zero, one, half, six, fifth = f(0.0), f(1.0), f(0.5), f(6.0), f(0.2)
+    selu_alpha, selu_scale = f(1.6732632423543772), f(1.0507009873554805)
+    sqrt_half, sqrt_2_over_pi, gelu_c = f(1.0 / math.sqrt(2.0)), f(math.sqrt(2.0 / math.pi)), f(0.044715)
+
+    @cuda.jit(device=True, inline=True)
+    def act(v, code, p0, p1, p2, p3):  # pragma: no cover - runs on the device (or the simulator)
+        if code == LINEAR:
+            return v
+        if code == RELU0:
+            return v if v > zero else zero
+        if code == RELU:
+            y = v if v > p0 else zero
+            if p2 != zero:
+                y = min(max(y, zero), p1)
+            if p3 != zero:
+                y -= p3 * max(p0 - v, zero)
+            return y
+        if code == SIGMOID:
+            return one / (one + math.exp(-v))
+        if code == TANH:
+            return math.tanh(v)
+        if code == SOFTPLUS:
+            return max(v, zero) + math.log1p(math.exp(-abs(v)))
+        if code == SOFTSIGN:
+            return v / (one + abs(v))
+        if code == ELU:
+            return v if v > zero else p0 * math.expm1(min(v, zero))
+        if code == SELU:
+            return selu_scale * (v if v > zero else selu_alpha * math.expm1(min(v, zero)))
+        if code == GELU:
+            return half * v * (one + math.erf(v * sqrt_half))
+        if code == GELU_TANH:
+            return half * v * (one + math.tanh(sqrt_2_over_pi * (v + gelu_c * v * v * v)))
+        if code == SWISH:
+            return v / (one + math.exp(-v))
+        if code == EXPONENTIAL:
+            return math.exp(v)
+        if code == HARD_SIGMOID:
+            return min(max(v / six + half, zero), one)
+        if code == HARD_SIGMOID_K2:
+            return min(max(fifth * v + half, zero), one)
+        return v
+
+    return act

@@ -1,0 +1,137 @@
+"""The kernel table of the numba-cuda backend and what a lowering returns.
+
+Mirrors ``keydnn.backends.numba_cpu.lowering``: a *lowering* turns one IR node
+into a ``LoweredOp`` once, at compile time (attributes decoded, weights laid
+out and uploaded to the device). Unlike the CPU backend, a GPU launch also
+needs a grid, so a ``LoweredOp`` is *prepared* once per concrete input shape
+(``prepare(in_shapes, out_shape) -> Prepared``) and the per-call work is one
+bound launch per step. Every tensor a kernel sees is a flat, C-ordered device
+array; shapes travel as plain integers, so a kernel compiles once per dtype,
+never once per rank or layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from keydnn.backends.numba_cuda.device import cuda, simulator_enabled
+from keydnn.errors import BackendError
+from keydnn.ir.graph import Node
+from keydnn.ir.types import TensorType
+
+__all__ = [
+    "KERNELS", "LowerContext", "LoweredOp", "Prepared", "Lowering", "Unsupported", "register_kernel",
+    "require_nchw", "THREADS", "grid_1d", "Shape",
+]
+
+logger = logging.getLogger(__name__)
+
+Shape = tuple[int, ...]
+DeviceArray = Any
+#: (operands, out, scratch) -> result: ``out`` is the step's flat output buffer (None when the op
+#: does not allocate, the result then views operand 0); ``scratch`` a flat work buffer or None.
+Launch = Callable[[Sequence[DeviceArray], Optional[DeviceArray], Optional[DeviceArray]], DeviceArray]
+
+#: Threads per block of the one-thread-per-element kernels. The simulator runs every thread
+#: as a Python thread, so it gets small blocks and few of them (grid-stride loops cover the rest).
+THREADS = 32 if simulator_enabled() else 256
+_MAX_BLOCKS = 4 if simulator_enabled() else 65535
+
+
+def grid_1d(n: int, threads: int = THREADS) -> int:
+    """Blocks for ``n`` elements; kernels loop with a grid stride, so a capped grid still covers all."""
+    return max(1, min(math.ceil(n / threads), _MAX_BLOCKS))
+
+
+class Unsupported(BackendError):
+    """A lowering cannot handle this node; the executor adds the node's name."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One step bound to concrete shapes: the launch, and the scratch elements it needs."""
+
+    launch: Launch
+    scratch: int = 0
+
+
+@dataclass(frozen=True)
+class LoweredOp:
+    """One node bound to its kernel and device-resident weights.
+
+    ``allocates`` is False for ops that return a view of operand 0 (flatten,
+    reshape, squeeze, expand_dims); ``inplace`` marks elementwise kernels that
+    may write over operand 0 when it is dead afterwards.
+    """
+
+    prepare: Callable[[tuple[Shape, ...], Shape], Prepared]
+    allocates: bool = True
+    inplace: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class LowerContext:
+    """What a lowering may read: the node, its operand and result types, and the weights."""
+
+    node: Node
+    in_types: tuple[TensorType, ...]
+    out_type: TensorType
+    weights: Mapping[str, np.ndarray]
+    _uploads: list = field(default_factory=list, compare=False)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.out_type.np_dtype
+
+    def scalar(self, value: float) -> np.generic:
+        """A float parameter in the compute dtype, so float32 kernels never promote to float64."""
+        return self.dtype.type(value)
+
+    def constant(self, position: int) -> Optional[np.ndarray]:
+        """Operand ``position`` as a host array in the compute dtype, or None if the op omits it."""
+        if position >= len(self.node.inputs):
+            return None
+        name = self.node.inputs[position]
+        if name not in self.weights:
+            raise Unsupported(f"operand {position} (%{name}) must be a constant weight")
+        return np.array(self.weights[name], dtype=self.dtype, order="C", copy=True)
+
+    def upload(self, array: np.ndarray) -> DeviceArray:
+        """Copy a host array to the device once, flat, in the compute dtype; it lives with the executable."""
+        flat = np.ascontiguousarray(array, dtype=self.dtype).reshape(-1)
+        dev = cuda.to_device(flat if flat.size else np.zeros(1, dtype=self.dtype))
+        self._uploads.append(dev)
+        return dev
+
+
+Lowering = Callable[[LowerContext], LoweredOp]
+
+#: op kind -> lowering. Filled by the kernel modules through ``register_kernel``.
+KERNELS: dict[str, Lowering] = {}
+
+
+def register_kernel(*kinds: str) -> Callable[[Lowering], Lowering]:
+    """Register a lowering for one or more op kinds."""
+
+    def register(fn: Lowering) -> Lowering:
+        for kind in kinds:
+            KERNELS[kind] = fn
+        return fn
+
+    return register
+
+
+def require_nchw(ctx: LowerContext) -> None:
+    """Kernels are channels-first only; layout is canonicalized by a pass, not here."""
+    layout = getattr(ctx.node.op, "layout", "NCHW")
+    if layout != "NCHW":
+        raise Unsupported(
+            f"{ctx.node.op.kind} with layout {layout} is not supported by numba-cuda "
+            "(kernels are NCHW); run the canonicalize-layout pass first"
+        )

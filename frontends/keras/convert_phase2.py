@@ -1,0 +1,150 @@
+"""Shared helpers of the Phase-2 converters (issue 3): config parsing and the 1-D lowering.
+
+The converters themselves live by family: ``convert_identity`` (Dropout and the
+other layers that are the identity at inference), ``convert_activation``
+(Activation, LeakyReLU, ELU, PReLU), ``convert_norm`` (BatchNormalization,
+Rescaling, Normalization), ``convert_conv`` (DepthwiseConv2D, SeparableConv2D,
+Conv1D), ``convert_spatial`` (pooling, padding, cropping, upsampling in 1-D
+and 2-D) and ``convert_shape`` (Reshape, Permute). Importing
+``keydnn.frontends.keras`` registers all of them.
+
+1-D layers follow the IR convention of ``keydnn.ir.ops.shape``: the matching
+2-D op on a size-1 H axis between ``expand_dims`` and ``squeeze``, with the H
+parameters the identity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from keydnn.frontends.keras.convert_core import same_padding
+from keydnn.frontends.keras.registry import LayerContext, Unconvertible
+from keydnn.ir.ops import ExpandDims, Squeeze
+
+__all__ = [
+    "is_int", "is_number", "positive_int", "finite_number", "padding_pairs", "spatial_pads",
+    "layout_1d", "expand_1d", "squeeze_1d", "pads_1d", "numeric_array",
+]
+
+_FORMATS_1D = {"channels_last": "NWC", "channels_first": "NCW"}
+#: 1-D layout -> (axis expand_dims inserts, layout of the 2-D op).
+_EXPAND = {"NWC": (1, "NHWC"), "NCW": (2, "NCHW")}
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+        and bool(np.isfinite(value))
+
+
+def positive_int(ctx: LayerContext, key: str, value: Any) -> int:
+    """An int >= 1, or a one-element list of one (how 1-D layers store sizes)."""
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    if is_int(value) and value >= 1:
+        return int(value)
+    ctx.refuse(f"invalid {key} {value!r}", field=key, value=value, supported="a positive int (or a 1-element list)")
+    raise Unconvertible
+
+
+def finite_number(ctx: LayerContext, key: str, default: Any) -> float:
+    value = ctx.cfg(key, default)
+    if is_number(value):
+        return float(value)
+    ctx.refuse(f"invalid {key} {value!r}", field=key, value=value, supported="a finite number")
+    raise Unconvertible
+
+
+def padding_pairs(ctx: LayerContext, key: str, value: Any) -> tuple[int, int, int, int]:
+    """ZeroPadding2D / Cropping2D amounts: ``n``, ``(h, w)`` or ``((top, bottom), (left, right))``."""
+    def ok(v: Any) -> bool:
+        return is_int(v) and v >= 0
+
+    if ok(value):
+        return (int(value),) * 4  # type: ignore[return-value]
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        a, b = value
+        if ok(a) and ok(b):
+            return int(a), int(a), int(b), int(b)
+        if all(isinstance(p, (list, tuple)) and len(p) == 2 and all(ok(v) for v in p) for p in (a, b)):
+            return int(a[0]), int(a[1]), int(b[0]), int(b[1])
+    ctx.refuse(f"invalid {key} {value!r}", field=key, value=value,
+               supported="an int >= 0, a pair (rows, cols), or ((top, bottom), (left, right))")
+    raise Unconvertible
+
+
+def spatial_pads(ctx: LayerContext, padding: str, sizes: tuple[Any, Any], kernel: tuple[int, int],
+                 strides: tuple[int, int], dilations: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) for Keras ``padding`` 'valid' / 'same' (TensorFlow's rule)."""
+    if padding != "same":
+        return (0, 0, 0, 0)
+    if not all(is_int(s) for s in sizes):
+        ctx.refuse("'same' padding needs static spatial dimensions", field="padding", value=padding)
+        raise Unconvertible
+    top, bottom = same_padding(int(sizes[0]), kernel[0], strides[0], dilations[0])
+    left, right = same_padding(int(sizes[1]), kernel[1], strides[1], dilations[1])
+    return top, bottom, left, right
+
+
+# -- 1-D layers -------------------------------------------------------------------
+def layout_1d(ctx: LayerContext) -> str:
+    """'NWC' (channels_last) or 'NCW' (channels_first) for a rank-3 input, else refuse."""
+    fmt = ctx.check_in("data_format", _FORMATS_1D, "channels_last")
+    if fmt not in _FORMATS_1D:
+        raise Unconvertible
+    x = ctx.need_type()
+    if x.rank != 3:
+        ctx.refuse(f"expects a rank-3 input (batch, steps, channels), got {x}")
+        raise Unconvertible
+    return _FORMATS_1D[fmt]
+
+
+def width_1d(ctx: LayerContext, layout: str) -> Any:
+    shape = ctx.need_type().shape
+    return shape[1] if layout == "NWC" else shape[2]
+
+
+def pads_1d(ctx: LayerContext, layout: str, padding: str, k: int, stride: int, dilation: int) -> tuple[int, int]:
+    """(left, right) padding of the steps axis: 'valid', 'same' (TensorFlow's rule) or 'causal'."""
+    if padding == "causal":
+        return (k - 1) * dilation, 0
+    if padding != "same":
+        return 0, 0
+    width = width_1d(ctx, layout)
+    if not is_int(width):
+        ctx.refuse("'same' padding needs a static number of steps", field="padding", value=padding)
+        raise Unconvertible
+    return same_padding(int(width), k, stride, dilation)
+
+
+def expand_1d(ctx: LayerContext, layout: str) -> str:
+    """Insert the size-1 H axis; returns the 2-D layout the layer's op runs in."""
+    axis, layout_2d = _EXPAND[layout]
+    ctx.emit(ExpandDims(axis=axis, layout=layout_2d), suffix="expand")  # type: ignore[arg-type]
+    return layout_2d
+
+
+def squeeze_1d(ctx: LayerContext, layout: str, *, suffix: str | None = None) -> None:
+    """Remove the H axis again (the node gets the layer's name unless ``suffix``)."""
+    ctx.emit(Squeeze(axis=_EXPAND[layout][0], layout=layout), suffix=suffix)  # type: ignore[arg-type]
+
+
+# -- numeric config values ----------------------------------------------------------
+def numeric_array(ctx: LayerContext, key: str, value: Any) -> np.ndarray:
+    """A number, a (nested) list of numbers, or Keras 3's serialized NumPy array, as float64."""
+    if isinstance(value, dict) and value.get("class_name") == "__numpy__" and isinstance(value.get("config"), dict):
+        value = value["config"].get("value")
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or array.dtype == object or not np.all(np.isfinite(array)):
+        ctx.refuse(f"invalid {key} {value!r}", field=key, value=value,
+                   supported="a finite number or a (nested) list of finite numbers")
+        raise Unconvertible
+    return array
