@@ -243,12 +243,20 @@ def _opaque(op, args):
     raise BackendError(f"cannot run unsupported {op.keras_class} layer: {op.reason}")
 
 
-def run_reference(graph: Graph, inputs: Mapping[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
-    """Run ``graph`` on ``inputs`` (an array for a one-input graph, or a dict by name)."""
-    if isinstance(inputs, np.ndarray):
-        if len(graph.inputs) != 1:
-            raise ValueError(f"graph has {len(graph.inputs)} inputs; pass a dict by name")
-        inputs = {graph.inputs[0].name: inputs}
+def run_reference(graph: Graph, *args: Mapping[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
+    """Run ``graph`` on its inputs: a dict by name, or the arrays in the graph's input order
+    (``run_reference(g, x)``, ``run_reference(g, x1, x2)`` or ``run_reference(g, [x1, x2])``)."""
+    if len(args) == 1 and isinstance(args[0], Mapping):
+        inputs = dict(args[0])
+    else:
+        arrays = list(args[0]) if len(args) == 1 and isinstance(args[0], (list, tuple)) else list(args)
+        if len(arrays) != len(graph.inputs):
+            names = ", ".join(v.name for v in graph.inputs)
+            raise ValueError(f"graph has {len(graph.inputs)} input(s) ({names}); got {len(arrays)} array(s)")
+        inputs = {v.name: np.asarray(a) for v, a in zip(graph.inputs, arrays)}
+    missing = [v.name for v in graph.inputs if v.name not in inputs]
+    if missing:
+        raise ValueError(f"missing graph input(s) {missing}")
     opaque = graph.find_opaque()
     if opaque:
         names = ", ".join(f"{n.name} ({n.op.keras_class})" for n in opaque)
@@ -261,3 +269,62 @@ def run_reference(graph: Graph, inputs: Mapping[str, np.ndarray] | np.ndarray) -
         dtype = out_type.np_dtype if out_type is not None else env[node.inputs[0]].dtype
         env[node.outputs[0].name] = np.asarray(result).astype(dtype, copy=False)
     return [env[o] for o in graph.outputs]
+
+
+# -- merge ops (keydnn.ir.ops.merge): NumPy broadcasting on equal ranks -----------------------
+
+
+def _f64(args: list[np.ndarray]) -> list[np.ndarray]:
+    return [np.asarray(a, dtype=np.float64) for a in args]
+
+
+@kernel("add")
+def _add(op, args):
+    xs = _f64(args)
+    y = xs[0]
+    for x in xs[1:]:
+        y = y + x
+    return y
+
+
+@kernel("sub")
+def _sub(op, args):
+    x, y = _f64(args)
+    return x - y
+
+
+@kernel("mul")
+def _mul(op, args):
+    xs = _f64(args)
+    y = xs[0]
+    for x in xs[1:]:
+        y = y * x
+    return y
+
+
+@kernel("avg")
+def _avg(op, args):
+    return _add(op, args) / len(args)
+
+
+@kernel("max")
+def _max(op, args):
+    xs = _f64(args)
+    y = xs[0]
+    for x in xs[1:]:
+        y = np.maximum(y, x)
+    return y
+
+
+@kernel("min")
+def _min(op, args):
+    xs = _f64(args)
+    y = xs[0]
+    for x in xs[1:]:
+        y = np.minimum(y, x)
+    return y
+
+
+@kernel("concat")
+def _concat(op, args):
+    return np.concatenate(_f64(args), axis=op.axis)

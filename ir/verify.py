@@ -45,8 +45,9 @@ def collect_problems(graph: Graph, *, require_types: bool = False) -> list[str]:
             problems.append(f"{where}: node name is not unique")
         names_seen.add(node.name)
         lo, hi = node.op.arity()
-        if not lo <= len(node.inputs) <= hi:
-            problems.append(f"{where}: takes {lo}..{hi} operands, has {len(node.inputs)}")
+        if len(node.inputs) < lo or (hi is not None and len(node.inputs) > hi):
+            takes = f"{lo}..{hi}" if hi is not None else f"at least {lo}"
+            problems.append(f"{where}: takes {takes} operands, has {len(node.inputs)}")
         if len(node.outputs) != 1:
             problems.append(f"{where}: must have exactly one output, has {len(node.outputs)}")
         in_types: list[TensorType | None] = []
@@ -56,7 +57,7 @@ def collect_problems(graph: Graph, *, require_types: bool = False) -> list[str]:
                 in_types.append(None)
                 continue
             in_types.append(defined[name])
-            operand = node.op.operands[pos].rstrip("?") if pos < len(node.op.operands) else "?"
+            operand = node.op.operand_name(pos)
             is_const = name in const_names
             if operand in node.op.constant_operands and not is_const:
                 problems.append(f"{where}: operand {operand} (%{name}) must be a constant")

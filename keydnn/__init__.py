@@ -13,9 +13,10 @@ __version__ = "0.1.0"
 from keydnn.api import from_keras, load
 from keydnn.device import Device
 from keydnn.errors import ArtifactError, BackendError, IRError, KerasInteropError, KeydnnError, PassError
+from keydnn.model import Model
 from keydnn.runtime import Sequential
 
 __all__ = [
-    "__version__", "from_keras", "load", "Device", "Sequential", "KeydnnError", "KerasInteropError",
+    "__version__", "from_keras", "load", "Device", "Model", "Sequential", "KeydnnError", "KerasInteropError",
     "ArtifactError", "BackendError", "IRError", "PassError",
 ]

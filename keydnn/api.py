@@ -11,6 +11,7 @@ import numpy as np
 from keydnn.device import DeviceLike, parse_device
 from keydnn.errors import KerasInteropError
 from keydnn.ir.passes import DEFAULT_PIPELINE, Pass, PassManager
+from keydnn.model import Model
 from keydnn.runtime import Sequential
 
 __all__ = ["from_keras", "load", "normalize_dtype"]
@@ -40,9 +41,13 @@ def from_keras(
     print_after: str | Sequence[str] | None = None,
     verify_ir: bool = True,
     **options: Any,
-) -> Sequential:
-    """Convert a Keras Sequential model (live object, ``.keras`` or ``.h5`` path) into a keydnn model.
+) -> Model:
+    """Convert a Keras model (live object, ``.keras`` or ``.h5`` path) into a keydnn model.
 
+    A Sequential model gives a ``keydnn.Sequential``; a Functional model
+    (``tf.keras.Model(inputs, outputs)``: branches, several inputs or outputs,
+    shared layers, nested models) gives a ``keydnn.Model`` whose inputs are
+    named after the Keras input layers. Subclassed models are refused.
     Files are read without importing TensorFlow. ``passes`` is the pipeline to
     run (a spec string such as ``"infer-shapes,eliminate-identity"`` or a list
     of names / Pass instances); ``print_after`` prints the IR after the named
@@ -61,7 +66,8 @@ def from_keras(
     out = manager.run(result.graph)
     for record in out.records:
         logger.debug("pass %s: %.3f ms%s", record.name, record.seconds * 1e3, " (changed)" if record.changed else "")
-    return Sequential(out.graph, device=device, pipeline=manager.names, layers=result.layers, source=result.source)
+    cls = Model if result.functional else Sequential
+    return cls(out.graph, device=device, pipeline=manager.names, layers=result.layers, source=result.source)
 
 
 def _configure(passes: str | Sequence[str | Pass], options: dict) -> list[Pass]:
@@ -86,11 +92,18 @@ def _configure(passes: str | Sequence[str | Pass], options: dict) -> list[Pass]:
     return configured
 
 
-def load(path: str | os.PathLike, device: DeviceLike = "cpu") -> Sequential:
-    """Load a KeyDNN artifact written by ``Sequential.save`` / ``keydnn convert``; no Keras needed."""
+def load(path: str | os.PathLike, device: DeviceLike = "cpu") -> Model:
+    """Load a KeyDNN artifact written by ``Model.save`` / ``keydnn convert``; no Keras needed.
+
+    Gives a ``keydnn.Model`` for a model converted from a Functional Keras
+    model (or with several inputs or outputs), a ``keydnn.Sequential`` otherwise.
+    """
     from keydnn.backends.artifact import load_artifact
 
     art = load_artifact(path)
     source = art.producer.get("source") if isinstance(art.producer, dict) else None
-    return Sequential(art.graph, device=device, pipeline=art.pipeline, layers=art.layers, source=source,
-                      verification=art.verification)
+    model_class = source.get("model_class") if isinstance(source, dict) else None
+    graph_like = model_class in ("Functional", "Model") or len(art.graph.inputs) != 1 or len(art.graph.outputs) != 1
+    cls = Model if graph_like else Sequential
+    return cls(art.graph, device=device, pipeline=art.pipeline, layers=art.layers, source=source,
+               verification=art.verification)

@@ -116,3 +116,36 @@ Reshape = MODULE_CLASSES["reshape"]
 Unsupported = MODULE_CLASSES["opaque"]
 __all__ += ["Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Flatten", "Dense", "ReLU", "Softmax",
             "Activation", "Transpose", "Reshape", "Unsupported"]
+
+
+class MergeModule(Module):
+    """A node that combines several activations (add, concat, ...): called with one array per operand."""
+
+    def __call__(self, *xs: np.ndarray) -> np.ndarray:  # type: ignore[override]
+        """Run this node alone on its operands with the reference kernel (slow; for debugging)."""
+        if len(xs) != len(self.node.inputs):
+            raise ValueError(f"{self.name} ({self.op.kind}) takes {len(self.node.inputs)} arrays, got {len(xs)}")
+        return np.asarray(REFERENCE_KERNELS[self.op.kind](self.op, list(xs))).astype(xs[0].dtype)
+
+
+def _merge_class(class_name: str) -> type[MergeModule]:
+    return type(class_name, (MergeModule,), {"__doc__": f"A {class_name} node of a converted model."})
+
+
+MODULE_CLASSES.update({
+    "add": _merge_class("Add"),
+    "sub": _merge_class("Subtract"),
+    "mul": _merge_class("Multiply"),
+    "avg": _merge_class("Average"),
+    "max": _merge_class("Maximum"),
+    "min": _merge_class("Minimum"),
+    "concat": _merge_class("Concatenate"),
+})
+Add = MODULE_CLASSES["add"]
+Subtract = MODULE_CLASSES["sub"]
+Multiply = MODULE_CLASSES["mul"]
+Average = MODULE_CLASSES["avg"]
+Maximum = MODULE_CLASSES["max"]
+Minimum = MODULE_CLASSES["min"]
+Concatenate = MODULE_CLASSES["concat"]
+__all__ += ["MergeModule", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate"]

@@ -42,17 +42,31 @@ def keras_sources(tmp_path_factory) -> Callable[..., list[tuple[str, Any, Any]]]
     return make
 
 
-_NCHW_TO_NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}
+#: Layers whose channels_last twin differs only in data_format (or that are elementwise).
+_TWIN_AS_IS = ("Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "Flatten", "ReLU", "Softmax",
+               "Activation", "DepthwiseConv2D", "SeparableConv2D", "GlobalMaxPooling2D", "ZeroPadding2D", "Cropping2D",
+               "UpSampling2D", "Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout",
+               "ActivityRegularization", "LeakyReLU", "ELU", "BatchNormalization", "Conv1D", "MaxPooling1D",
+               "AveragePooling1D", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "SpatialDropout1D")
+_TO_FEATURES = ("Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "GlobalAveragePooling1D",
+                "GlobalMaxPooling1D")
+
+
+def _channels_last_axis(axis: int, rank: int) -> int:
+    """Where axis ``axis`` of a channels_first tensor sits in its channels_last twin."""
+    a = axis % rank
+    return 0 if a == 0 else rank - 1 if a == 1 else a - 1
 
 
 def channels_last_twin(model: Any) -> Any | None:
-    """The same Sequential model, rebuilt channels_last with the very same weights (Keras 3).
+    """The same Sequential model, rebuilt channels_last with the very same weights.
 
-    TensorFlow 2.21's CPU kernels compute some channels_first Conv2D layers
-    wrongly (the bias lands on the wrong pixels; see
+    TensorFlow 2.21's CPU kernels compute some channels_first Conv2D and
+    Conv1D layers wrongly (the bias lands on the wrong pixels; see
     test_parity_keras.test_tf_channels_first_conv_discrepancy), so a
     channels_first model's oracle is its channels_last twin, run on the
-    transposed input. Returns None when the model has no channels_first layer.
+    transposed input. Returns None when the model has no channels_first layer
+    (or a layer whose twin is not obvious).
     """
     import tensorflow as tf
 
@@ -64,29 +78,31 @@ def channels_last_twin(model: Any) -> Any | None:
         return None
     shape = tuple(model.inputs[0].shape)[1:]
     rank = len(shape) + 1
-    layers: list[Any] = [L.Input(shape=shape[1:] + shape[:1] if rank == 4 else shape)]
+    if rank not in (3, 4):
+        return None
+    layers: list[Any] = [L.Input(shape=shape[1:] + shape[:1])]
     weights: list[np.ndarray] = []
     for layer in model.layers:
         cfg = dict(layer.get_config())
         cls = type(layer).__name__
-        if rank == 4 and cls == "Flatten" and cfg.get("data_format") != "channels_first":
-            layers.append(L.Permute((3, 1, 2)))  # flatten in the channels_first order
+        if rank > 2 and cls not in _TWIN_AS_IS:
+            return None  # not a layer whose channels_last twin is obvious
+        if rank > 2 and cls == "Flatten" and cfg.get("data_format") != "channels_first":
+            layers.append(L.Permute((rank - 1, *range(1, rank - 1))))  # flatten in the channels_first order
         if "data_format" in cfg:
             cfg["data_format"] = "channels_last"
-        if cls == "Softmax" and rank == 4:
-            cfg["axis"] = _NCHW_TO_NHWC_AXIS[cfg["axis"] % 4]
-        if rank == 4 and cls not in ("Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
-                                     "Flatten", "ReLU", "Softmax", "Activation"):
-            return None  # not a layer whose channels_last twin is obvious
+        if cls in ("Softmax", "BatchNormalization") and rank > 2:
+            axis = cfg["axis"][0] if isinstance(cfg["axis"], (list, tuple)) and len(cfg["axis"]) == 1 else cfg["axis"]
+            cfg["axis"] = _channels_last_axis(axis, rank)
         cfg.pop("name", None)
         new = getattr(L, cls).from_config(cfg)
         layers.append(new)
         weights += layer.get_weights()
-        if cls in ("Flatten", "GlobalAveragePooling2D") and not cfg.get("keepdims"):
+        if cls in _TO_FEATURES and not cfg.get("keepdims"):
             rank = 2
     twin = keras.Sequential(layers)
     twin.set_weights(weights)
-    twin._keydnn_output_rank = rank  # 4: transpose the output back
+    twin._keydnn_output_rank = rank  # still the input's rank: transpose the output back
     return twin
 
 
@@ -101,5 +117,6 @@ def keras_predict(model: Any, x: np.ndarray) -> np.ndarray:
         twin = model._keydnn_cl_twin = channels_last_twin(model)
     if twin is None:
         return np.asarray(model(x, training=False))
-    y = np.asarray(twin(x.transpose(0, 2, 3, 1), training=False))
-    return y.transpose(0, 3, 1, 2) if twin._keydnn_output_rank == 4 else y
+    to_last = (0, *range(2, x.ndim), 1)
+    y = np.asarray(twin(x.transpose(to_last), training=False))
+    return y.transpose(np.argsort(to_last)) if twin._keydnn_output_rank == x.ndim else y

@@ -63,11 +63,23 @@ def test_non_strict_keeps_placeholders_warns_and_refuses_to_run():
         model(np.zeros((1, 1, 8, 8), "f4"))
 
 
-def test_functional_models_are_refused_naming_sequential():
+def test_subclassed_models_are_refused_naming_sequential_and_functional():
     inp = tf.keras.Input(shape=(4,))
     functional = tf.keras.Model(inp, L.Dense(2)(inp))
-    with pytest.raises(KerasInteropError, match="tf.keras.Sequential"):
-        keydnn.from_keras(functional)
+    assert isinstance(keydnn.from_keras(functional), keydnn.Model)  # strict mode converts Functional models
+
+    class Subclassed(tf.keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.fc = L.Dense(2)
+
+        def call(self, x):
+            return self.fc(x)
+
+    model = Subclassed()
+    model(np.zeros((1, 4), "f4"))
+    with pytest.raises(KerasInteropError, match="tf.keras.Sequential or a Functional model"):
+        keydnn.from_keras(model)
 
 
 def test_dtype_policy_and_unknown_config_fields_are_refused(tmp_path):

@@ -207,8 +207,31 @@ def _attach_weights(path: Path, doc: ArtifactFile, arrays: dict[str, np.ndarray]
 
 
 def load_artifact(path: PathLike) -> LoadedArtifact:
-    """Load and check an artifact; every problem is an ``ArtifactError`` naming what is wrong."""
+    """Load and check an artifact; every problem is an ``ArtifactError`` naming the file and what is wrong.
+
+    The file comes from anywhere, so an error from deeper layers (the IR's
+    validators and verifier) that is not an ``ArtifactError`` is still
+    reported as one -- with its type, so it can be named properly later --
+    rather than escaping as a ``TypeError`` from the middle of the loader.
+    """
     path = Path(path)
+    try:
+        return _load_artifact(path)
+    except ArtifactError as exc:
+        text = str(exc)
+        if text.startswith(f"{path}:"):
+            raise
+        raise ArtifactError(f"{path}: {text}") from None  # codec errors name the tensor, not the file
+    except RecursionError:
+        raise ArtifactError(f"{path}: the document is nested too deeply") from None
+    except Exception as exc:  # noqa: BLE001 -- last resort for malformed input; see the docstring
+        logger.debug("unexpected error loading %s", path, exc_info=True)
+        raise ArtifactError(
+            f"{path}: internal error while loading ({type(exc).__name__}: {exc}); the file is malformed"
+        ) from exc
+
+
+def _load_artifact(path: Path) -> LoadedArtifact:
     data = read_json_document(path)
     version = check_version(path, data)
     try:

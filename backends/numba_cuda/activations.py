@@ -1,11 +1,16 @@
 """Activation functions as one device function per dtype, and their compile-time encoding.
 
 An activation (a standalone relu/activation node, or the epilogue fused into
-conv2d/dense) is encoded once as an integer code plus four parameters, so one
-compiled kernel per dtype serves every function: no recompilation per layer.
-The codes are the CPU backend's. Parameters and literals are in the compute
+conv2d/dense) is encoded once as an integer code plus four parameters. The
+code is a compile-time constant of the device function, so a kernel carries
+only the one formula it applies (an epilogue with every branch inlined would
+cost a GEMM kernel registers and occupancy); the parameters are run-time
+arguments, so layers that differ only in them share one compiled kernel. The
+codes are the CPU backend's. Parameters and literals are in the compute
 dtype, so a float32 kernel never promotes to float64 (slow on most GPUs);
-each formula mirrors ``keydnn.ir.reference`` term by term.
+each formula mirrors ``keydnn.ir.reference`` term by term. Device code spells
+min/max as comparisons: numba 0.68's built-in CUDA target cannot type the
+``min``/``max`` builtins.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -21,7 +26,8 @@ from keydnn.backends.numba_cuda.device import cuda
 from keydnn.backends.numba_cuda.lowering import Unsupported
 from keydnn.ir.ops.base import OpBase
 
-__all__ = ["ACTIVATION_CODES", "Encoded", "LINEAR", "encode_activation", "make_activation", "epilogue_args"]
+__all__ = ["ACTIVATION_CODES", "Encoded", "Epilogue", "LINEAR", "encode_activation", "epilogue_for",
+           "make_activation"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,22 +76,29 @@ def encode_activation(op: Optional[OpBase]) -> Encoded:
     return encoder(op)
 
 
-def epilogue_args(act: Encoded, dtype: np.dtype) -> tuple:
-    """Kernel arguments for an encoded activation: the code, then the parameters in ``dtype``."""
-    code, *params = act
-    return (np.int32(code), *(dtype.type(p) for p in params))
+class Epilogue(NamedTuple):
+    """What a kernel factory and its launches need: the code (compiled in), the parameters (passed)."""
+
+    code: int
+    params: tuple
+
+
+def epilogue_for(op: Optional[OpBase], dtype: np.dtype) -> Epilogue:
+    """Encode ``op`` (None: identity) with its parameters as ``dtype`` scalars, the kernels' argument types."""
+    code, *params = encode_activation(op)
+    return Epilogue(code, tuple(dtype.type(p) for p in params))
 
 
 @functools.lru_cache(maxsize=None)
-def make_activation(dtype_name: str) -> Callable:
-    """``act(v, code, p0, p1, p2, p3)`` as a device function whose literals are ``dtype_name`` scalars."""
+def make_activation(dtype_name: str, code: int) -> Callable:
+    """``act(v, p0, p1, p2, p3)`` for one activation ``code``, with ``dtype_name`` literals."""
     f = np.dtype(dtype_name).type
     zero, one, half, six, fifth = f(0.0), f(1.0), f(0.5), f(6.0), f(0.2)
     selu_alpha, selu_scale = f(1.6732632423543772), f(1.0507009873554805)
     sqrt_half, sqrt_2_over_pi, gelu_c = f(1.0 / math.sqrt(2.0)), f(math.sqrt(2.0 / math.pi)), f(0.044715)
 
-    @cuda.jit(device=True, inline=True)
-    def act(v, code, p0, p1, p2, p3):  # pragma: no cover - runs on the device (or the simulator)
+    @cuda.jit(device=True)
+    def act(v, p0, p1, p2, p3):  # pragma: no cover - runs on the device (or the simulator)
         if code == LINEAR:
             return v
         if code == RELU0:
@@ -93,22 +106,23 @@ def make_activation(dtype_name: str) -> Callable:
         if code == RELU:
             y = v if v > p0 else zero
             if p2 != zero:
-                y = min(max(y, zero), p1)
+                y = zero if y < zero else (p1 if y > p1 else y)
             if p3 != zero:
-                y -= p3 * max(p0 - v, zero)
+                below = p0 - v
+                y -= p3 * (below if below > zero else zero)
             return y
         if code == SIGMOID:
             return one / (one + math.exp(-v))
         if code == TANH:
             return math.tanh(v)
         if code == SOFTPLUS:
-            return max(v, zero) + math.log1p(math.exp(-abs(v)))
+            return (v if v > zero else zero) + math.log1p(math.exp(-abs(v)))
         if code == SOFTSIGN:
             return v / (one + abs(v))
         if code == ELU:
-            return v if v > zero else p0 * math.expm1(min(v, zero))
+            return v if v > zero else p0 * math.expm1(v)
         if code == SELU:
-            return selu_scale * (v if v > zero else selu_alpha * math.expm1(min(v, zero)))
+            return selu_scale * (v if v > zero else selu_alpha * math.expm1(v))
         if code == GELU:
             return half * v * (one + math.erf(v * sqrt_half))
         if code == GELU_TANH:
@@ -118,9 +132,11 @@ def make_activation(dtype_name: str) -> Callable:
         if code == EXPONENTIAL:
             return math.exp(v)
         if code == HARD_SIGMOID:
-            return min(max(v / six + half, zero), one)
+            t = v / six + half
+            return zero if t < zero else (one if t > one else t)
         if code == HARD_SIGMOID_K2:
-            return min(max(fifth * v + half, zero), one)
+            t = fifth * v + half
+            return zero if t < zero else (one if t > one else t)
         return v
 
     return act

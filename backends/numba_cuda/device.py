@@ -41,7 +41,7 @@ def simulator_enabled() -> bool:
     """Whether numba.cuda is the simulator (decided once, when numba.cuda was first imported)."""
     from numba.core import config
 
-    return bool(config.ENABLE_CUDASIM)
+    return bool(getattr(config, "ENABLE_CUDASIM", 0))
 
 
 def device_count() -> int:

@@ -34,7 +34,7 @@ from typing import Callable, Optional
 import numba
 import numpy as np
 
-from keydnn.backends.numba_cuda.activations import make_activation
+from keydnn.backends.numba_cuda.activations import Epilogue, make_activation
 from keydnn.backends.numba_cuda.device import cuda, multiprocessor_count, simulator_enabled
 from keydnn.backends.numba_cuda.lowering import THREADS, grid_1d
 
@@ -46,13 +46,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Tile:
-    """Block tile BM x BN (= TM*TY x TN*TX), reduction step BK, TY x TX threads."""
+    """Block tile BM x BN (= TM*TY x TN*TX), reduction step BK, TY x TX threads.
+
+    ``max_registers`` caps registers per thread so that two 256-thread blocks
+    fit an SM (uncapped, ptxas takes ~140 on sm_90: one block, 8 warps).
+    """
 
     tm: int
     tn: int
     ty: int
     tx: int
     bk: int
+    max_registers: Optional[int] = 128
 
     @property
     def bm(self) -> int:
@@ -73,7 +78,7 @@ TILES: dict[str, Tile] = {
     "32x64": Tile(tm=2, tn=4, ty=16, tx=16, bk=8),  # few output channels
     "16x64": Tile(tm=1, tn=4, ty=16, tx=16, bk=16),  # fewer still (e.g. 8 or 16 filters)
     "8x32": Tile(tm=1, tn=1, ty=8, tx=32, bk=32),  # GEMV-like: a handful of rows (small batch dense)
-    "sim": Tile(tm=2, tn=2, ty=2, tx=4, bk=4),  # the simulator runs each thread in Python: keep blocks tiny
+    "sim": Tile(tm=2, tn=2, ty=2, tx=4, bk=4, max_registers=None),  # the simulator runs each thread in Python: keep blocks tiny
 }
 
 #: Tests set these to exercise one tile / a split-K on every shape.
@@ -123,24 +128,26 @@ class GemmOperands:
 
 
 @functools.lru_cache(maxsize=None)
-def make_gemm(ops: GemmOperands, tile: Tile, dtype_name: str) -> Callable:
-    """Compile-time specialization of the template; launch with ``[(ceil(cols/BN), ceil(rows/BM), groups*splits),
-    (TX, TY)]`` and ``(a, b, bias, out, geom, rows, cols, k, splits, k_chunk, out_size, code, p0..p3)``."""
+def make_gemm(ops: GemmOperands, tile: Tile, dtype_name: str, code: int) -> Callable:
+    """Compile-time specialization of the template (operands, tile, dtype, epilogue); launch with
+    ``[(ceil(cols/BN), ceil(rows/BM), groups*splits), (TX, TY)]`` and
+    ``(a, b, bias, out, geom, rows, cols, k, splits, k_chunk, out_size, p0..p3)``."""
     TM, TN, TY, TX, BK = tile.tm, tile.tn, tile.ty, tile.tx, tile.bk
     BM, BN, NT = tile.bm, tile.bn, tile.threads
     A_K_FAST = ops.a_k_fast
     a_index, b_index, out_index, bias_index = ops.a_index, ops.b_index, ops.out_index, ops.bias_index
     nbtype = numba.from_dtype(np.dtype(dtype_name))
     zero = np.dtype(dtype_name).type(0)
-    act = make_activation(dtype_name)
+    act = make_activation(dtype_name, code)
+    options = {} if simulator_enabled() or tile.max_registers is None else {"max_registers": tile.max_registers}
 
-    @cuda.jit
-    def gemm(a, b, bias, out, geom, rows, cols, k_size, splits, k_chunk, out_size, code, p0, p1, p2, p3):
+    @cuda.jit(**options)
+    def gemm(a, b, bias, out, geom, rows, cols, k_size, splits, k_chunk, out_size, p0, p1, p2, p3):
         z = cuda.blockIdx.z
         g = z // splits
         s = z - g * splits
         kb = s * k_chunk
-        ke = min(k_size, kb + k_chunk)
+        ke = kb + k_chunk if kb + k_chunk < k_size else k_size
         m0 = cuda.blockIdx.y * BM
         n0 = cuda.blockIdx.x * BN
         ty = cuda.threadIdx.y
@@ -191,14 +198,14 @@ def make_gemm(ops: GemmOperands, tile: Tile, dtype_name: str) -> Callable:
                     if n < cols:
                         if splits == 1:
                             v = acc[i, j] + bias[bias_index(geom, g, m, n)]
-                            out[out_index(geom, g, m, n)] = act(v, code, p0, p1, p2, p3)
+                            out[out_index(geom, g, m, n)] = act(v, p0, p1, p2, p3)
                         else:
                             out[s * out_size + out_index(geom, g, m, n)] = acc[i, j]
 
     return gemm
 
 
-def gemm_grid(rows: int, cols: int, groups: int, splits: int, tile: Tile) -> tuple[tuple[int, int, int], tuple[int, int]]:
+def gemm_grid(rows: int, cols: int, groups: int, splits: int, tile: Tile) -> tuple[tuple[int, ...], tuple[int, int]]:
     """(grid, block) of one template launch."""
     return (math.ceil(cols / tile.bn), math.ceil(rows / tile.bm), groups * splits), (tile.tx, tile.ty)
 
@@ -209,12 +216,12 @@ def split_chunk(k_size: int, splits: int, tile: Tile) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def make_splitk_reduce(dtype_name: str) -> Callable:
+def make_splitk_reduce(dtype_name: str, code: int) -> Callable:
     """``out[i] = act(sum_s partial[s*size + i] + bias[(i // inner) % period])``, splits summed in order."""
-    act = make_activation(dtype_name)
+    act = make_activation(dtype_name, code)
 
     @cuda.jit
-    def splitk_reduce(partial, out, bias, size, splits, inner, period, code, p0, p1, p2, p3):
+    def splitk_reduce(partial, out, bias, size, splits, inner, period, p0, p1, p2, p3):
         start = cuda.grid(1)
         stride = cuda.gridsize(1)
         for i in range(start, size, stride):
@@ -222,12 +229,13 @@ def make_splitk_reduce(dtype_name: str) -> Callable:
             for s in range(1, splits):
                 v += partial[s * size + i]
             v += bias[(i // inner) % period]
-            out[i] = act(v, code, p0, p1, p2, p3)
+            out[i] = act(v, p0, p1, p2, p3)
 
     return splitk_reduce
 
 
 def launch_reduce(dtype_name: str, partial, out, bias, size: int, splits: int, inner: int, period: int,
-                  epilogue: tuple) -> None:
+                  epilogue: Epilogue) -> None:
     """Run ``splitk_reduce`` over ``size`` outputs."""
-    make_splitk_reduce(dtype_name)[grid_1d(size), THREADS](partial, out, bias, size, splits, inner, period, *epilogue)
+    kernel = make_splitk_reduce(dtype_name, epilogue.code)
+    kernel[grid_1d(size), THREADS](partial, out, bias, size, splits, inner, period, *epilogue.params)

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from keydnn.backends.numba_cuda.activations import encode_activation, epilogue_args, make_activation
+from keydnn.backends.numba_cuda.activations import epilogue_for, make_activation
 from keydnn.backends.numba_cuda.device import cuda
 from keydnn.backends.numba_cuda.gemm import (
     GemmOperands, choose_splits, choose_tile, gemm_grid, launch_reduce, make_gemm, split_chunk,
@@ -38,12 +38,12 @@ ALGORITHMS = ("implicit-gemm", "direct")
 # geom = (C, H, W, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, CG, OG, O, KK)
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _weight_index(geom, g, m, k):  # pragma: no cover - device code
     return (g * geom[16] + k) * geom[14] + m
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _patch_index(geom, g, k, col):  # pragma: no cover - device code
     kh, kw, ohw = geom[5], geom[6], geom[3] * geom[4]
     c = k // (kh * kw)
@@ -61,14 +61,14 @@ def _patch_index(geom, g, k, col):  # pragma: no cover - device code
     return ((n * geom[0] + g * geom[13] + c) * geom[1] + ih) * geom[2] + iw
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _out_index(geom, g, m, col):  # pragma: no cover - device code
     ohw = geom[3] * geom[4]
     n = col // ohw
     return (n * geom[15] + g * geom[14] + m) * ohw + (col - n * ohw)
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _bias_index(geom, g, m, col):  # pragma: no cover - device code
     return g * geom[14] + m
 
@@ -77,13 +77,13 @@ _OPERANDS = GemmOperands(a_index=_weight_index, b_index=_patch_index, out_index=
                          a_k_fast=False)
 
 @functools.lru_cache(maxsize=None)
-def _direct_kernel(dtype_name: str):
+def _direct_kernel(dtype_name: str, code: int):
     """One thread per output element; loops over the CG x KH x KW window of its group."""
-    act = make_activation(dtype_name)
+    act = make_activation(dtype_name, code)
     zero = np.dtype(dtype_name).type(0)
 
     @cuda.jit
-    def conv_direct(x, w, bias, out, geom, total, code, p0, p1, p2, p3):  # pragma: no cover - device code
+    def conv_direct(x, w, bias, out, geom, total, p0, p1, p2, p3):  # pragma: no cover - device code
         c_in, h, wd, oh_n, ow_n, kh, kw = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6]
         cg, og, o_n = geom[13], geom[14], geom[15]
         for t in range(cuda.grid(1), total, cuda.gridsize(1)):
@@ -103,7 +103,7 @@ def _direct_kernel(dtype_name: str):
                             iw = ow * geom[8] - geom[12] + j * geom[10]
                             if 0 <= iw < wd:
                                 s += x[(xbase + ih) * wd + iw] * w[(wbase + i) * kw + j]
-            out[t] = act(s + bias[o], code, p0, p1, p2, p3)
+            out[t] = act(s + bias[o], p0, p1, p2, p3)
 
     return conv_direct
 
@@ -126,7 +126,7 @@ def lower_conv2d(ctx: LowerContext) -> LoweredOp:
     og, kk = o_ch // groups, cg * kh * kw
     b = ctx.constant(2)
     bias = ctx.upload(np.zeros(o_ch, dtype=ctx.dtype) if b is None else b)
-    epilogue = epilogue_args(encode_activation(op.activation), ctx.dtype)
+    epilogue = epilogue_for(op.activation, ctx.dtype)
     algorithm = choose_algorithm(cg, og, groups)
     dtype_name = ctx.dtype.name
     static = (kh, kw, *op.strides, *op.dilations, op.pads[0], op.pads[2], cg, og, o_ch, kk)
@@ -138,10 +138,10 @@ def lower_conv2d(ctx: LowerContext) -> LoweredOp:
             n, c, h, wd = in_shapes[0]
             geom = (c, h, wd, out_shape[2], out_shape[3], *static)
             total = math.prod(out_shape)
-            kernel = _direct_kernel(dtype_name)[grid_1d(total), THREADS]
+            kernel, cfg = _direct_kernel(dtype_name, epilogue.code), (grid_1d(total), THREADS)
 
             def launch(inputs: Sequence, out, scratch):
-                kernel(inputs[0], w_dev, bias, out, geom, total, *epilogue)
+                kernel[cfg](inputs[0], w_dev, bias, out, geom, total, *epilogue.params)
                 return out
 
             return Prepared(launch)
@@ -160,14 +160,14 @@ def lower_conv2d(ctx: LowerContext) -> LoweredOp:
             splits = choose_splits(grid[0] * grid[1] * grid[2], kk, tile)
             chunk = split_chunk(kk, splits, tile)
             grid, block = gemm_grid(og, cols, groups, splits, tile)
-            kernel = make_gemm(_OPERANDS, tile, dtype_name)[grid, block]
+            kernel, cfg = make_gemm(_OPERANDS, tile, dtype_name, epilogue.code), (grid, block)
             size = math.prod(out_shape)
 
             def launch(inputs: Sequence, out, scratch):
                 if splits == 1:
-                    kernel(wt, inputs[0], bias, out, geom, og, cols, kk, 1, chunk, size, *epilogue)
+                    kernel[cfg](wt, inputs[0], bias, out, geom, og, cols, kk, 1, chunk, size, *epilogue.params)
                 else:
-                    kernel(wt, inputs[0], bias, scratch, geom, og, cols, kk, splits, chunk, size, *epilogue)
+                    kernel[cfg](wt, inputs[0], bias, scratch, geom, og, cols, kk, splits, chunk, size, *epilogue.params)
                     launch_reduce(dtype_name, scratch, out, bias, size, splits, oh * ow, o_ch, epilogue)
                 return out
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from keydnn.backends.numba_cuda.activations import encode_activation, epilogue_args
+from keydnn.backends.numba_cuda.activations import epilogue_for
 from keydnn.backends.numba_cuda.device import cuda
 from keydnn.backends.numba_cuda.gemm import (
     GemmOperands, choose_splits, choose_tile, gemm_grid, launch_reduce, make_gemm, split_chunk,
@@ -27,22 +27,22 @@ logger = logging.getLogger(__name__)
 # geom = (K, N)
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _x_index(geom, g, m, k):  # pragma: no cover - device code
     return m * geom[0] + k
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _w_index(geom, g, k, n):  # pragma: no cover - device code
     return k * geom[1] + n
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _out_index(geom, g, m, n):  # pragma: no cover - device code
     return m * geom[1] + n
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _bias_index(geom, g, m, n):  # pragma: no cover - device code
     return n
 
@@ -59,7 +59,7 @@ def lower_dense(ctx: LowerContext) -> LoweredOp:
     w_dev = ctx.upload(w)
     b = ctx.constant(2)
     bias = ctx.upload(np.zeros(units, dtype=ctx.dtype) if b is None else b)
-    epilogue = epilogue_args(encode_activation(ctx.node.op.activation), ctx.dtype)
+    epilogue = epilogue_for(ctx.node.op.activation, ctx.dtype)
     dtype_name = ctx.dtype.name
     geom = (k_size, units)
 
@@ -70,14 +70,14 @@ def lower_dense(ctx: LowerContext) -> LoweredOp:
         splits = choose_splits(grid[0] * grid[1], k_size, tile)
         chunk = split_chunk(k_size, splits, tile)
         grid, block = gemm_grid(rows, units, 1, splits, tile)
-        kernel = make_gemm(_OPERANDS, tile, dtype_name)[grid, block]
+        kernel, cfg = make_gemm(_OPERANDS, tile, dtype_name, epilogue.code), (grid, block)
         size = rows * units
 
         def launch(inputs: Sequence, out, scratch):
             if splits == 1:
-                kernel(inputs[0], w_dev, bias, out, geom, rows, units, k_size, 1, chunk, size, *epilogue)
+                kernel[cfg](inputs[0], w_dev, bias, out, geom, rows, units, k_size, 1, chunk, size, *epilogue.params)
             else:
-                kernel(inputs[0], w_dev, bias, scratch, geom, rows, units, k_size, splits, chunk, size, *epilogue)
+                kernel[cfg](inputs[0], w_dev, bias, scratch, geom, rows, units, k_size, splits, chunk, size, *epilogue.params)
                 launch_reduce(dtype_name, scratch, out, bias, size, splits, 1, units, epilogue)
             return out
 

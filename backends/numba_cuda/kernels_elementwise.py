@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from keydnn.backends.numba_cuda.activations import encode_activation, epilogue_args, make_activation
+from keydnn.backends.numba_cuda.activations import epilogue_for, make_activation
 from keydnn.backends.numba_cuda.device import cuda
 from keydnn.backends.numba_cuda.lowering import (
     THREADS, LowerContext, LoweredOp, Prepared, Shape, Unsupported, grid_1d, register_kernel,
@@ -31,13 +31,13 @@ logger = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=None)
-def _activate_kernel(dtype_name: str) -> Callable:
-    act = make_activation(dtype_name)
+def _activate_kernel(dtype_name: str, code: int) -> Callable:
+    act = make_activation(dtype_name, code)
 
     @cuda.jit
-    def activate(x, out, size, code, p0, p1, p2, p3):  # pragma: no cover - device code
+    def activate(x, out, size, p0, p1, p2, p3):  # pragma: no cover - device code
         for i in range(cuda.grid(1), size, cuda.gridsize(1)):
-            out[i] = act(x[i], code, p0, p1, p2, p3)
+            out[i] = act(x[i], p0, p1, p2, p3)
 
     return activate
 
@@ -54,7 +54,9 @@ def _softmax_kernel(dtype_name: str) -> Callable:
             base = o * length * inner + (t - o * inner)
             m = x[base]
             for k in range(1, length):
-                m = max(m, x[base + k * inner])
+                v = x[base + k * inner]
+                if v > m:
+                    m = v
             s = zero
             for k in range(length):
                 e = math.exp(x[base + k * inner] - m)
@@ -85,7 +87,7 @@ def _prelu_kernel(dtype_name: str) -> Callable:
     def prelu(x, out, size, alpha, inner, period):  # pragma: no cover - device code
         for i in range(cuda.grid(1), size, cuda.gridsize(1)):
             v = x[i]
-            out[i] = max(v, zero) + alpha[(i // inner) % period] * min(v, zero)
+            out[i] = v if v > zero else alpha[(i // inner) % period] * v
 
     return prelu
 
@@ -93,20 +95,20 @@ def _prelu_kernel(dtype_name: str) -> Callable:
 @register_kernel("relu", "activation")
 def lower_activation(ctx: LowerContext) -> LoweredOp:
     """Standalone relu or named activation: one elementwise pass, may run in place."""
-    epilogue = epilogue_args(encode_activation(ctx.node.op), ctx.dtype)
-    kernel_of = _activate_kernel(ctx.dtype.name)
+    epilogue = epilogue_for(ctx.node.op, ctx.dtype)
+    kernel_of = _activate_kernel(ctx.dtype.name, epilogue.code)
 
     def prepare(in_shapes: tuple[Shape, ...], out_shape: Shape) -> Prepared:
         size = math.prod(out_shape)
-        kernel = kernel_of[grid_1d(size), THREADS]
+        cfg = (grid_1d(size), THREADS)
 
         def launch(inputs: Sequence, out, scratch):
-            kernel(inputs[0], out, size, *epilogue)
+            kernel_of[cfg](inputs[0], out, size, *epilogue.params)
             return out
 
         return Prepared(launch)
 
-    return LoweredOp(prepare=prepare, inplace=True, description=f"{ctx.node.op.kind} code={int(epilogue[0])}")
+    return LoweredOp(prepare=prepare, inplace=True, description=f"{ctx.node.op.kind} code={epilogue.code}")
 
 
 @register_kernel("softmax")
@@ -118,11 +120,11 @@ def lower_softmax(ctx: LowerContext) -> LoweredOp:
     def prepare(in_shapes: tuple[Shape, ...], out_shape: Shape) -> Prepared:
         length, inner = out_shape[axis], math.prod(out_shape[axis + 1:])
         lanes = math.prod(out_shape) // max(length, 1)
-        kernel = kernel_of[grid_1d(lanes), THREADS]
+        cfg = (grid_1d(lanes), THREADS)
 
         def launch(inputs: Sequence, out, scratch):
             if lanes:
-                kernel(inputs[0], out, lanes, length, inner)
+                kernel_of[cfg](inputs[0], out, lanes, length, inner)
             return out
 
         return Prepared(launch)
@@ -157,10 +159,10 @@ def _lower_channelwise(ctx: LowerContext, kernel_of: Callable, vectors: list[np.
     def prepare(in_shapes: tuple[Shape, ...], out_shape: Shape) -> Prepared:
         size = math.prod(out_shape)
         inner = math.prod(out_shape[axis + 1:]) if axis >= 0 else 1
-        kernel = kernel_of[grid_1d(size), THREADS]
+        cfg = (grid_1d(size), THREADS)
 
         def launch(inputs: Sequence, out, scratch):
-            kernel(inputs[0], out, size, *devs, inner, period)
+            kernel_of[cfg](inputs[0], out, size, *devs, inner, period)
             return out
 
         return Prepared(launch)

@@ -46,8 +46,10 @@ def _pool_kernel(dtype_name: str) -> Callable:
             base = (t // (ow_n * oh_n)) * h * w
             h0 = oh * sh - pt
             w0 = ow * sw - pl
-            h_lo, h_hi = max(h0, 0), min(h0 + kh, h)
-            w_lo, w_hi = max(w0, 0), min(w0 + kw, w)
+            h_lo = h0 if h0 > 0 else 0
+            w_lo = w0 if w0 > 0 else 0
+            h_hi = h0 + kh if h0 + kh < h else h
+            w_hi = w0 + kw if w0 + kw < w else w
             if mode == MAX:
                 m = x[base + h_lo * w + w_lo]
                 for ih in range(h_lo, h_hi):
@@ -115,15 +117,16 @@ def lower_pool2d(ctx: LowerContext) -> LoweredOp:
     def prepare(in_shapes: tuple[Shape, ...], out_shape: Shape) -> Prepared:
         geom = (in_shapes[0][2], in_shapes[0][3], out_shape[2], out_shape[3], *static)
         total = math.prod(out_shape)
-        kernel = kernel_of[grid_1d(total), THREADS]
+        cfg = (grid_1d(total), THREADS)
 
         def launch(inputs: Sequence, out, scratch):
-            kernel(inputs[0], out, total, geom, mode)
+            kernel_of[cfg](inputs[0], out, total, geom, mode)
             return out
 
         return Prepared(launch)
 
-    return LoweredOp(prepare=prepare, description=f"{op.kind} {op.kernel[0]}x{op.kernel[1]}/{op.strides[0]}x{op.strides[1]}")
+    (kh, kw), (sh, sw) = op.kernel, op.strides
+    return LoweredOp(prepare=prepare, description=f"{op.kind} {kh}x{kw}/{sh}x{sw}")
 
 
 @register_kernel("global_avg_pool2d", "global_max_pool2d")
@@ -136,10 +139,10 @@ def lower_global_pool2d(ctx: LowerContext) -> LoweredOp:
     def prepare(in_shapes: tuple[Shape, ...], out_shape: Shape) -> Prepared:
         n, c, h, w = in_shapes[0]
         planes, size = n * c, h * w
-        kernel = kernel_of[max(1, min(planes, _MAX_PLANE_BLOCKS)), REDUCE_THREADS]
+        cfg = (max(1, min(planes, _MAX_PLANE_BLOCKS)), REDUCE_THREADS)
 
         def launch(inputs: Sequence, out, scratch):
-            kernel(inputs[0], out, planes, size, mode)
+            kernel_of[cfg](inputs[0], out, planes, size, mode)
             return out
 
         return Prepared(launch)

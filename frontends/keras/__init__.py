@@ -1,4 +1,5 @@
-"""Keras frontend: read Sequential models (files without TensorFlow, or live objects) and lower them to IR."""
+"""Keras frontend: read Sequential and Functional models (files without TensorFlow, or live objects) and lower
+them to IR."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 from typing import Any
 
 from keydnn.frontends.keras import convert_core as _convert_core  # noqa: F401  (registers converters)
+from keydnn.frontends.keras import convert_merge as _convert_merge  # noqa: F401  (registers converters)
 from keydnn.frontends.keras import convert_identity as _convert_identity  # noqa: F401  (registers converters)
 from keydnn.frontends.keras import convert_activation as _convert_activation  # noqa: F401  (registers converters)
 from keydnn.frontends.keras import convert_norm as _convert_norm  # noqa: F401  (registers converters)

@@ -59,8 +59,8 @@ def convert_elu(ctx: LayerContext) -> None:
     "learned alpha of the sample's shape, shared_axes None / an int / a list; any input rank and layout"))
 def convert_prelu(ctx: LayerContext) -> None:
     check_dtype_policy(ctx)
-    x = ctx.need_type()
     shared = ctx.cfg("shared_axes")
+    x = ctx.need_type()
     if shared is None:
         axes: list = []
     elif is_int(shared):

@@ -1,13 +1,20 @@
-"""Convolutions beyond Conv2D: DepthwiseConv2D, SeparableConv2D (both grouped conv2d), Conv1D (1-D conv2d)."""
+"""Convolutions beyond Conv2D: DepthwiseConv2D, SeparableConv2D (both grouped conv2d), Conv1D (1-D conv2d).
+
+Every converter reads its whole config before it looks at the input type (see
+``convert_phase2.data_format``).
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from keydnn.frontends.keras.activations import emit_fused_activation
-from keydnn.frontends.keras.convert_core import check_dtype_policy, layout_of, pair
+from keydnn.frontends.keras.convert_core import check_dtype_policy, pair
 from keydnn.frontends.keras.convert_phase2 import (
-    expand_1d, is_int, layout_1d, pads_1d, positive_int, spatial_pads, squeeze_1d,
+    channels, data_format, expand_1d, is_int, pads_1d, positive_int, require_rank, spatial_pads, spatial_sizes,
+    squeeze_1d,
 )
 from keydnn.frontends.keras.registry import LayerContext, Unconvertible, register_converter
 from keydnn.ir.ops import Conv2d
@@ -29,44 +36,53 @@ def _single_group(ctx: LayerContext) -> None:
     ctx.require(groups == 1, f"unsupported groups {groups!r}", field="groups", value=groups, supported="1")
 
 
-def _window(ctx: LayerContext, layout: str) -> tuple:
-    kernel = pair(ctx, "kernel_size", ctx.cfg("kernel_size"))
-    strides = pair(ctx, "strides", ctx.cfg("strides", 1))
-    dilations = pair(ctx, "dilation_rate", ctx.cfg("dilation_rate", 1))
-    _no_stride_with_dilation(ctx, strides, dilations)
-    padding = ctx.check_in("padding", ("valid", "same"), "valid")
-    shape = ctx.need_type().shape
-    sizes = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
-    return kernel, strides, dilations, spatial_pads(ctx, padding, sizes, kernel, strides, dilations)
+@dataclass(frozen=True)
+class _Depthwise:
+    """The config of a depthwise convolution (DepthwiseConv2D, or the first half of SeparableConv2D)."""
 
+    layout: str
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    dilations: tuple[int, int]
+    padding: str
+    multiplier: int
+    use_bias: bool
 
-def _depthwise_weight(ctx: LayerContext, name: str, kernel: tuple[int, int], channels: object,
-                      multiplier: int) -> np.ndarray:
-    """Keras (kh, kw, in, dm) -> IR (in * dm, 1, kh, kw); output channel c * dm + m, as Keras orders it."""
-    w = ctx.weight(name)
-    if w.ndim != 4 or tuple(w.shape[:2]) != kernel or w.shape[2] != channels or w.shape[3] != multiplier:
-        ctx.refuse(f"{name} weight has shape {list(w.shape)}, expected {list(kernel)} x {channels} channels "
-                   f"x depth_multiplier {multiplier}")
-        raise Unconvertible
-    kh, kw, cin, dm = w.shape
-    return np.transpose(w, (2, 3, 0, 1)).reshape(cin * dm, 1, kh, kw)
+    @classmethod
+    def read(cls, ctx: LayerContext) -> "_Depthwise":
+        layout = data_format(ctx, 4)
+        _single_group(ctx)
+        kernel = pair(ctx, "kernel_size", ctx.cfg("kernel_size"))
+        strides = pair(ctx, "strides", ctx.cfg("strides", 1))
+        dilations = pair(ctx, "dilation_rate", ctx.cfg("dilation_rate", 1))
+        _no_stride_with_dilation(ctx, strides, dilations)
+        padding = ctx.check_in("padding", ("valid", "same"), "valid")
+        multiplier = positive_int(ctx, "depth_multiplier", ctx.cfg("depth_multiplier", 1))
+        use_bias = ctx.check_in("use_bias", (True, False), True)
+        return cls(layout, kernel, strides, dilations, padding, multiplier, bool(use_bias))
 
-
-def _depthwise(ctx: LayerContext, layout: str, weight_name: str, *, suffix: str | None,
-               with_bias: bool) -> int:
-    """Emit the depthwise conv2d (groups = input channels); returns its output channel count."""
-    kernel, strides, dilations, pads = _window(ctx, layout)
-    multiplier = positive_int(ctx, "depth_multiplier", ctx.cfg("depth_multiplier", 1))
-    channels = ctx.need_type().shape[1 if layout == "NCHW" else 3]
-    if not is_int(channels):
-        ctx.refuse(f"the channel dimension of {ctx.need_type()} must be static")
-        raise Unconvertible
-    operands = [ctx.add_constant(weight_name, _depthwise_weight(ctx, weight_name, kernel, channels, multiplier))]
-    if with_bias:
-        operands.append(ctx.add_constant("bias", ctx.weight("bias")))
-    ctx.emit(Conv2d(strides=strides, dilations=dilations, pads=pads, groups=int(channels), layout=layout),
-             *operands, suffix=suffix)
-    return int(channels) * multiplier
+    def emit(self, ctx: LayerContext, weight_name: str, *, suffix: str | None, with_bias: bool) -> int:
+        """Emit the conv2d with groups = input channels; returns its output channel count."""
+        x = require_rank(ctx, 4)
+        cin = channels(x, self.layout)
+        if not is_int(cin):
+            ctx.refuse(f"the channel dimension of {x} must be static")
+            raise Unconvertible
+        pads = spatial_pads(ctx, self.padding, spatial_sizes(x, self.layout), self.kernel, self.strides,
+                            self.dilations)
+        w = ctx.weight(weight_name)  # (kh, kw, in, dm)
+        if w.ndim != 4 or tuple(w.shape[:2]) != self.kernel or w.shape[2:] != (cin, self.multiplier):
+            ctx.refuse(f"{weight_name} weight has shape {list(w.shape)}, expected {list(self.kernel)} x {cin} "
+                       f"channels x depth_multiplier {self.multiplier}")
+            raise Unconvertible
+        # IR weight (in * dm, 1, kh, kw): Keras orders the outputs c * dm + m.
+        kh, kw = self.kernel
+        operands = [ctx.add_constant(weight_name, np.transpose(w, (2, 3, 0, 1)).reshape(-1, 1, kh, kw))]
+        if with_bias:
+            operands.append(ctx.add_constant("bias", ctx.weight("bias")))
+        ctx.emit(Conv2d(strides=self.strides, dilations=self.dilations, pads=pads, groups=int(cin),
+                        layout=self.layout), *operands, suffix=suffix)  # type: ignore[arg-type]
+        return int(cin) * self.multiplier
 
 
 @register_converter("DepthwiseConv2D", constraints=(
@@ -74,10 +90,9 @@ def _depthwise(ctx: LayerContext, layout: str, weight_name: str, *, suffix: str 
     "both data formats; lowered to conv2d with groups = input channels; " + _ACT))
 def convert_depthwise_conv2d(ctx: LayerContext) -> None:
     check_dtype_policy(ctx)
-    layout = layout_of(ctx)
-    _single_group(ctx)
-    use_bias = ctx.check_in("use_bias", (True, False), True)
-    _depthwise(ctx, layout, "kernel", suffix=None, with_bias=bool(use_bias))
+    conv = _Depthwise.read(ctx)
+    ctx.cfg("activation")  # read first, lowered after the conv
+    conv.emit(ctx, "kernel", suffix=None, with_bias=conv.use_bias)
     emit_fused_activation(ctx)
 
 
@@ -86,19 +101,18 @@ def convert_depthwise_conv2d(ctx: LayerContext) -> None:
     "lowered to a depthwise conv2d then a 1x1 conv2d carrying the bias; " + _ACT))
 def convert_separable_conv2d(ctx: LayerContext) -> None:
     check_dtype_policy(ctx)
-    layout = layout_of(ctx)
-    _single_group(ctx)
+    conv = _Depthwise.read(ctx)
     filters = ctx.cfg("filters")
-    use_bias = ctx.check_in("use_bias", (True, False), True)
-    mid = _depthwise(ctx, layout, "depthwise_kernel", suffix="depthwise", with_bias=False)
+    ctx.cfg("activation")
+    mid = conv.emit(ctx, "depthwise_kernel", suffix="depthwise", with_bias=False)
     w = ctx.weight("pointwise_kernel")  # (1, 1, in * dm, filters)
     if w.shape != (1, 1, mid, filters):
         ctx.refuse(f"pointwise_kernel has shape {list(w.shape)}, expected [1, 1, {mid}, {filters}]")
         raise Unconvertible
     operands = [ctx.add_constant("pointwise_kernel", np.transpose(w, (3, 2, 0, 1)))]
-    if use_bias:
+    if conv.use_bias:
         operands.append(ctx.add_constant("bias", ctx.weight("bias")))
-    ctx.emit(Conv2d(layout=layout), *operands)
+    ctx.emit(Conv2d(layout=conv.layout), *operands)  # type: ignore[arg-type]
     emit_fused_activation(ctx)
 
 
@@ -107,7 +121,7 @@ def convert_separable_conv2d(ctx: LayerContext) -> None:
     "dilation_rate, groups, use_bias; both data formats; lowered to conv2d on a size-1 axis; " + _ACT))
 def convert_conv1d(ctx: LayerContext) -> None:
     check_dtype_policy(ctx)
-    layout = layout_1d(ctx)
+    layout = data_format(ctx, 3)
     k = positive_int(ctx, "kernel_size", ctx.cfg("kernel_size"))
     stride = positive_int(ctx, "strides", ctx.cfg("strides", 1))
     dilation = positive_int(ctx, "dilation_rate", ctx.cfg("dilation_rate", 1))
@@ -116,7 +130,9 @@ def convert_conv1d(ctx: LayerContext) -> None:
     filters = ctx.cfg("filters")
     use_bias = ctx.check_in("use_bias", (True, False), True)
     padding = ctx.check_in("padding", ("valid", "same", "causal"), "valid")
-    left, right = pads_1d(ctx, layout, padding, k, stride, dilation)
+    ctx.cfg("activation")
+    x = require_rank(ctx, 3)
+    left, right = pads_1d(ctx, spatial_sizes(x, layout)[0], padding, k, stride, dilation)
     w = ctx.weight("kernel")  # (k, in / groups, out)
     if w.ndim != 3 or w.shape[0] != k or w.shape[2] != filters:
         ctx.refuse(f"kernel weight has shape {list(w.shape)}, config says kernel_size {k} x {filters} filters")

@@ -15,9 +15,8 @@ __all__ = ["emit_affine", "KERAS_EPSILON"]
 KERAS_EPSILON = 1e-7
 
 
-def _channel_axis(ctx: LayerContext, value: object) -> int:
+def _channel_axis(ctx: LayerContext, value: object, rank: int) -> int:
     """One non-batch axis of the input (an int, or Keras 2's one-element list), made non-negative."""
-    rank = ctx.need_type().rank
     axis = value[0] if isinstance(value, list) and len(value) == 1 else value
     if not is_int(axis) or not -rank <= axis < rank or axis % rank == 0:  # type: ignore[operator]
         ctx.refuse(f"unsupported axis {value!r}", field="axis", value=value,
@@ -31,18 +30,21 @@ def _channel_axis(ctx: LayerContext, value: object) -> int:
     "axis (also Keras 2's one-element list), any input rank; folded away by fold-batchnorm"))
 def convert_batch_norm(ctx: LayerContext) -> None:
     check_dtype_policy(ctx)
-    x = ctx.need_type()
-    axis = _channel_axis(ctx, ctx.cfg("axis", -1))
+    axis_cfg = ctx.cfg("axis", -1)
     epsilon = ctx.cfg("epsilon", 1e-3)
-    if not (is_number(epsilon) and epsilon >= 0):
-        ctx.refuse(f"invalid epsilon {epsilon!r}", field="epsilon", value=epsilon, supported="a finite number >= 0")
-        raise Unconvertible
+    eps_ok = is_number(epsilon) and epsilon >= 0
+    ctx.require(eps_ok, f"invalid epsilon {epsilon!r}", field="epsilon", value=epsilon,
+                supported="a finite number >= 0")
     center = ctx.check_in("center", (True, False), True)
     scale = ctx.check_in("scale", (True, False), True)
     vbs = ctx.cfg("virtual_batch_size")
     ctx.require(vbs is None, f"unsupported virtual_batch_size {vbs!r}", field="virtual_batch_size", value=vbs,
                 supported="None")
     ctx.ignore("fused")  # which TensorFlow kernel runs it, not what it computes
+    x = ctx.need_type()
+    axis = _channel_axis(ctx, axis_cfg, x.rank)
+    if not eps_ok:
+        raise Unconvertible
     channels = x.shape[axis]
     params = {"mean": ctx.weight("moving_mean"), "variance": ctx.weight("moving_variance"),
               "gamma": ctx.weight("gamma") if scale else np.ones(channels),
@@ -101,8 +103,7 @@ def convert_rescaling(ctx: LayerContext) -> None:
     emit_affine(ctx, scale, offset)
 
 
-def _kept_axes(ctx: LayerContext, rank: int) -> list[int]:
-    value = ctx.cfg("axis", -1)
+def _kept_axes(ctx: LayerContext, value: object, rank: int) -> list[int]:
     axes = [] if value is None else [value] if is_int(value) else value
     if not isinstance(axes, list) or not all(is_int(a) and -rank <= a < rank and a % rank != 0 for a in axes):
         ctx.refuse(f"unsupported axis {value!r}", field="axis", value=value,
@@ -116,10 +117,11 @@ def _kept_axes(ctx: LayerContext, rank: int) -> list[int]:
     "y = (x - mean) / max(sqrt(variance), 1e-7) (Keras' default epsilon)"))
 def convert_normalization(ctx: LayerContext) -> None:
     check_dtype_policy(ctx)
-    x = ctx.need_type()
-    keep = _kept_axes(ctx, x.rank)
+    axis_cfg = ctx.cfg("axis", -1)
     invert = ctx.check_in("invert", (False, True), False)
     mean_cfg, var_cfg = ctx.cfg("mean"), ctx.cfg("variance")
+    x = ctx.need_type()
+    keep = _kept_axes(ctx, axis_cfg, x.rank)
     if mean_cfg is None and var_cfg is None:
         mean, variance = ctx.weight("mean").astype(np.float64), ctx.weight("variance").astype(np.float64)
     elif mean_cfg is not None and var_cfg is not None:

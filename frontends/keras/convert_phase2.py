@@ -22,12 +22,15 @@ import numpy as np
 from keydnn.frontends.keras.convert_core import same_padding
 from keydnn.frontends.keras.registry import LayerContext, Unconvertible
 from keydnn.ir.ops import ExpandDims, Squeeze
+from keydnn.ir.types import TensorType
 
 __all__ = [
     "is_int", "is_number", "positive_int", "finite_number", "padding_pairs", "spatial_pads",
-    "layout_1d", "expand_1d", "squeeze_1d", "pads_1d", "numeric_array",
+    "data_format", "require_rank", "spatial_sizes", "channels", "expand_1d", "squeeze_1d", "pads_1d",
+    "numeric_array",
 ]
 
+_FORMATS_2D = {"channels_last": "NHWC", "channels_first": "NCHW"}
 _FORMATS_1D = {"channels_last": "NWC", "channels_first": "NCW"}
 #: 1-D layout -> (axis expand_dims inserts, layout of the 2-D op).
 _EXPAND = {"NWC": (1, "NHWC"), "NCW": (2, "NCHW")}
@@ -91,31 +94,45 @@ def spatial_pads(ctx: LayerContext, padding: str, sizes: tuple[Any, Any], kernel
     return top, bottom, left, right
 
 
-# -- 1-D layers -------------------------------------------------------------------
-def layout_1d(ctx: LayerContext) -> str:
-    """'NWC' (channels_last) or 'NCW' (channels_first) for a rank-3 input, else refuse."""
-    fmt = ctx.check_in("data_format", _FORMATS_1D, "channels_last")
-    if fmt not in _FORMATS_1D:
-        raise Unconvertible
+# -- data formats and ranks ---------------------------------------------------------
+def data_format(ctx: LayerContext, rank: int) -> str:
+    """The layout named by ``data_format`` for a rank-``rank`` input (NHWC/NCHW, NWC/NCW).
+
+    Reads only the config: converters read all their fields before they need the
+    input type, so a layer after an unconvertible one reports no spurious fields.
+    An invalid value is recorded and channels_last is assumed to go on reading.
+    """
+    formats = _FORMATS_2D if rank == 4 else _FORMATS_1D
+    fmt = ctx.check_in("data_format", formats, "channels_last")
+    return formats[fmt] if isinstance(fmt, str) and fmt in formats else formats["channels_last"]
+
+
+def require_rank(ctx: LayerContext, rank: int) -> TensorType:
+    """The input type, which must have ``rank`` axes (batch included)."""
     x = ctx.need_type()
-    if x.rank != 3:
-        ctx.refuse(f"expects a rank-3 input (batch, steps, channels), got {x}")
+    if x.rank != rank:
+        what = "(batch, steps, channels)" if rank == 3 else "(batch, rows, cols, channels)"
+        ctx.refuse(f"expects a rank-{rank} input {what}, got {x}")
         raise Unconvertible
-    return _FORMATS_1D[fmt]
+    return x
 
 
-def width_1d(ctx: LayerContext, layout: str) -> Any:
-    shape = ctx.need_type().shape
-    return shape[1] if layout == "NWC" else shape[2]
+def spatial_sizes(x: TensorType, layout: str) -> tuple[Any, ...]:
+    """The spatial dims of ``x`` in ``layout`` (H, W for 2-D layouts; W for 1-D ones)."""
+    return tuple(x.shape[2:]) if layout in ("NCHW", "NCW") else tuple(x.shape[1:-1])
 
 
-def pads_1d(ctx: LayerContext, layout: str, padding: str, k: int, stride: int, dilation: int) -> tuple[int, int]:
+def channels(x: TensorType, layout: str) -> Any:
+    return x.shape[1] if layout in ("NCHW", "NCW") else x.shape[-1]
+
+
+# -- 1-D layers -------------------------------------------------------------------
+def pads_1d(ctx: LayerContext, width: Any, padding: str, k: int, stride: int, dilation: int) -> tuple[int, int]:
     """(left, right) padding of the steps axis: 'valid', 'same' (TensorFlow's rule) or 'causal'."""
     if padding == "causal":
         return (k - 1) * dilation, 0
     if padding != "same":
         return 0, 0
-    width = width_1d(ctx, layout)
     if not is_int(width):
         ctx.refuse("'same' padding needs a static number of steps", field="padding", value=padding)
         raise Unconvertible

@@ -33,8 +33,8 @@ def convert_reshape(ctx: LayerContext) -> None:
 @register_converter("Permute", constraints="dims: any permutation of the non-batch axes (1-based, as Keras)")
 def convert_permute(ctx: LayerContext) -> None:
     check_dtype_policy(ctx)
-    x = ctx.need_type()
     dims = ctx.cfg("dims")
+    x = ctx.need_type()
     if not (isinstance(dims, list) and sorted(dims) == list(range(1, x.rank)) and all(is_int(d) for d in dims)):
         ctx.refuse(f"invalid dims {dims!r}", field="dims", value=dims,
                    supported=f"a permutation of 1..{x.rank - 1}")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from keydnn.frontends.keras.convert_core import check_dtype_policy, layout_of, pair
+from keydnn.frontends.keras.convert_core import check_dtype_policy, pair
 from keydnn.frontends.keras.convert_phase2 import (
-    expand_1d, is_int, layout_1d, padding_pairs, pads_1d, positive_int, spatial_pads, squeeze_1d,
+    data_format, expand_1d, is_int, padding_pairs, pads_1d, positive_int, require_rank, spatial_pads, spatial_sizes,
+    squeeze_1d,
 )
 from keydnn.frontends.keras.registry import LayerContext, Unconvertible, register_converter
 from keydnn.ir.ops import AvgPool2d, Crop2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d, Pad2d, Upsample2d
@@ -21,13 +22,12 @@ _BOTH = "both data formats"
     "any pool_size, strides, padding 'valid'/'same' (padding excluded from the average, as TensorFlow); " + _BOTH))
 def convert_avg_pool2d(ctx: LayerContext) -> None:
     check_dtype_policy(ctx)
-    layout = layout_of(ctx)
+    layout = data_format(ctx, 4)
     kernel = pair(ctx, "pool_size", ctx.cfg("pool_size", 2))
     strides_cfg = ctx.cfg("strides")
     strides = kernel if strides_cfg is None else pair(ctx, "strides", strides_cfg)
     padding = ctx.check_in("padding", ("valid", "same"), "valid")
-    shape = ctx.need_type().shape
-    sizes = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+    sizes = spatial_sizes(require_rank(ctx, 4), layout)
     pads = spatial_pads(ctx, padding, sizes, kernel, strides, (1, 1))
     ctx.emit(AvgPool2d(kernel=kernel, strides=strides, pads=pads, layout=layout))
 
@@ -35,8 +35,9 @@ def convert_avg_pool2d(ctx: LayerContext) -> None:
 @register_converter("GlobalMaxPooling2D", constraints="keepdims true/false; " + _BOTH)
 def convert_global_max_pool2d(ctx: LayerContext) -> None:
     check_dtype_policy(ctx)
-    layout = layout_of(ctx)
+    layout = data_format(ctx, 4)
     keepdims = ctx.check_in("keepdims", (False, True), False)
+    require_rank(ctx, 4)
     ctx.emit(GlobalMaxPool2d(keepdims=bool(keepdims), layout=layout))
 
 
@@ -44,8 +45,9 @@ def convert_global_max_pool2d(ctx: LayerContext) -> None:
     "padding n, (rows, cols) or ((top, bottom), (left, right)); " + _BOTH))
 def convert_zero_padding2d(ctx: LayerContext) -> None:
     check_dtype_policy(ctx)
-    layout = layout_of(ctx)
+    layout = data_format(ctx, 4)
     pads = padding_pairs(ctx, "padding", ctx.cfg("padding", 1))
+    require_rank(ctx, 4)
     ctx.emit(Pad2d(pads=pads, layout=layout))
 
 
@@ -53,8 +55,9 @@ def convert_zero_padding2d(ctx: LayerContext) -> None:
     "cropping n, (rows, cols) or ((top, bottom), (left, right)); " + _BOTH))
 def convert_cropping2d(ctx: LayerContext) -> None:
     check_dtype_policy(ctx)
-    layout = layout_of(ctx)
+    layout = data_format(ctx, 4)
     crops = padding_pairs(ctx, "cropping", ctx.cfg("cropping", 0))
+    require_rank(ctx, 4)
     ctx.emit(Crop2d(crops=crops, layout=layout))
 
 
@@ -62,21 +65,23 @@ def convert_cropping2d(ctx: LayerContext) -> None:
     "size (int or pair), interpolation 'nearest' only (bilinear and others are refused); " + _BOTH))
 def convert_upsampling2d(ctx: LayerContext) -> None:
     check_dtype_policy(ctx)
-    layout = layout_of(ctx)
+    layout = data_format(ctx, 4)
     size = pair(ctx, "size", ctx.cfg("size", 2))
-    ctx.check_in("interpolation", ("nearest",), "nearest")
+    ctx.check_in("interpolation", ("nearest",), "nearest",
+                 supported="'nearest' (bilinear, bicubic, ... interpolate, which keydnn has no op for)")
+    require_rank(ctx, 4)
     ctx.emit(Upsample2d(factors=size, layout=layout))
 
 
 # -- 1-D: the 2-D op on a size-1 H axis -------------------------------------------------
 def _pool1d(ctx: LayerContext, make: Callable[..., Any]) -> None:
     check_dtype_policy(ctx)
-    layout = layout_1d(ctx)
+    layout = data_format(ctx, 3)
     k = positive_int(ctx, "pool_size", ctx.cfg("pool_size", 2))
     strides_cfg = ctx.cfg("strides")
     stride = k if strides_cfg is None or strides_cfg == [None] else positive_int(ctx, "strides", strides_cfg)
     padding = ctx.check_in("padding", ("valid", "same"), "valid")
-    left, right = pads_1d(ctx, layout, padding, k, stride, 1)
+    left, right = pads_1d(ctx, spatial_sizes(require_rank(ctx, 3), layout)[0], padding, k, stride, 1)
     layout_2d = expand_1d(ctx, layout)
     ctx.emit(make(kernel=(1, k), strides=(1, stride), pads=(0, 0, left, right), layout=layout_2d), suffix="pool2d")
     squeeze_1d(ctx, layout)
@@ -95,8 +100,9 @@ def convert_avg_pool1d(ctx: LayerContext) -> None:
 
 def _global1d(ctx: LayerContext, make: Callable[..., Any]) -> None:
     check_dtype_policy(ctx)
-    layout = layout_1d(ctx)
+    layout = data_format(ctx, 3)
     keepdims = ctx.check_in("keepdims", (False, True), False)
+    require_rank(ctx, 3)
     layout_2d = expand_1d(ctx, layout)
     if keepdims:
         ctx.emit(make(keepdims=True, layout=layout_2d), suffix="pool2d")
@@ -127,8 +133,9 @@ def _pair_1d(ctx: LayerContext, key: str, value: Any) -> tuple[int, int]:
 @register_converter("ZeroPadding1D", constraints="padding n or (left, right); both data formats (Keras 3)")
 def convert_zero_padding1d(ctx: LayerContext) -> None:
     check_dtype_policy(ctx)
-    layout = layout_1d(ctx)
+    layout = data_format(ctx, 3)
     left, right = _pair_1d(ctx, "padding", ctx.cfg("padding", 1))
+    require_rank(ctx, 3)
     layout_2d = expand_1d(ctx, layout)
     ctx.emit(Pad2d(pads=(0, 0, left, right), layout=layout_2d), suffix="pad2d")  # type: ignore[arg-type]
     squeeze_1d(ctx, layout)
@@ -138,8 +145,9 @@ def convert_zero_padding1d(ctx: LayerContext) -> None:
     "cropping n or (start, end) of the steps axis (Keras has no data_format here)"))
 def convert_cropping1d(ctx: LayerContext) -> None:
     check_dtype_policy(ctx)
-    layout = layout_1d(ctx)
+    layout = data_format(ctx, 3)
     start, end = _pair_1d(ctx, "cropping", ctx.cfg("cropping", 1))
+    require_rank(ctx, 3)
     layout_2d = expand_1d(ctx, layout)
     ctx.emit(Crop2d(crops=(0, 0, start, end), layout=layout_2d), suffix="crop2d")  # type: ignore[arg-type]
     squeeze_1d(ctx, layout)
@@ -148,8 +156,9 @@ def convert_cropping1d(ctx: LayerContext) -> None:
 @register_converter("UpSampling1D", constraints="size (repeats every step; Keras has no data_format here)")
 def convert_upsampling1d(ctx: LayerContext) -> None:
     check_dtype_policy(ctx)
-    layout = layout_1d(ctx)
+    layout = data_format(ctx, 3)
     size = positive_int(ctx, "size", ctx.cfg("size", 2))
+    require_rank(ctx, 3)
     layout_2d = expand_1d(ctx, layout)
     ctx.emit(Upsample2d(factors=(1, size), layout=layout_2d), suffix="upsample2d")  # type: ignore[arg-type]
     squeeze_1d(ctx, layout)

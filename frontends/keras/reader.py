@@ -23,11 +23,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import lzma
 import math
 import os
 import re
 import sys
 import zipfile
+import zlib
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,13 +51,41 @@ SUPPORTED_FORMATS = ".keras (Keras 3 zip archive), .h5 (HDF5 saved by Keras 3 or
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
+# Bounds on what a model file can make us allocate or walk. A file comes from a
+# stranger, so every size it declares is checked against these before anything
+# of that size is allocated; the numbers are far above any Keras model we
+# support, and far below what would take a machine down.
+
 #: Largest zip member we read into memory (weights); bigger is refused rather
 #: than risking a decompression bomb.
 MAX_ZIP_MEMBER_BYTES = 2 * 1024**3
-#: Largest config.json / metadata.json we accept.
-MAX_JSON_BYTES = 64 * 1024**2
+#: A zip member may expand at most this many times its compressed size (Keras
+#: stores members uncompressed; zlib's best case is ~1000x, reached only by
+#: runs of one byte -- i.e. by bombs) ...
+MAX_COMPRESSION_RATIO = 100
+#: ... once it is larger than this (small members compress arbitrarily well).
+COMPRESSION_CHECK_BYTES = 1024**2
+#: Largest config.json / metadata.json / model_config attribute we accept.
+MAX_JSON_BYTES = 16 * 1024**2
+#: Deepest nesting of lists/objects in a config (Keras writes < 20 levels;
+#: bounding it keeps every recursive walk of the config far from the
+#: interpreter's recursion limit).
+MAX_JSON_DEPTH = 100
+#: Most layers a model config may list (the largest Keras models have a few
+#: thousand); conversion time and memory grow with it.
+MAX_LAYERS = 10_000
 #: Largest single weight array we materialize.
 MAX_DATASET_BYTES = 2 * 1024**3
+#: Largest total of all weight arrays of one model (same bound as an artifact).
+MAX_TOTAL_WEIGHT_BYTES = 4 * 1024**3
+#: A weight dataset may hold at most this many times the bytes it stores in the
+#: file (HDF5 fills unwritten datasets with a fill value and decompresses
+#: chunks: either lets a tiny file claim gigabytes) ...
+MAX_DATASET_EXPANSION = 64
+#: ... once it is larger than this.
+DATASET_EXPANSION_CHECK_BYTES = 1024**2
+#: Deepest nesting of HDF5 groups walked below a layer's weights group.
+MAX_GROUP_DEPTH = 32
 
 _CONFIG_JSON = "config.json"
 _METADATA_JSON = "metadata.json"
@@ -318,11 +349,18 @@ def _parse_model_config(root: Any, where: str) -> _ParsedModel:
         raise _fail(
             where, "model config's 'layers' is not a list", field="layers", value=raw_layers
         )
+    if len(raw_layers) > MAX_LAYERS:
+        raise _fail(
+            where,
+            f"model config lists {len(raw_layers)} layers, more than the limit of {MAX_LAYERS}",
+            field="layers",
+        )
     entries = [_parse_entry(raw, i, where) for i, raw in enumerate(raw_layers)]
-    names = [e.name for e in entries]
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise _fail(where, f"duplicate layer names {dup}", field="layers", value=dup)
+    counts = Counter(e.name for e in entries)
+    dup = sorted(n for n, c in counts.items() if c > 1)
+    if dup:
+        shown = dup[:10] + (["..."] if len(dup) > 10 else [])
+        raise _fail(where, f"duplicate layer names {shown}", field="layers", value=shown)
 
     functional = model_class != "Sequential" and (
         "input_layers" in config or any(e.inbound_nodes is not None for e in entries)
@@ -405,9 +443,10 @@ def _weight_names_for(layer_name: str, full_names: list[str]) -> list[str]:
     layer (``"forward_lstm/lstm_cell/kernel"``) so every name stays unique.
     """
     shorts = [_short_weight_name(f) for f in full_names]
+    counts = Counter(shorts)
     out = []
     for full, short in zip(full_names, shorts, strict=True):
-        if shorts.count(short) > 1:
+        if counts[short] > 1:
             parts = re.sub(r":\d+$", "", full).split("/")
             head = parts[:-1]
             if layer_name in head:  # drop the model/layer scope above the weight
@@ -522,8 +561,34 @@ def _resolve(group: Any, relpath: str, where: str, what: str) -> Any | None:
     return node
 
 
-def _read_dataset(node: Any, where: str, what: str) -> np.ndarray:
-    """Materialize one weight dataset, refusing anything that is not plain data."""
+class _Budget:
+    """Bytes of weights materialized so far for one file, against ``MAX_TOTAL_WEIGHT_BYTES``.
+
+    Each dataset is bounded on its own; without a running total a file could
+    list thousands of datasets just under that bound.
+    """
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.used = 0
+
+    def take(self, nbytes: int, what: str) -> None:
+        if self.used + nbytes > MAX_TOTAL_WEIGHT_BYTES:
+            raise _fail(
+                self.where,
+                f"{what}: weights total more than the {MAX_TOTAL_WEIGHT_BYTES}-byte limit",
+            )
+        self.used += nbytes
+
+
+def _read_dataset(node: Any, where: str, what: str, budget: _Budget) -> np.ndarray:
+    """Materialize one weight dataset, refusing anything that is not plain data.
+
+    Sizes are checked on the declared shape *and* against the bytes the file
+    really stores, before reading: a dataset that was never written (read
+    back as fill values) or a compressed run of zeros can otherwise declare
+    gigabytes in a file of a few kilobytes.
+    """
     if not isinstance(node, h5py.Dataset):
         raise _fail(where, f"{what} is not an HDF5 dataset")
     if node.is_virtual or node.external:
@@ -535,7 +600,18 @@ def _read_dataset(node: Any, where: str, what: str) -> np.ndarray:
     bfloat16 = _attr_str(node, "dtype") == "bfloat16"
     if not bfloat16 and dtype.kind not in "fiub":
         raise _fail(where, f"{what} has non-numeric dtype {dtype}", value=str(dtype))
-    array = np.asarray(node[()])
+    stored = node.id.get_storage_size()
+    if nbytes > DATASET_EXPANSION_CHECK_BYTES and nbytes > stored * MAX_DATASET_EXPANSION:
+        raise _fail(
+            where,
+            f"{what} declares {nbytes} bytes but stores only {stored} in the file "
+            "(unwritten or over-compressed data); refused",
+        )
+    budget.take(nbytes, what)
+    try:
+        array = np.asarray(node[()])
+    except (OSError, ValueError, TypeError, RuntimeError) as exc:  # bad chunks, missing filters
+        raise _fail(where, f"{what} cannot be read ({exc})") from exc
     if bfloat16:
         try:
             import ml_dtypes  # NumPy extension types; not TensorFlow
@@ -545,7 +621,8 @@ def _read_dataset(node: Any, where: str, what: str) -> np.ndarray:
             raise _fail(where, f"{what} is bfloat16 and cannot be decoded ({exc})") from exc
     elif array.dtype.byteorder not in ("=", "|"):
         array = array.astype(array.dtype.newbyteorder("="))
-    array = np.array(array, copy=True)
+    if not array.flags.owndata:  # node[()] returns a fresh array; copy only views
+        array = np.array(array, copy=True)
     array.flags.writeable = False
     return array
 
@@ -576,6 +653,7 @@ class _ZipWeights:
 
     def __init__(self, h5: h5py.File, parsed: _ParsedModel, keras2: bool, where: str) -> None:
         self.where = where
+        self.budget = _Budget(where)
         self.root: h5py.Group | None = None
         for root_name in ("layers", "_layer_checkpoint_dependencies"):
             node = _resolve(h5, root_name, where, "weights root")
@@ -662,22 +740,37 @@ class _ZipWeights:
                 out.append((f"{rel}/var{i}" if rel else f"var{i}", array))
         return out
 
-    def _collect(self, group: h5py.Group, rel: str) -> dict[str, list[np.ndarray]]:
-        """Positional vars of ``group`` and of its nested sub-objects, by sub-path."""
+    def _collect(
+        self, group: h5py.Group, rel: str, visited: set[Any] | None = None, depth: int = 0
+    ) -> dict[str, list[np.ndarray]]:
+        """Positional vars of ``group`` and of its nested sub-objects, by sub-path.
+
+        Hard links can make HDF5 groups a cycle, a lattice reaching one group
+        along exponentially many paths, or arbitrarily deep; Keras writes a
+        tree, so a group reached twice or too deep is refused, not walked.
+        """
+        visited = set() if visited is None else visited
+        if group.id in visited:
+            raise _fail(
+                self.where, f"HDF5 group {group.name} is linked more than once (or in a cycle); refused"
+            )
+        if depth >= MAX_GROUP_DEPTH:
+            raise _fail(
+                self.where, f"HDF5 groups nested deeper than {MAX_GROUP_DEPTH} levels at {group.name}"
+            )
+        visited.add(group.id)
         out: dict[str, list[np.ndarray]] = {}
         vars_group = _resolve(group, "vars", self.where, f"{group.name}/vars")
         if isinstance(vars_group, h5py.Group):
             keys = list(vars_group.keys())
-            if not all(k.isdigit() for k in keys) or sorted(int(k) for k in keys) != list(
-                range(len(keys))
-            ):
-                raise _fail(
-                    self.where, f"{vars_group.name} has non-positional entries {sorted(keys)}"
-                )
+            positional = all(k.isascii() and k.isdigit() for k in keys)
+            if not positional or sorted(int(k) for k in keys) != list(range(len(keys))):
+                shown = sorted(keys)[:10] + (["..."] if len(keys) > 10 else [])
+                raise _fail(self.where, f"{vars_group.name} has non-positional entries {shown}")
             arrays = []
             for k in sorted(keys, key=int):
                 node = _resolve(vars_group, k, self.where, f"{vars_group.name}/{k}")
-                arrays.append(_read_dataset(node, self.where, f"{vars_group.name}/{k}"))
+                arrays.append(_read_dataset(node, self.where, f"{vars_group.name}/{k}", self.budget))
             if arrays or not rel:
                 out[rel] = arrays
         for key in group:
@@ -685,7 +778,8 @@ class _ZipWeights:
                 continue
             sub = _resolve(group, key, self.where, f"{group.name}/{key}")
             if isinstance(sub, h5py.Group):
-                for sub_rel, arrays in self._collect(sub, f"{rel}/{key}" if rel else key).items():
+                sub_path = f"{rel}/{key}" if rel else key
+                for sub_rel, arrays in self._collect(sub, sub_path, visited, depth + 1).items():
                     if arrays:
                         out[sub_rel] = arrays
         return out
@@ -700,6 +794,7 @@ class _H5Weights:
 
     def __init__(self, h5: h5py.File, where: str) -> None:
         self.where = where
+        self.budget = _Budget(where)
         node = _resolve(h5, "model_weights", where, "model_weights")
         if node is None and "layer_names" in h5.attrs:
             node = h5  # very old files keep the layer groups at the root
@@ -731,7 +826,7 @@ class _H5Weights:
             node = _resolve(group, full, self.where, f"{group.name}/{full}")
             if node is None:
                 raise fail(f"weight {full!r} listed in weight_names is missing")
-            out.append((name, _read_dataset(node, self.where, f"{group.name}/{full}")))
+            out.append((name, _read_dataset(node, self.where, f"{group.name}/{full}", self.budget)))
         return out
 
 
@@ -786,14 +881,38 @@ def _build_spec(
         keras_version=keras_version,
         input_layers=parsed.input_layers,
         output_layers=parsed.output_layers,
+        input_layer_configs=tuple(
+            {"name": e.name, "config": e.config} for e in parsed.entries if e.is_input
+        ),
     )
 
 
 def _loads_json(data: bytes | str, where: str, what: str) -> Any:
+    """Parse a JSON document of bounded size and nesting (NaN/Infinity are read as floats)."""
+    if len(data) > MAX_JSON_BYTES:
+        raise _fail(where, f"{what} is {len(data)} bytes, over the {MAX_JSON_BYTES}-byte limit")
     try:
-        return json.loads(data)
+        doc = json.loads(data)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise _fail(where, f"{what} is not valid JSON ({exc})") from exc
+    _check_depth(doc, where, what)
+    return doc
+
+
+def _check_depth(doc: Any, where: str, what: str) -> None:
+    """Refuse documents nested deeper than ``MAX_JSON_DEPTH``, without recursing."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise _fail(where, f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
 # --------------------------------------------------------------------------- #
@@ -802,7 +921,11 @@ def _loads_json(data: bytes | str, where: str, what: str) -> Any:
 
 
 def _read_member(zf: zipfile.ZipFile, name: str, limit: int, where: str) -> bytes:
-    """Read one member into memory, refusing more than ``limit`` bytes."""
+    """Read one member into memory, refusing more than ``limit`` bytes or a bomb-like ratio.
+
+    The declared sizes are checked first (cheap), and the read itself is
+    capped, because the declared uncompressed size is the attacker's word.
+    """
     info = zf.getinfo(name)
     if info.file_size > limit:
         raise _fail(
@@ -810,8 +933,29 @@ def _read_member(zf: zipfile.ZipFile, name: str, limit: int, where: str) -> byte
             f"archive member {name!r} is {info.file_size} bytes uncompressed, "
             f"over the {limit}-byte limit",
         )
-    with zf.open(info) as member:
-        data = member.read(limit + 1)
+    if (
+        info.file_size > COMPRESSION_CHECK_BYTES
+        and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1)
+    ):
+        raise _fail(
+            where,
+            f"archive member {name!r} expands {info.compress_size} bytes to {info.file_size}, "
+            f"more than {MAX_COMPRESSION_RATIO} times (a decompression bomb?); refused",
+        )
+    try:
+        with zf.open(info) as member:
+            data = member.read(limit + 1)
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        lzma.LZMAError,
+        EOFError,
+        NotImplementedError,  # an unsupported compression method
+        RuntimeError,  # encrypted member
+        ValueError,
+        OSError,  # bz2 errors
+    ) as exc:
+        raise _fail(where, f"archive member {name!r} is corrupt or unreadable ({exc})") from exc
     if len(data) > limit:
         raise _fail(where, f"archive member {name!r} expands past the {limit}-byte limit")
     return data
@@ -820,7 +964,14 @@ def _read_member(zf: zipfile.ZipFile, name: str, limit: int, where: str) -> byte
 def _read_keras_zip(path: Path, where: str) -> ModelSpec:
     try:
         zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,  # "zip file version 25.5"
+        EOFError,
+        ValueError,
+        OSError,
+    ) as exc:
         raise _fail(
             where, f"corrupt or truncated zip archive ({exc})", supported=SUPPORTED_FORMATS
         ) from exc
@@ -941,11 +1092,39 @@ def read_keras_file(path: str | os.PathLike[str]) -> ModelSpec:
         return _read_keras_file(fs_path, where)
     except KerasInteropError:
         raise
+    except RecursionError as exc:
+        raise _fail(where, "model file is nested too deeply to read") from exc
     except Exception as exc:  # safety net: malformed input must not leak KeyError/OSError/...
         logger.debug("unexpected error reading %s", fs_path, exc_info=True)
+        origin = _error_origin(exc)
+        if origin is not None:  # libhdf5 / zipfile reporting corruption: say so
+            raise _fail(where, f"corrupt {origin} ({type(exc).__name__}: {exc})") from exc
         raise _fail(
             where, f"unreadable or malformed model file ({type(exc).__name__}: {exc})"
         ) from exc
+
+
+def _error_origin(exc: BaseException) -> str | None:
+    """What raised ``exc``, when it is a container library rejecting corrupt bytes.
+
+    libhdf5 reports a damaged file from whichever h5py call touches the
+    damage, as ``OSError``, ``KeyError``, ``RuntimeError`` or ``ValueError``;
+    where the innermost frame is h5py's (or zipfile's, zlib's), the file is
+    corrupt and the message says so instead of looking like a keydnn bug.
+    """
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    if last is None:
+        return None
+    parts = Path(last).parts
+    if "h5py" in parts:
+        return "HDF5 data"
+    if Path(last).name in ("zipfile.py", "__init__.py") and "zipfile" in str(last):
+        return "zip archive"
+    return None
 
 
 def _read_keras_file(path: Path, where: str) -> ModelSpec:
@@ -1100,4 +1279,7 @@ def _read_live(model: Any, source_format: str, keras_version: str | None, where:
         keras_version=keras_version,
         input_layers=parsed.input_layers,
         output_layers=parsed.output_layers,
+        input_layer_configs=tuple(
+            {"name": e.name, "config": e.config} for e in parsed.entries if e.is_input
+        ),
     )

@@ -65,6 +65,7 @@ class LayerContext:
     nodes: list[Node]
     weights: dict[str, np.ndarray]
     _used: set[str] = field(default_factory=set)
+    _input_unknown: bool = False
 
     # -- config -----------------------------------------------------------------
     def cfg(self, key: str, default: Any = None) -> Any:
@@ -77,6 +78,10 @@ class LayerContext:
         self._used.update(keys)
 
     def unconsumed(self) -> list[str]:
+        """Config fields no one read. Empty when the converter stopped early for want of the input
+        type: the fields it never reached are unchecked, not unknown."""
+        if self._input_unknown:
+            return []
         return sorted(k for k in self.layer.config if k not in self._used and k not in TRAINING_ONLY_FIELDS)
 
     # -- problems ---------------------------------------------------------------
@@ -119,6 +124,7 @@ class LayerContext:
     def need_type(self) -> TensorType:
         """The input type; a layer after an unconvertible one cannot know it."""
         if self.x_type is None:
+            self._input_unknown = True
             raise Unconvertible
         return self.x_type
 

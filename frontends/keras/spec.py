@@ -127,6 +127,9 @@ class ModelSpec:
     keras_version: str | None
     input_layers: list[Any] | None = field(default=None, compare=False)
     output_layers: list[Any] | None = field(default=None, compare=False)
+    #: Every InputLayer entry of the config as ``{"name": ..., "config": {...}}`` (normalized
+    #: config), in config order: a Functional model's inputs' shapes and dtypes.
+    input_layer_configs: tuple[dict[str, Any], ...] = field(default=(), compare=False)
 
     @property
     def is_sequential(self) -> bool:

@@ -8,7 +8,8 @@ and a backend kernel. Nothing else dispatches on op classes by hand.
 Families: ``nn`` (conv2d, dense, windowed pools), ``spatial`` (pad2d, crop2d,
 upsample2d, global_max_pool2d), ``norm`` (batch_norm, scale_shift),
 ``elementwise`` (relu, prelu, softmax, activation), ``shape`` (flatten,
-reshape, transpose, expand_dims, squeeze, opaque). 1-D layers are 2-D ops
+reshape, transpose, expand_dims, squeeze, opaque), ``merge`` (add, sub, mul,
+avg, max, min, concat: the multi-operand ops of DAGs). 1-D layers are 2-D ops
 between ``expand_dims`` and ``squeeze``; see ``keydnn.ir.ops.shape``.
 """
 
@@ -20,6 +21,7 @@ from pydantic import Field
 
 from keydnn.ir.ops.base import OpBase, ShapeError
 from keydnn.ir.ops.elementwise import ACTIVATION_FUNCTIONS, Activation, PRelu, Relu, Softmax
+from keydnn.ir.ops.merge import Add, Avg, Concat, Max, Min, Mul, Sub
 from keydnn.ir.ops.nn import AvgPool2d, Conv2d, Dense, Epilogue, GlobalAvgPool2d, MaxPool2d
 from keydnn.ir.ops.norm import BatchNorm, ScaleShift
 from keydnn.ir.ops.shape import ExpandDims, Flatten, Opaque, Reshape, Squeeze, Transpose
@@ -30,13 +32,14 @@ __all__ = [
     "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Dense", "Flatten", "Reshape",
     "Transpose", "Relu", "Softmax", "Activation", "Opaque",
     "BatchNorm", "ScaleShift", "PRelu", "Pad2d", "Crop2d", "Upsample2d", "GlobalMaxPool2d",
-    "ExpandDims", "Squeeze",
+    "ExpandDims", "Squeeze", "Add", "Sub", "Mul", "Avg", "Max", "Min", "Concat",
 ]
 
 _CLASSES = (
     Conv2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Dense, Flatten, Reshape, Transpose,
     Relu, Softmax, Activation, Opaque,
     BatchNorm, ScaleShift, PRelu, Pad2d, Crop2d, Upsample2d, GlobalMaxPool2d, ExpandDims, Squeeze,
+    Add, Sub, Mul, Avg, Max, Min, Concat,
 )
 
 Op = Annotated[
@@ -44,6 +47,7 @@ Op = Annotated[
         Conv2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Dense, Flatten, Reshape, Transpose,
         Relu, Softmax, Activation, Opaque,
         BatchNorm, ScaleShift, PRelu, Pad2d, Crop2d, Upsample2d, GlobalMaxPool2d, ExpandDims, Squeeze,
+        Add, Sub, Mul, Avg, Max, Min, Concat,
     ],
     Field(discriminator="kind"),
 ]

@@ -1,7 +1,8 @@
 """The base of every IR op: typed attributes plus a shape rule.
 
 An op is an immutable pydantic model. Its class declares its operands by name
-(``operands``; a trailing ``?`` marks an optional one) and implements
+(``operands``; a trailing ``?`` marks an optional one, a last name ending in
+``*`` any number of further ones: ``("x", "y", "xs*")`` takes two or more) and implements
 ``infer`` — the single shape rule for the op, used by the ``infer-shapes``
 pass and re-checked by the verifier.
 """
@@ -43,15 +44,27 @@ class OpBase(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    #: Operand names in order; ``"bias?"`` marks an optional trailing operand.
+    #: Operand names in order; ``"bias?"`` marks an optional trailing operand, a last ``"xs*"``
+    #: any number of further operands (a variadic op).
     operands: ClassVar[tuple[str, ...]] = ("x",)
     #: Operands that must be graph constants (weights), by name.
     constant_operands: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    def arity(cls) -> tuple[int, int]:
-        required = sum(1 for o in cls.operands if not o.endswith("?"))
-        return required, len(cls.operands)
+    def arity(cls) -> tuple[int, int | None]:
+        """(fewest, most) operands; most is ``None`` for a variadic op."""
+        required = sum(1 for o in cls.operands if not o.endswith(("?", "*")))
+        variadic = bool(cls.operands) and cls.operands[-1].endswith("*")
+        return required, None if variadic else len(cls.operands)
+
+    @classmethod
+    def operand_name(cls, position: int) -> str:
+        """Name of the operand at ``position`` (markers stripped); ``"?"`` past the last one."""
+        if position < len(cls.operands):
+            return cls.operands[position].rstrip("?*")
+        if cls.operands and cls.operands[-1].endswith("*"):
+            return cls.operands[-1].rstrip("*")
+        return "?"
 
     def infer(self, inputs: list[TensorType]) -> TensorType:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -24,7 +24,7 @@ axis-aware op, and ``fold-constants`` cancels a ``squeeze`` followed by an
 from __future__ import annotations
 
 from math import prod
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from pydantic import field_validator
 
@@ -152,12 +152,17 @@ class Squeeze(OpBase):
 
 
 class Opaque(OpBase):
-    """A layer keydnn could not convert (non-strict mode). It blocks execution, never the math."""
+    """A layer keydnn could not convert (non-strict mode). It blocks execution, never the math.
+
+    It reads every tensor the layer was called on (several in a Functional model).
+    """
 
     kind: Literal["opaque"] = "opaque"
     keras_class: str
     reason: str
     output_shape: Optional[tuple[Dim, ...]] = None
+
+    operands: ClassVar[tuple[str, ...]] = ("x", "xs*")
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
         if self.output_shape is None:

@@ -122,6 +122,16 @@ class LayoutContext:
                     return False
         return found
 
+    def available(self, value: str, want: Perm) -> bool:
+        """Whether ``value`` in axis order ``want`` is at hand (its own form, or an existing transpose)."""
+        if value in self.const_names:
+            return False
+        f = self.forms[value]
+        if f.rows is not None or f.perm is None or len(f.perm) != len(want):
+            return False
+        r = compose(inverse(f.perm), tuple(want))
+        return is_identity(r) or (f.src, r) in self._transposes
+
     # -- building the new graph --------------------------------------------------
     def define(self, value: str, form: Form) -> None:
         self.forms[value] = form

@@ -21,6 +21,11 @@ rewritten node, and records the form of the result. The rule families:
   all dense layers is emitted on the permuted tensor, and ``dense`` permutes
   the rows of its weight to match; any other flatten gets its logical order.
 * ``expand_dims`` / ``squeeze`` move between 3-D and 4-D forms (1-D layers).
+* ``merge`` (add, sub, mul, avg, max, min, concat): every operand is brought to
+  one common order, the one that needs fewest new transposes (ties go to the
+  non-identity order, where channels-first compute continues), so the two
+  branches of a residual block meet without transposes; ``concat``'s axis is
+  remapped like ``axis`` ops'.
 * ``guard`` (reshape, dense on a permuted tensor, opaque, any unlisted op):
   operands in their logical layout, result in its logical layout.
 """
@@ -41,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "Form", "LAYOUT_RULES", "CHANNELS_LAST", "CHANNELS_FIRST_OF", "cf_perm", "inverse", "compose",
-    "is_identity", "layout_for", "FLATTEN_PASS_THROUGH", "Perm", "guard",
+    "is_identity", "layout_for", "FLATTEN_PASS_THROUGH", "Perm", "guard", "merge",
 ]
 
 Perm = tuple[int, ...]
@@ -212,6 +217,37 @@ def squeeze(ctx: "LayoutContext", node: Node) -> None:
     ctx.emit(node, op, [f.src], perm=out)
 
 
+def _merge_perm(ctx: "LayoutContext", node: Node) -> Perm | None:
+    """The order all operands of a merge op are brought to; None: keep the logical order (guard)."""
+    if any(ctx.is_constant(i) for i in node.inputs):
+        return None
+    forms = [ctx.form(i) for i in node.inputs]
+    if any(f.rows is not None or f.perm is None for f in forms) or len({len(f.perm) for f in forms}) != 1:
+        return None
+    candidates: list[Perm] = []
+    for f in forms:
+        if f.perm not in candidates:
+            candidates.append(f.perm)  # type: ignore[arg-type]
+
+    def cost(p: Perm) -> tuple[int, bool]:
+        missing = sum(1 for i in node.inputs if not ctx.available(i, p))
+        return missing, is_identity(p)  # fewest new transposes; on a tie, a permuted order
+
+    best = min(candidates, key=cost)
+    return None if is_identity(best) else best
+
+
+def merge(ctx: "LayoutContext", node: Node) -> None:
+    perm = _merge_perm(ctx, node)
+    if perm is None:
+        return guard(ctx, node)
+    ins = [ctx.get(i, perm) for i in node.inputs]
+    op = node.op
+    if hasattr(op, "axis"):
+        op = op.model_copy(update={"axis": perm.index(normalize_axis(op.axis, len(perm)))})  # type: ignore[attr-defined]
+    ctx.emit(node, op, ins, perm=perm)
+
+
 #: op kind -> layout rule. An op kind missing here is guarded (always correct).
 LAYOUT_RULES: dict[str, Rule] = {
     # layout-agnostic (elementwise)
@@ -226,4 +262,6 @@ LAYOUT_RULES: dict[str, Rule] = {
     # data movement
     "transpose": transpose, "flatten": flatten, "expand_dims": expand_dims, "squeeze": squeeze,
     "dense": dense, "reshape": guard, "opaque": guard,
+    # several operands: one common order for all of them
+    "add": merge, "sub": merge, "mul": merge, "avg": merge, "max": merge, "min": merge, "concat": merge,
 }
