@@ -159,6 +159,10 @@ class Model:
             raise ValueError(f"model takes {len(names)} input(s) {names}, got {len(args)}")
         return list(args)
 
+    def arrange_inputs(self, inputs: Any) -> list[Any]:
+        """Inputs given as one array, a list in input order, or a dict by input name -> a list in input order."""
+        return self._gather(tuple(inputs) if isinstance(inputs, list) else (inputs,), {})
+
     def __call__(self, *inputs: Any, **named: Any) -> Any:
         values = self._gather(inputs, named)
         arrays = [self._check_input(x, i) for i, x in enumerate(values)]

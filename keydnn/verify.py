@@ -103,14 +103,40 @@ def load_keras_model(source: Any, keras_major: int = 3) -> Any:
     return keras.models.load_model(os.fspath(source), **kwargs)
 
 
-def sample_inputs(input_type: Any, n: int = 8, seed: int = 0) -> np.ndarray:
-    """Reproducible inputs of the model's input shape (standard normal)."""
-    shape = tuple(n if isinstance(d, str) else d for d in input_type.shape)
-    return np.random.default_rng(seed).standard_normal(shape).astype(input_type.dtype)
+def sample_inputs(input_types: Any, n: int = 8, seed: int = 0) -> list[np.ndarray]:
+    """Reproducible inputs (standard normal), one array per model input, batch ``n``."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for t in input_types:
+        shape = tuple(n if isinstance(d, str) else d for d in t.shape)
+        arrays.append(rng.standard_normal(shape).astype(t.dtype))
+    return arrays
 
 
-def _keras_layer_outputs(keras_model: Any, x: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
-    h = x
+def _as_list(value: Any) -> list[np.ndarray]:
+    if isinstance(value, (list, tuple)):
+        return [_host(v) for v in value]
+    if isinstance(value, dict):
+        return [_host(v) for v in value.values()]
+    return [_host(value)]
+
+
+def _host(value: Any) -> np.ndarray:
+    return value.copy_to_host() if hasattr(value, "copy_to_host") else np.asarray(value)
+
+
+def _compare_all(got: list[np.ndarray], expected: list[np.ndarray], rtol: float, atol: float) -> tuple[bool, float, float]:
+    if len(got) != len(expected):
+        return False, float("inf"), float("inf")
+    results = [compare(g, e, rtol, atol) for g, e in zip(got, expected)]
+    return all(r[0] for r in results), max(r[1] for r in results), max(r[2] for r in results)
+
+
+def _keras_layer_outputs(keras_model: Any, xs: list[np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
+    """Each layer's output, for stacks (Sequential): calling layer after layer."""
+    if len(xs) != 1 or type(keras_model).__name__ != "Sequential":
+        return []  # Functional models: only the model-level comparison is reported
+    h = xs[0]
     outs = []
     for layer in keras_model.layers:
         h = layer(h, training=False) if "training" in _call_args(layer) else layer(h)
@@ -127,10 +153,10 @@ def _call_args(layer: Any) -> tuple[str, ...]:
         return ()
 
 
-def _frontend_values(graph: Any, x: np.ndarray) -> dict[str, np.ndarray]:
+def _frontend_values(graph: Any, xs: list[np.ndarray]) -> dict[str, np.ndarray]:
     """Every value of the (unoptimized) graph, by Keras layer name of its producer (last node wins)."""
     env: dict[str, np.ndarray] = dict(graph.weights)
-    env[graph.inputs[0].name] = x
+    env.update({v.name: x for v, x in zip(graph.inputs, xs)})
     by_layer: dict[str, np.ndarray] = {}
     for node in graph.nodes:
         out = REFERENCE_KERNELS[node.op.kind](node.op, [env[i] for i in node.inputs])
@@ -140,16 +166,16 @@ def _frontend_values(graph: Any, x: np.ndarray) -> dict[str, np.ndarray]:
     return by_layer
 
 
-def verify_against_keras(model: Any, keras_model: Any, x: np.ndarray, *, frontend_graph: Any = None,
-                         rtol: float = 1e-4, atol: float = 1e-5) -> tuple[VerifyReport, np.ndarray]:
-    """Run both models on ``x``; on a mismatch, locate the first Keras layer that diverges."""
-    expected = np.asarray(keras_model(x, training=False))
-    got = model(x)
-    ok, max_abs, max_rel = compare(got, expected, rtol, atol)
-    report = VerifyReport(ok, max_abs, max_rel, rtol, atol, samples=len(x))
+def verify_against_keras(model: Any, keras_model: Any, xs: list[np.ndarray], *, frontend_graph: Any = None,
+                         rtol: float = 1e-4, atol: float = 1e-5) -> tuple[VerifyReport, list[np.ndarray]]:
+    """Run both models on ``xs`` (one array per input); on a mismatch, locate the first diverging Keras layer."""
+    expected = _as_list(keras_model(xs[0] if len(xs) == 1 else list(xs), training=False))
+    got = _as_list(model(*xs))
+    ok, max_abs, max_rel = _compare_all(got, expected, rtol, atol)
+    report = VerifyReport(ok, max_abs, max_rel, rtol, atol, samples=len(xs[0]))
     if not ok and frontend_graph is not None:
-        ours = _frontend_values(frontend_graph, x.astype(np.float64))
-        for index, (name, cls, value) in enumerate(_keras_layer_outputs(keras_model, x)):
+        ours = _frontend_values(frontend_graph, [x.astype(np.float64) for x in xs])
+        for index, (name, cls, value) in enumerate(_keras_layer_outputs(keras_model, xs)):
             if name not in ours:
                 continue
             layer_ok, layer_abs, _ = compare(ours[name], value, rtol, atol)
@@ -158,15 +184,9 @@ def verify_against_keras(model: Any, keras_model: Any, x: np.ndarray, *, fronten
 
 
 def replay(model: Any, verification: dict) -> VerifyReport:
-    """Check recorded vectors (inputs, Keras outputs) on this model's device; no TensorFlow."""
+    """Check recorded vectors (one array per model input / output) on this model's device; no TensorFlow."""
     rtol, atol = float(verification["rtol"]), float(verification["atol"])
-    worst = (True, 0.0, 0.0)
-    n = 0
-    for x, expected in zip(verification["inputs"], verification["outputs"]):
-        got = model(x)
-        if not isinstance(got, np.ndarray) and hasattr(got, "copy_to_host"):
-            got = got.copy_to_host()
-        ok, max_abs, max_rel = compare(got, expected, rtol, atol)
-        worst = (worst[0] and ok, max(worst[1], max_abs), max(worst[2], max_rel))
-        n += len(x)
-    return VerifyReport(worst[0], worst[1], worst[2], rtol, atol, samples=n)
+    xs = list(verification["inputs"])
+    got = _as_list(model(*xs))
+    ok, max_abs, max_rel = _compare_all(got, list(verification["outputs"]), rtol, atol)
+    return VerifyReport(ok, max_abs, max_rel, rtol, atol, samples=len(xs[0]))

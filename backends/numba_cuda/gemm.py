@@ -36,7 +36,7 @@ import numpy as np
 
 from keydnn.backends.numba_cuda.activations import Epilogue, make_activation
 from keydnn.backends.numba_cuda.device import cuda, multiprocessor_count, simulator_enabled
-from keydnn.backends.numba_cuda.lowering import THREADS, grid_1d
+from keydnn.backends.numba_cuda.lowering import THREADS, configure, grid_1d
 
 __all__ = ["Tile", "TILES", "GemmOperands", "make_gemm", "choose_tile", "choose_splits", "make_splitk_reduce",
            "FORCE_TILE", "FORCE_SPLITS"]
@@ -78,7 +78,8 @@ TILES: dict[str, Tile] = {
     "32x64": Tile(tm=2, tn=4, ty=16, tx=16, bk=8),  # few output channels
     "16x64": Tile(tm=1, tn=4, ty=16, tx=16, bk=16),  # fewer still (e.g. 8 or 16 filters)
     "8x32": Tile(tm=1, tn=1, ty=8, tx=32, bk=32),  # GEMV-like: a handful of rows (small batch dense)
-    "sim": Tile(tm=2, tn=2, ty=2, tx=4, bk=4, max_registers=None),  # the simulator runs each thread in Python: keep blocks tiny
+    # The simulator runs each thread as a Python thread: tiny blocks, still several per problem.
+    "sim": Tile(tm=2, tn=2, ty=2, tx=4, bk=4, max_registers=None),
 }
 
 #: Tests set these to exercise one tile / a split-K on every shape.
@@ -237,5 +238,5 @@ def make_splitk_reduce(dtype_name: str, code: int) -> Callable:
 def launch_reduce(dtype_name: str, partial, out, bias, size: int, splits: int, inner: int, period: int,
                   epilogue: Epilogue) -> None:
     """Run ``splitk_reduce`` over ``size`` outputs."""
-    kernel = make_splitk_reduce(dtype_name, epilogue.code)
-    kernel[grid_1d(size), THREADS](partial, out, bias, size, splits, inner, period, *epilogue.params)
+    configure(make_splitk_reduce(dtype_name, epilogue.code), grid_1d(size), THREADS)(
+        partial, out, bias, size, splits, inner, period, *epilogue.params)

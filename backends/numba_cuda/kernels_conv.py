@@ -24,7 +24,7 @@ from keydnn.backends.numba_cuda.gemm import (
     GemmOperands, choose_splits, choose_tile, gemm_grid, launch_reduce, make_gemm, split_chunk,
 )
 from keydnn.backends.numba_cuda.lowering import (
-    THREADS, LowerContext, LoweredOp, Prepared, Shape, grid_1d, register_kernel, require_nchw,
+    THREADS, LowerContext, LoweredOp, Prepared, Shape, configure, grid_1d, register_kernel, require_nchw,
 )
 
 __all__ = ["lower_conv2d", "FORCE_ALGORITHM", "ALGORITHMS", "choose_algorithm"]
@@ -138,10 +138,10 @@ def lower_conv2d(ctx: LowerContext) -> LoweredOp:
             n, c, h, wd = in_shapes[0]
             geom = (c, h, wd, out_shape[2], out_shape[3], *static)
             total = math.prod(out_shape)
-            kernel, cfg = _direct_kernel(dtype_name, epilogue.code), (grid_1d(total), THREADS)
+            kernel = configure(_direct_kernel(dtype_name, epilogue.code), grid_1d(total), THREADS)
 
             def launch(inputs: Sequence, out, scratch):
-                kernel[cfg](inputs[0], w_dev, bias, out, geom, total, *epilogue.params)
+                kernel(inputs[0], w_dev, bias, out, geom, total, *epilogue.params)
                 return out
 
             return Prepared(launch)
@@ -160,14 +160,13 @@ def lower_conv2d(ctx: LowerContext) -> LoweredOp:
             splits = choose_splits(grid[0] * grid[1] * grid[2], kk, tile)
             chunk = split_chunk(kk, splits, tile)
             grid, block = gemm_grid(og, cols, groups, splits, tile)
-            kernel, cfg = make_gemm(_OPERANDS, tile, dtype_name, epilogue.code), (grid, block)
+            kernel = configure(make_gemm(_OPERANDS, tile, dtype_name, epilogue.code), grid, block)
             size = math.prod(out_shape)
 
             def launch(inputs: Sequence, out, scratch):
-                if splits == 1:
-                    kernel[cfg](wt, inputs[0], bias, out, geom, og, cols, kk, 1, chunk, size, *epilogue.params)
-                else:
-                    kernel[cfg](wt, inputs[0], bias, scratch, geom, og, cols, kk, splits, chunk, size, *epilogue.params)
+                target = out if splits == 1 else scratch  # split-K: partial sums, then the reduce's epilogue
+                kernel(wt, inputs[0], bias, target, geom, og, cols, kk, splits, chunk, size, *epilogue.params)
+                if splits > 1:
                     launch_reduce(dtype_name, scratch, out, bias, size, splits, oh * ow, o_ch, epilogue)
                 return out
 

@@ -18,7 +18,7 @@ from keydnn.backends.numba_cuda.device import cuda
 from keydnn.backends.numba_cuda.gemm import (
     GemmOperands, choose_splits, choose_tile, gemm_grid, launch_reduce, make_gemm, split_chunk,
 )
-from keydnn.backends.numba_cuda.lowering import LowerContext, LoweredOp, Prepared, Shape, register_kernel
+from keydnn.backends.numba_cuda.lowering import LowerContext, LoweredOp, Prepared, Shape, configure, register_kernel
 
 __all__ = ["lower_dense"]
 
@@ -70,14 +70,14 @@ def lower_dense(ctx: LowerContext) -> LoweredOp:
         splits = choose_splits(grid[0] * grid[1], k_size, tile)
         chunk = split_chunk(k_size, splits, tile)
         grid, block = gemm_grid(rows, units, 1, splits, tile)
-        kernel, cfg = make_gemm(_OPERANDS, tile, dtype_name, epilogue.code), (grid, block)
+        kernel = configure(make_gemm(_OPERANDS, tile, dtype_name, epilogue.code), grid, block)
         size = rows * units
 
         def launch(inputs: Sequence, out, scratch):
-            if splits == 1:
-                kernel[cfg](inputs[0], w_dev, bias, out, geom, rows, units, k_size, 1, chunk, size, *epilogue.params)
-            else:
-                kernel[cfg](inputs[0], w_dev, bias, scratch, geom, rows, units, k_size, splits, chunk, size, *epilogue.params)
+            target = out if splits == 1 else scratch  # split-K: partial sums, then the reduce's epilogue
+            kernel(inputs[0], w_dev, bias, target, geom, rows, units, k_size, splits, chunk, size,
+                        *epilogue.params)
+            if splits > 1:
                 launch_reduce(dtype_name, scratch, out, bias, size, splits, 1, units, epilogue)
             return out
 

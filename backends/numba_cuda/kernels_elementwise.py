@@ -21,7 +21,7 @@ import numpy as np
 from keydnn.backends.numba_cuda.activations import epilogue_for, make_activation
 from keydnn.backends.numba_cuda.device import cuda
 from keydnn.backends.numba_cuda.lowering import (
-    THREADS, LowerContext, LoweredOp, Prepared, Shape, Unsupported, grid_1d, register_kernel,
+    THREADS, LowerContext, LoweredOp, Prepared, Shape, configure, Unsupported, grid_1d, register_kernel,
 )
 from keydnn.ir.ops.base import normalize_axis
 
@@ -100,10 +100,10 @@ def lower_activation(ctx: LowerContext) -> LoweredOp:
 
     def prepare(in_shapes: tuple[Shape, ...], out_shape: Shape) -> Prepared:
         size = math.prod(out_shape)
-        cfg = (grid_1d(size), THREADS)
+        kernel = configure(kernel_of, grid_1d(size), THREADS)
 
         def launch(inputs: Sequence, out, scratch):
-            kernel_of[cfg](inputs[0], out, size, *epilogue.params)
+            kernel(inputs[0], out, size, *epilogue.params)
             return out
 
         return Prepared(launch)
@@ -120,11 +120,11 @@ def lower_softmax(ctx: LowerContext) -> LoweredOp:
     def prepare(in_shapes: tuple[Shape, ...], out_shape: Shape) -> Prepared:
         length, inner = out_shape[axis], math.prod(out_shape[axis + 1:])
         lanes = math.prod(out_shape) // max(length, 1)
-        cfg = (grid_1d(lanes), THREADS)
+        kernel = configure(kernel_of, grid_1d(lanes), THREADS)
 
         def launch(inputs: Sequence, out, scratch):
             if lanes:
-                kernel_of[cfg](inputs[0], out, lanes, length, inner)
+                kernel(inputs[0], out, lanes, length, inner)
             return out
 
         return Prepared(launch)
@@ -159,10 +159,10 @@ def _lower_channelwise(ctx: LowerContext, kernel_of: Callable, vectors: list[np.
     def prepare(in_shapes: tuple[Shape, ...], out_shape: Shape) -> Prepared:
         size = math.prod(out_shape)
         inner = math.prod(out_shape[axis + 1:]) if axis >= 0 else 1
-        cfg = (grid_1d(size), THREADS)
+        kernel = configure(kernel_of, grid_1d(size), THREADS)
 
         def launch(inputs: Sequence, out, scratch):
-            kernel_of[cfg](inputs[0], out, size, *devs, inner, period)
+            kernel(inputs[0], out, size, *devs, inner, period)
             return out
 
         return Prepared(launch)

@@ -19,7 +19,7 @@ import numpy as np
 
 from keydnn.backends.numba_cuda.device import cuda, simulator_enabled
 from keydnn.backends.numba_cuda.lowering import (
-    THREADS, LowerContext, LoweredOp, Prepared, Shape, grid_1d, register_kernel, require_nchw,
+    THREADS, LowerContext, LoweredOp, Prepared, Shape, configure, grid_1d, register_kernel, require_nchw,
 )
 
 __all__ = ["lower_pool2d", "lower_global_pool2d", "REDUCE_THREADS"]
@@ -117,10 +117,10 @@ def lower_pool2d(ctx: LowerContext) -> LoweredOp:
     def prepare(in_shapes: tuple[Shape, ...], out_shape: Shape) -> Prepared:
         geom = (in_shapes[0][2], in_shapes[0][3], out_shape[2], out_shape[3], *static)
         total = math.prod(out_shape)
-        cfg = (grid_1d(total), THREADS)
+        kernel = configure(kernel_of, grid_1d(total), THREADS)
 
         def launch(inputs: Sequence, out, scratch):
-            kernel_of[cfg](inputs[0], out, total, geom, mode)
+            kernel(inputs[0], out, total, geom, mode)
             return out
 
         return Prepared(launch)
@@ -139,10 +139,10 @@ def lower_global_pool2d(ctx: LowerContext) -> LoweredOp:
     def prepare(in_shapes: tuple[Shape, ...], out_shape: Shape) -> Prepared:
         n, c, h, w = in_shapes[0]
         planes, size = n * c, h * w
-        cfg = (max(1, min(planes, _MAX_PLANE_BLOCKS)), REDUCE_THREADS)
+        kernel = configure(kernel_of, max(1, min(planes, _MAX_PLANE_BLOCKS)), REDUCE_THREADS)
 
         def launch(inputs: Sequence, out, scratch):
-            kernel_of[cfg](inputs[0], out, planes, size, mode)
+            kernel(inputs[0], out, planes, size, mode)
             return out
 
         return Prepared(launch)

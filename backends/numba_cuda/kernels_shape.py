@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 from keydnn.backends.numba_cuda.device import cuda
 from keydnn.backends.numba_cuda.lowering import (
-    THREADS, LowerContext, LoweredOp, Prepared, Shape, grid_1d, register_kernel, require_nchw,
+    THREADS, LowerContext, LoweredOp, Prepared, Shape, configure, grid_1d, register_kernel, require_nchw,
 )
 
 __all__ = ["lower_view", "lower_transpose", "lower_gather2d"]
@@ -77,12 +77,12 @@ def lower_transpose(ctx: LowerContext) -> LoweredOp:
     def prepare(in_shapes: tuple[Shape, ...], out_shape: Shape) -> Prepared:
         shape = in_shapes[0]
         strides = [math.prod(shape[k + 1:]) for k in range(len(shape))]
-        src_strides = tuple(strides[p] for p in perm)
+        src_strides, shape_out = tuple(strides[p] for p in perm), tuple(out_shape)
         total = math.prod(out_shape)
-        cfg = (grid_1d(total), THREADS)
+        kernel = configure(transpose_kernel, grid_1d(total), THREADS)
 
         def launch(inputs: Sequence, out, scratch):
-            transpose_kernel[cfg](inputs[0], out, total, tuple(out_shape), src_strides)
+            kernel(inputs[0], out, total, shape_out, src_strides)
             return out
 
         return Prepared(launch)
@@ -106,10 +106,10 @@ def lower_gather2d(ctx: LowerContext) -> LoweredOp:
     def prepare(in_shapes: tuple[Shape, ...], out_shape: Shape) -> Prepared:
         geom = (in_shapes[0][2], in_shapes[0][3], out_shape[2], out_shape[3], *offsets, *factors)
         total = math.prod(out_shape)
-        cfg = (grid_1d(total), THREADS)
+        kernel = configure(kernel_of, grid_1d(total), THREADS)
 
         def launch(inputs: Sequence, out, scratch):
-            kernel_of[cfg](inputs[0], out, total, geom, fill_value)
+            kernel(inputs[0], out, total, geom, fill_value)
             return out
 
         return Prepared(launch)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -26,7 +27,7 @@ from keydnn.ir.types import TensorType
 
 __all__ = [
     "KERNELS", "LowerContext", "LoweredOp", "Prepared", "Lowering", "Unsupported", "register_kernel",
-    "require_nchw", "THREADS", "grid_1d", "Shape",
+    "require_nchw", "THREADS", "grid_1d", "configure", "Shape",
 ]
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,21 @@ Launch = Callable[[Sequence[DeviceArray], Optional[DeviceArray], Optional[Device
 #: as a Python thread, so it gets small blocks and few of them (grid-stride loops cover the rest).
 THREADS = 32 if simulator_enabled() else 256
 _MAX_BLOCKS = 4 if simulator_enabled() else 65535
+
+
+def configure(kernel: Callable, grid: Any, block: Any) -> Callable:
+    """``kernel[grid, block]``, built once per shape rather than per call.
+
+    A real launch configuration is immutable, and building one checks the
+    grid size (warning that a batch-1 grid under-fills the GPU, which we know)
+    and costs microseconds; the simulator's is the kernel object itself,
+    mutated by ``[]``, so there it is rebuilt at each launch.
+    """
+    if simulator_enabled():
+        return lambda *args: kernel[grid, block](*args)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Grid size .* under-utilization")
+        return kernel[grid, block]
 
 
 def grid_1d(n: int, threads: int = THREADS) -> int:

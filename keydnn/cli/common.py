@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Sequence
 
 import click
 
@@ -77,14 +77,24 @@ def read_source(src: str) -> tuple[str, Any]:
 
 
 
-def load_npy(path: str) -> "np.ndarray":
-    """Read a user's ``.npy`` array safely (never unpickles)."""
+def load_inputs(paths: "Sequence[str]") -> "list | dict":
+    """Read a user's inputs safely (never unpickles): .npy files in input order, or one .npz keyed by input name."""
     import numpy as np
 
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        fail(f"cannot read {path} as a .npy array (object arrays are refused): {exc}", EXIT_USAGE)
-    if not isinstance(array, np.ndarray):
-        fail(f"{path} holds several arrays (.npz); pass one .npy array", EXIT_USAGE)
-    return array
+    arrays: list = []
+    for path in paths:
+        if not Path(path).is_file():
+            fail(f"{path}: no such input file", EXIT_USAGE)
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            fail(f"cannot read {path} as .npy/.npz (object arrays are refused): {exc}", EXIT_USAGE)
+        if isinstance(loaded, np.ndarray):
+            arrays.append(loaded)
+            continue
+        with loaded:
+            named = {k: loaded[k] for k in loaded.files}
+        if len(paths) != 1:
+            fail(f"{path}: pass either one .npz keyed by input name or .npy files in input order", EXIT_USAGE)
+        return named
+    return arrays

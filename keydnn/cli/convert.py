@@ -9,7 +9,7 @@ import numpy as np
 
 import keydnn
 from keydnn.cli import cli
-from keydnn.cli.common import EXIT_FAILED, EXIT_USAGE, Guard, fail, load_npy, read_source
+from keydnn.cli.common import EXIT_FAILED, EXIT_USAGE, Guard, fail, load_inputs, read_source
 
 
 @cli.command()
@@ -29,7 +29,8 @@ from keydnn.cli.common import EXIT_FAILED, EXIT_USAGE, Guard, fail, load_npy, re
               help="Run Keras (needs TensorFlow) and the converted model on sample inputs; fail (exit 1) with a "
                    "per-layer report if they differ; record the vectors in the artifact for `keydnn verify`.")
 @click.option("--verify-input", type=click.Path(exists=True, dir_okay=False),
-              help="Sample inputs for --verify (.npy, batch first); default: 8 seeded random samples.")
+              help="Sample inputs for --verify: .npy (one input) or .npz keyed by input name; "
+                   "default: 8 seeded random samples.")
 @click.option("--rtol", type=float, default=1e-4, show_default=True, help="Relative tolerance for --verify.")
 @click.option("--atol", type=float, default=1e-5, show_default=True, help="Absolute tolerance for --verify.")
 def convert(src: str, dst: str, device: str, dtype: str, strict: bool, allow_non_linear_activation: bool,
@@ -55,7 +56,7 @@ def convert(src: str, dst: str, device: str, dtype: str, strict: bool, allow_non
             fail(f"cannot write {dst}: directory {dst_dir} does not exist", EXIT_USAGE)
         if Path(dst).is_dir():
             fail(f"cannot write {dst}: it is a directory", EXIT_USAGE)
-        samples = load_npy(verify_input) if verify_input else None
+        samples = load_inputs([verify_input]) if verify_input else None
         if verify:
             from keydnn.verify import load_keras_model
 
@@ -67,18 +68,18 @@ def convert(src: str, dst: str, device: str, dtype: str, strict: bool, allow_non
         if verify:
             from keydnn.verify import sample_inputs, verify_against_keras
 
-            x = samples if samples is not None else sample_inputs(model.graph.inputs[0].type)
             if input_layout != "keras":
                 fail("--verify compares in the Keras layout; drop --input-layout to verify", EXIT_USAGE)
+            xs = model.arrange_inputs(samples) if samples is not None else sample_inputs(model.input_types)
+            xs = [np.asarray(x, dtype=model.dtype) for x in xs]
             frontend = lower(spec, ConversionOptions(dtype=dtype, strict=strict,
                                                      allow_non_linear_activation=allow_non_linear_activation)).graph
-            report, expected = verify_against_keras(model, keras_model, np.asarray(x, dtype=model.dtype),
-                                                    frontend_graph=frontend, rtol=rtol, atol=atol)
+            report, expected = verify_against_keras(model, keras_model, xs, frontend_graph=frontend,
+                                                    rtol=rtol, atol=atol)
             click.echo(report.text(), err=True)
             if not report.ok:
                 fail(f"verification failed; {dst} was not written", EXIT_FAILED)
-            model.verification = {"inputs": [np.asarray(x, dtype=model.dtype)],
-                                  "outputs": [np.asarray(expected, dtype=model.dtype)],
+            model.verification = {"inputs": xs, "outputs": [np.asarray(e, dtype=model.dtype) for e in expected],
                                   "rtol": rtol, "atol": atol, "source": "keras"}
         written = model.save(dst, sidecar=sidecar)
         n_params = sum(int(a.size) for a in model.graph.weights.values())

@@ -12,7 +12,7 @@ import numpy as np
 
 import keydnn
 from keydnn.cli import cli
-from keydnn.cli.common import EXIT_FAILED, EXIT_USAGE, Guard, fail, load_npy
+from keydnn.cli.common import EXIT_FAILED, EXIT_USAGE, Guard, fail, load_inputs
 
 
 def _load(path: str, device: str) -> "keydnn.Sequential":
@@ -47,12 +47,14 @@ def verify(artifact: str, device: str, fmt: str) -> None:
 
 @cli.command()
 @click.argument("artifact", type=click.Path(dir_okay=False))
-@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
-              help="Input batch as a .npy array, in the Keras model's layout.")
-@click.option("--output", "output_path", type=click.Path(dir_okay=False), help="Write the result here (.npy).")
+@click.option("--input", "input_paths", required=True, multiple=True, type=click.Path(dir_okay=False),
+              help="Input batch as .npy, in the Keras model's layout; repeat in input order for several "
+                   "inputs, or pass one .npz keyed by input name.")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False),
+              help="Write the result here (.npy; .npz keyed by output name for several outputs).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def run(artifact: str, input_path: str, output_path: str | None, device: str, fmt: str) -> None:
+def run(artifact: str, input_paths: tuple[str, ...], output_path: str | None, device: str, fmt: str) -> None:
     """Run an artifact on a .npy input batch.
 
     \b
@@ -62,15 +64,23 @@ def run(artifact: str, input_path: str, output_path: str | None, device: str, fm
     from keydnn.atomic import atomic_writer
 
     with Guard():
-        if not Path(input_path).is_file():
-            fail(f"{input_path}: no such input file", EXIT_USAGE)
         model = _load(artifact, device)
-        x = load_npy(input_path)
-        y = np.asarray(model(x))
+        xs = model.arrange_inputs(load_inputs(input_paths))
+        result = model(*xs)
+        ys = [np.asarray(v) for v in (result if isinstance(result, list) else [result])]
         if output_path:
             with atomic_writer(output_path, "wb") as fh:
-                np.save(fh, y, allow_pickle=False)
-        summary = {"input_shape": list(x.shape), "output_shape": list(y.shape), "dtype": str(y.dtype),
+                if len(ys) == 1:
+                    np.save(fh, ys[0], allow_pickle=False)
+                else:
+                    np.savez(fh, **dict(zip(model.output_names, ys)))
+        if len(ys) > 1:
+            shapes = {n: list(y.shape) for n, y in zip(model.output_names, ys)}
+            click.echo(json.dumps({"output_shapes": shapes, "output": output_path}) if fmt == "json"
+                       else f"outputs {shapes}" + (f" -> {output_path}" if output_path else ""))
+            return
+        x, y = xs[0], ys[0]
+        summary = {"input_shape": list(np.shape(x)), "output_shape": list(y.shape), "dtype": str(y.dtype),
                    "output": output_path}
         if y.ndim == 2:
             summary["argmax"] = y.argmax(axis=1).tolist()
@@ -120,18 +130,18 @@ def bench(artifact: str, batch_text: str, repeat: int, warmup: int, device: str,
         load_s = time.perf_counter() - start
         rows = []
         for batch in batches:
-            x = sample_inputs(model.graph.inputs[0].type, n=batch)
+            xs = sample_inputs(model.input_types, n=batch)
             start = time.perf_counter()
-            model(x)
+            model(*xs)
             first_s = time.perf_counter() - start
             for _ in range(warmup):
-                model(x)
+                model(*xs)
             times = []
             show = fmt == "text" and repeat >= 20
             with click.progressbar(range(repeat), label=f"batch {batch}", file=None if show else _Null()) as bar:
                 for _ in bar:
                     t0 = time.perf_counter()
-                    model(x)
+                    model(*xs)
                     times.append(time.perf_counter() - t0)
             times.sort()
             median = statistics.median(times)
