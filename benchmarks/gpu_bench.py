@@ -217,8 +217,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32
     from numba import cuda
 
+    import numba
+
     device = parse_device(args.device)
     torch_device = f"cuda:{device.index}"
+    with cuda.gpus[device.index]:
+        gpu = cuda.get_current_device().name
+    gpu = gpu.decode() if isinstance(gpu, bytes) else gpu
+    versions = f"numba {numba.__version__}" + (f", torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}"
+                                             if torch is not None else ", torch not installed")
+    print(f"{gpu}; {versions}; FP32{'' if not args.tf32 else ' (torch TF32 on)'}; median of {args.repeats}")
     print(f"{'model':<12}{'batch':>6}{'keydnn dev ms':>15}{'keydnn host ms':>16}{'torch ms':>10}"
           f"{'keydnn/torch':>14}{'max|diff|':>11}")
     for name, graph in graphs.items():

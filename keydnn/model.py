@@ -121,7 +121,7 @@ class Model:
         expected = self.graph.inputs[index].type
         assert expected is not None
         label = self._label(index)
-        if hasattr(x, "__cuda_array_interface__") and self.device.kind == "cuda":
+        if self.device.kind == "cuda" and _on_device(x):
             return x
         if not isinstance(x, np.ndarray):
             if isinstance(x, (list, tuple)) or np.isscalar(x):
@@ -192,7 +192,12 @@ def _is_array_list(value: Sequence[Any], n_inputs: int) -> bool:
     """Whether a list argument holds one array per input (rather than being one input's data as nested lists)."""
     if n_inputs > 1:
         return True
-    return len(value) == 1 and (isinstance(value[0], np.ndarray) or hasattr(value[0], "__cuda_array_interface__"))
+    return len(value) == 1 and (isinstance(value[0], np.ndarray) or _on_device(value[0]))
+
+
+def _on_device(x: Any) -> bool:
+    """A GPU array (CuPy, PyTorch, numba; the simulator's arrays say so with ``__cuda_ndarray__``)."""
+    return hasattr(x, "__cuda_array_interface__") or bool(getattr(x, "__cuda_ndarray__", False))
 
 
 def _shape_text(shape: tuple) -> str:

@@ -30,11 +30,9 @@ logger = logging.getLogger(__name__)
 
 try:
     from numba import cuda
-except ImportError as _exc:  # pragma: no cover - numba without a CUDA target
-    cuda = None  # type: ignore[assignment]
-    _IMPORT_ERROR: ImportError | None = _exc
-else:
-    _IMPORT_ERROR = None
+except ImportError as _exc:  # pragma: no cover - a numba build without its CUDA target
+    raise BackendError(f"cuda requested but numba's CUDA target cannot be imported ({_exc}); "
+                       "install keydnn[cuda] or use device='cpu'") from _exc
 
 
 def simulator_enabled() -> bool:
@@ -46,8 +44,6 @@ def simulator_enabled() -> bool:
 
 def device_count() -> int:
     """How many CUDA devices this process can use; 0 without a driver or a GPU. The simulator is one."""
-    if cuda is None:
-        return 0
     if simulator_enabled():
         return 1
     try:
@@ -61,9 +57,6 @@ def device_count() -> int:
 
 def require_device(index: int) -> None:
     """Raise the errors users see when asking for a GPU they do not have."""
-    if cuda is None:
-        raise BackendError(f"cuda requested but numba's CUDA target cannot be imported ({_IMPORT_ERROR}); "
-                           "install keydnn[cuda] or use device='cpu'")
     count = device_count()
     if count == 0:
         raise BackendError("cuda requested but no CUDA device was found; use device='cpu'")

@@ -38,8 +38,8 @@ from keydnn.backends.numba_cuda.activations import Epilogue, make_activation
 from keydnn.backends.numba_cuda.device import cuda, multiprocessor_count, simulator_enabled
 from keydnn.backends.numba_cuda.lowering import THREADS, configure, grid_1d
 
-__all__ = ["Tile", "TILES", "GemmOperands", "make_gemm", "choose_tile", "choose_splits", "make_splitk_reduce",
-           "FORCE_TILE", "FORCE_SPLITS"]
+__all__ = ["Tile", "TILES", "GemmOperands", "make_gemm", "gemm_grid", "choose_tile", "choose_splits", "split_chunk",
+           "make_splitk_reduce", "launch_reduce", "FORCE_TILE", "FORCE_SPLITS"]
 
 logger = logging.getLogger(__name__)
 
