@@ -205,12 +205,12 @@ def run_chunk(args: argparse.Namespace, target: str, start: int, end: int, stats
         t_start = time.perf_counter()
         while True:
             try:
-                line = lines.get(timeout=args.timeout * 3 + (120 if current is None else 0))
+                line = lines.get(timeout=args.timeout * 1.5 + 5 + (120 if current is None else 0))
             except queue.Empty:  # stalled past the in-process alarm: a hang inside native code
                 proc.kill()
                 proc.wait()
                 index = current if current is not None else next_index
-                _record_lost(args, target, index, "hang", f"no progress for {args.timeout * 3:.0f} s", stats, lock)
+                _record_lost(args, target, index, "hang", f"no progress for {args.timeout * 1.5 + 5:.0f} s", stats, lock)
                 next_index = index + 1
                 break
             if line is None:

@@ -12,6 +12,14 @@ rename wins and the target is always complete.
 ``stage_bytes`` splits the write from the publish so that a caller writing
 several files (an artifact JSON and its weights sidecar) can do all the slow,
 failure-prone work first and publish with back-to-back renames.
+
+Temp files are named ``.<target name>.<host>-<pid>.<random>.tmp``. An
+exception or a signal Python can handle removes them; ``SIGKILL``, a power
+cut or an OOM kill cannot, and leaves one behind. Such stale files are never
+read by anything (a reader only ever opens the target), and every later
+successful write of the same target removes the stale temp files of that
+target left by processes of this host that no longer exist (a live writer's
+temp file, or another host's on a shared file system, is never touched).
 """
 
 from __future__ import annotations
@@ -19,11 +27,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator, Union
 
-__all__ = ["StagedFile", "stage_bytes", "atomic_write_bytes", "atomic_write_text", "atomic_writer"]
+__all__ = ["StagedFile", "stage_bytes", "atomic_write_bytes", "atomic_write_text", "atomic_writer",
+           "sweep_stale_temps"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +54,68 @@ def _file_mode() -> int:
     mask = os.umask(0o022)  # no race-free way to read it elsewhere; restore at once
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def _host_tag() -> str:
+    """This machine's name, reduced to characters safe in a file name (no dots: they delimit fields)."""
+    try:
+        host = socket.gethostname()
+    except OSError:
+        host = ""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", host)[:32] or "host"
+
+
+def _name_part(target: Path) -> str:
+    """The target's name as it appears in its temp files (cut so the temp name fits in 255 bytes)."""
+    return target.name[:150]
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{_name_part(target)}.{_host_tag()}-{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, someone else's
+        return True
+    return True
+
+
+def sweep_stale_temps(target: PathLike) -> list[Path]:
+    """Remove temp files of ``target`` left by killed writers of this host; the paths removed.
+
+    Only files named like this module's temp files for exactly this target,
+    created on this host by a process id that no longer exists, are removed.
+    Never raises: cleanup must not fail a write that already succeeded.
+    """
+    if sys.platform == "win32":  # os.kill(pid, 0) would terminate the process there
+        return []
+    target = Path(os.fspath(target))
+    directory = target.parent if str(target.parent) else Path(".")
+    pattern = re.compile(rf"^\.{re.escape(_name_part(target))}\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[^./]+\.tmp$")
+    host, me = _host_tag(), os.getpid()
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None or match["host"] != host:
+            continue
+        pid = int(match["pid"])
+        if pid == me or _pid_alive(pid):
+            continue
+        try:
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+        logger.info("removed stale temp file %s (its writer, pid %d, is gone)", entry.path, pid)
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -87,6 +161,7 @@ class StagedFile:
             raise
         self._done = True
         _fsync_dir(self.target.parent)
+        sweep_stale_temps(self.target)
         return self.target
 
     def discard(self) -> None:
@@ -109,7 +184,10 @@ def _staged(path: PathLike, mode: str) -> Iterator[tuple[IO, StagedFile]]:
         raise ValueError(f"atomic writes support mode 'wb' or 'w', not {mode!r}")
     target = Path(os.fspath(path))
     directory = target.parent if str(target.parent) else Path(".")
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, temp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=directory)
+    except OSError as exc:  # name the file the caller asked for, not our temp file
+        raise OSError(exc.errno, f"cannot write beside it ({exc.strerror})", str(target)) from exc
     staged = StagedFile(target, temp)
     try:
         kwargs = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}

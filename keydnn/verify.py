@@ -16,12 +16,12 @@ import numpy as np
 
 from keydnn.ir.reference import REFERENCE_KERNELS
 
-__all__ = ["VerifyReport", "LayerDiff", "load_keras_model", "sample_inputs", "verify_against_keras", "replay",
+__all__ = ["TF_HINT", "VerifyReport", "LayerDiff", "load_keras_model", "sample_inputs", "verify_against_keras", "replay",
            "compare"]
 
 logger = logging.getLogger(__name__)
 
-_TF_HINT = ("this operation runs the Keras model and needs TensorFlow; install it with "
+TF_HINT = ("this operation runs the Keras model and needs TensorFlow; install it with "
             "`pip install 'keydnn[keras]'` (or `pip install tensorflow-cpu`, plus `tf_keras` for Keras 2 files)")
 
 
@@ -96,11 +96,15 @@ def load_keras_model(source: Any, keras_major: int = 3) -> Any:
 
             keras = tf.keras
     except ImportError as exc:
-        raise ImportError(_TF_HINT) from exc
-    kwargs: dict[str, Any] = {"compile": False}
-    if keras_major >= 3:
-        kwargs["safe_mode"] = True
-    return keras.models.load_model(os.fspath(source), **kwargs)
+        raise ImportError(TF_HINT) from exc
+    # safe_mode refuses to deserialize Python code (Lambda bytecode); the legacy .h5 path ignores the
+    # argument, so the scope is entered explicitly as well.
+    if keras_major == 2:
+        from tf_keras.src.saving.serialization_lib import SafeModeScope
+    else:
+        from keras.src.saving.serialization_lib import SafeModeScope
+    with SafeModeScope(True):
+        return keras.models.load_model(os.fspath(source), compile=False, safe_mode=True)
 
 
 def sample_inputs(input_types: Any, n: int = 8, seed: int = 0) -> list[np.ndarray]:

@@ -21,8 +21,9 @@ from keydnn.backends.numba_cpu import KERNELS, NumbaCpuExecutable, compile_graph
 from keydnn.errors import BackendError
 from keydnn.ir import OP_CLASSES, Graph, Node, TensorType, Value, run_reference
 from keydnn.ir.ops import (
-    ACTIVATION_FUNCTIONS, Activation, AvgPool2d, Conv2d, Dense, Flatten, GlobalAvgPool2d, MaxPool2d,
-    Opaque, Relu, Reshape, Softmax, Transpose,
+    ACTIVATION_FUNCTIONS, Activation, Add, Avg, AvgPool2d, BatchNorm, Concat, Conv2d, Crop2d, Dense, ExpandDims,
+    Flatten, GlobalAvgPool2d, GlobalMaxPool2d, Max, MaxPool2d, Min, Mul, Opaque, Pad2d, PRelu, Relu, Reshape,
+    ScaleShift, Softmax, Squeeze, Sub, Transpose, Upsample2d,
 )
 from keydnn.ir.passes import run_pipeline
 
@@ -389,14 +390,9 @@ def test_concurrent_calls_from_8_threads() -> None:
 
 # -- errors -------------------------------------------------------------------------------------
 
-REQUIRED_KINDS = {
-    "conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "dense", "flatten", "reshape", "transpose",
-    "relu", "softmax", "activation",
-}
-
-
-def test_kernel_table_covers_the_core_ops() -> None:
-    assert REQUIRED_KINDS <= set(KERNELS) <= set(OP_CLASSES) - {"opaque"}
+def test_kernel_table_covers_every_op_kind() -> None:
+    """Every op of the IR (but the placeholder that never runs) has a numba-cpu kernel."""
+    assert set(KERNELS) == set(OP_CLASSES) - {"opaque"}
 
 
 def test_opaque_node_is_rejected_by_name() -> None:
@@ -434,3 +430,210 @@ def test_wrong_input_shape_is_a_value_error() -> None:
     exe = compile_graph(seed_cnn())
     with pytest.raises(ValueError):
         exe(randn(1, 2, 28, 28))
+
+
+# -- norm, prelu, spatial, shape views ------------------------------------------------------------
+
+def graph_of(nodes: Sequence[Node], inputs: dict[str, tuple], weights: dict | None = None, *,
+             dtype: str = "float32", layouts: dict[str, str] | None = None,
+             outputs: Optional[tuple[str, ...]] = None) -> Graph:
+    """A graph with several inputs (name -> example shape; the batch becomes symbolic), shapes inferred."""
+    layouts = layouts or {}
+    values = tuple(Value(name=k, type=TensorType(shape=("N",) + tuple(s[1:]), dtype=dtype, layout=layouts.get(k, "ANY")))
+                   for k, s in inputs.items())
+    g = Graph.build(name="t", inputs=values, outputs=outputs or (nodes[-1].outputs[0].name,), nodes=tuple(nodes),
+                    weights=weights or {})
+    return run_pipeline(g, "infer-shapes")
+
+
+def check_many(graph: Graph, *xs: np.ndarray, **tol) -> list[np.ndarray]:
+    got = compile_graph(graph)(*xs)
+    want = run_reference(graph, *xs)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, **(tol or TOL))
+    return got
+
+
+@pytest.mark.parametrize("axis,shape", [(1, (2, 5, 4, 3)), (-1, (2, 4, 3, 5)), (2, (3, 2, 6)), (1, (4, 7))])
+def test_batch_norm_along_any_axis(axis: int, shape: tuple) -> None:
+    c = shape[axis]
+    weights = {"m": randn(c, seed=1), "v": np.abs(randn(c, seed=2)) + 0.1, "g": randn(c, seed=3),
+               "b": randn(c, seed=4)}
+    g = make_graph([node("bn", BatchNorm(axis=axis, epsilon=1e-3), "x", "m", "v", "g", "b")], shape, weights,
+                   layout="ANY")
+    check(g, randn(*shape, seed=5, scale=3.0))
+
+
+SCALE_SHIFT_CASES = {
+    "channel-vectors": (1, (2, 5, 3, 4), (5,), (5,)),
+    "channel-scalar-scale": (1, (2, 5, 3, 4), (), (5,)),
+    "channel-(1,)-shift": (-1, (2, 3, 4, 5), (5,), (1,)),
+    "channel-last-of-3d": (2, (2, 3, 6), (6,), (6,)),
+    "sample-scalars": (None, (2, 3, 4, 4), (), ()),
+    "sample-per-pixel": (None, (2, 3, 4, 5), (1, 4, 5), (3, 1, 1)),
+    "sample-full": (None, (2, 3, 4), (3, 4), (3, 4)),
+    "sample-middle": (None, (2, 3, 4, 5), (1, 4, 1), (1,)),
+}
+
+
+@pytest.mark.parametrize("case", list(SCALE_SHIFT_CASES))
+def test_scale_shift_both_forms(case: str) -> None:
+    axis, shape, s_shape, t_shape = SCALE_SHIFT_CASES[case]
+    weights = {"s": randn(*s_shape, seed=1) if s_shape else np.float32(1.7),
+               "t": randn(*t_shape, seed=2) if t_shape else np.float32(-0.3)}
+    g = make_graph([node("ss", ScaleShift(axis=axis), "x", "s", "t")], shape, weights, layout="ANY")
+    check(g, randn(*shape, seed=3))
+
+
+@pytest.mark.parametrize("alpha_shape", [(), (1,), (3, 1, 1), (1, 4, 5), (3, 4, 5), (1, 1, 5)])
+def test_prelu_alpha_shapes(alpha_shape: tuple) -> None:
+    alpha = randn(*alpha_shape, seed=1) if alpha_shape else np.float32(0.25)
+    g = make_graph([node("p", PRelu(), "x", "a")], (2, 3, 4, 5), {"a": alpha}, layout="ANY")
+    x = randn(2, 3, 4, 5, seed=2)
+    x[0, 0, 0, :2] = (0.0, np.nan)
+    got = compile_graph(g)(x)[0]
+    np.testing.assert_allclose(got, run_reference(g, x)[0], **TOL)  # NaN where the reference has NaN
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_affine_ops_generated(data: st.DataObject) -> None:
+    """scale_shift (both forms) and prelu on random ranks, shapes and parameter broadcasts."""
+    rank = data.draw(st.integers(2, 4), label="rank")
+    shape = tuple(data.draw(st.integers(1, 5)) for _ in range(rank))
+    kind = data.draw(st.sampled_from(["channel", "sample", "prelu"]), label="kind")
+    if kind == "channel":
+        axis = data.draw(st.integers(1, rank - 1))
+        sizes = [data.draw(st.sampled_from([(), (1,), (shape[axis],)])) for _ in range(2)]
+        op, names = ScaleShift(axis=axis if data.draw(st.booleans()) else axis - rank), ("s", "t")
+    else:
+        sizes = [tuple(d if data.draw(st.booleans()) else 1 for d in shape[1:]) for _ in range(2)]
+        op, names = (ScaleShift(axis=None), ("s", "t")) if kind == "sample" else (PRelu(), ("s",))
+    weights = {n: randn(*sz, seed=k + 1) for k, (n, sz) in enumerate(zip(names, sizes))}
+    g = make_graph([node("op", op, "x", *names)], shape, weights, layout="ANY")
+    check(g, randn(*shape, seed=7))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_pad_crop_upsample_both_layouts(layout: str) -> None:
+    nodes = [
+        node("pad", Pad2d(pads=(1, 2, 0, 3), value=0.5, layout=layout), "x"),
+        node("up", Upsample2d(factors=(2, 3), layout=layout), "pad"),
+        node("crop", Crop2d(crops=(2, 1, 3, 4), layout=layout), "up"),
+    ]
+    shape = (2, 3, 5, 4) if layout == "NCHW" else (2, 5, 4, 3)
+    g = make_graph(nodes, shape, layout=layout, outputs=("crop", "pad", "up"))
+    check(g, randn(*shape))
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_spatial_ops_generated(data: st.DataObject) -> None:
+    layout = data.draw(st.sampled_from(["NCHW", "NHWC"]), label="layout")
+    n, c, h, w = (data.draw(st.integers(1, 4)) for _ in range(4))
+    kind = data.draw(st.sampled_from(["pad", "crop", "up", "gmp"]), label="kind")
+    if kind == "pad":
+        op = Pad2d(pads=tuple(data.draw(st.integers(0, 3)) for _ in range(4)), value=data.draw(st.sampled_from([0.0, -1.5])),
+                   layout=layout)
+    elif kind == "crop":
+        top, left = data.draw(st.integers(0, h - 1)), data.draw(st.integers(0, w - 1))
+        op = Crop2d(crops=(top, data.draw(st.integers(0, h - 1 - top)), left, data.draw(st.integers(0, w - 1 - left))),
+                    layout=layout)
+    elif kind == "up":
+        op = Upsample2d(factors=(data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))), layout=layout)
+    else:
+        op = GlobalMaxPool2d(keepdims=data.draw(st.booleans()), layout=layout)
+    shape = (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
+    g = make_graph([node("op", op, "x")], shape, layout=layout)
+    check(g, randn(*shape, seed=data.draw(st.integers(0, 9))))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_global_max_pool(layout: str, keepdims: bool) -> None:
+    shape = (3, 5, 7, 6) if layout == "NCHW" else (3, 7, 6, 5)
+    g = make_graph([node("gmp", GlobalMaxPool2d(keepdims=keepdims, layout=layout), "x")], shape, layout=layout)
+    x = randn(*shape)
+    check(g, x)
+    check(g, -np.abs(x) - 1.0)
+    x[1, 2, 3, 4] = np.nan
+    got = compile_graph(g)(x)[0]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(run_reference(g, x)[0]))
+
+
+def test_expand_dims_and_squeeze_are_views_around_1d_layers() -> None:
+    """A Conv1D-style chain: (N, C, W) -> expand H -> conv -> squeeze -> (N, O, W')."""
+    weights = {"w": randn(4, 3, 1, 3, seed=1, scale=0.3)}
+    nodes = [
+        node("ex", ExpandDims(axis=2, layout="NCHW"), "x"),
+        node("conv", Conv2d(pads=(0, 0, 1, 1)), "ex", "w"),
+        node("sq", Squeeze(axis=2, layout="NCW"), "conv"),
+        node("ex2", ExpandDims(axis=1), "sq"),
+    ]
+    g = make_graph(nodes, (2, 3, 9), weights, layout="NCW", outputs=("sq", "ex2"))
+    check(g, randn(2, 3, 9))
+
+
+# -- merge ops ----------------------------------------------------------------------------------
+
+MERGE_OPS = {"add": Add, "sub": Sub, "mul": Mul, "avg": Avg, "max": Max, "min": Min}
+
+
+@pytest.mark.parametrize("kind", list(MERGE_OPS))
+def test_merge_ops_with_broadcasting(kind: str) -> None:
+    shapes = {"a": (2, 3, 4, 5), "b": (2, 3, 1, 1), "c": (1, 1, 4, 5)}
+    names = ("a", "b") if kind == "sub" else ("a", "b", "c")
+    g = graph_of([node("m", MERGE_OPS[kind](), *names)], {k: shapes[k] for k in names})
+    xs = [randn(*shapes[k], seed=i) for i, k in enumerate(names)]
+    check_many(g, *xs)
+
+
+def test_merge_broadcast_first_operand_and_nan() -> None:
+    g = graph_of([node("m", Max(), "a", "b")], {"a": (2, 1, 5), "b": (2, 3, 5)})
+    a, b = randn(2, 1, 5, seed=1), randn(2, 3, 5, seed=2)
+    a[0, 0, 1], b[1, 2, 3] = np.nan, np.nan
+    got = compile_graph(g)(a, b)[0]
+    np.testing.assert_allclose(got, run_reference(g, a, b)[0], **TOL)
+
+
+def test_residual_block_with_add_and_concat() -> None:
+    """conv -> relu -> conv, added to the block input, concatenated with it along channels."""
+    weights = {"w1": randn(4, 4, 3, 3, seed=1, scale=0.2), "w2": randn(4, 4, 3, 3, seed=2, scale=0.2)}
+    nodes = [
+        node("c1", Conv2d(pads=(1, 1, 1, 1), activation=Relu()), "x", "w1"),
+        node("c2", Conv2d(pads=(1, 1, 1, 1)), "c1", "w2"),
+        node("sum", Add(), "c2", "x"),
+        node("r", Relu(), "sum"),
+        node("cat", Concat(axis=1), "r", "x", "c1"),
+    ]
+    g = make_graph(nodes, (2, 4, 6, 6), weights)
+    exe = compile_graph(g)
+    check(g, randn(3, 4, 6, 6), exe=exe)
+    check(g, randn(1, 4, 6, 6, seed=4), exe=exe)
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_merge_ops_generated(data: st.DataObject) -> None:
+    kind = data.draw(st.sampled_from(list(MERGE_OPS) + ["concat"]), label="kind")
+    rank = data.draw(st.integers(2, 4), label="rank")
+    full = [data.draw(st.integers(1, 4)) for _ in range(rank)]
+    count = 2 if kind == "sub" else data.draw(st.integers(1 if kind == "concat" else 2, 4), label="operands")
+    shapes = []
+    if kind == "concat":
+        axis = data.draw(st.integers(1, rank - 1), label="axis")
+        for _ in range(count):
+            s = list(full)
+            s[axis] = data.draw(st.integers(1, 3))
+            shapes.append(tuple(s))
+        op = Concat(axis=axis if data.draw(st.booleans()) else axis - rank)
+    else:
+        for _ in range(count):
+            shapes.append(tuple(d if data.draw(st.booleans()) else 1 for d in full))
+        op = MERGE_OPS[kind]()
+    names = [f"x{i}" for i in range(count)]
+    # the batch axis may broadcast too: inputs give their own batch sizes
+    g = graph_of([node("m", op, *names)], dict(zip(names, shapes)))
+    xs = [randn(*s, seed=i) for i, s in enumerate(shapes)]
+    check_many(g, *xs)

@@ -182,7 +182,24 @@ def read_artifact_header(path: PathLike) -> dict[str, Any]:
     return read_json_document(Path(path))
 
 
+def _check_operand_counts(path: Path, graph: Graph) -> None:
+    """Refuse nodes with the wrong number of operands before any shape rule sees them.
+
+    Shape rules index their operands; a tampered node with too few would
+    otherwise fail inside the verifier with an ``IndexError`` instead of a
+    message that names the node.
+    """
+    for node in graph.nodes:
+        lo, hi = node.op.arity()
+        if len(node.inputs) < lo or (hi is not None and len(node.inputs) > hi):
+            takes = f"{lo}..{hi}" if hi is not None and hi != lo else (str(lo) if hi == lo else f"at least {lo}")
+            raise ArtifactError(
+                f"{path}: node {node.name!r} ({node.op.kind}) takes {takes} operands, has {len(node.inputs)}"
+            )
+
+
 def _attach_weights(path: Path, doc: ArtifactFile, arrays: dict[str, np.ndarray]) -> Graph:
+    _check_operand_counts(path, doc.graph)
     constants = {c.name: c for c in doc.graph.constants}
     missing, extra = sorted(set(constants) - set(arrays)), sorted(set(arrays) - set(constants))
     if missing or extra:

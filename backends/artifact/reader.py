@@ -24,8 +24,8 @@ MAX_FILE_BYTES = 8 * 2**30
 _SNIFF_BYTES = 64
 
 
-def _open_checked(path: Path) -> None:
-    """Check that ``path`` is a regular file within the size bound."""
+def _open_checked(path: Path) -> int:
+    """Check that ``path`` is a regular file within the size bound; its size."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -36,9 +36,17 @@ def _open_checked(path: Path) -> None:
         raise ArtifactError(f"{path}: not a regular file")
     if st.st_size > MAX_FILE_BYTES:
         raise ArtifactError(f"{path}: file is {st.st_size} bytes, larger than the {MAX_FILE_BYTES}-byte limit")
+    return st.st_size
 
 
 def _read(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``path``.
+
+    ``limit`` must be the size expected (from ``stat``), not a generous
+    bound: ``read(n)`` allocates ``n`` bytes up front, so reading with the
+    8 GiB bound would reserve 8 GiB for every small file (and fail where
+    memory is not overcommitted).
+    """
     try:
         with open(path, "rb") as fh:
             return fh.read(limit)
@@ -87,11 +95,11 @@ def _parse(path: Path, raw: bytes) -> Any:
 
 def read_json_document(path: Path) -> dict[str, Any]:
     """The parsed top level of ``path`` if it is JSON carrying ``format: keydnn-artifact``."""
-    _open_checked(path)
+    size = _open_checked(path)
     _sniff(path)
-    raw = _read(path, MAX_FILE_BYTES + 1)
-    if len(raw) > MAX_FILE_BYTES:  # grew since stat
-        raise ArtifactError(f"{path}: file is larger than the {MAX_FILE_BYTES}-byte limit")
+    raw = _read(path, min(size, MAX_FILE_BYTES) + 1)
+    if len(raw) > size:  # grew since stat: a writer is still at work, or something is wrong
+        raise ArtifactError(f"{path}: file changed size while being read")
     data = _parse(path, raw)
     if not isinstance(data, dict):
         raise ArtifactError(f"{path}: not a keydnn artifact (top level is not a JSON object)")
@@ -127,8 +135,17 @@ def read_sidecar(path: Path, ref: SidecarRef) -> bytes:
     """The sidecar's bytes, if it exists and has exactly the recorded length."""
     side = path.parent / ref.file
     try:
+        size = side.stat().st_size
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: its sidecar {side} is missing") from None
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read its sidecar {side}: {exc.strerror or exc}") from None
+    if size != ref.nbytes:  # checked before reading: the recorded size is the file's word, not ours
+        state = "truncated" if size < ref.nbytes else "longer than recorded"
+        raise ArtifactError(f"{path}: sidecar {side} is {state}: expected {ref.nbytes} bytes, found {size}")
+    try:
         with open(side, "rb") as fh:
-            blob = fh.read(ref.nbytes + 1)
+            blob = fh.read(size + 1)
     except FileNotFoundError:
         raise ArtifactError(f"{path}: its sidecar {side} is missing") from None
     except OSError as exc:

@@ -1,4 +1,4 @@
-"""Data-movement ops: flatten and reshape are free views; transpose gathers into a buffer.
+"""Data-movement ops: flatten, reshape, expand_dims and squeeze are free views; transpose gathers.
 
 Every buffer the executor hands out is C-contiguous, so a row-major reshape
 never copies. Transpose is the one op here that moves bytes.
@@ -67,6 +67,21 @@ def lower_reshape(ctx: LowerContext) -> LoweredOp:
         return inputs[0].reshape((inputs[0].shape[0],) + target)
 
     return LoweredOp(run=run, allocates=False, description=f"reshape {list(target)} (view)")
+
+
+@register_kernel("expand_dims", "squeeze")
+def lower_expand_squeeze(ctx: LowerContext) -> LoweredOp:
+    """Adding or removing a size-1 axis never moves data: a reshape to the result's type."""
+    op = ctx.node.op
+    axis = op.axis
+    grow = op.kind == "expand_dims"
+
+    def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
+        shape = inputs[0].shape
+        new = shape[:axis] + (1,) + shape[axis:] if grow else shape[:axis] + shape[axis + 1:]
+        return inputs[0].reshape(new)
+
+    return LoweredOp(run=run, allocates=False, description=f"{op.kind} axis={axis} (view)")
 
 
 @register_kernel("transpose")

@@ -45,6 +45,23 @@ NESTED_MODEL_CLASSES: frozenset[str] = frozenset({"Sequential", "Functional", "M
 
 _SEQUENTIAL = ("Sequential",)
 _OPS_MODULES = ("keras.src.ops", "keras.ops")
+_BUILTIN_MODULES = ("keras.layers", "keras.src.layers", "keras.src.models", "keras.models", "keras",
+                    "tf_keras.layers", "tf_keras.src.layers")
+
+
+def _custom_class(layer: LayerSpec) -> str | None:
+    """Describe a layer whose serialized identity is a user class (even one named like a built-in).
+
+    Keras 3 writes ``registered_name`` only for registered custom objects
+    (``"package>Name"``) and a ``module`` outside keras for user classes.
+    """
+    registered = layer.registered_name
+    if registered not in (None, layer.class_name) and not str(registered).startswith("keras"):
+        return f"registered as {registered!r}"
+    module = layer.module
+    if module is not None and not module.startswith(_BUILTIN_MODULES) and not module.startswith(_OPS_MODULES):
+        return f"from module {module!r}"
+    return None
 _LAYOUT_BY_RANK = {2: "NC"}
 _SPATIAL_LAYOUTS = {4: ("NCHW", "NHWC"), 3: ("NCW", "NWC")}
 
@@ -181,7 +198,13 @@ class Lowering:
                                 known_types=self.types, taken=self.taken)
         entry = CONVERTERS.get(layer.class_name)
         failed = False
-        if layer.module is not None and layer.module.startswith(_OPS_MODULES):
+        custom = _custom_class(layer)
+        if custom is not None:
+            ctx.refuse(f"is a custom layer class ({custom}), not the built-in {layer.class_name}; keydnn never "
+                       "loads or runs code from a model file", field="registered_name", value=layer.registered_name,
+                       supported="built-in Keras layers (module keras.layers)")
+            failed = True
+        elif layer.module is not None and layer.module.startswith(_OPS_MODULES):
             ctx.refuse(f"is a Keras operation ({layer.module}.{layer.class_name}: a keras.ops call or a Python "
                        "operator on tensors), not a layer", field="module", value=layer.module,
                        supported="Keras layers, e.g. keras.layers.Add / Multiply / Concatenate")

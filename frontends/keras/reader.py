@@ -1136,6 +1136,8 @@ def _read_keras_file(path: Path, where: str) -> ModelSpec:
             "is a directory (TensorFlow SavedModel directories are not supported)",
             supported=SUPPORTED_FORMATS,
         )
+    if not path.is_file():  # a FIFO would block the read forever, /dev/zero would never end
+        raise _fail(where, "is not a regular file (a device, pipe or socket)", supported=SUPPORTED_FORMATS)
     try:
         with open(path, "rb") as fh:
             magic = fh.read(8)

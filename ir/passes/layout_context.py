@@ -231,7 +231,8 @@ class LayoutContext:
             try:
                 typ = node.op.infer(in_types)  # type: ignore[arg-type]
             except ShapeError as exc:
-                raise PassError(f"canonicalize-layout: rewritten node {node.name} ({node.op.kind}): {exc}") from exc
+                if node.op.kind != "opaque":  # a placeholder of unknown shape stays untyped, as infer-shapes keeps it
+                    raise PassError(f"canonicalize-layout: rewritten node {node.name} ({node.op.kind}): {exc}") from exc
         node = node.model_copy(update={"outputs": (Value(name=node.outputs[0].name, type=typ),)})
         self.new_types[node.outputs[0].name] = typ
         self.node_names.add(node.name)

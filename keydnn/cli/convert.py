@@ -58,15 +58,22 @@ def convert(src: str, dst: str, device: str, dtype: str, strict: bool, allow_non
             fail(f"cannot write {dst}: it is a directory", EXIT_USAGE)
         samples = load_inputs([verify_input]) if verify_input else None
         if verify:
-            from keydnn.verify import load_keras_model
+            import importlib.util
 
-            keras_model = load_keras_model(src, keras_major=keras_major(spec))  # ImportError (exit 1) without TF
+            if importlib.util.find_spec("tensorflow") is None:
+                from keydnn.verify import TF_HINT
+
+                raise ImportError(TF_HINT)  # before any work: exit 1 with the install hint
         options = {"input_layout": input_layout} if input_layout != "keras" else {}
         model = keydnn.from_keras(spec, device=device, dtype=dtype, strict=strict,
                                   allow_non_linear_activation=allow_non_linear_activation,
                                   passes=passes or DEFAULT_PIPELINE, **options)
         if verify:
-            from keydnn.verify import sample_inputs, verify_against_keras
+            from keydnn.verify import load_keras_model, sample_inputs, verify_against_keras
+
+            # Only now, after keydnn's strict conversion accepted every layer (no Lambda, no custom class),
+            # is the file handed to Keras itself.
+            keras_model = load_keras_model(src, keras_major=keras_major(spec))
 
             if input_layout != "keras":
                 fail("--verify compares in the Keras layout; drop --input-layout to verify", EXIT_USAGE)

@@ -41,6 +41,11 @@ _ROOT = Path(__file__).resolve().parents[2]
 READER_FILES = ("frontends/keras/reader.py", "frontends/keras/spec.py", "backends/artifact/", "keydnn/atomic.py")
 
 
+#: [message, signature of the wrapped exception] of the latest refusal that came from a
+#: last-resort wrapper (for reports: each such cause deserves a specific message).
+last_safety_net: list[str] = []
+
+
 class Hang(BaseException):
     """One input ran past its time limit (a BaseException so no ``except Exception`` swallows it)."""
 
@@ -110,7 +115,11 @@ def _check_message(exc: BaseException, path: Path, must_name_file: bool) -> str:
         raise Escape("empty error message", f"{type(exc).__name__}", repr(exc))
     if must_name_file and str(path) not in text:
         raise Escape("error message does not name the file", type(exc).__name__, text[:2000])
-    return "safety-net" if any(s in text for s in SAFETY_NET) else "refused"
+    if any(s in text for s in SAFETY_NET):
+        cause = exc.__cause__
+        last_safety_net[:] = [text, escape_signature(cause) if cause is not None else "?"]
+        return "safety-net"
+    return "refused"
 
 
 def check_read_keras(path: Path, seconds: float = 20.0) -> str:

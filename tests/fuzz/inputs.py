@@ -40,27 +40,31 @@ class FuzzInput:
         return directory / self.main
 
 
+MODELS: tuple[str, ...] = tuple(sorted(seeds.MODELS))
+
+
 @dataclass
 class Seeds:
-    """Every seed file, built once (deterministically) and shared by all inputs."""
+    """Every seed file, built once (deterministically) and shared by all inputs; keyed by (flavor, model)."""
 
-    configs: dict[str, dict] = field(default_factory=lambda: {f: seeds.model_config(f) for f in seeds.KERAS_FLAVORS})
-
-    @cached_property
-    def weights(self) -> dict:
-        return seeds.seed_weights()
+    configs: dict[tuple[str, str], dict] = field(default_factory=lambda: {
+        (f, mdl): seeds.model_config(f, mdl) for f in seeds.KERAS_FLAVORS for mdl in MODELS})
 
     @cached_property
-    def keras(self) -> dict[str, bytes]:
-        return {f: seeds.keras_seed_bytes(f) for f in seeds.KERAS_FLAVORS}
+    def weights(self) -> dict[str, dict]:
+        return {mdl: seeds.seed_weights(model=mdl) for mdl in MODELS}
+
+    @cached_property
+    def keras(self) -> dict[tuple[str, str], bytes]:
+        return {(f, mdl): seeds.keras_seed_bytes(f, model=mdl) for f in seeds.KERAS_FLAVORS for mdl in MODELS}
 
     @cached_property
     def artifacts(self) -> dict[str, dict[str, bytes]]:
-        """'inline' -> {a.json}, 'sidecar' -> {a.json, a.weights.bin}; both carry verification vectors."""
+        """'inline' / 'sidecar' (the cnn) and 'zoo' (inline): file name -> bytes; all carry verification vectors."""
         out = {}
-        for kind in ("inline", "sidecar"):
+        for kind, model, sidecar in (("inline", "cnn", False), ("sidecar", "cnn", True), ("zoo", "zoo", False)):
             with tempfile.TemporaryDirectory() as tmp:
-                path = seeds.write_artifact_seed(Path(tmp) / "a.json", sidecar=kind == "sidecar")
+                seeds.write_artifact_seed(Path(tmp) / "a.json", sidecar=sidecar, model=model)
                 out[kind] = {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir())}
         return out
 
@@ -74,8 +78,10 @@ def _options(rng: random.Random, inp: FuzzInput) -> FuzzInput:
 # ---------------------------------------------------------------------- Keras files (h5 and zip)
 
 
-def _flavor(target: str, rng: random.Random) -> str:
-    return "keras3-zip" if target == "keras" else rng.choice(("keras3-h5", "keras2-h5"))
+def _flavor(target: str, rng: random.Random) -> tuple[str, str]:
+    """(flavor, seed model) for one input of ``target``."""
+    flavor = "keras3-zip" if target == "keras" else rng.choice(("keras3-h5", "keras2-h5"))
+    return flavor, rng.choice(MODELS)
 
 
 def _name(flavor: str) -> str:
@@ -84,39 +90,41 @@ def _name(flavor: str) -> str:
 
 def _keras_bytes(target: str) -> Callable[[random.Random, Seeds], FuzzInput]:
     def gen(rng: random.Random, s: Seeds) -> FuzzInput:
-        flavor = _flavor(target, rng)
-        other = s.keras[rng.choice(seeds.KERAS_FLAVORS)]
-        return _options(rng, FuzzInput(_name(flavor), {_name(flavor): m.mutate_bytes(s.keras[flavor], rng, other)},
-                                       note=f"bytes/{flavor}"))
+        flavor, model = _flavor(target, rng)
+        other = s.keras[rng.choice(sorted(s.keras))]
+        data = m.mutate_bytes(s.keras[flavor, model], rng, other)
+        return _options(rng, FuzzInput(_name(flavor), {_name(flavor): data}, note=f"bytes/{flavor}/{model}"))
     return gen
 
 
 def _keras_truncate(target: str) -> Callable[[random.Random, Seeds], FuzzInput]:
     def gen(rng: random.Random, s: Seeds) -> FuzzInput:
-        flavor = _flavor(target, rng)
-        return FuzzInput(_name(flavor), {_name(flavor): m.truncate(s.keras[flavor], rng)}, note=f"truncate/{flavor}")
+        flavor, model = _flavor(target, rng)
+        return FuzzInput(_name(flavor), {_name(flavor): m.truncate(s.keras[flavor, model], rng)},
+                         note=f"truncate/{flavor}/{model}")
     return gen
 
 
 def _keras_config(target: str) -> Callable[[random.Random, Seeds], FuzzInput]:
     """A hostile model config in an otherwise valid file (wrong types, sizes, keys, lambdas, nesting)."""
     def gen(rng: random.Random, s: Seeds) -> FuzzInput:
-        flavor = _flavor(target, rng)
-        config = m.mutate_config(s.configs[flavor], rng)
+        flavor, model = _flavor(target, rng)
+        config = m.mutate_config(s.configs[flavor, model], rng)
         text = m.dumps_hostile(config)
-        data = _with_config_text(flavor, text, s)
-        return _options(rng, FuzzInput(_name(flavor), {_name(flavor): data}, note=f"config/{flavor}"))
+        data = _with_config_text(s.keras[flavor, model], flavor, text)
+        return _options(rng, FuzzInput(_name(flavor), {_name(flavor): data}, note=f"config/{flavor}/{model}"))
     return gen
 
 
-def _with_config_text(flavor: str, text: str, s: Seeds) -> bytes:
+def _with_config_text(seed: bytes, flavor: str, text: str) -> bytes:
+    """``seed`` with its model config replaced by ``text`` (config.json or the model_config attribute)."""
     if flavor == "keras3-zip":
-        return _replace_zip_member(s.keras[flavor], "config.json", text.encode())
+        return _replace_zip_member(seed, "config.json", text.encode())
     import io
 
     import h5py
 
-    buffer = io.BytesIO(s.keras[flavor])
+    buffer = io.BytesIO(seed)
     with h5py.File(buffer, "r+") as h5:
         h5.attrs["model_config"] = text
     return buffer.getvalue()
@@ -134,36 +142,38 @@ def _replace_zip_member(data: bytes, name: str, payload: bytes) -> bytes:
 def _keras_weights(target: str) -> Callable[[random.Random, Seeds], FuzzInput]:
     """Valid config, weights with wrong shapes/dtypes, missing or extra entries, NaN/inf values."""
     def gen(rng: random.Random, s: Seeds) -> FuzzInput:
-        flavor = _flavor(target, rng)
-        weights = m.mutate_weights(s.weights, rng)
+        flavor, model = _flavor(target, rng)
+        weights = m.mutate_weights(s.weights[model], rng)
         try:
-            data = seeds.keras_seed_bytes(flavor, weights=weights)
+            data = seeds.keras_seed_bytes(flavor, weights=weights, model=model)
         except (TypeError, ValueError, OSError):  # a dtype h5py cannot store, a duplicate name
-            data = s.keras[flavor]
-        return _options(rng, FuzzInput(_name(flavor), {_name(flavor): data}, note=f"weights/{flavor}"))
+            data = s.keras[flavor, model]
+        return _options(rng, FuzzInput(_name(flavor), {_name(flavor): data}, note=f"weights/{flavor}/{model}"))
     return gen
 
 
 def _keras_h5_structure(target: str) -> Callable[[random.Random, Seeds], FuzzInput]:
     """HDF5-level edits: links, huge or compressed datasets, hostile attributes, cycles."""
     def gen(rng: random.Random, s: Seeds) -> FuzzInput:
-        flavor = _flavor(target, rng)
+        flavor, model = _flavor(target, rng)
+        seed = s.keras[flavor, model]
         if flavor == "keras3-zip":
             import io
             import zipfile
 
-            with zipfile.ZipFile(io.BytesIO(s.keras[flavor])) as zf:
+            with zipfile.ZipFile(io.BytesIO(seed)) as zf:
                 inner = zf.read("model.weights.h5")
-            data = _replace_zip_member(s.keras[flavor], "model.weights.h5", m.mutate_h5_structure(inner, rng))
+            data = _replace_zip_member(seed, "model.weights.h5", m.mutate_h5_structure(inner, rng))
         else:
-            data = m.mutate_h5_structure(s.keras[flavor], rng)
-        return _options(rng, FuzzInput(_name(flavor), {_name(flavor): data}, note=f"h5-structure/{flavor}"))
+            data = m.mutate_h5_structure(seed, rng)
+        return _options(rng, FuzzInput(_name(flavor), {_name(flavor): data}, note=f"h5-structure/{flavor}/{model}"))
     return gen
 
 
 def _keras_zip_structure(rng: random.Random, s: Seeds) -> FuzzInput:
-    return _options(rng, FuzzInput("model.keras", {"model.keras": m.mutate_zip(s.keras["keras3-zip"], rng)},
-                                   note="zip-structure"))
+    model = rng.choice(MODELS)
+    data = m.mutate_zip(s.keras["keras3-zip", model], rng)
+    return _options(rng, FuzzInput("model.keras", {"model.keras": data}, note=f"zip-structure/{model}"))
 
 
 # ---------------------------------------------------------------------- artifacts
@@ -182,7 +192,8 @@ def _artifact_value(rng: random.Random) -> Any:
 
 
 def _artifact_kind(rng: random.Random) -> str:
-    return "sidecar" if rng.random() < 0.3 else "inline"
+    r = rng.random()
+    return "sidecar" if r < 0.3 else "zoo" if r < 0.5 else "inline"
 
 
 def _artifact_bytes(rng: random.Random, s: Seeds) -> FuzzInput:

@@ -1,0 +1,187 @@
+"""Code generators for the data-movement and elementwise ops.
+
+Each node is one stage of per-sample items (split into blocks where a sample
+is big enough to share), calling a serial helper of ``cg_kernels`` with its
+geometry as literals. Broadcast parameters (batch_norm, scale_shift, prelu)
+are laid out once as float64 vectors (``broadcast.param_view``); merge
+operands get their collapsed broadcast strides from the int64 table blob.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from keydnn.backends.numba_cpu.broadcast import collapse_broadcast, param_view
+from keydnn.backends.numba_cpu.codegen import GRAIN, EmitContext, Stage, Unsupported
+from keydnn.backends.numba_cpu.kernels_elementwise import LINEAR, RELU, RELU0, encode_activation
+from keydnn.backends.numba_cpu.kernels_merge import COPY, MERGE_CODES
+from keydnn.backends.numba_cpu.kernels_norm import batch_norm_params
+from keydnn.ir.ops.base import normalize_axis
+
+__all__ = ["EMITTERS_MISC"]
+
+logger = logging.getLogger(__name__)
+
+
+def _blocks(work: float, split: int) -> int:
+    return max(1, min(split, math.ceil(work / GRAIN)))
+
+
+def emit_activation(ctx: EmitContext) -> None:
+    x, y = ctx.ins[0], ctx.out
+    act = encode_activation(ctx.op)
+    cost = 1 if act[0] in (LINEAR, RELU0, RELU) else 16
+    ctx.helper("act_copy")
+    args = f"{act[0]}, {', '.join(repr(float(a)) for a in act[1:])}"
+    body = [f"act_copy({x.array}, {x.at()} + lo, {y.array}, {y.at()} + lo, hi - lo, {args})"]
+    ctx.stage(Stage(getattr(ctx.op, "function", ctx.op.kind), body, batched=y.batched, split=x.size,
+                    max_blocks=_blocks(x.size * cost, x.size), work=float(x.size * cost)))
+
+
+def emit_softmax(ctx: EmitContext) -> None:
+    x, y = ctx.ins[0], ctx.out
+    rank = len(x.sample) + 1
+    axis = normalize_axis(ctx.op.axis, rank)
+    if axis == 0:
+        raise Unsupported("softmax along the batch axis")
+    s = x.sample
+    outer, length, inner = math.prod(s[: axis - 1]), s[axis - 1], math.prod(s[axis:])
+    ctx.helper("softmax_flat")
+    body = [f"softmax_flat({x.array}, {x.at()}, {y.array}, {y.at()}, {outer}, {length}, {inner})"]
+    ctx.stage(Stage(f"softmax axis={axis}", body, batched=y.batched, work=float(16 * x.size)))
+
+
+def _affine_like(ctx: EmitContext, params: list[np.ndarray], axis, helper: str, what: str) -> None:
+    x, y = ctx.ins[0], ctx.out
+    view = param_view(params, x.sample, axis)
+    full = (1,) + x.sample
+    outer, period, inner = view.dims(full)
+    offs = [ctx.param64(p) for p in view.params]
+    ctx.helper(helper)
+    body = [f"{helper}({x.array}, {x.at()}, {y.array}, {y.at()}, {outer}, {period}, {inner}, D, "
+            f"{', '.join(str(o) for o in offs)})"]
+    ctx.stage(Stage(f"{what} period={period}", body, batched=y.batched, work=float(2 * x.size)))
+
+
+def emit_scale_shift(ctx: EmitContext) -> None:
+    op = ctx.op
+    axis = None if op.axis is None else normalize_axis(op.axis, len(ctx.ins[0].sample) + 1)
+    _affine_like(ctx, [ctx.constant(1), ctx.constant(2)], axis, "affine_flat", "scale_shift")
+
+
+def emit_batch_norm(ctx: EmitContext) -> None:
+    op = ctx.op
+    s, t = batch_norm_params(ctx._gen.graph.weights, ctx.node.inputs[1:5], op.epsilon)
+    axis = normalize_axis(op.axis, len(ctx.ins[0].sample) + 1)
+    _affine_like(ctx, [s, t], axis, "affine_flat", "batch_norm")
+
+
+def emit_prelu(ctx: EmitContext) -> None:
+    _affine_like(ctx, [ctx.constant(1)], None, "prelu_flat", "prelu")
+
+
+def _ahwb(sample: tuple, layout: str) -> tuple[int, int, int, int]:
+    """(planes, H, W, B) of one sample: NCHW planes are channels, NHWC has one plane of B channels."""
+    if layout == "NCHW":
+        c, h, w = sample
+        return c, h, w, 1
+    h, w, c = sample
+    return 1, h, w, c
+
+
+def emit_pad2d(ctx: EmitContext) -> None:
+    op, x, y = ctx.op, ctx.ins[0], ctx.out
+    a, h, w, b = _ahwb(x.sample, op.layout)
+    _, oh, ow, _ = _ahwb(y.sample, op.layout)
+    top, _, left, _ = op.pads
+    ctx.helper("pad_flat")
+    body = [f"pad_flat({x.array}, {x.at()}, {y.array}, {y.at()}, {a}, {h}, {w * b}, {oh}, {ow * b}, {top}, "
+            f"{left * b}, {float(op.value)!r})"]
+    ctx.stage(Stage(f"pad2d {list(op.pads)}", body, batched=y.batched, work=float(y.size)))
+
+
+def emit_crop2d(ctx: EmitContext) -> None:
+    op, x, y = ctx.op, ctx.ins[0], ctx.out
+    a, h, w, b = _ahwb(x.sample, op.layout)
+    _, oh, ow, _ = _ahwb(y.sample, op.layout)
+    top, _, left, _ = op.crops
+    ctx.helper("crop_flat")
+    body = [f"crop_flat({x.array}, {x.at()}, {y.array}, {y.at()}, {a}, {h}, {w * b}, {oh}, {ow * b}, {top}, {left * b})"]
+    ctx.stage(Stage(f"crop2d {list(op.crops)}", body, batched=y.batched, work=float(y.size)))
+
+
+def emit_upsample2d(ctx: EmitContext) -> None:
+    op, x, y = ctx.op, ctx.ins[0], ctx.out
+    a, h, w, b = _ahwb(x.sample, op.layout)
+    fh, fw = op.factors
+    ctx.helper("upsample_flat")
+    body = [f"upsample_flat({x.array}, {x.at()}, {y.array}, {y.at()}, {a}, {h}, {w}, {b}, {fh}, {fw})"]
+    ctx.stage(Stage(f"upsample2d {fh}x{fw}", body, batched=y.batched, work=float(y.size)))
+
+
+def emit_transpose(ctx: EmitContext) -> None:
+    x, y = ctx.ins[0], ctx.out
+    perm = tuple(ctx.op.perm)
+    if perm[0] != 0:
+        raise Unsupported(f"transpose {list(perm)} moves the batch axis")
+    sample_perm = [p - 1 for p in perm[1:]]
+    strides = [math.prod(x.sample[k + 1:]) for k in range(len(x.sample))]
+    rank = len(sample_perm)
+    if rank == 0:
+        ctx.helper("copy_flat")
+        body = [f"copy_flat({x.array}, {x.at()}, {y.array}, {y.at()}, 1)"]
+    else:
+        shape_off = ctx.table(y.sample)
+        stride_off = ctx.table([strides[p] for p in sample_perm])
+        ctx.helper("transpose_flat")
+        body = [f"transpose_flat({x.array}, {x.at()}, {y.array}, {y.at()}, T, {shape_off}, {stride_off}, {rank})"]
+    ctx.stage(Stage(f"transpose {list(perm)}", body, batched=y.batched, work=float(2 * y.size)))
+
+
+def emit_merge(ctx: EmitContext) -> None:
+    y = ctx.out
+    code = MERGE_CODES[ctx.op.kind]
+    n_ops = len(ctx.ins)
+    dims, strides = collapse_broadcast(y.sample, [x.sample for x in ctx.ins]) if y.sample else ([1], [[0]] * n_ops)
+    d_off = ctx.table(dims)
+    ctx.helper("merge_flat")
+    body = []
+    for k, x in enumerate(ctx.ins):
+        s_off = ctx.table(strides[k])
+        scale = 1.0 / n_ops if ctx.op.kind == "avg" and k == n_ops - 1 else 1.0
+        body.append(f"merge_flat({x.array}, {x.at()}, {y.array}, {y.at()}, T, {d_off}, {s_off}, {len(dims)}, "
+                    f"{COPY if k == 0 else code}, {scale!r})")
+    ctx.stage(Stage(f"{ctx.op.kind} x{n_ops}", body, batched=y.batched, work=float(n_ops * y.size)))
+
+
+def emit_concat(ctx: EmitContext) -> None:
+    y = ctx.out
+    axis = normalize_axis(ctx.op.axis, len(y.sample) + 1)
+    outer = math.prod(y.sample[: axis - 1])
+    row = math.prod(y.sample[axis - 1:])
+    ctx.helper("concat_rows")
+    body, offset = [], 0
+    for x in ctx.ins:
+        part = math.prod(x.sample[axis - 1:])
+        body.append(f"concat_rows({x.array}, {x.at()}, {y.array}, {y.at()}, {outer}, {part}, {row}, {offset})")
+        offset += part
+    ctx.stage(Stage(f"concat axis={axis} x{len(ctx.ins)}", body, batched=y.batched, work=float(y.size)))
+
+
+EMITTERS_MISC = {
+    "relu": emit_activation,
+    "activation": emit_activation,
+    "softmax": emit_softmax,
+    "scale_shift": emit_scale_shift,
+    "batch_norm": emit_batch_norm,
+    "prelu": emit_prelu,
+    "pad2d": emit_pad2d,
+    "crop2d": emit_crop2d,
+    "upsample2d": emit_upsample2d,
+    "transpose": emit_transpose,
+    "add": emit_merge, "sub": emit_merge, "mul": emit_merge, "avg": emit_merge, "max": emit_merge, "min": emit_merge,
+    "concat": emit_concat,
+}

@@ -1,0 +1,278 @@
+"""Whole-graph code generation: a typed graph and its per-sample shapes -> one Python module of numba code.
+
+The generated module has one ``entry`` function per graph. Every shape,
+stride, padding and buffer offset is a literal in its source; only the batch
+size ``N`` is a runtime value (so one compiled function serves every batch),
+and weights travel as three flat arrays: ``W`` (the graph's dtype: conv and
+dense weights, pre-packed for the GEMM micro-kernels), ``D`` (float64
+parameters of affine ops) and ``T`` (int64 index tables). Activations live in
+one flat arena ``A`` laid out here (buffers are reused once their value is
+dead; elementwise ops run in place), graph outputs are written straight into
+the caller's arrays.
+
+The body is a sequence of *stages*, one per node that moves data. A stage is
+a set of independent work items (samples, split into blocks when the batch is
+too small to keep every thread busy); threads claim items with an atomic
+counter and wait for the stage to drain before the next one, so the code is
+correct whether one thread or several run it, in any interleaving.
+``entry`` runs ``body`` on ``nthr`` threads (one ``prange``) or inline.
+
+Emitters (``cg_emit.EMITTERS``, keyed by op kind) describe each node's stage;
+this module owns values, storage, blobs and the text around them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from keydnn.errors import BackendError
+from keydnn.ir.graph import Graph, Node
+from keydnn.ir.types import TensorType
+
+__all__ = ["Val", "Stage", "EmitContext", "Program", "generate", "Unsupported", "GRAIN", "VIEW_KINDS"]
+
+logger = logging.getLogger(__name__)
+
+#: Floating-point work (flops or element moves) below which a block is not split further.
+GRAIN = 1 << 15
+#: Ops that never move data: their result is a reshaped view of their operand's storage.
+VIEW_KINDS = frozenset({"flatten", "reshape", "expand_dims", "squeeze"})
+#: Ops that may write over their first operand when it is dead afterwards.
+INPLACE_KINDS = frozenset({"relu", "activation", "scale_shift", "batch_norm", "prelu", "softmax",
+                           "add", "sub", "mul", "avg", "max", "min"})
+
+
+class Unsupported(BackendError):
+    """A graph (or node) the code generator does not handle; the ops path still may."""
+
+
+@dataclass
+class Storage:
+    """A home for values: an input or output array, or a region of the arena."""
+
+    array: str  # variable name in the generated code
+    per_sample: int  # elements per sample (batched) or in total (fixed)
+    batched: bool
+    offset: int = 0  # arena only: in per-sample units (batched) or elements (fixed)
+    fixed_arena: bool = False
+
+
+@dataclass
+class Val:
+    """One IR value as the generated code sees it."""
+
+    name: str
+    batched: bool
+    sample: tuple[int, ...]  # shape without the leading (batch) axis
+    lead: int  # leading dim when not batched
+    storage: Optional[Storage] = None
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.sample)
+
+    @property
+    def shape(self) -> tuple:
+        return (("N" if self.batched else self.lead),) + self.sample
+
+    @property
+    def array(self) -> str:
+        return self.storage.array
+
+    def base(self) -> str:
+        """Offset expression of the value's first element."""
+        st = self.storage
+        if st.array != "A":
+            return "0"
+        if st.fixed_arena:
+            return f"AF + {st.offset}"
+        return f"N * {st.offset}" if st.offset else "0"
+
+    def at(self, n: str = "n") -> str:
+        """Offset expression of sample ``n`` (sample 0 for an unbatched value)."""
+        base = self.base()
+        if not self.batched:
+            return base
+        return f"{base} + {n} * {self.size}" if base != "0" else f"{n} * {self.size}"
+
+
+@dataclass
+class Stage:
+    """A parallel step: ``body`` lines run once per item.
+
+    Per-sample form (``items`` is None): items are the samples of ``rows_of``
+    (``N`` if batched, else 1) times ``blocks`` (at most ``max_blocks``, more
+    when the batch is small); the body sees ``n`` and a block ``[lo, hi)`` of
+    ``range(split)``. Custom form: ``items`` is an expression and the body sees
+    the item index ``it``.
+    """
+
+    description: str
+    body: list[str]
+    batched: bool = True
+    split: int = 1
+    max_blocks: int = 1
+    items: Optional[str] = None
+    work: float = 0.0  # per-sample (or total when unbatched) work estimate
+
+
+@dataclass
+class Program:
+    """What ``generate`` returns: the module source and the arrays its entry expects."""
+
+    source: str
+    weights: np.ndarray  # W
+    params: np.ndarray  # D, float64
+    tables: np.ndarray  # T, int64
+    arena_per_sample: int
+    arena_fixed: int
+    scratch_per_thread: int
+    n_stages: int
+    work_per_sample: float
+    outputs: list[tuple[str, tuple[int, ...], bool]]  # per graph output: (how, sample shape, batched)
+    copies: list[tuple[int, str, int]] = field(default_factory=list)
+
+
+class EmitContext:
+    """What an emitter sees of one node, and how it adds weights, tables, scratch and stages."""
+
+    def __init__(self, gen: "_Generator", node: Node, ins: list[Val], out: Val) -> None:
+        self._gen = gen
+        self.node = node
+        self.op = node.op
+        self.ins = ins
+        self.out = out
+        self.dtype = gen.dtype
+        self.lanes = gen.lanes
+
+    def weight(self, array: np.ndarray) -> int:
+        return self._gen.add_blob(self._gen.w_parts, "w_len", np.asarray(array, dtype=self.dtype).reshape(-1))
+
+    def param64(self, array: np.ndarray) -> int:
+        return self._gen.add_blob(self._gen.d_parts, "d_len", np.asarray(array, dtype=np.float64).reshape(-1))
+
+    def table(self, values) -> int:
+        return self._gen.add_blob(self._gen.t_parts, "t_len", np.asarray(values, dtype=np.int64).reshape(-1))
+
+    def constant(self, position: int) -> Optional[np.ndarray]:
+        if position >= len(self.node.inputs):
+            return None
+        name = self.node.inputs[position]
+        if name not in self._gen.graph.weights:
+            raise Unsupported(f"operand {position} (%{name}) must be a constant weight")
+        return np.asarray(self._gen.graph.weights[name])
+
+    def scratch(self, elements: int) -> str:
+        """Offset expression of this thread's private scratch of ``elements`` (valid during one item)."""
+        self._gen.scratch = max(self._gen.scratch, int(elements) + 64)
+        return "SC"
+
+    def stage(self, stage: Stage) -> None:
+        self._gen.stages.append(stage)
+
+    def helper(self, name: str) -> str:
+        """Name of a helper (from cg_kernels, ukernels, ...) the body calls; recorded for the imports."""
+        self._gen.helpers.add(name)
+        return name
+
+
+Emitter = Callable[[EmitContext], None]
+
+
+class _Generator:
+    def __init__(self, graph: Graph, dtype: np.dtype, lanes: int) -> None:
+        self.graph = graph
+        self.dtype = dtype
+        self.lanes = lanes
+        self.w_parts: list[np.ndarray] = []
+        self.d_parts: list[np.ndarray] = []
+        self.t_parts: list[np.ndarray] = []
+        self.w_len = self.d_len = self.t_len = 0
+        self.scratch = 0
+        self.stages: list[Stage] = []
+        self.helpers: set[str] = set()
+
+    def add_blob(self, parts: list, attr: str, arr: np.ndarray) -> int:
+        offset = getattr(self, attr)
+        pad = (-offset) % 16  # 64-byte aligned starts for float32
+        if pad:
+            parts.append(np.zeros(pad, dtype=arr.dtype))
+        parts.append(arr)
+        setattr(self, attr, offset + pad + arr.size)
+        return offset + pad
+
+
+def _types_of(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: tuple[bool, ...]) -> dict:
+    """Concrete (batched, sample, lead) of every value, from the ops' own shape rules (batch stands for N)."""
+    env: dict[str, tuple[bool, TensorType]] = {}
+    probe = 7  # a batch size no static dim is compared against (only the rule's own arithmetic)
+    for value, sample, b in zip(graph.inputs, sample_shapes, batched):
+        env[value.name] = (b, value.type.with_shape(((probe if b else 1),) + tuple(sample)))
+    for c in graph.constants:
+        env[c.name] = (False, c.type)
+    out: dict[str, tuple[bool, tuple[int, ...], int]] = {}
+    for v in graph.inputs:
+        b, t = env[v.name]
+        out[v.name] = (b, tuple(t.shape[1:]), 1)
+    for node in graph.nodes:
+        ins = [env[i] for i in node.inputs]
+        b = any(x[0] for x in ins if x is not None)
+        t = node.op.infer([x[1] for x in ins])
+        if not all(isinstance(d, int) for d in t.shape):
+            raise Unsupported(f"node {node.name}: shape {t} is not static")
+        if t.rank == 0 or (b and t.shape[0] != probe) or (not b and t.shape[0] != 1):
+            raise Unsupported(f"node {node.name}: the batch axis does not stay first")
+        env[node.outputs[0].name] = (b, t)
+        out[node.outputs[0].name] = (b, tuple(t.shape[1:]), 1)
+    return out
+
+
+def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: tuple[bool, ...], *,
+             lanes: int, emitters: dict[str, Emitter], cache: bool = True) -> Program:
+    """Generate the module for ``graph`` with inputs of the given per-sample shapes."""
+    dtypes = {v.type.dtype for v in graph.inputs} | {n.outputs[0].type.dtype for n in graph.nodes
+                                                      if n.outputs[0].type is not None}
+    if len(dtypes) != 1:
+        raise Unsupported(f"values of several dtypes {sorted(dtypes)}")
+    dtype = np.dtype(dtypes.pop())
+    gen = _Generator(graph, dtype, lanes)
+    info = _types_of(graph, sample_shapes, batched)
+    vals = {name: Val(name, b, s, lead) for name, (b, s, lead) in info.items()}
+    from keydnn.backends.numba_cpu.cg_plan import assign_storage
+
+    plan = assign_storage(graph, vals)
+    for node in graph.nodes:
+        if node.op.kind in VIEW_KINDS:
+            continue
+        emit = emitters.get(node.op.kind)
+        if emit is None:
+            raise Unsupported(f"node {node.name} ({node.op.kind}): no code generator for this op")
+        ctx = EmitContext(gen, node, [vals[i] for i in node.inputs if i in vals], vals[node.outputs[0].name])
+        start = len(gen.stages)
+        emit(ctx)
+        for st in gen.stages[start:]:
+            st.description = f"{node.name}: {st.description}"
+    for out_index, src, size in plan.copies:
+        v = vals[src]
+        gen.helpers.add("copy_flat")
+        gen.stages.append(Stage(f"output {out_index} <- %{src}", [
+            f"copy_flat({v.array}, {v.at()}, y{out_index}, n * {size}, {size})"], batched=v.batched, work=size))
+    from keydnn.backends.numba_cpu.cg_source import render
+
+    source = render(graph, gen, plan, cache=cache)
+
+    def blob(parts, dtype_):
+        return np.concatenate(parts + [np.zeros(64, dtype=dtype_)]) if parts else np.zeros(64, dtype=dtype_)
+
+    work = sum(st.work for st in gen.stages)
+    return Program(
+        source=source, weights=blob(gen.w_parts, dtype), params=blob(gen.d_parts, np.float64),
+        tables=blob(gen.t_parts, np.int64), arena_per_sample=plan.per_sample, arena_fixed=plan.fixed,
+        scratch_per_thread=gen.scratch, n_stages=len(gen.stages), work_per_sample=work,
+        outputs=plan.outputs, copies=plan.copies,
+    )

@@ -1,0 +1,130 @@
+"""Per-channel and per-sample affine kernels: batch_norm, scale_shift (both forms), prelu.
+
+Every parameter is laid out once, at lowering time, as a flat float64 vector
+for the ``(outer, period, inner)`` view of the tensor
+(``keydnn.backends.numba_cpu.broadcast.param_view``), so one kernel per op
+serves the per-channel form (``period`` channels, ``inner`` pixels), the
+per-sample broadcast form and scalars. Arithmetic is in float64 and rounded
+on store, like the reference. batch_norm is ``x * s + t`` with ``s`` and
+``t`` computed once in float64.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import numba
+import numpy as np
+from numba import prange
+
+from keydnn.backends.numba_cpu.broadcast import ParamView, param_view
+from keydnn.backends.numba_cpu.lowering import (
+    JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, Unsupported, register_kernel,
+)
+from keydnn.ir.ops.base import normalize_axis
+
+__all__ = ["affine_kernel", "prelu_kernel", "batch_norm_params"]
+
+logger = logging.getLogger(__name__)
+
+
+@numba.njit(**JIT_OPTIONS)
+def affine_rows(x, out, scale, shift, lo, hi):
+    """out[o] = x[o] * scale[c] + shift[c] for o in [lo, hi) of (outer, period, inner) views."""
+    period, inner = x.shape[1], x.shape[2]
+    for o in range(lo, hi):
+        for c in range(period):
+            s = scale[c]
+            t = shift[c]
+            xr = x[o, c]
+            orow = out[o, c]
+            for i in range(inner):
+                orow[i] = np.float64(xr[i]) * s + t
+
+
+@numba.njit(**JIT_OPTIONS)
+def prelu_rows(x, out, alpha, lo, hi):
+    """out = x where x > 0, alpha * x where x < 0 (zeros and NaN pass through)."""
+    period, inner = x.shape[1], x.shape[2]
+    for o in range(lo, hi):
+        for c in range(period):
+            a = alpha[c]
+            xr = x[o, c]
+            orow = out[o, c]
+            for i in range(inner):
+                v = np.float64(xr[i])
+                orow[i] = a * v if v < 0.0 else v
+
+
+@numba.njit(**PARALLEL_JIT_OPTIONS)
+def affine_kernel(x, out, scale, shift):
+    outer = x.shape[0]
+    if outer == 1:
+        affine_rows(x, out, scale, shift, 0, 1)
+        return
+    for o in prange(outer):
+        affine_rows(x, out, scale, shift, o, o + 1)
+
+
+@numba.njit(**PARALLEL_JIT_OPTIONS)
+def prelu_kernel(x, out, alpha):
+    outer = x.shape[0]
+    if outer == 1:
+        prelu_rows(x, out, alpha, 0, 1)
+        return
+    for o in prange(outer):
+        prelu_rows(x, out, alpha, o, o + 1)
+
+
+def batch_norm_params(weights, names: Sequence[str], epsilon: float) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) of inference batch norm, in float64: ``x * s + t``."""
+    mean, var, gamma, beta = (np.asarray(weights[n], dtype=np.float64).reshape(-1) for n in names)
+    s = gamma / np.sqrt(var + epsilon)
+    return s, beta - mean * s
+
+
+def _sample(ctx: LowerContext) -> tuple[int, ...]:
+    sample = ctx.in_types[0].shape[1:]
+    if not all(isinstance(d, int) for d in sample):
+        raise Unsupported(f"broadcast parameters need a static sample shape, got {ctx.in_types[0]}")
+    return tuple(sample)  # type: ignore[return-value]
+
+
+def _lower_view(view: ParamView, kernel, description: str, work: int = 1) -> LoweredOp:
+    def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
+        x = inputs[0]
+        dims = view.dims(x.shape)
+        kernel(x.reshape(dims), out.reshape(dims), *view.params)
+        return out
+
+    return LoweredOp(run=run, inplace=True, description=f"{description} period={view.period}",
+                     work_per_element=work)
+
+
+def _axis(ctx: LowerContext, axis: Optional[int]) -> Optional[int]:
+    return None if axis is None else normalize_axis(axis, ctx.in_types[0].rank)
+
+
+@register_kernel("scale_shift")
+def lower_scale_shift(ctx: LowerContext) -> LoweredOp:
+    """Both forms (``axis`` set: per channel; ``axis=None``: per sample) become one parameter view."""
+    op = ctx.node.op
+    params = [ctx.weights[ctx.node.inputs[1]], ctx.weights[ctx.node.inputs[2]]]
+    axis = _axis(ctx, op.axis)
+    view = param_view(params, _sample(ctx) if axis is None else ctx.in_types[0].shape[1:], axis)
+    return _lower_view(view, affine_kernel, "scale_shift")
+
+
+@register_kernel("batch_norm")
+def lower_batch_norm(ctx: LowerContext) -> LoweredOp:
+    op = ctx.node.op
+    s, t = batch_norm_params(ctx.weights, ctx.node.inputs[1:5], op.epsilon)
+    view = param_view([s, t], ctx.in_types[0].shape[1:], _axis(ctx, op.axis))
+    return _lower_view(view, affine_kernel, "batch_norm")
+
+
+@register_kernel("prelu")
+def lower_prelu(ctx: LowerContext) -> LoweredOp:
+    view = param_view([ctx.weights[ctx.node.inputs[1]]], _sample(ctx), None)
+    return _lower_view(view, prelu_kernel, "prelu")
