@@ -229,9 +229,6 @@ def test_serialized_code_is_refused_by_name_without_running(case: str, flavor: s
         assert model.graph.find_opaque()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 7, lower.py: a layer whose registered_name/module marks a custom class is converted as the builtin "
-    "of the same class_name (here a custom 'Dense' from evil_module); it should be refused by name"))
 @pytest.mark.parametrize("flavor", ["keras3-zip", "keras3-h5"])
 def test_custom_subclass_disguised_as_builtin_is_refused(flavor: str, tmp_path: Path, watch: Watch) -> None:
     config = seeds.model_config(flavor)
@@ -344,12 +341,6 @@ def test_verify_never_runs_a_keras3_lambda(tmp_path: Path) -> None:
 
 
 @pytest.mark.keras
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 7, SECURITY: keydnn/verify.py loads Keras-2 .h5 files with tf_keras.models.load_model, where "
-    "safe_mode does not apply to the legacy format; the Lambda's marshalled bytecode is loaded and run while the "
-    "model is rebuilt (and keydnn/cli/convert.py loads the Keras model before keydnn's own conversion refuses the "
-    "Lambda). Fix: wrap the tf_keras load in tf_keras.src.saving.serialization_lib.SafeModeScope(True), and load "
-    "with Keras only after keydnn.from_keras has converted the file strictly."))
 def test_verify_never_runs_a_keras2_lambda(tmp_path: Path) -> None:
     pytest.importorskip("tensorflow")
     tf_keras = pytest.importorskip("tf_keras")
