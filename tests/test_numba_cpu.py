@@ -28,6 +28,8 @@ from keydnn.ir.ops import (
 from keydnn.ir.passes import run_pipeline
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
+#: The two execution modes of compile_graph.
+MODES = ("ops", "codegen")
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -63,13 +65,27 @@ def check(graph: Graph, x: np.ndarray, *, exe: NumbaCpuExecutable | None = None,
 
 @contextlib.contextmanager
 def conv_algorithm(name: Optional[str]) -> Iterator[None]:
-    """Force one conv2d kernel while graphs are compiled (the choice is made at compile time)."""
+    """Force one conv2d kernel of the per-op path while graphs are compiled (chosen at compile time)."""
     saved = kernels_conv.FORCE_ALGORITHM
     kernels_conv.FORCE_ALGORITHM = name
     try:
         yield
     finally:
         kernels_conv.FORCE_ALGORITHM = saved
+
+
+#: Every way a conv2d runs: each per-op kernel forced, and the generated code (which picks implicit GEMM
+#: or an im2col panel, or direct loops for grouped filters, by shape).
+CONV_PATHS = tuple(f"ops:{a}" for a in kernels_conv.ALGORITHMS) + ("codegen",)
+
+
+def compile_path(graph: Graph, path: str):
+    if path == "codegen":
+        exe = compile_graph(graph, mode="codegen")
+        assert exe.mode == "codegen"
+        return exe
+    with conv_algorithm(path.split(":")[1]):
+        return compile_graph(graph, mode="ops")
 
 
 def conv_graph(n: int, c: int, h: int, w: int, o: int, k: tuple[int, int], *, bias: bool = True,
@@ -114,26 +130,27 @@ CONV_CASES = {
     "no-bias": dict(n=2, c=3, h=6, w=6, o=4, k=(3, 3), bias=False, pads=(1, 1, 1, 1)),
     "kernel-as-large-as-input": dict(n=2, c=2, h=4, w=5, o=3, k=(4, 5)),
     "deep": dict(n=2, c=40, h=6, w=6, o=20, k=(3, 3), pads=(1, 1, 1, 1)),
+    "wide-rows": dict(n=2, c=3, h=6, w=37, o=10, k=(3, 3), pads=(1, 1, 1, 1)),
+    "row-pairs-odd": dict(n=1, c=5, h=7, w=12, o=9, k=(3, 3), pads=(1, 1, 1, 1)),
+    "dilated-wide-strided-rows": dict(n=1, c=2, h=9, w=40, o=8, k=(3, 3), dilations=(2, 2), strides=(2, 1),
+                                      pads=(2, 2, 2, 2)),
+    "pointwise-wide": dict(n=2, c=6, h=4, w=8, o=12, k=(1, 1)),
 }
 
 
-@pytest.mark.parametrize("algorithm", kernels_conv.ALGORITHMS)
+@pytest.mark.parametrize("path", CONV_PATHS)
 @pytest.mark.parametrize("case", list(CONV_CASES), ids=list(CONV_CASES))
-def test_conv2d_matches_reference(case: str, algorithm: str) -> None:
+def test_conv2d_matches_reference(case: str, path: str) -> None:
     spec = dict(CONV_CASES[case])
     g, x = conv_graph(spec.pop("n"), spec.pop("c"), spec.pop("h"), spec.pop("w"), spec.pop("o"), spec.pop("k"), **spec)
-    with conv_algorithm(algorithm):
-        exe = compile_graph(g)
-    check(g, x, exe=exe)
+    check(g, x, exe=compile_path(g, path))
 
 
-@pytest.mark.parametrize("algorithm", kernels_conv.ALGORITHMS)
+@pytest.mark.parametrize("path", CONV_PATHS)
 @pytest.mark.parametrize("epilogue", list(EPILOGUES), ids=list(EPILOGUES))
-def test_conv2d_fused_epilogue(epilogue: str, algorithm: str) -> None:
+def test_conv2d_fused_epilogue(epilogue: str, path: str) -> None:
     g, x = conv_graph(2, 3, 7, 7, 4, (3, 3), pads=(1, 1, 1, 1), activation=EPILOGUES[epilogue])
-    with conv_algorithm(algorithm):
-        exe = compile_graph(g)
-    check(g, x, exe=exe)
+    check(g, x, exe=compile_path(g, path))
 
 
 def test_conv2d_default_choice_matches_reference_for_batch_1_and_5() -> None:
@@ -163,12 +180,10 @@ def test_conv2d_generated(data: st.DataObject) -> None:
     h = data.draw(st.integers(max(1, span_h - pads[0] - pads[1]), 12), label="h")
     w = data.draw(st.integers(max(1, span_w - pads[2] - pads[3]), 12), label="w")
     n = data.draw(st.integers(1, 3), label="n")
-    algorithm = data.draw(st.sampled_from(kernels_conv.ALGORITHMS), label="algorithm")
+    path = data.draw(st.sampled_from(CONV_PATHS), label="path")
     g, x = conv_graph(n, cg * groups, h, w, og * groups, (kh, kw), strides=(sh, sw), dilations=(dh, dw),
                       pads=pads, groups=groups, bias=data.draw(st.booleans()))
-    with conv_algorithm(algorithm):
-        exe = compile_graph(g)
-    check(g, x, exe=exe)
+    check(g, x, exe=compile_path(g, path))
 
 
 # -- pooling ------------------------------------------------------------------------------------
@@ -203,7 +218,8 @@ def test_pool2d_generated(data: st.DataObject) -> None:
     op = cls(kernel=(kh, kw), strides=(data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))), pads=pads)
     n, c = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
     g = make_graph([node("pool", op, "x")], (n, c, h, w))
-    check(g, randn(n, c, h, w, seed=data.draw(st.integers(0, 9))))
+    check(g, randn(n, c, h, w, seed=data.draw(st.integers(0, 9))),
+          exe=compile_graph(g, mode=data.draw(st.sampled_from(MODES), label="mode")))
 
 
 def test_max_pool_propagates_nan_like_numpy() -> None:
@@ -346,7 +362,7 @@ def test_memory_plan_reuses_buffers_along_a_chain() -> None:
         nodes += [node(f"conv{i}", Conv2d(pads=(1, 1, 1, 1)), prev, f"w{i}"), node(f"act{i}", Relu(), f"conv{i}")]
         prev = f"act{i}"
     g = make_graph(nodes, (1, 4, 6, 6), weights)
-    exe = compile_graph(g)
+    exe = compile_graph(g, mode="ops")
     check(g, randn(3, 4, 6, 6), exe=exe)
     layout = exe._layout(((3, 4, 6, 6),))
     assert len(layout.arena) == 2  # ping-pong: every relu runs in place, convs alternate two buffers
@@ -419,11 +435,15 @@ def test_nhwc_pool_asks_for_canonicalize_layout() -> None:
         compile_graph(g)
 
 
-def test_op_without_kernel_is_rejected_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mode", ["ops", "codegen"])
+def test_op_without_kernel_is_rejected_by_name(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    from keydnn.backends.numba_cpu.cg_exec import EMITTERS
+
     monkeypatch.delitem(KERNELS, "softmax")
+    monkeypatch.delitem(EMITTERS, "softmax")  # codegen falls back to the per-op kernels, which lack it too
     g = make_graph([node("probabilities", Softmax(), "x")], (1, 4), layout="NC")
     with pytest.raises(BackendError, match=r"probabilities.*softmax"):
-        compile_graph(g)
+        compile_graph(g, mode=mode)
 
 
 def test_wrong_input_shape_is_a_value_error() -> None:
@@ -446,8 +466,8 @@ def graph_of(nodes: Sequence[Node], inputs: dict[str, tuple], weights: dict | No
     return run_pipeline(g, "infer-shapes")
 
 
-def check_many(graph: Graph, *xs: np.ndarray, **tol) -> list[np.ndarray]:
-    got = compile_graph(graph)(*xs)
+def check_many(graph: Graph, *xs: np.ndarray, mode: Optional[str] = None, **tol) -> list[np.ndarray]:
+    got = compile_graph(graph, mode=mode)(*xs)
     want = run_reference(graph, *xs)
     for g, w in zip(got, want):
         assert g.shape == w.shape and g.dtype == w.dtype
@@ -512,7 +532,7 @@ def test_affine_ops_generated(data: st.DataObject) -> None:
         op, names = (ScaleShift(axis=None), ("s", "t")) if kind == "sample" else (PRelu(), ("s",))
     weights = {n: randn(*sz, seed=k + 1) for k, (n, sz) in enumerate(zip(names, sizes))}
     g = make_graph([node("op", op, "x", *names)], shape, weights, layout="ANY")
-    check(g, randn(*shape, seed=7))
+    check(g, randn(*shape, seed=7), exe=compile_graph(g, mode=data.draw(st.sampled_from(MODES), label="mode")))
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
@@ -546,7 +566,8 @@ def test_spatial_ops_generated(data: st.DataObject) -> None:
         op = GlobalMaxPool2d(keepdims=data.draw(st.booleans()), layout=layout)
     shape = (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
     g = make_graph([node("op", op, "x")], shape, layout=layout)
-    check(g, randn(*shape, seed=data.draw(st.integers(0, 9))))
+    check(g, randn(*shape, seed=data.draw(st.integers(0, 9))),
+          exe=compile_graph(g, mode=data.draw(st.sampled_from(MODES), label="mode")))
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
@@ -636,4 +657,274 @@ def test_merge_ops_generated(data: st.DataObject) -> None:
     # the batch axis may broadcast too: inputs give their own batch sizes
     g = graph_of([node("m", op, *names)], dict(zip(names, shapes)))
     xs = [randn(*s, seed=i) for i, s in enumerate(shapes)]
-    check_many(g, *xs)
+    check_many(g, *xs, mode=data.draw(st.sampled_from(MODES), label="mode"))
+
+
+# -- whole-graph code generation ------------------------------------------------------------------
+
+def _conv_op(data: st.DataObject, c: int, h: int, w: int, weights: dict, name: str) -> tuple[Conv2d, list[str], int]:
+    groups = data.draw(st.sampled_from([1, 1, 1, c]), label="groups")
+    o = data.draw(st.integers(1, 12)) if groups == 1 else c * data.draw(st.integers(1, 2))
+    kh, kw = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    strides = (data.draw(st.sampled_from([1, 1, 2])), data.draw(st.sampled_from([1, 1, 2])))
+    pads = (kh // 2, (kh - 1) // 2, kw // 2, (kw - 1) // 2)
+    act = data.draw(st.sampled_from([None, Relu(), Relu(max_value=6.0), Activation(function="tanh")]))
+    cg = c // groups
+    weights[f"{name}_w"] = randn(o, cg, kh, kw, seed=len(weights), scale=(cg * kh * kw) ** -0.5)
+    inputs = [f"{name}_w"]
+    if data.draw(st.booleans()):
+        weights[f"{name}_b"] = randn(o, seed=len(weights), scale=0.1)
+        inputs.append(f"{name}_b")
+    return Conv2d(strides=strides, pads=pads, groups=groups, activation=act), inputs, o
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_codegen_random_graphs_match_reference(data: st.DataObject) -> None:
+    """Random NCHW chains (with skip connections) through the generated code, at two batch sizes."""
+    c, h, w = data.draw(st.integers(1, 6)), data.draw(st.integers(4, 20)), data.draw(st.integers(4, 36))
+    shape0 = (1, c, h, w)
+    weights: dict = {}
+    nodes: list[Node] = []
+    cur = "x"
+    for i in range(data.draw(st.integers(1, 5), label="layers")):
+        kind = data.draw(st.sampled_from(["conv", "conv", "pool", "act", "affine", "spatial", "merge"]), label="op")
+        name = f"n{i}"
+        if kind == "conv":
+            op, ins, c = _conv_op(data, c, h, w, weights, name)
+            nodes.append(node(name, op, cur, *ins))
+            h, w = -(-h // op.strides[0]), -(-w // op.strides[1])
+        elif kind == "pool" and min(h, w) >= 2:
+            cls = data.draw(st.sampled_from([MaxPool2d, AvgPool2d]))
+            nodes.append(node(name, cls(kernel=(2, 2), strides=(2, 2)), cur))
+            h, w = h // 2, w // 2
+        elif kind == "act":
+            nodes.append(node(name, data.draw(st.sampled_from([Relu(), Activation(function="sigmoid")])), cur))
+        elif kind == "affine":
+            weights[f"{name}_s"], weights[f"{name}_t"] = randn(c, seed=i + 50), randn(c, seed=i + 60)
+            weights[f"{name}_a"] = randn(c, 1, 1, seed=i + 70, scale=0.2)
+            op = data.draw(st.sampled_from(["ss", "prelu"]))
+            nodes.append(node(name, ScaleShift(axis=1), cur, f"{name}_s", f"{name}_t") if op == "ss"
+                         else node(name, PRelu(), cur, f"{name}_a"))
+            for k in ([f"{name}_a"] if op == "ss" else [f"{name}_s", f"{name}_t"]):
+                weights.pop(k)
+        elif kind == "spatial":
+            which = data.draw(st.sampled_from(["pad", "crop", "up", "transpose"]))
+            if which == "pad":
+                nodes.append(node(name, Pad2d(pads=(1, 0, 2, 1)), cur))
+                h, w = h + 1, w + 3
+            elif which == "crop" and min(h, w) >= 3:
+                nodes.append(node(name, Crop2d(crops=(1, 0, 0, 1)), cur))
+                h, w = h - 1, w - 1
+            elif which == "up" and h * w <= 200:
+                nodes.append(node(name, Upsample2d(factors=(2, 1)), cur))
+                h = 2 * h
+            else:  # a round trip through channels_last: two gathers
+                nodes += [node(f"{name}_t", Transpose(perm=(0, 2, 3, 1), layout="NHWC"), cur),
+                          node(name, Transpose(perm=(0, 3, 1, 2), layout="NCHW"), f"{name}_t")]
+        elif kind == "merge":
+            nodes.append(node(f"{name}_r", Relu(), cur))
+            merge = data.draw(st.sampled_from(["add", "max", "concat"]))
+            op = {"add": Add(), "max": Max(), "concat": Concat(axis=1)}[merge]
+            nodes.append(node(name, op, cur, f"{name}_r"))
+            c = 2 * c if merge == "concat" else c
+        else:
+            continue
+        cur = nodes[-1].outputs[0].name
+    head = data.draw(st.sampled_from(["spatial", "gap", "dense"]), label="head")
+    if head == "gap":
+        nodes.append(node("gap", GlobalAvgPool2d(), cur))
+        cur = "gap"
+    elif head == "dense":
+        weights["fc_w"] = randn(c * h * w, 10, seed=99, scale=(c * h * w) ** -0.5)
+        weights["fc_b"] = randn(10, seed=98)
+        nodes += [node("flat", Flatten(), cur), node("fc", Dense(activation=Relu()), "flat", "fc_w", "fc_b"),
+                  node("sm", Softmax(), "fc")]
+        cur = "sm"
+    if not nodes:
+        nodes.append(node("r", Relu(), "x"))
+        cur = "r"
+    g = make_graph(nodes, shape0, weights, outputs=(cur,) if cur != nodes[-1].outputs[0].name else None)
+    exe = compile_graph(g, mode="codegen")
+    assert exe.mode == "codegen"
+    for n in (1, data.draw(st.integers(2, 5), label="batch")):
+        check(g, randn(n, *shape0[1:], seed=n), exe=exe)
+
+
+@pytest.fixture
+def threaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every codegen call uses three threads (more than CI has cores: the scheduler must not care)."""
+    from keydnn.backends.numba_cpu import cg_exec
+
+    monkeypatch.setattr(cg_exec, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(cg_exec, "_THREADS", 3)
+
+
+def test_codegen_helper_threads_match_reference(threaded: None) -> None:
+    g = seed_cnn()
+    exe = compile_graph(g, mode="codegen")
+    for n in (1, 2, 7):
+        for seed in range(3):  # back-to-back calls: a late helper must never touch the next call
+            check(g, randn(n, 1, 28, 28, seed=10 * n + seed), exe=exe)
+
+
+def test_codegen_concurrent_callers_with_helper_threads(threaded: None) -> None:
+    g = seed_cnn()
+    exe = compile_graph(g, mode="codegen")
+    inputs = [randn((1, 4)[i % 2], 1, 28, 28, seed=200 + i) for i in range(4)]
+    expected = [run_reference(g, x)[0] for x in inputs]
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            for _ in range(20):
+                np.testing.assert_allclose(exe(inputs[i])[0], expected[i], **TOL)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_codegen_float64_and_unbatched_operand() -> None:
+    g = seed_cnn("float64")
+    exe = compile_graph(g, mode="codegen")
+    assert exe.mode == "codegen"
+    check(g, randn(3, 1, 28, 28, dtype="float64"), exe=exe, rtol=1e-10, atol=1e-12)
+    # an operand with batch 1 broadcasts over the other's batch (its own compiled variant)
+    g2 = graph_of([node("m", Add(), "a", "b")], {"a": (3, 4, 5), "b": (1, 4, 5)})
+    check_many(g2, randn(3, 4, 5), randn(1, 4, 5), mode="codegen")
+    check_many(g2, randn(2, 4, 5), randn(2, 4, 5), mode="codegen")
+
+
+def test_mode_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = make_graph([node("r", Relu(), "x")], (1, 4), layout="NC")
+    assert compile_graph(g).mode == "codegen"
+    monkeypatch.setenv("KEYDNN_CPU_MODE", "ops")
+    assert compile_graph(g).mode == "ops"
+    assert compile_graph(g, mode="codegen").mode == "codegen"
+    monkeypatch.setenv("KEYDNN_CPU_MODE", "fast")
+    with pytest.raises(BackendError, match="KEYDNN_CPU_MODE"):
+        compile_graph(g)
+    with pytest.raises(ValueError):
+        compile_graph(g, mode="fast")
+
+
+def test_codegen_source_has_shapes_as_literals() -> None:
+    exe = compile_graph(seed_cnn(), mode="codegen")
+    src = exe.source
+    assert "def entry(" in src and src.count("# stage") == 7
+    assert "784" in src and "6272" in src  # per-sample sizes are baked in; only the batch N is a variable
+
+
+def test_generated_kernel_files_are_current() -> None:
+    from keydnn.backends.numba_cpu import cg_thunks, ukernel_source
+
+    assert ukernel_source.UKERNELS_PATH.read_text() == ukernel_source.render_ukernels(), \
+        "regenerate with: python -m keydnn.backends.numba_cpu.ukernel_source"
+    assert cg_thunks.THUNKS_PATH.read_text() == cg_thunks.render_thunks(), \
+        "regenerate with: python -m keydnn.backends.numba_cpu.cg_thunks"
+
+
+def test_cache_can_be_turned_off(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("KEYDNN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("KEYDNN_CACHE", "0")
+    g, x = conv_graph(1, 2, 5, 19, 3, (3, 3), seed=77)  # a structure no other test compiles
+    check(g, x, exe=compile_graph(g, mode="codegen"))
+    assert not (tmp_path / "cache").exists()
+
+
+# -- the compile cache across processes -----------------------------------------------------------
+
+_CHILD = r"""
+import json, sys
+import numpy as np
+import keydnn
+from keydnn.backends.numba_cpu import cg_cache
+from keydnn.ir import run_reference
+events = []
+cg_cache.add_compile_listener(events.append)
+model = keydnn.load({artifact!r})
+x = np.random.default_rng(5).standard_normal((3, 1, 28, 28)).astype(np.float32)
+np.testing.assert_allclose(model(x), run_reference(model.graph, x)[0], rtol=1e-5, atol=1e-5)
+ends = [dict(e, numba="numba" in sys.modules) for e in events if e["event"] == "end"]
+print("EVENTS", json.dumps(ends))
+"""
+
+
+def _child(cache_dir, *, wait: bool = True):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import keydnn
+
+    artifact = Path(cache_dir).parent / "seed_cnn.json"
+    if not artifact.exists():
+        keydnn.Sequential(seed_cnn()).save(artifact)
+    env = {**os.environ, "KEYDNN_CACHE_DIR": str(cache_dir), "KEYDNN_CACHE": "1"}
+    for name in ("NUMBA_CACHE_DIR", "KEYDNN_AOT", "KEYDNN_CPU_MODE"):
+        env.pop(name, None)
+    code = _CHILD.format(artifact=str(artifact))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    return _finish(proc) if wait else proc
+
+
+def _finish(proc) -> list[dict]:
+    import json
+
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    line = next(ln for ln in out.splitlines() if ln.startswith("EVENTS"))
+    return json.loads(line.split(" ", 1)[1])
+
+
+def _entry_dir(cache_dir):
+    (entry,) = [d for d in (cache_dir / "numba-cpu").iterdir() if (d / "graph.py").exists()]
+    return entry
+
+
+def _loads(cache) -> tuple[bool, str, bool]:
+    (event,) = _child(cache)
+    return event["cached"], event["kind"], event["numba"]
+
+
+def test_cache_second_process_loads_and_damage_is_rebuilt(tmp_path) -> None:
+    """A second process loads the compiled code (the prebuilt library, without numba, where a C compiler
+    is at hand); a damaged entry is detected and rebuilt, never loaded."""
+    from keydnn.backends.numba_cpu.cg_aot import compiler
+
+    prebuilt = ("aot", False) if compiler() is not None else ("jit", True)
+    cache = tmp_path / "cache"
+    assert _loads(cache)[0] is False
+    assert _loads(cache) == (True, *prebuilt)
+    entry = _entry_dir(cache)
+    numba_files = sorted((entry / "__pycache__").glob("graph.*"))
+    assert any(p.suffix == ".nbi" for p in numba_files) and any(p.suffix == ".nbc" for p in numba_files)
+    damages = {
+        "truncated source": lambda: (entry / "graph.py").write_text((entry / "graph.py").read_text()[:200]),
+        "bad index": lambda: next((entry / "__pycache__").glob("graph.*.nbi")).write_bytes(b"\x80\x04garbage"),
+        "corrupt data": lambda: next((entry / "__pycache__").glob("graph.*.nbc")).write_bytes(b"\x00" * 64),
+        "bad manifest": lambda: (entry / "manifest.json").write_text("{not json"),
+    }
+    for what, damage in damages.items():
+        damage()
+        assert _loads(cache)[0] is False, what
+    if prebuilt[0] == "aot":  # a damaged library is ignored (numba's cache serves) and rebuilt
+        (entry / "graph.so").write_bytes((entry / "graph.so").read_bytes()[:1000])
+        assert _loads(cache) == (True, "jit", True)
+    assert _loads(cache) == (True, *prebuilt)
+
+
+def test_two_processes_compiling_one_graph_into_one_cache(tmp_path) -> None:
+    cache = tmp_path / "cache"
+    procs = [_child(cache, wait=False) for _ in range(2)]
+    results = [_finish(p) for p in procs]
+    assert sorted(e["cached"] for r in results for e in r) in ([False, True], [False, False])
+    assert [e["cached"] for e in _child(cache)] == [True]

@@ -1,29 +1,44 @@
-"""numba-cpu: the default backend; one @numba.njit kernel per IR op, run from a precomputed plan.
+"""numba-cpu: the default backend.
 
-Importing the package registers every kernel in ``KERNELS`` (op kind ->
-lowering). Kernels are cached on disk (``cache=True``), so only the first
-process on a machine pays the compile.
+Two execution modes behind ``compile_graph`` (see ``modes``): generated code
+for the whole graph (``codegen``, the default; ``cg_*`` modules, with a disk
+cache of compiled code and prebuilt libraries), and one ``@numba.njit`` kernel
+per IR op run from a precomputed plan (``ops``; ``KERNELS`` maps op kind to
+lowering). Importing the package imports neither numba nor the kernels: the
+names below that need them load on first use, so that running a prebuilt
+library stays light.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 
-from keydnn.backends.numba_cpu import kernels_conv as _kernels_conv  # noqa: F401  (registers)
-from keydnn.backends.numba_cpu import kernels_dense as _kernels_dense  # noqa: F401  (registers)
-from keydnn.backends.numba_cpu import kernels_elementwise as _kernels_elementwise  # noqa: F401  (registers)
-from keydnn.backends.numba_cpu import kernels_merge as _kernels_merge  # noqa: F401  (registers)
-from keydnn.backends.numba_cpu import kernels_norm as _kernels_norm  # noqa: F401  (registers)
-from keydnn.backends.numba_cpu import kernels_pool as _kernels_pool  # noqa: F401  (registers)
-from keydnn.backends.numba_cpu import kernels_shape as _kernels_shape  # noqa: F401  (registers)
-from keydnn.backends.numba_cpu import kernels_spatial as _kernels_spatial  # noqa: F401  (registers)
-from keydnn.backends.numba_cpu.executor import NumbaCpuExecutable, compile_graph
-from keydnn.backends.numba_cpu.lowering import KERNELS, LowerContext, LoweredOp, Unsupported, register_kernel
+from keydnn.backends.numba_cpu.cg_cache import add_compile_listener, cache_root, remove_compile_listener
+from keydnn.backends.numba_cpu.lowering import LowerContext, LoweredOp, Unsupported, register_kernel
+from keydnn.backends.numba_cpu.modes import MODES, compile_graph, default_mode, load_kernels
 from keydnn.backends.numba_cpu.plan import Plan, Step
 
 __all__ = [
-    "NumbaCpuExecutable", "compile_graph", "KERNELS", "LowerContext", "LoweredOp", "Unsupported",
-    "register_kernel", "Plan", "Step",
+    "NumbaCpuExecutable", "CodegenExecutable", "compile_graph", "MODES", "default_mode", "KERNELS", "EMITTERS",
+    "LowerContext", "LoweredOp", "Unsupported", "register_kernel", "Plan", "Step", "add_compile_listener",
+    "remove_compile_listener", "cache_root",
 ]
 
 logger = logging.getLogger(__name__)
+
+_LAZY = {
+    "KERNELS": "keydnn.backends.numba_cpu.lowering",
+    "NumbaCpuExecutable": "keydnn.backends.numba_cpu.executor",
+    "CodegenExecutable": "keydnn.backends.numba_cpu.cg_exec",
+    "EMITTERS": "keydnn.backends.numba_cpu.cg_exec",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name in ("KERNELS", "NumbaCpuExecutable"):
+        load_kernels()
+    return getattr(importlib.import_module(module), name)

@@ -15,10 +15,8 @@ import math
 import numpy as np
 
 from keydnn.backends.numba_cpu.broadcast import collapse_broadcast, param_view
-from keydnn.backends.numba_cpu.codegen import GRAIN, EmitContext, Stage, Unsupported
-from keydnn.backends.numba_cpu.kernels_elementwise import LINEAR, RELU, RELU0, encode_activation
-from keydnn.backends.numba_cpu.kernels_merge import COPY, MERGE_CODES
-from keydnn.backends.numba_cpu.kernels_norm import batch_norm_params
+from keydnn.backends.numba_cpu.codegen import GRAIN, Arr, EmitContext, Stage, Unsupported
+from keydnn.backends.numba_cpu.codes import COPY, LINEAR, MERGE_CODES, RELU, RELU0, batch_norm_params, encode_activation
 from keydnn.ir.ops.base import normalize_axis
 
 __all__ = ["EMITTERS_MISC"]
@@ -34,9 +32,8 @@ def emit_activation(ctx: EmitContext) -> None:
     x, y = ctx.ins[0], ctx.out
     act = encode_activation(ctx.op)
     cost = 1 if act[0] in (LINEAR, RELU0, RELU) else 16
-    ctx.helper("act_copy")
-    args = f"{act[0]}, {', '.join(repr(float(a)) for a in act[1:])}"
-    body = [f"act_copy({x.array}, {x.at()} + lo, {y.array}, {y.at()} + lo, hi - lo, {args})"]
+    body = [ctx.call("act_copy", x, f"{x.at()} + lo", y, f"{y.at()} + lo", "hi - lo", act[0],
+                     *(float(a) for a in act[1:]))]
     ctx.stage(Stage(getattr(ctx.op, "function", ctx.op.kind), body, batched=y.batched, split=x.size,
                     max_blocks=_blocks(x.size * cost, x.size), work=float(x.size * cost)))
 
@@ -49,8 +46,7 @@ def emit_softmax(ctx: EmitContext) -> None:
         raise Unsupported("softmax along the batch axis")
     s = x.sample
     outer, length, inner = math.prod(s[: axis - 1]), s[axis - 1], math.prod(s[axis:])
-    ctx.helper("softmax_flat")
-    body = [f"softmax_flat({x.array}, {x.at()}, {y.array}, {y.at()}, {outer}, {length}, {inner})"]
+    body = [ctx.call("softmax_flat", x, x.at(), y, y.at(), outer, length, inner)]
     ctx.stage(Stage(f"softmax axis={axis}", body, batched=y.batched, work=float(16 * x.size)))
 
 
@@ -60,9 +56,7 @@ def _affine_like(ctx: EmitContext, params: list[np.ndarray], axis, helper: str, 
     full = (1,) + x.sample
     outer, period, inner = view.dims(full)
     offs = [ctx.param64(p) for p in view.params]
-    ctx.helper(helper)
-    body = [f"{helper}({x.array}, {x.at()}, {y.array}, {y.at()}, {outer}, {period}, {inner}, D, "
-            f"{', '.join(str(o) for o in offs)})"]
+    body = [ctx.call(helper, x, x.at(), y, y.at(), outer, period, inner, Arr("D"), *offs)]
     ctx.stage(Stage(f"{what} period={period}", body, batched=y.batched, work=float(2 * x.size)))
 
 
@@ -97,9 +91,7 @@ def emit_pad2d(ctx: EmitContext) -> None:
     a, h, w, b = _ahwb(x.sample, op.layout)
     _, oh, ow, _ = _ahwb(y.sample, op.layout)
     top, _, left, _ = op.pads
-    ctx.helper("pad_flat")
-    body = [f"pad_flat({x.array}, {x.at()}, {y.array}, {y.at()}, {a}, {h}, {w * b}, {oh}, {ow * b}, {top}, "
-            f"{left * b}, {float(op.value)!r})"]
+    body = [ctx.call("pad_flat", x, x.at(), y, y.at(), a, h, w * b, oh, ow * b, top, left * b, float(op.value))]
     ctx.stage(Stage(f"pad2d {list(op.pads)}", body, batched=y.batched, work=float(y.size)))
 
 
@@ -108,8 +100,7 @@ def emit_crop2d(ctx: EmitContext) -> None:
     a, h, w, b = _ahwb(x.sample, op.layout)
     _, oh, ow, _ = _ahwb(y.sample, op.layout)
     top, _, left, _ = op.crops
-    ctx.helper("crop_flat")
-    body = [f"crop_flat({x.array}, {x.at()}, {y.array}, {y.at()}, {a}, {h}, {w * b}, {oh}, {ow * b}, {top}, {left * b})"]
+    body = [ctx.call("crop_flat", x, x.at(), y, y.at(), a, h, w * b, oh, ow * b, top, left * b)]
     ctx.stage(Stage(f"crop2d {list(op.crops)}", body, batched=y.batched, work=float(y.size)))
 
 
@@ -117,8 +108,7 @@ def emit_upsample2d(ctx: EmitContext) -> None:
     op, x, y = ctx.op, ctx.ins[0], ctx.out
     a, h, w, b = _ahwb(x.sample, op.layout)
     fh, fw = op.factors
-    ctx.helper("upsample_flat")
-    body = [f"upsample_flat({x.array}, {x.at()}, {y.array}, {y.at()}, {a}, {h}, {w}, {b}, {fh}, {fw})"]
+    body = [ctx.call("upsample_flat", x, x.at(), y, y.at(), a, h, w, b, fh, fw)]
     ctx.stage(Stage(f"upsample2d {fh}x{fw}", body, batched=y.batched, work=float(y.size)))
 
 
@@ -131,13 +121,11 @@ def emit_transpose(ctx: EmitContext) -> None:
     strides = [math.prod(x.sample[k + 1:]) for k in range(len(x.sample))]
     rank = len(sample_perm)
     if rank == 0:
-        ctx.helper("copy_flat")
-        body = [f"copy_flat({x.array}, {x.at()}, {y.array}, {y.at()}, 1)"]
+        body = [ctx.call("copy_flat", x, x.at(), y, y.at(), 1)]
     else:
         shape_off = ctx.table(y.sample)
         stride_off = ctx.table([strides[p] for p in sample_perm])
-        ctx.helper("transpose_flat")
-        body = [f"transpose_flat({x.array}, {x.at()}, {y.array}, {y.at()}, T, {shape_off}, {stride_off}, {rank})"]
+        body = [ctx.call("transpose_flat", x, x.at(), y, y.at(), Arr("T"), shape_off, stride_off, rank)]
     ctx.stage(Stage(f"transpose {list(perm)}", body, batched=y.batched, work=float(2 * y.size)))
 
 
@@ -147,13 +135,12 @@ def emit_merge(ctx: EmitContext) -> None:
     n_ops = len(ctx.ins)
     dims, strides = collapse_broadcast(y.sample, [x.sample for x in ctx.ins]) if y.sample else ([1], [[0]] * n_ops)
     d_off = ctx.table(dims)
-    ctx.helper("merge_flat")
     body = []
     for k, x in enumerate(ctx.ins):
         s_off = ctx.table(strides[k])
         scale = 1.0 / n_ops if ctx.op.kind == "avg" and k == n_ops - 1 else 1.0
-        body.append(f"merge_flat({x.array}, {x.at()}, {y.array}, {y.at()}, T, {d_off}, {s_off}, {len(dims)}, "
-                    f"{COPY if k == 0 else code}, {scale!r})")
+        body.append(ctx.call("merge_flat", x, x.at(), y, y.at(), Arr("T"), d_off, s_off, len(dims),
+                             COPY if k == 0 else code, scale))
     ctx.stage(Stage(f"{ctx.op.kind} x{n_ops}", body, batched=y.batched, work=float(n_ops * y.size)))
 
 
@@ -162,11 +149,10 @@ def emit_concat(ctx: EmitContext) -> None:
     axis = normalize_axis(ctx.op.axis, len(y.sample) + 1)
     outer = math.prod(y.sample[: axis - 1])
     row = math.prod(y.sample[axis - 1:])
-    ctx.helper("concat_rows")
     body, offset = [], 0
     for x in ctx.ins:
         part = math.prod(x.sample[axis - 1:])
-        body.append(f"concat_rows({x.array}, {x.at()}, {y.array}, {y.at()}, {outer}, {part}, {row}, {offset})")
+        body.append(ctx.call("concat_rows", x, x.at(), y, y.at(), outer, part, row, offset))
         offset += part
     ctx.stage(Stage(f"concat axis={axis} x{len(ctx.ins)}", body, batched=y.batched, work=float(y.size)))
 

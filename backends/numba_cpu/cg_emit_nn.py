@@ -20,8 +20,8 @@ import math
 
 import numpy as np
 
-from keydnn.backends.numba_cpu.codegen import GRAIN, EmitContext, Stage, Unsupported
-from keydnn.backends.numba_cpu.kernels_elementwise import LINEAR, RELU, RELU0, encode_activation
+from keydnn.backends.numba_cpu.codegen import GRAIN, Arr, EmitContext, Stage, Unsupported
+from keydnn.backends.numba_cpu.codes import LINEAR, RELU, RELU0, encode_activation
 from keydnn.backends.numba_cpu.ukernel_source import kernel_name
 
 __all__ = ["EMITTERS_NN", "kernel_activation", "post_activation", "panel_columns"]
@@ -34,15 +34,15 @@ PANEL_BYTES = 1 << 18
 DENSE_ROWS = 32
 
 
-def kernel_activation(op) -> tuple[int, str, tuple]:
+def kernel_activation(op) -> tuple[int, tuple, tuple]:
     """(micro-kernel act code, its params text, the full epilogue) for a fused activation."""
     act = encode_activation(getattr(op, "activation", None))
     code = act[0]
     if code == RELU0:
-        return 1, "0.0, 0.0, 0.0, 0.0", act
+        return 1, (0.0, 0.0, 0.0, 0.0), act
     if code == RELU:
-        return 2, ", ".join(repr(float(p)) for p in act[1:]), act
-    return 0, "0.0, 0.0, 0.0, 0.0", act
+        return 2, tuple(float(p) for p in act[1:]), act
+    return 0, (0.0, 0.0, 0.0, 0.0), act
 
 
 def post_activation(act: tuple) -> bool:
@@ -62,7 +62,23 @@ def panel_columns(depth: int, pixels: int, slab: int, itemsize: int) -> int:
     return min(fit, -(-pixels // slab) * slab)
 
 
+def _act_args(act: tuple) -> tuple:
+    return (act[0],) + tuple(float(a) for a in act[1:])
+
+
+def _pack_conv_weights(ctx: EmitContext, w: np.ndarray, mr: int) -> tuple[int, int]:
+    """Weights as [block of mr output channels][tap k][mr] (zero rows past the last channel)."""
+    o_ch = w.shape[0]
+    depth = w[0].size
+    blocks = -(-o_ch // mr)
+    packed = np.zeros((blocks * mr, depth), dtype=np.float64)
+    packed[:o_ch] = np.asarray(w, dtype=np.float64).reshape(o_ch, depth)
+    return ctx.weight(packed.reshape(blocks, mr, depth).transpose(0, 2, 1)), blocks
+
+
 def _conv_gemm(ctx: EmitContext) -> None:
+    """groups == 1: implicit GEMM on a zero-padded copy of the rows an item reads (stride-1 rows at
+    least half a vector wide), else GEMM on an im2col panel."""
     op, x, y = ctx.op, ctx.ins[0], ctx.out
     w = ctx.constant(1)
     b = ctx.constant(2)
@@ -70,49 +86,91 @@ def _conv_gemm(ctx: EmitContext) -> None:
     c, h, wd = x.sample
     _, oh, ow = y.sample
     depth, pixels = cg * kh * kw, oh * ow
-    lanes = ctx.lanes
-    mr, slab = 8, 2 * lanes
-    blocks = -(-o_ch // mr)
-    packed = np.zeros((blocks * mr, depth), dtype=np.float64)
-    packed[:o_ch] = np.asarray(w, dtype=np.float64).reshape(o_ch, depth)
-    w_off = ctx.weight(packed.reshape(blocks, mr, depth).transpose(0, 2, 1))
+    lanes, mr = ctx.lanes, 8
+    w_off, blocks = _pack_conv_weights(ctx, w, mr)
     b_off = ctx.weight(b) if b is not None else w_off
     bias_mode = 1 if b is not None else 0
     code, params, act = kernel_activation(op)
     sh, sw = op.strides
     dh, dw = op.dilations
     pt, _, pl, _ = op.pads
-    # a 1x1 stride-1 conv reads its input as the panel, unless the last strip's vectors would run past a
-    # caller's array (arena buffers have slack)
-    pointwise = kh == kw == sh == sw == 1 and op.pads == (0, 0, 0, 0) and (pixels % slab == 0 or x.array == "A")
-    strip = panel_columns(depth, pixels, slab, ctx.dtype.itemsize) if not pointwise else \
-        min(-(-pixels // slab) * slab, max(slab, 4096 // slab * slab))
-    strips = -(-pixels // strip)
-    mk = ctx.helper(kernel_name(mr, 2, lanes))
+    mk = kernel_name(mr, 2, lanes, packed=True)
     xo, yo = x.at(), y.at()
+    work = 2.0 * o_ch * depth * pixels
+    tail = []
+    if sw == 1 and 2 * ow > lanes:
+        hp, wp = h + op.pads[0] + op.pads[1], wd + op.pads[2] + op.pads[3]
+        t_off = ctx.table([(ci * hp + ki * dh) * wp + kj * dw for ci in range(cg) for ki in range(kh) for kj in range(kw)])
+        scr = ctx.scratch(c * hp * wp + 2 * sh * wp)
+        pair = ow <= lanes  # two output rows per tile, one vector each
+        step = 2 if pair else 1
+        groups = -(-oh // step)
+        body = [
+            f"i_lo = lo * {step}",
+            f"i_hi = min({oh}, hi * {step})",
+            ctx.call("pad_rows", x, xo, c, h, wd, Arr("A"), scr, hp, wp, pt, pl, f"i_lo * {sh}",
+                     f"(i_hi - 1) * {sh} + {(kh - 1) * dh + 1}" + (f" + {sh}" if pair else "")),
+            f"for i in range(i_lo, i_hi, {step}):",
+        ]
+        if pair:
+            body += [
+                "    cols = " + (f"{ow} * min(2, {oh} - i)"),
+                f"    for ob in range({blocks}):",
+                "        " + ctx.call(mk, depth, Arr("W"), f"{w_off} + ob * {depth * mr}", 1, mr, Arr("A"),
+                                      f"{scr} + i * {sh * wp}", Arr("T"), t_off, sh * wp, y,
+                                      f"{yo} + ob * {mr * pixels} + i * {ow}", pixels, ow,
+                                      f"min({mr}, {o_ch} - ob * {mr})", "cols", Arr("W"), f"{b_off} + ob * {mr}",
+                                      bias_mode, code, *params),
+            ]
+        else:
+            body += [
+                f"    for j0 in range(0, {ow}, {2 * lanes}):",
+                f"        for ob in range({blocks}):",
+                "            " + ctx.call(mk, depth, Arr("W"), f"{w_off} + ob * {depth * mr}", 1, mr, Arr("A"),
+                                          f"{scr} + i * {sh * wp} + j0", Arr("T"), t_off, lanes, y,
+                                          f"{yo} + ob * {mr * pixels} + i * {ow} + j0", pixels, lanes,
+                                          f"min({mr}, {o_ch} - ob * {mr})", f"{ow} - j0", Arr("W"),
+                                          f"{b_off} + ob * {mr}", bias_mode, code, *params),
+            ]
+        if post_activation(act):
+            tail = [f"for o in range({o_ch}):",
+                    "    " + ctx.call("act_copy", y, f"{yo} + o * {pixels} + i_lo * {ow}", y,
+                                      f"{yo} + o * {pixels} + i_lo * {ow}", f"(i_hi - i_lo) * {ow}", *_act_args(act))]
+        ctx.stage(Stage(f"conv2d {o_ch}x{cg}x{kh}x{kw} implicit-gemm {'row pairs' if pair else 'rows'}",
+                        body + tail, batched=y.batched, split=groups,
+                        max_blocks=max(1, min(groups, math.ceil(work / (8 * GRAIN)))), work=work))
+        return
+    slab = 2 * lanes
+    pointwise = kh == kw == sh == sw == 1 and op.pads == (0, 0, 0, 0) and (pixels % slab == 0 or x.array == "A")
+    if pointwise:
+        strip = min(-(-pixels // slab) * slab, max(slab, 4096 // slab * slab))
+        ldb = pixels
+    else:
+        strip = panel_columns(depth, pixels, slab, ctx.dtype.itemsize)
+        ldb = strip
+    t_off = ctx.table([k * ldb for k in range(depth)])
+    strips = -(-pixels // strip)
     body = ["for s in range(lo, hi):", f"    p0 = s * {strip}", f"    np_ = min({strip}, {pixels} - p0)"]
     if pointwise:
-        src, src_off, ldb = x.array, f"{xo} + p0", pixels
+        src, src_off = x, f"{xo} + p0"
     else:
-        ctx.helper("im2col_panel")
         scr = ctx.scratch(depth * strip)
-        body.append(f"    im2col_panel({x.array}, {xo}, {c}, {h}, {wd}, {kh}, {kw}, {sh}, {sw}, {dh}, {dw}, {pt}, {pl}, "
-                    f"{ow}, p0, np_, A, {scr}, {strip})")
-        src, src_off, ldb = "A", scr, strip
+        body.append("    " + ctx.call("im2col_panel", x, xo, c, h, wd, kh, kw, sh, sw, dh, dw, pt, pl, ow, "p0", "np_",
+                                      Arr("A"), scr, strip))
+        src, src_off = Arr("A"), scr
     body += [
         f"    for j in range(0, np_, {slab}):",
         f"        for ob in range({blocks}):",
-        f"            {mk}({depth}, W, {w_off} + ob * {depth * mr}, 1, {mr}, {src}, {src_off} + j, {ldb}, "
-        f"{y.array}, {yo} + ob * {mr * pixels} + p0 + j, {pixels}, min({mr}, {o_ch} - ob * {mr}), np_ - j, "
-        f"W, {b_off} + ob * {mr}, {bias_mode}, {code}, {params})",
+        "            " + ctx.call(mk, depth, Arr("W"), f"{w_off} + ob * {depth * mr}", 1, mr, src, f"{src_off} + j",
+                                  Arr("T"), t_off, lanes, y, f"{yo} + ob * {mr * pixels} + p0 + j", pixels, lanes,
+                                  f"min({mr}, {o_ch} - ob * {mr})", "np_ - j", Arr("W"), f"{b_off} + ob * {mr}",
+                                  bias_mode, code, *params),
     ]
     if post_activation(act):
-        ctx.helper("act_copy")
         body += [f"    for o in range({o_ch}):",
-                 f"        act_copy({y.array}, {yo} + o * {pixels} + p0, {y.array}, {yo} + o * {pixels} + p0, np_, "
-                 f"{', '.join(repr(float(a)) if i else str(a) for i, a in enumerate(act))})"]
-    work = 2.0 * o_ch * depth * pixels
-    ctx.stage(Stage(f"conv2d {o_ch}x{cg}x{kh}x{kw} gemm strips={strips}x{strip}", body, batched=y.batched,
+                 "        " + ctx.call("act_copy", y, f"{yo} + o * {pixels} + p0", y, f"{yo} + o * {pixels} + p0",
+                                       "np_", *_act_args(act))]
+    ctx.stage(Stage(f"conv2d {o_ch}x{cg}x{kh}x{kw} im2col-gemm strips={strips}x{strip}", body, batched=y.batched,
                     split=strips, max_blocks=max(1, min(strips, math.ceil(work / (8 * GRAIN)))), work=work))
 
 
@@ -130,14 +188,12 @@ def _conv_direct(ctx: EmitContext) -> None:
     dh, dw = op.dilations
     pt, _, pl, _ = op.pads
     act = encode_activation(op.activation)
-    ctx.helper("conv_direct_planes")
     xo, yo = x.at(), y.at()
-    body = [f"conv_direct_planes({x.array}, {xo}, {c}, {h}, {wd}, W, {w_off}, {b_off}, {int(b is not None)}, "
-            f"{y.array}, {yo}, {oh}, {ow}, lo, hi, {cg}, {og}, {kh}, {kw}, {sh}, {sw}, {dh}, {dw}, {pt}, {pl})"]
+    body = [ctx.call("conv_direct_planes", x, xo, c, h, wd, Arr("W"), w_off, b_off, int(b is not None), y, yo, oh, ow,
+                     "lo", "hi", cg, og, kh, kw, sh, sw, dh, dw, pt, pl)]
     if act[0] != LINEAR:
-        ctx.helper("act_copy")
-        body.append(f"act_copy({y.array}, {yo} + lo * {oh * ow}, {y.array}, {yo} + lo * {oh * ow}, (hi - lo) * {oh * ow}, "
-                    f"{act[0]}, {', '.join(repr(float(a)) for a in act[1:])})")
+        body.append(ctx.call("act_copy", y, f"{yo} + lo * {oh * ow}", y, f"{yo} + lo * {oh * ow}",
+                             f"(hi - lo) * {oh * ow}", *_act_args(act)))
     work = 2.0 * o_ch * cg * kh * kw * oh * ow
     ctx.stage(Stage(f"conv2d {o_ch}x{cg}x{kh}x{kw} groups={op.groups} direct", body, batched=y.batched,
                     split=o_ch, max_blocks=max(1, min(o_ch, math.ceil(work / (4 * GRAIN)))), work=work))
@@ -171,14 +227,15 @@ def emit_dense(ctx: EmitContext) -> None:
     code, params, act = kernel_activation(ctx.op)
     per_sample_rows = math.prod(x.sample[:-1])
     rows = f"N * {per_sample_rows}" if x.batched else str(per_sample_rows)
-    k8, k4, k1 = (ctx.helper(kernel_name(mr, nv, lanes)) for mr, nv in ((8, 2), (4, 2), (1, 4)))
     half = 2 * lanes
     xb, yb = x.base(), y.base()
 
-    def call(kern: str, rows_: int, off: int) -> str:
-        return (f"{kern}({k}, {x.array}, {xb} + r * {k}, {k}, 1, W, wp + {off}, {nb}, {y.array}, "
-                f"{yb} + r * {m} + col0 + {off}, {m}, {rows_}, cols - {off}, W, {b_off} + col0 + {off}, {bias_mode}, "
-                f"{code}, {params})")
+    t_off = ctx.table([i * nb for i in range(k)])
+
+    def call(mr: int, nv: int, off: int) -> str:
+        return ctx.call(kernel_name(mr, nv, lanes), k, x, f"{xb} + r * {k}", k, 1, Arr("W"), f"wp + {off}", Arr("T"),
+                        t_off, lanes, y, f"{yb} + r * {m} + col0 + {off}", m, lanes, mr, f"cols - {off}", Arr("W"),
+                        f"{b_off} + col0 + {off}", bias_mode, code, *params)
 
     body = [
         f"rb = it // {panels}",
@@ -189,27 +246,26 @@ def emit_dense(ctx: EmitContext) -> None:
         f"cols = min({nb}, {m} - col0)",
         f"wp = {w_off} + jb * {k * nb}",
         "while r + 8 <= r1:",
-        f"    {call(k8, 8, 0)}",
+        f"    {call(8, 2, 0)}",
         f"    if cols > {half}:",
-        f"        {call(k8, 8, half)}",
+        f"        {call(8, 2, half)}",
         "    r += 8",
         "if r + 4 <= r1:",
-        f"    {call(k4, 4, 0)}",
+        f"    {call(4, 2, 0)}",
         f"    if cols > {half}:",
-        f"        {call(k4, 4, half)}",
+        f"        {call(4, 2, half)}",
         "    r += 4",
         "while r < r1:",
-        f"    {call(k1, 1, 0)}",
+        f"    {call(1, 4, 0)}",
         "    r += 1",
     ]
     if post_activation(act):
-        ctx.helper("act_copy")
-        args = f"{act[0]}, {', '.join(repr(float(a)) for a in act[1:])}"
         body += [f"for rr in range(rb * {DENSE_ROWS}, r1):",
-                 f"    act_copy({y.array}, {yb} + rr * {m} + col0, {y.array}, {yb} + rr * {m} + col0, cols, {args})"]
+                 "    " + ctx.call("act_copy", y, f"{yb} + rr * {m} + col0", y, f"{yb} + rr * {m} + col0", "cols",
+                                   *_act_args(act))]
     work = 2.0 * k * m * per_sample_rows
-    ctx.stage(Stage(f"dense {k}->{m} panels={panels}", [f"rows = {rows}", *body], batched=y.batched,
-                    items=f"(({rows} + {DENSE_ROWS - 1}) // {DENSE_ROWS}) * {panels}", work=work))
+    ctx.stage(Stage(f"dense {k}->{m} panels={panels}", body, batched=y.batched, setup=[f"rows = {rows}"],
+                    items=f"((rows + {DENSE_ROWS - 1}) // {DENSE_ROWS}) * {panels}", work=work))
 
 
 def _emit_window(ctx: EmitContext, helper: str) -> None:
@@ -220,9 +276,8 @@ def _emit_window(ctx: EmitContext, helper: str) -> None:
     kh, kw = op.kernel
     sh, sw = op.strides
     pt, _, pl, _ = op.pads
-    ctx.helper(helper)
-    body = [f"{helper}({x.array}, {x.at()} + lo * {h * w}, {y.array}, {y.at()} + lo * {oh * ow}, hi - lo, "
-            f"{h}, {w}, {oh}, {ow}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl})"]
+    body = [ctx.call(helper, x, f"{x.at()} + lo * {h * w}", y, f"{y.at()} + lo * {oh * ow}", "hi - lo",
+                     h, w, oh, ow, kh, kw, sh, sw, pt, pl)]
     work = float(c * oh * ow * kh * kw)
     ctx.stage(Stage(f"{op.kind} {kh}x{kw}/{sh}x{sw}", body, batched=y.batched, split=c,
                     max_blocks=max(1, min(c, math.ceil(work / GRAIN))), work=work))
@@ -233,14 +288,12 @@ def emit_global_pool(ctx: EmitContext) -> None:
     if op.layout == "NCHW":
         c, h, w = x.sample
         helper = "mean_rows_flat" if op.kind == "global_avg_pool2d" else "max_rows_flat"
-        call = f"{helper}({x.array}, {x.at()}, {y.array}, {y.at()}, {c}, {h * w})"
+        call = ctx.call(helper, x, x.at(), y, y.at(), c, h * w)
     elif op.kind == "global_max_pool2d":
         h, w, c = x.sample
-        helper = "max_cols_flat"
-        call = f"{helper}({x.array}, {x.at()}, {y.array}, {y.at()}, {h * w}, {c})"
+        call = ctx.call("max_cols_flat", x, x.at(), y, y.at(), h * w, c)
     else:
         raise Unsupported("global_avg_pool2d with layout NHWC (run canonicalize-layout)")
-    ctx.helper(helper)
     ctx.stage(Stage(op.kind, [call], batched=y.batched, work=float(x.size)))
 
 

@@ -19,19 +19,23 @@ from keydnn.backends.numba_cpu.conv_direct import tap_hi, tap_lo
 from keydnn.backends.numba_cpu.kernels_elementwise import LINEAR, RELU0, _act_scalar
 from keydnn.backends.numba_cpu.kernels_merge import combine
 from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS
+from keydnn.backends.numba_cpu.simd import load_at, store_at
 
 __all__ = [
-    "im2col_panel", "act_copy", "copy_flat", "max_pool_planes", "avg_pool_planes", "mean_rows_flat", "max_rows_flat",
+    "im2col_panel", "pad_rows", "act_copy", "copy_flat", "max_pool_planes", "avg_pool_planes", "mean_rows_flat", "max_rows_flat",
     "max_cols_flat", "softmax_flat", "affine_flat", "prelu_flat", "pad_flat", "crop_flat", "upsample_flat",
     "transpose_flat", "merge_flat", "conv_direct_planes", "add_bias_act_planes", "concat_rows",
 ]
 
 logger = logging.getLogger(__name__)
 
+#: Sums may be reassociated (vectorized); nothing else about floating point changes.
+REDUCE_OPTIONS = {**JIT_OPTIONS, "fastmath": {"reassoc"}}
+
 
 @numba.njit(**JIT_OPTIONS)
 def im2col_panel(x, x_off, C, H, W, KH, KW, sh, sw, dh, dw, pt, pl, OW, p0, npix, P, p_off, ldp):
-    """P[p_off + k * ldp + j] = x[c, oy*sh + ki*dh - pt, ox*sw + kj*dw - pl] for output pixel p0 + j
+    """load_at(P, p_off + k * ldp + j) = load_at(x, c, oy*sh + ki*dh - pt, ox*sw + kj*dw - pl) for output pixel p0 + j
     (k = (c*KH + ki)*KW + kj, zero outside the image), j < npix; one (c, ki, kj) row at a time."""
     for c in range(C):
         xc = x_off + c * H * W
@@ -47,64 +51,110 @@ def im2col_panel(x, x_off, C, H, W, KH, KW, sh, sw, dh, dw, pt, pl, OW, p0, npix
                     iy = oy * sh + ki * dh - pt
                     if iy < 0 or iy >= H:
                         for t in range(run):
-                            P[row + j + t] = 0.0
+                            store_at(P, row + j + t, 0.0)
                     else:
                         ix0 = ox * sw + kj * dw - pl
                         src = xc + iy * W
                         if sw == 1 and ix0 >= 0 and ix0 + run <= W:
                             for t in range(run):
-                                P[row + j + t] = x[src + ix0 + t]
+                                store_at(P, row + j + t, load_at(x, src + ix0 + t))
                         else:
                             for t in range(run):
                                 ix = ix0 + t * sw
-                                P[row + j + t] = x[src + ix] if 0 <= ix < W else 0.0
+                                store_at(P, row + j + t, load_at(x, src + ix) if 0 <= ix < W else 0.0)
                     j += run
 
 
 @numba.njit(**JIT_OPTIONS)
+def pad_rows(x, x_off, C, H, W, P, p_off, HP, WP, pt, pl, r_lo, r_hi):
+    """Rows [r_lo, r_hi) of every (HP, WP) plane of P at p_off: the (H, W) planes of x placed at
+    (pt, pl), zeros around. Other rows of P are left alone (a work item only pads what it reads)."""
+    for c in range(C):
+        xb = x_off + c * H * W
+        pb = p_off + c * HP * WP
+        for pr in range(max(r_lo, 0), min(r_hi, HP)):
+            iy = pr - pt
+            dst = pb + pr * WP
+            if iy < 0 or iy >= H:
+                for j in range(WP):
+                    store_at(P, dst + j, 0.0)
+                continue
+            for j in range(pl):
+                store_at(P, dst + j, 0.0)
+            src = xb + iy * W
+            for j in range(W):
+                store_at(P, dst + pl + j, load_at(x, src + j))
+            for j in range(pl + W, WP):
+                store_at(P, dst + j, 0.0)
+
+
+@numba.njit(**JIT_OPTIONS)
 def act_copy(x, x_off, y, y_off, n, code, p0, p1, p2, p3):
-    """y[y_off:y_off+n] = act(x[x_off:x_off+n]) (y may be x at the same offset)."""
+    """load_at(y, y_off:y_off+n) = act(load_at(x, x_off:x_off+n)) (y may be x at the same offset)."""
     if code == LINEAR:
         for i in range(n):
-            y[y_off + i] = x[x_off + i]
+            store_at(y, y_off + i, load_at(x, x_off + i))
     elif code == RELU0:
         for i in range(n):
-            v = x[x_off + i]
-            y[y_off + i] = v if v > 0.0 else 0.0
+            v = load_at(x, x_off + i)
+            store_at(y, y_off + i, v if v > 0.0 else 0.0)
     else:
         for i in range(n):
-            y[y_off + i] = _act_scalar(np.float64(x[x_off + i]), code, p0, p1, p2, p3)
+            store_at(y, y_off + i, _act_scalar(np.float64(load_at(x, x_off + i)), code, p0, p1, p2, p3))
 
 
 @numba.njit(**JIT_OPTIONS)
 def copy_flat(x, x_off, y, y_off, n):
     for i in range(n):
-        y[y_off + i] = x[x_off + i]
+        store_at(y, y_off + i, load_at(x, x_off + i))
 
 
 @numba.njit(**JIT_OPTIONS)
 def add_bias_act_planes(y, y_off, planes, size, W, b_off, has_bias, code, p0, p1, p2, p3):
-    """For plane o < planes: y[plane] = act(y[plane] + bias[o]) in place."""
+    """For plane o < planes: load_at(y, plane) = act(load_at(y, plane) + bias[o]) in place."""
     for o in range(planes):
         base = y_off + o * size
         if has_bias:
-            bv = W[b_off + o]
+            bv = load_at(W, b_off + o)
             for i in range(size):
-                y[base + i] += bv
+                store_at(y, base + i, load_at(y, base + i) + (bv))
         if code != LINEAR:
             act_copy(y, base, y, base, size, code, p0, p1, p2, p3)
 
 
 @numba.njit(**JIT_OPTIONS)
+def _max_pool_2x2(x, x_off, y, y_off, planes, H, W, OH, OW):
+    for c in range(planes):
+        xb = x_off + c * H * W
+        yb = y_off + c * OH * OW
+        for i in range(OH):
+            r0 = xb + 2 * i * W
+            r1 = r0 + W
+            row = yb + i * OW
+            for j in range(OW):
+                m = load_at(x, r0 + 2 * j)
+                v = load_at(x, r0 + 2 * j + 1)
+                m = v if (v > m) | (v != v) else m
+                v = load_at(x, r1 + 2 * j)
+                m = v if (v > m) | (v != v) else m
+                v = load_at(x, r1 + 2 * j + 1)
+                m = v if (v > m) | (v != v) else m
+                store_at(y, row + j, m)
+
+
+@numba.njit(**JIT_OPTIONS)
 def max_pool_planes(x, x_off, y, y_off, planes, H, W, OH, OW, KH, KW, sh, sw, pt, pl):
     """Max pooling of ``planes`` consecutive (H, W) planes; padding never wins (NaN propagates)."""
+    if KH == 2 and KW == 2 and sh == 2 and sw == 2 and pt == 0 and pl == 0 and 2 * OH <= H and 2 * OW <= W:
+        _max_pool_2x2(x, x_off, y, y_off, planes, H, W, OH, OW)
+        return
     for c in range(planes):
         xb = x_off + c * H * W
         yb = y_off + c * OH * OW
         for i in range(OH):
             row = yb + i * OW
             for j in range(OW):
-                y[row + j] = -np.inf
+                store_at(y, row + j, -np.inf)
             for ki in range(KH):
                 ih = i * sh + ki - pt
                 if ih < 0 or ih >= H:
@@ -114,9 +164,9 @@ def max_pool_planes(x, x_off, y, y_off, planes, H, W, OH, OW, KH, KW, sh, sw, pt
                     off = kj - pl
                     j_lo, j_hi = tap_lo(off, sw), tap_hi(off, sw, W, OW)
                     for j in range(j_lo, j_hi):
-                        v = x[src + j * sw + off]
-                        d = y[row + j]
-                        y[row + j] = v if (v > d) | (v != v) else d
+                        v = load_at(x, src + j * sw + off)
+                        d = load_at(y, row + j)
+                        store_at(y, row + j, v if (v > d) | (v != v) else d)
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -128,7 +178,7 @@ def avg_pool_planes(x, x_off, y, y_off, planes, H, W, OH, OW, KH, KW, sh, sw, pt
         for i in range(OH):
             row = yb + i * OW
             for j in range(OW):
-                y[row + j] = 0.0
+                store_at(y, row + j, 0.0)
             h0 = i * sh - pt
             rows = min(h0 + KH, H) - max(h0, 0)
             for ki in range(KH):
@@ -140,45 +190,45 @@ def avg_pool_planes(x, x_off, y, y_off, planes, H, W, OH, OW, KH, KW, sh, sw, pt
                     off = kj - pl
                     j_lo, j_hi = tap_lo(off, sw), tap_hi(off, sw, W, OW)
                     for j in range(j_lo, j_hi):
-                        y[row + j] += x[src + j * sw + off]
+                        store_at(y, row + j, load_at(y, row + j) + (load_at(x, src + j * sw + off)))
             for j in range(OW):
                 w0 = j * sw - pl
-                y[row + j] /= rows * (min(w0 + KW, W) - max(w0, 0))
+                store_at(y, row + j, load_at(y, row + j) / (rows * (min(w0 + KW, W) - max(w0, 0))))
 
 
-@numba.njit(**JIT_OPTIONS)
+@numba.njit(**REDUCE_OPTIONS)
 def mean_rows_flat(x, x_off, y, y_off, rows, size):
-    """y[r] = mean of row r of a (rows, size) block, summed in float64."""
+    """load_at(y, r) = mean of row r of a (rows, size) block, summed in float64 (in any order: vectorized)."""
     for r in range(rows):
         s = 0.0
         base = x_off + r * size
         for k in range(size):
-            s += x[base + k]
-        y[y_off + r] = s / size
+            s += np.float64(load_at(x, base + k))
+        store_at(y, y_off + r, s / size)
 
 
 @numba.njit(**JIT_OPTIONS)
 def max_rows_flat(x, x_off, y, y_off, rows, size):
     for r in range(rows):
         base = x_off + r * size
-        m = x[base]
+        m = load_at(x, base)
         for k in range(1, size):
-            v = x[base + k]
+            v = load_at(x, base + k)
             m = v if (v > m) | (v != v) else m
-        y[y_off + r] = m
+        store_at(y, y_off + r, m)
 
 
 @numba.njit(**JIT_OPTIONS)
 def max_cols_flat(x, x_off, y, y_off, size, cols):
-    """y[c] = max over k of x[k, c] for a (size, cols) block (channels-last global max)."""
+    """load_at(y, c) = max over k of load_at(x, k, c) for a (size, cols) block (channels-last global max)."""
     for c in range(cols):
-        y[y_off + c] = x[x_off + c]
+        store_at(y, y_off + c, load_at(x, x_off + c))
     for k in range(1, size):
         base = x_off + k * cols
         for c in range(cols):
-            v = x[base + c]
-            d = y[y_off + c]
-            y[y_off + c] = v if (v > d) | (v != v) else d
+            v = load_at(x, base + c)
+            d = load_at(y, y_off + c)
+            store_at(y, y_off + c, v if (v > d) | (v != v) else d)
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -189,13 +239,13 @@ def softmax_flat(x, x_off, y, y_off, outer, length, inner):
             base = o * length * inner + i
             m = -np.inf
             for k in range(length):
-                m = max(m, np.float64(x[x_off + base + k * inner]))
+                m = max(m, np.float64(load_at(x, x_off + base + k * inner)))
             s = 0.0
             for k in range(length):
-                s += math.exp(np.float64(x[x_off + base + k * inner]) - m)
+                s += math.exp(np.float64(load_at(x, x_off + base + k * inner)) - m)
             inv = 1.0 / s
             for k in range(length):
-                y[y_off + base + k * inner] = math.exp(np.float64(x[x_off + base + k * inner]) - m) * inv
+                store_at(y, y_off + base + k * inner, math.exp(np.float64(load_at(x, x_off + base + k * inner)) - m) * inv)
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -203,22 +253,22 @@ def affine_flat(x, x_off, y, y_off, outer, period, inner, D, s_off, t_off):
     """y = x * s[c] + t[c] over an (outer, period, inner) block; float64 parameters from ``D``."""
     for o in range(outer):
         for c in range(period):
-            s = D[s_off + c]
-            t = D[t_off + c]
+            s = load_at(D, s_off + c)
+            t = load_at(D, t_off + c)
             base = (o * period + c) * inner
             for i in range(inner):
-                y[y_off + base + i] = np.float64(x[x_off + base + i]) * s + t
+                store_at(y, y_off + base + i, np.float64(load_at(x, x_off + base + i)) * s + t)
 
 
 @numba.njit(**JIT_OPTIONS)
 def prelu_flat(x, x_off, y, y_off, outer, period, inner, D, a_off):
     for o in range(outer):
         for c in range(period):
-            a = D[a_off + c]
+            a = load_at(D, a_off + c)
             base = (o * period + c) * inner
             for i in range(inner):
-                v = np.float64(x[x_off + base + i])
-                y[y_off + base + i] = a * v if v < 0.0 else v
+                v = np.float64(load_at(x, x_off + base + i))
+                store_at(y, y_off + base + i, a * v if v < 0.0 else v)
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -232,15 +282,15 @@ def pad_flat(x, x_off, y, y_off, planes, H, WB, OH, OWB, top, left, value):
             si = i - top
             if si < 0 or si >= H:
                 for j in range(OWB):
-                    y[row + j] = value
+                    store_at(y, row + j, value)
                 continue
             for j in range(left):
-                y[row + j] = value
+                store_at(y, row + j, value)
             src = xb + si * WB
             for j in range(WB):
-                y[row + left + j] = x[src + j]
+                store_at(y, row + left + j, load_at(x, src + j))
             for j in range(left + WB, OWB):
-                y[row + j] = value
+                store_at(y, row + j, value)
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -252,7 +302,7 @@ def crop_flat(x, x_off, y, y_off, planes, H, WB, OH, OWB, top, left):
             src = xb + (top + i) * WB + left
             dst = yb + i * OWB
             for j in range(OWB):
-                y[dst + j] = x[src + j]
+                store_at(y, dst + j, load_at(x, src + j))
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -270,55 +320,55 @@ def upsample_flat(x, x_off, y, y_off, planes, H, W, B, fh, fw):
                     for f in range(fw):
                         d = dst + (j * fw + f) * B
                         for k in range(B):
-                            y[d + k] = x[src + k]
+                            store_at(y, d + k, load_at(x, src + k))
 
 
 @numba.njit(**JIT_OPTIONS)
 def transpose_flat(x, x_off, y, y_off, T, shape_off, stride_off, rank):
-    """y (C order, shape T[shape_off:shape_off+rank]) = x gathered with input strides T[stride_off:...]."""
-    inner = T[shape_off + rank - 1]
-    step = T[stride_off + rank - 1]
+    """y (C order, shape load_at(T, shape_off:shape_off+rank)) = x gathered with input strides load_at(T, stride_off:...)."""
+    inner = load_at(T, shape_off + rank - 1)
+    step = load_at(T, stride_off + rank - 1)
     total = 1
     for k in range(rank):
-        total *= T[shape_off + k]
+        total *= load_at(T, shape_off + k)
     rows = total // inner if inner else 0
     for t in range(rows):
         rem = t
         src = 0
         for k in range(rank - 2, -1, -1):
-            d = T[shape_off + k]
-            src += (rem % d) * T[stride_off + k]
+            d = load_at(T, shape_off + k)
+            src += (rem % d) * load_at(T, stride_off + k)
             rem //= d
         base = y_off + t * inner
         for j in range(inner):
-            y[base + j] = x[x_off + src + j * step]
+            store_at(y, base + j, load_at(x, x_off + src + j * step))
 
 
 @numba.njit(**JIT_OPTIONS)
 def merge_flat(x, x_off, y, y_off, T, dims_off, strides_off, rank, code, scale):
-    """Fold operand x (broadcast with strides T[strides_off:...] over collapsed dims T[dims_off:...])
+    """Fold operand x (broadcast with strides load_at(T, strides_off:...) over collapsed dims load_at(T, dims_off:...))
     into y; code 0 copies. ``scale`` multiplies the result (avg's 1/n on the last operand)."""
-    inner = T[dims_off + rank - 1]
-    step = T[strides_off + rank - 1]
+    inner = load_at(T, dims_off + rank - 1)
+    step = load_at(T, strides_off + rank - 1)
     total = 1
     for k in range(rank):
-        total *= T[dims_off + k]
+        total *= load_at(T, dims_off + k)
     rows = total // inner if inner else 0
     for t in range(rows):
         rem = t
         src = x_off
         for k in range(rank - 2, -1, -1):
-            d = T[dims_off + k]
-            src += (rem % d) * T[strides_off + k]
+            d = load_at(T, dims_off + k)
+            src += (rem % d) * load_at(T, strides_off + k)
             rem //= d
         base = y_off + t * inner
         if step == 1:
             for j in range(inner):
-                y[base + j] = combine(y[base + j], x[src + j], code) * scale
+                store_at(y, base + j, combine(load_at(y, base + j), load_at(x, src + j), code) * scale)
         else:
-            v = x[src]
+            v = load_at(x, src)
             for j in range(inner):
-                y[base + j] = combine(y[base + j], v, code) * scale
+                store_at(y, base + j, combine(load_at(y, base + j), v, code) * scale)
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -329,9 +379,9 @@ def conv_direct_planes(x, x_off, C, H, W, Wt, w_off, b_off, has_bias, y, y_off, 
     for o in range(o_lo, o_hi):
         c0 = (o // og) * cg
         plane = y_off + o * OH * OW
-        bv = Wt[b_off + o] if has_bias else 0.0
+        bv = load_at(Wt, b_off + o) if has_bias else 0.0
         for i in range(OH * OW):
-            y[plane + i] = bv
+            store_at(y, plane + i, bv)
         for ci in range(cg):
             xin = x_off + (c0 + ci) * H * W
             for ki in range(KH):
@@ -342,12 +392,12 @@ def conv_direct_planes(x, x_off, C, H, W, Wt, w_off, b_off, has_bias, y, y_off, 
                     j_lo, j_hi = tap_lo(off_w, sw), tap_hi(off_w, sw, W, OW)
                     if j_hi <= j_lo:
                         continue
-                    wv = Wt[w_off + ((o * cg + ci) * KH + ki) * KW + kj]
+                    wv = load_at(Wt, w_off + ((o * cg + ci) * KH + ki) * KW + kj)
                     for i in range(i_lo, i_hi):
                         dst = plane + i * OW
                         src = xin + (i * sh + off_h) * W + off_w
                         for j in range(j_lo, j_hi):
-                            y[dst + j] += wv * x[src + j * sw]
+                            store_at(y, dst + j, load_at(y, dst + j) + (wv * load_at(x, src + j * sw)))
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -357,4 +407,4 @@ def concat_rows(x, x_off, y, y_off, outer, part, row, offset):
         src = x_off + o * part
         dst = y_off + o * row + offset
         for j in range(part):
-            y[dst + j] = x[src + j]
+            store_at(y, dst + j, load_at(x, src + j))

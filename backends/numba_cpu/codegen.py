@@ -34,7 +34,7 @@ from keydnn.errors import BackendError
 from keydnn.ir.graph import Graph, Node
 from keydnn.ir.types import TensorType
 
-__all__ = ["Val", "Stage", "EmitContext", "Program", "generate", "Unsupported", "GRAIN", "VIEW_KINDS"]
+__all__ = ["Val", "Arr", "Stage", "EmitContext", "Program", "generate", "Unsupported", "GRAIN", "VIEW_KINDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,14 @@ INPLACE_KINDS = frozenset({"relu", "activation", "scale_shift", "batch_norm", "p
 
 class Unsupported(BackendError):
     """A graph (or node) the code generator does not handle; the ops path still may."""
+
+
+@dataclass
+class Arr:
+    """An array argument of a helper call, by its name in the generated code (W, D, T, A, x0, y0...)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 @dataclass
@@ -119,6 +127,7 @@ class Stage:
     max_blocks: int = 1
     items: Optional[str] = None
     work: float = 0.0  # per-sample (or total when unbatched) work estimate
+    setup: list[str] = field(default_factory=list)  # custom form: lines before the claim loop
 
 
 @dataclass
@@ -135,7 +144,9 @@ class Program:
     n_stages: int
     work_per_sample: float
     outputs: list[tuple[str, tuple[int, ...], bool]]  # per graph output: (how, sample shape, batched)
-    copies: list[tuple[int, str, int]] = field(default_factory=list)
+    thunks: list[str] = field(default_factory=list)  # helper of F[i]
+    stages: list[str] = field(default_factory=list)  # description of each stage
+    dtype: np.dtype = np.dtype("float32")
 
 
 class EmitContext:
@@ -144,7 +155,7 @@ class EmitContext:
     def __init__(self, gen: "_Generator", node: Node, ins: list[Val], out: Val) -> None:
         self._gen = gen
         self.node = node
-        self.op = node.op
+        self.op = node.op if node is not None else None
         self.ins = ins
         self.out = out
         self.dtype = gen.dtype
@@ -175,10 +186,28 @@ class EmitContext:
     def stage(self, stage: Stage) -> None:
         self._gen.stages.append(stage)
 
-    def helper(self, name: str) -> str:
-        """Name of a helper (from cg_kernels, ukernels, ...) the body calls; recorded for the imports."""
-        self._gen.helpers.add(name)
-        return name
+    def call(self, helper: str, *args: object) -> str:
+        """The line calling ``helper`` (a ``cg_thunks.HELPERS`` name) through its thunk's address.
+
+        Array arguments are ``Arr`` (or a ``Val``: its array); everything else is printed as is.
+        """
+        from keydnn.backends.numba_cpu.cg_thunks import HELPERS
+
+        kinds = HELPERS[helper][1]
+        if len(kinds) != len(args):
+            raise AssertionError(f"{helper} takes {len(kinds)} arguments, got {len(args)}")
+        index = self._gen.thunk_index(helper)
+        text = []
+        for kind, arg in zip(kinds, args):
+            if kind in "adt":
+                name = arg.array if isinstance(arg, Val) else arg.name if isinstance(arg, Arr) else str(arg)
+                self._gen.arrays.add(name)
+                text.append(f"p_{name}")
+            elif kind == "f":
+                text.append(repr(float(arg)) if isinstance(arg, (int, float)) else str(arg))
+            else:
+                text.append(str(arg))
+        return f"fcall(F[{index}], {', '.join(text)})"
 
 
 Emitter = Callable[[EmitContext], None]
@@ -195,7 +224,13 @@ class _Generator:
         self.w_len = self.d_len = self.t_len = 0
         self.scratch = 0
         self.stages: list[Stage] = []
-        self.helpers: set[str] = set()
+        self.thunks: list[str] = ["<yield>"]  # F[0]: the OS's yield call (cg_sync)
+        self.arrays: set[str] = set()
+
+    def thunk_index(self, helper: str) -> int:
+        if helper not in self.thunks:
+            self.thunks.append(helper)
+        return self.thunks.index(helper)
 
     def add_blob(self, parts: list, attr: str, arr: np.ndarray) -> int:
         offset = getattr(self, attr)
@@ -233,7 +268,7 @@ def _types_of(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched:
 
 
 def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: tuple[bool, ...], *,
-             lanes: int, emitters: dict[str, Emitter], cache: bool = True) -> Program:
+             lanes: int, emitters: dict[str, Emitter], cache: bool = True, profile: bool = False) -> Program:
     """Generate the module for ``graph`` with inputs of the given per-sample shapes."""
     dtypes = {v.type.dtype for v in graph.inputs} | {n.outputs[0].type.dtype for n in graph.nodes
                                                       if n.outputs[0].type is not None}
@@ -259,20 +294,22 @@ def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: 
             st.description = f"{node.name}: {st.description}"
     for out_index, src, size in plan.copies:
         v = vals[src]
-        gen.helpers.add("copy_flat")
+        ctx = EmitContext(gen, graph.nodes[0] if graph.nodes else None, [], v)
         gen.stages.append(Stage(f"output {out_index} <- %{src}", [
-            f"copy_flat({v.array}, {v.at()}, y{out_index}, n * {size}, {size})"], batched=v.batched, work=size))
+            ctx.call("copy_flat", v, v.at(), Arr(f"y{out_index}"), f"n * {size}", size)], batched=v.batched,
+            work=size))
     from keydnn.backends.numba_cpu.cg_source import render
 
-    source = render(graph, gen, plan, cache=cache)
+    source = render(graph, gen, plan, cache=cache, profile=profile)
 
     def blob(parts, dtype_):
         return np.concatenate(parts + [np.zeros(64, dtype=dtype_)]) if parts else np.zeros(64, dtype=dtype_)
 
     work = sum(st.work for st in gen.stages)
+    descriptions = [st.description for st in gen.stages]
     return Program(
         source=source, weights=blob(gen.w_parts, dtype), params=blob(gen.d_parts, np.float64),
         tables=blob(gen.t_parts, np.int64), arena_per_sample=plan.per_sample, arena_fixed=plan.fixed,
         scratch_per_thread=gen.scratch, n_stages=len(gen.stages), work_per_sample=work,
-        outputs=plan.outputs, copies=plan.copies,
+        outputs=plan.outputs, thunks=list(gen.thunks), dtype=dtype, stages=descriptions,
     )

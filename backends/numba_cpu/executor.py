@@ -22,7 +22,7 @@ from keydnn.backends.numba_cpu.plan import MemoryLayout, Plan, Step, plan_memory
 from keydnn.errors import BackendError
 from keydnn.ir.graph import Graph
 
-__all__ = ["NumbaCpuExecutable", "compile_graph"]
+__all__ = ["NumbaCpuExecutable", "compile_graph", "MODES", "default_mode"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,9 @@ def _build_plan(graph: Graph) -> Plan:
 
 
 class NumbaCpuExecutable:
-    """Compiled form of one graph for the CPU."""
+    """Compiled form of one graph for the CPU: one kernel per op, run from a plan."""
+
+    mode = "ops"
 
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
@@ -172,6 +174,4 @@ class NumbaCpuExecutable:
         return f"NumbaCpuExecutable({self.graph.name!r}, {len(self.plan.steps)} steps)"
 
 
-def compile_graph(graph: Graph) -> NumbaCpuExecutable:
-    """Compile a verified, typed, channels-first graph for the CPU."""
-    return NumbaCpuExecutable(graph)
+from keydnn.backends.numba_cpu.modes import MODES, compile_graph, default_mode  # noqa: E402,F401  (re-exported)

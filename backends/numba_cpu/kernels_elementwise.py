@@ -17,10 +17,12 @@ import numba
 import numpy as np
 from numba import prange
 
-from keydnn.backends.numba_cpu.lowering import (
-    JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, Unsupported, register_kernel,
+from keydnn.backends.numba_cpu.codes import (  # noqa: F401  (re-exported: kernels import them from here)
+    ACTIVATION_CODES, ELU, EXPONENTIAL, GELU, GELU_TANH, HARD_SIGMOID, HARD_SIGMOID_K2, LINEAR, NO_EPILOGUE, RELU,
+    RELU0, SELU, SIGMOID, SOFTPLUS, SOFTSIGN, SWISH, TANH, Epilogue, encode_activation,
 )
-from keydnn.ir.ops.base import OpBase, normalize_axis
+from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, register_kernel
+from keydnn.ir.ops.base import normalize_axis
 
 __all__ = [
     "ACTIVATION_CODES", "Epilogue", "NO_EPILOGUE", "encode_activation", "activate_range",
@@ -29,54 +31,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: (code, p0, p1, p2, p3): what a kernel needs to apply one activation.
-Epilogue = tuple[int, float, float, float, float]
-
-LINEAR, RELU0, RELU, SIGMOID, TANH, SOFTPLUS, SOFTSIGN, ELU, SELU = 0, 1, 2, 3, 4, 5, 6, 7, 8
-GELU, GELU_TANH, SWISH, EXPONENTIAL, HARD_SIGMOID, HARD_SIGMOID_K2 = 9, 10, 11, 12, 13, 14
-
-#: Activation function name (ir.ops.ACTIVATION_FUNCTIONS) -> kernel code.
-ACTIVATION_CODES: dict[str, int] = {
-    "linear": LINEAR, "sigmoid": SIGMOID, "tanh": TANH, "softplus": SOFTPLUS, "softsign": SOFTSIGN,
-    "elu": ELU, "selu": SELU, "gelu": GELU, "gelu_tanh": GELU_TANH, "swish": SWISH,
-    "exponential": EXPONENTIAL, "hard_sigmoid": HARD_SIGMOID, "hard_sigmoid_k2": HARD_SIGMOID_K2,
-}
-
-NO_EPILOGUE: Epilogue = (LINEAR, 0.0, 0.0, 0.0, 0.0)
-
 _SELU_ALPHA = 1.6732632423543772
 _SELU_SCALE = 1.0507009873554805
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-
-
-def _encode_relu(op: OpBase) -> Epilogue:
-    if op.max_value is None and op.negative_slope == 0.0 and op.threshold == 0.0:
-        return (RELU0, 0.0, 0.0, 0.0, 0.0)
-    has_max = op.max_value is not None
-    return (RELU, float(op.threshold), float(op.max_value or 0.0), 1.0 if has_max else 0.0,
-            float(op.negative_slope))
-
-
-def _encode_function(op: OpBase) -> Epilogue:
-    code = ACTIVATION_CODES.get(op.function)
-    if code is None:
-        raise Unsupported(f"activation function {op.function!r} has no numba-cpu kernel; "
-                          f"supported: {', '.join(sorted(ACTIVATION_CODES))}")
-    return (code, float(op.alpha), 0.0, 0.0, 0.0)
-
-
-_ENCODERS: dict[str, Callable[[OpBase], Epilogue]] = {"relu": _encode_relu, "activation": _encode_function}
-
-
-def encode_activation(op: Optional[OpBase]) -> Epilogue:
-    """Encode a relu/activation op (standalone or a fused epilogue) for the kernels."""
-    if op is None:
-        return NO_EPILOGUE
-    encoder = _ENCODERS.get(op.kind)
-    if encoder is None:
-        raise Unsupported(f"{op.kind} cannot be a fused epilogue; supported: {', '.join(_ENCODERS)}")
-    return encoder(op)
 
 
 @numba.njit(**JIT_OPTIONS)

@@ -20,6 +20,7 @@ import numpy as np
 from numba import prange
 
 from keydnn.backends.numba_cpu.broadcast import collapse_broadcast
+from keydnn.backends.numba_cpu.codes import ADD, COPY, MAX, MERGE_CODES, MIN, MUL, SUB
 from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, register_kernel
 from keydnn.ir.ops.base import normalize_axis
 
@@ -27,9 +28,6 @@ __all__ = ["MERGE_CODES", "merge_pass", "concat_kernel", "combine"]
 
 logger = logging.getLogger(__name__)
 
-COPY, ADD, SUB, MUL, MAX, MIN = 0, 1, 2, 3, 4, 5
-#: op kind -> how each operand after the first combines into the result.
-MERGE_CODES: dict[str, int] = {"add": ADD, "avg": ADD, "sub": SUB, "mul": MUL, "max": MAX, "min": MIN}
 
 
 @numba.njit(**JIT_OPTIONS)

@@ -19,6 +19,7 @@ import numpy as np
 from numba import prange
 
 from keydnn.backends.numba_cpu.broadcast import ParamView, param_view
+from keydnn.backends.numba_cpu.codes import batch_norm_params
 from keydnn.backends.numba_cpu.lowering import (
     JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, Unsupported, register_kernel,
 )
@@ -75,13 +76,6 @@ def prelu_kernel(x, out, alpha):
         return
     for o in prange(outer):
         prelu_rows(x, out, alpha, o, o + 1)
-
-
-def batch_norm_params(weights, names: Sequence[str], epsilon: float) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, shift) of inference batch norm, in float64: ``x * s + t``."""
-    mean, var, gamma, beta = (np.asarray(weights[n], dtype=np.float64).reshape(-1) for n in names)
-    s = gamma / np.sqrt(var + epsilon)
-    return s, beta - mean * s
 
 
 def _sample(ctx: LowerContext) -> tuple[int, ...]:

@@ -8,11 +8,16 @@ function serves every layer (conv2d on an im2col panel, dense on packed
 weight panels):
 
 * ``A(m, k) = A[a_off + min(m, rows - 1) * a_rs + k * a_ks]`` (broadcast to a vector);
-* ``B(k, v) = B[b_off + k * b_ks + v * L]`` (a vector load);
-* ``C(m, v) = C[c_off + m * c_rs + v * L]``: row ``m < rows`` is stored, vector
-  ``v`` with ``min(L, cols - v * L)`` lanes (a masked store at the edge);
+* ``B(k, v) = B[b_off + T[t_off + k] + v * b_vs]`` (a vector load; the int64
+  table ``T`` of depth offsets lets a conv read its zero-padded input directly:
+  ``T[k]`` is the offset of filter tap ``k`` = (c, ki, kj); a packed panel
+  has ``T[k] = k * stride``);
+* ``C(m, v) = C[c_off + m * c_rs + v * c_vs]``: row ``m < rows`` is stored, and
+  vector ``v`` with ``min(L, c_vs, cols - v * c_vs)`` lanes (a masked store at
+  an edge): ``c_vs = L`` puts the vectors side by side on one row, a smaller
+  ``c_vs`` on consecutive short rows (a conv's output rows narrower than ``L``);
 * bias: ``bias_mode`` 0 none, 1 one value per row (``bias[bias_off + m]``),
-  2 one vector per column block (``bias[bias_off + v * L]``, masked);
+  2 one vector per column block (``bias[bias_off + v * c_vs]``, masked);
 * ``act``: 0 none, 1 relu, 2 Keras relu with ``(threshold, max_value,
   has_max, negative_slope)`` in ``p0..p3``; the caller applies other
   activations after the store.
@@ -27,12 +32,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-__all__ = ["TILES", "LANES", "kernel_name", "render_ukernels", "write_ukernels", "UKERNELS_PATH"]
+__all__ = ["TILES", "PACKED_TILES", "LANES", "kernel_name", "render_ukernels", "write_ukernels", "UKERNELS_PATH"]
 
 logger = logging.getLogger(__name__)
 
-#: (MR, NV) tile shapes: rows of A x vectors of B.
-TILES: tuple[tuple[int, int], ...] = ((1, 4), (4, 2), (8, 2), (8, 1))
+#: (MR, NV) tile shapes: rows of A x vectors of B (A read with strides: dense layers' activations).
+TILES: tuple[tuple[int, int], ...] = ((1, 4), (4, 2), (8, 2), (6, 4))
+#: Tile shapes with A packed ``[k][m]`` (conv weights).
+PACKED_TILES: tuple[tuple[int, int], ...] = ((8, 2), (12, 2), (8, 3))
 #: Vector lengths a kernel may be compiled for (512-bit f32, 256-bit f32 / 512-bit f64, 256-bit f64).
 LANES: tuple[int, ...] = (16, 8, 4)
 
@@ -48,50 +55,56 @@ from __future__ import annotations
 import numba
 
 from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS
-from keydnn.backends.numba_cpu.simd import vadd, vfma, vload, vload_n, vmax_zero, vrelu_general, vsplat, vstore, vstore_n, vzero
+from keydnn.backends.numba_cpu.simd import (
+    load_at, vadd, vbroadcast, vfma, vload, vload_n, vmax_zero, vrelu_general, vstore, vstore_n, vzero,
+)
 
 __all__ = ["UKERNELS"]
 '''
 
 
-def kernel_name(mr: int, nv: int, lanes: int) -> str:
-    return f"mk_{mr}x{nv}_l{lanes}"
+def kernel_name(mr: int, nv: int, lanes: int, packed: bool = False) -> str:
+    """``mk_*`` reads A with any strides; ``mkp_*`` reads A packed as ``[k][m]`` (``a_rs``/``a_ks`` unused)."""
+    return f"mk{'p' if packed else ''}_{mr}x{nv}_l{lanes}"
 
 
-def _render(mr: int, nv: int, lanes: int) -> str:
-    name = kernel_name(mr, nv, lanes)
+def _render(mr: int, nv: int, lanes: int, packed: bool = False) -> str:
+    name = kernel_name(mr, nv, lanes, packed)
     acc = [[f"c{m}_{v}" for v in range(nv)] for m in range(mr)]
     ind = "    "
     lines = [
         "",
         "",
         "@numba.njit(**JIT_OPTIONS)",
-        f"def {name}(K, A, a_off, a_rs, a_ks, B, b_off, b_ks, C, c_off, c_rs, rows, cols, bias, bias_off, bias_mode,",
-        "        act, p0, p1, p2, p3):",
+        f"def {name}(K, A, a_off, a_rs, a_ks, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,",
+        "        bias_mode, act, p0, p1, p2, p3):",
         f"{ind}z = vzero(C, {lanes})",
     ]
     for m in range(mr):
         lines.append(f"{ind}{' = '.join(acc[m])} = z")
-    for m in range(mr):
-        lines.append(f"{ind}ar{m} = a_off + min({m}, rows - 1) * a_rs")
-    lines.append(f"{ind}for k in range(K):")
-    lines.append(f"{ind * 2}bo = b_off + k * b_ks")
+    if not packed:
+        for m in range(mr):
+            lines.append(f"{ind}ar{m} = a_off + min({m}, rows - 1) * a_rs")
     for v in range(nv):
-        lines.append(f"{ind * 2}b{v} = vload(B, bo + {v * lanes}, {lanes})")
-    lines.append(f"{ind * 2}ak = k * a_ks")
+        lines.append(f"{ind}n{v} = min({lanes}, c_vs, max(0, cols - {v} * c_vs))")
+    lines.append(f"{ind}for k in range(K):")
+    lines.append(f"{ind * 2}bo = b_off + load_at(T, t_off + k)")
+    for v in range(nv):
+        lines.append(f"{ind * 2}b{v} = vload(B, bo + {v} * b_vs, {lanes})")
+    lines.append(f"{ind * 2}ak = " + (f"a_off + k * {mr}" if packed else "k * a_ks"))
     for m in range(mr):
-        lines.append(f"{ind * 2}a = vsplat(A[ar{m} + ak], z)")
+        lines.append(f"{ind * 2}a = vbroadcast(A, " + (f"ak + {m}" if packed else f"ar{m} + ak") + ", z)")
         for v in range(nv):
             lines.append(f"{ind * 2}{acc[m][v]} = vfma(a, b{v}, {acc[m][v]})")
     # bias
     lines.append(f"{ind}if bias_mode == 1:")
     for m in range(mr):
-        lines.append(f"{ind * 2}bv = vsplat(bias[bias_off + min({m}, rows - 1)], z)")
+        lines.append(f"{ind * 2}bv = vbroadcast(bias, bias_off + min({m}, rows - 1), z)")
         for v in range(nv):
             lines.append(f"{ind * 2}{acc[m][v]} = vadd({acc[m][v]}, bv)")
     lines.append(f"{ind}elif bias_mode == 2:")
     for v in range(nv):
-        lines.append(f"{ind * 2}bv = vload_n(bias, bias_off + {v * lanes}, min({lanes}, max(0, cols - {v * lanes})), {lanes})")
+        lines.append(f"{ind * 2}bv = vload_n(bias, bias_off + {v} * c_vs, n{v}, {lanes})")
         for m in range(mr):
             lines.append(f"{ind * 2}{acc[m][v]} = vadd({acc[m][v]}, bv)")
     # activation
@@ -104,18 +117,16 @@ def _render(mr: int, nv: int, lanes: int) -> str:
         for v in range(nv):
             lines.append(f"{ind * 2}{acc[m][v]} = vrelu_general({acc[m][v]}, p0, p1, p2, p3)")
     # stores
-    full = nv * lanes
-    lines.append(f"{ind}if cols >= {full}:")
+    full = " and ".join(f"n{v} == {lanes}" for v in range(nv))
+    lines.append(f"{ind}if {full}:")
     for m in range(mr):
         guard = "" if m == 0 else f"if rows > {m}: "
-        stores = "; ".join(f"vstore(C, c_off + {m} * c_rs + {v * lanes}, {acc[m][v]})" for v in range(nv))
+        stores = "; ".join(f"vstore(C, c_off + {m} * c_rs + {v} * c_vs, {acc[m][v]})" for v in range(nv))
         lines.append(f"{ind * 2}{guard}{stores}")
     lines.append(f"{ind}else:")
     for m in range(mr):
         guard = "" if m == 0 else f"if rows > {m}: "
-        stores = "; ".join(
-            f"vstore_n(C, c_off + {m} * c_rs + {v * lanes}, {acc[m][v]}, min({lanes}, max(0, cols - {v * lanes})))"
-            for v in range(nv))
+        stores = "; ".join(f"vstore_n(C, c_off + {m} * c_rs + {v} * c_vs, {acc[m][v]}, n{v})" for v in range(nv))
         lines.append(f"{ind * 2}{guard}{stores}")
     return "\n".join(lines) + "\n"
 
@@ -126,8 +137,13 @@ def render_ukernels() -> str:
     for lanes in LANES:
         for mr, nv in TILES:
             parts.append(_render(mr, nv, lanes))
-    table = ",\n".join(f"    ({mr}, {nv}, {lanes}): {kernel_name(mr, nv, lanes)}" for lanes in LANES for mr, nv in TILES)
-    parts.append(f"\n\n#: (MR, NV, lanes) -> kernel\nUKERNELS = {{\n{table},\n}}\n")
+        for mr, nv in PACKED_TILES:
+            parts.append(_render(mr, nv, lanes, packed=True))
+    table = ",\n".join(f"    ({mr}, {nv}, {lanes}, False): {kernel_name(mr, nv, lanes)}"
+                       for lanes in LANES for mr, nv in TILES)
+    table += ",\n" + ",\n".join(f"    ({mr}, {nv}, {lanes}, True): {kernel_name(mr, nv, lanes, True)}"
+                                for lanes in LANES for mr, nv in PACKED_TILES)
+    parts.append(f"\n\n#: (MR, NV, lanes, packed A) -> kernel\nUKERNELS = {{\n{table},\n}}\n")
     return "".join(parts)
 
 

@@ -1,0 +1,173 @@
+"""Prebuilt native libraries of generated code: later processes run a graph without numba or LLVM.
+
+After compiling a graph (a cache miss), the cache entry also gets
+``graph.so``: the generated entry as a C-callable function (``entry_c``, which
+takes every array as an address) and the thunks it calls, emitted as
+position-independent objects by LLVM and linked by the system C compiler
+driver (``$CC`` or ``cc``). A process that finds the library (and whose
+checksum matches the manifest) loads it with ctypes and never imports numba:
+that saves the JIT's import and initialization (about half a second and
+~80 MB of a cold start). Without a C compiler, or with ``KEYDNN_AOT=0``,
+entries are loaded through numba's cache instead; a library that fails to
+build or load is never fatal, the numba path is always there.
+
+numba's compiled code keeps references to a few runtime functions on error
+paths that generated code never takes (exception raising, reference counting
+of allocations it never makes); the library defines them as stubs that
+abort, so it links without numba's runtime. Python's C API resolves against
+the running interpreter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+__all__ = ["aot_enabled", "compiler", "build_library", "load_library", "LIBRARY"]
+
+logger = logging.getLogger(__name__)
+
+LIBRARY = "graph.so"
+_STUB_PREFIXES = ("NRT_", "numba_")
+
+
+def aot_enabled() -> bool:
+    return os.environ.get("KEYDNN_AOT", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@functools.lru_cache(maxsize=1)
+def compiler() -> Optional[str]:
+    """The C compiler driver that links libraries (``$CC``, else ``cc``), or None."""
+    return shutil.which(os.environ.get("CC", "cc") or "cc")
+
+
+@functools.lru_cache(maxsize=1)
+def _target_machine():
+    from llvmlite import binding as llvm
+
+    target = llvm.Target.from_triple(llvm.get_process_triple())
+    return target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
+                                        opt=3, reloc="pic", codemodel="default")
+
+
+def _emit(library) -> tuple[bytes, list[str]]:
+    """Position-independent object code of a numba library, and the numba runtime functions it declares."""
+    module = library._final_module.clone()  # noqa: SLF001 - numba has no public API for this
+    undefined = [fn.name for fn in module.functions if fn.is_declaration and fn.name.startswith(_STUB_PREFIXES)]
+    return _target_machine().emit_object(module), undefined
+
+
+def _thunk_object(helper: str, dtype: str, store: Path) -> tuple[Path, str, list[str]]:
+    """A thunk's object file, kept per machine next to the cache entries (thunks are shared by graphs)."""
+    import numba
+
+    from keydnn.backends.numba_cpu import thunks_gen
+    from keydnn.backends.numba_cpu.cg_thunks import signature, sources_digest, thunk_name
+
+    tag = hashlib.sha256(f"{sources_digest()}|{helper}|{dtype}".encode()).hexdigest()[:24]
+    obj, meta = store / f"{helper}_{dtype}_{tag}.o", store / f"{helper}_{dtype}_{tag}.sym"
+    if obj.exists() and meta.exists():
+        name, _, undefined = meta.read_text().partition("\n")
+        return obj, name, [u for u in undefined.split() if u]
+    # a fresh compile: a cfunc numba loaded from its cache has no LLVM IR left to emit
+    py = getattr(thunks_gen, thunk_name(helper, dtype))
+    cf = numba.cfunc(signature(helper), cache=False, nogil=True, error_model="numpy")(py)
+    data, undefined = _emit(cf._library)  # noqa: SLF001
+    from keydnn.atomic import atomic_write_bytes, atomic_write_text
+
+    atomic_write_bytes(obj, data)
+    atomic_write_text(meta, cf.native_name + "\n" + " ".join(undefined))
+    return obj, cf.native_name, undefined
+
+
+def build_library(module, thunks: list[str], dtype: str, directory: Path) -> Optional[dict]:
+    """Link ``graph.so`` for a compiled generated module; returns what the manifest records, or None."""
+    cc = compiler()
+    if not aot_enabled() or cc is None:
+        return None
+    import numba
+
+    from keydnn.backends.numba_cpu.cg_source import entry_c_signature
+
+    try:
+        if not _has_ir(module.entry):
+            module = _fresh_module(module)
+        entry = numba.cfunc(entry_c_signature(module), cache=False, nogil=True, error_model="numpy")(module.entry_c)
+        store = directory.parent / "objects"
+        store.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=directory) as tmp:
+            tmpdir = Path(tmp)
+            data, undefined = _emit(entry._library)  # noqa: SLF001
+            objects = [tmpdir / "entry.o"]
+            objects[0].write_bytes(data)
+            names = []
+            for helper in thunks:
+                obj, name, more = _thunk_object(helper, dtype, store)
+                objects.append(obj)
+                names.append(name)
+                undefined += more
+            stubs = tmpdir / "stubs.c"
+            stubs.write_text("#include <stdlib.h>\n" + "".join(
+                f"void {name}(void) {{ abort(); }}\n" for name in sorted(set(undefined))))
+            out = tmpdir / LIBRARY
+            subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(out), *map(str, objects), str(stubs), "-lm"],
+                           check=True, capture_output=True, timeout=120)
+            target = directory / LIBRARY
+            os.replace(out, target)
+        return {"library": LIBRARY, "library_sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
+                "entry": entry.native_name, "thunks": names, "n_args": entry_c_signature(module).count("int64") - 1}
+    except (OSError, subprocess.SubprocessError, RuntimeError, ValueError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        logger.info("no prebuilt library for %s (%s: %s %s); later processes use numba's cache", directory,
+                    type(exc).__name__, exc, detail.decode(errors="replace")[-500:])
+        with contextlib.suppress(OSError):
+            (directory / LIBRARY).unlink()
+        return None
+
+
+def _has_ir(dispatcher) -> bool:
+    """Whether every compiled version of a dispatcher still has its LLVM IR (not loaded from numba's cache)."""
+    try:
+        return all(any(True for _ in cres.library._final_module.functions)  # noqa: SLF001
+                   for cres in dispatcher.overloads.values())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _fresh_module(module):
+    """The generated module executed again without numba's cache, so that its code is compiled anew."""
+    import types
+
+    source = Path(module.__file__).read_text().replace("cache=True", "cache=False")
+    fresh = types.ModuleType(module.__name__ + "_aot")
+    fresh.__file__ = module.__file__
+    exec(compile(source, module.__file__, "exec"), fresh.__dict__)  # noqa: S102 - our own generated source
+    return fresh
+
+
+def load_library(directory: Path, info: dict) -> Optional[tuple[object, list[int]]]:
+    """(entry function, thunk addresses) from a verified ``graph.so``, or None (numba's path then)."""
+    path = directory / info.get("library", LIBRARY)
+    try:
+        if hashlib.sha256(path.read_bytes()).hexdigest() != info.get("library_sha256"):
+            logger.warning("cache entry %s: prebuilt library is damaged; ignoring it", directory)
+            return None
+        lib = ctypes.CDLL(str(path))
+        fn = lib[info["entry"]]
+        fn.argtypes = [ctypes.c_int64] * int(info["n_args"])
+        fn.restype = ctypes.c_int64
+        addresses = [int(ctypes.cast(lib[name], ctypes.c_void_p).value) for name in info["thunks"]]
+    except (OSError, KeyError, AttributeError, TypeError, ValueError) as exc:
+        logger.info("cache entry %s: prebuilt library not usable (%s); using numba's cache", directory, exc)
+        return None
+    fn._keydnn_library = lib  # keep the library loaded as long as the function lives
+    return fn, addresses

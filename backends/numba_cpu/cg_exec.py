@@ -1,0 +1,300 @@
+"""The code-generating executable: one compiled entry per graph and per-sample input shapes.
+
+Compiling is eager for the graph's declared shapes (only the batch is
+symbolic, and the batch is a runtime argument of the generated code), so a
+model's first call does not pay for it; other per-sample shapes compile on
+first use. A call checks and converts the inputs, allocates the outputs and
+calls the entry once: there is no per-layer Python. Arena and scheduler state
+are per thread, so concurrent calls never share scratch.
+
+The entry is either numba's (``jit``: a dispatcher taking arrays) or a
+prebuilt library's (``aot``: a C function taking addresses, called through
+ctypes); this module imports numba only for the former.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from keydnn.backends.numba_cpu.cg_cache import cache_enabled, load_program
+from keydnn.backends.numba_cpu.cg_emit_misc import EMITTERS_MISC
+from keydnn.backends.numba_cpu.cg_emit_nn import EMITTERS_NN
+from keydnn.backends.numba_cpu.cg_source import state_size
+from keydnn.backends.numba_cpu.cg_thunks import yield_address
+from keydnn.backends.numba_cpu.codegen import Program, Unsupported, generate
+from keydnn.backends.numba_cpu.cpu import native_lanes, thread_count
+from keydnn.errors import BackendError
+from keydnn.ir.graph import Graph
+
+__all__ = ["CodegenExecutable", "EMITTERS", "PARALLEL_MIN_WORK", "MAX_THREADS"]
+
+logger = logging.getLogger(__name__)
+
+#: op kind -> code generator (the codegen twin of lowering.KERNELS).
+EMITTERS = {**EMITTERS_NN, **EMITTERS_MISC}
+#: A call whose estimated work (flops or element moves) is below this runs on the calling thread only.
+PARALLEL_MIN_WORK = 1 << 19
+#: Threads a call uses at most (numba's own thread count caps it too).
+MAX_THREADS = 8
+_THREADS = max(1, min(thread_count(), MAX_THREADS))
+#: ``KEYDNN_CPU_PROFILE=1`` generates code that counts the cycles each stage takes (see ``stage_profile``).
+PROFILE = os.environ.get("KEYDNN_CPU_PROFILE", "") not in ("", "0")
+#: Prebuilt libraries (``cg_aot``) on; ``KEYDNN_AOT=0`` turns them off.
+AOT = True
+
+
+class _LazyCompile:
+    """compile_fn for the cache: imports numba (``cg_jit``) only when something must be compiled."""
+
+    def __init__(self, n_in: int, n_out: int, dtype: np.dtype) -> None:
+        self.args = (n_in, n_out, dtype)
+
+    def __call__(self, module) -> None:
+        from keydnn.backends.numba_cpu.cg_jit import compile_entry_for
+
+        compile_entry_for(*self.args)(module)
+
+
+class _LazyAot:
+    """AOT hooks that import the builder (numba, llvmlite) only to build."""
+
+    def __init__(self, thunks: list[str], dtype: np.dtype) -> None:
+        self.thunks, self.dtype = thunks, dtype
+
+    def build(self, module, directory):
+        from keydnn.backends.numba_cpu.cg_jit import Aot
+
+        return Aot(self.thunks, self.dtype).build(module, directory)
+
+    def load(self, directory, info):
+        from keydnn.backends.numba_cpu.cg_aot import load_library
+
+        return load_library(directory, info)
+
+
+@dataclass
+class _Variant:
+    """One compiled entry: ``fn`` called as ``fn(tid, nthr, gen, n, *io, *tail)``."""
+
+    program: Program
+    key: tuple
+    fn: object
+    aot: bool  # io and tail are addresses (a prebuilt library's C function)
+    thunks: np.ndarray  # F: addresses of the helpers the code calls (slot 0: the OS's yield)
+
+    def tail(self, arena: np.ndarray, state: np.ndarray) -> tuple:
+        p = self.program
+        arrays = (p.weights, p.params, p.tables, arena, state, self.thunks)
+        return tuple(a.ctypes.data for a in arrays) if self.aot else arrays
+
+    def io(self, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> tuple:
+        if self.aot:
+            return (*[a.ctypes.data for a in inputs], *[o.ctypes.data for o in outputs])
+        return (*[a.reshape(-1) for a in inputs], *[o.reshape(-1) for o in outputs])
+
+
+class _Helpers:
+    """Threads that join calls as ``tid > 0`` (numba's own thread pool would need a parallel entry,
+    whose compile links every helper again). One queue per thread; a job is (entry, args)."""
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._queues: list = []
+        self._lock = threading.Lock()
+
+    def submit(self, count: int, entry, args_for) -> None:
+        if self._pid != os.getpid() or len(self._queues) < count:
+            self._start(count)
+        for tid in range(1, count + 1):
+            self._queues[tid - 1].put((entry, args_for(tid)))
+
+    def _start(self, count: int) -> None:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._queues, self._pid = [], os.getpid()
+            while len(self._queues) < count:
+                q: queue.SimpleQueue = queue.SimpleQueue()
+                t = threading.Thread(target=_helper_loop, args=(q,), name=f"keydnn-cpu-{len(self._queues) + 1}",
+                                     daemon=True)
+                self._queues.append(q)
+                t.start()
+
+
+def _helper_loop(q: "queue.SimpleQueue") -> None:
+    while True:
+        entry, args = q.get()
+        try:
+            entry(*args)
+        except Exception:  # noqa: BLE001 - the caller's own thread reports errors
+            logger.exception("numba-cpu helper thread failed")
+
+
+_HELPERS = _Helpers()
+
+
+@dataclass
+class _CallPlan:
+    var: _Variant
+    n: int
+    out_shapes: list[tuple[int, ...]]
+    nthr: int
+    tail: tuple  # W, D, T, arena, state, F (arrays, or their addresses)
+    arena: np.ndarray
+    state: np.ndarray
+
+
+#: Input-shape keys whose call plans (and buffers) one thread keeps.
+MAX_CACHED_SHAPES = 8
+
+
+class CodegenExecutable:
+    """Compiled form of one graph: generated, shape-specialized numba code behind one entry call."""
+
+    mode = "codegen"
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self._dtypes = tuple(v.type.np_dtype for v in graph.inputs)
+        self._n_inputs = len(graph.inputs)
+        self.dtype = self._dtypes[0] if self._dtypes else np.dtype("float32")
+        self._variants: dict[tuple, _Variant] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        static = [v.type.shape[1:] for v in graph.inputs]
+        if all(isinstance(d, int) for s in static for d in s):
+            key = (tuple(tuple(s) for s in static), (True,) * len(static))
+            self._variant(key)  # raises Unsupported for graphs the generator does not handle
+
+    # -- compiling ------------------------------------------------------------
+    def _variant(self, key: tuple) -> _Variant:
+        var = self._variants.get(key)
+        if var is not None:
+            return var
+        with self._lock:
+            var = self._variants.get(key)
+            if var is None:
+                var = self._build(key)
+                self._variants[key] = var
+        return var
+
+    def _build(self, key: tuple) -> _Variant:
+        samples, batched = key
+        dtype = self.dtype
+        program = generate(self.graph, samples, batched, lanes=native_lanes(str(dtype)), emitters=EMITTERS,
+                           profile=PROFILE)
+        n_in, n_out = len(self.graph.inputs), len(self.graph.outputs)
+        helpers = program.thunks[1:]
+        aot = None
+        if cache_enabled() and AOT and not PROFILE:
+            from keydnn.backends.numba_cpu.cg_aot import aot_enabled
+
+            if aot_enabled():
+                aot = _LazyAot(helpers, dtype)
+        loaded = load_program(program.source, self.graph.name, _LazyCompile(n_in, n_out, dtype), aot)
+        if loaded.kind == "aot":
+            thunks = np.array([yield_address(), *loaded.thunks], dtype=np.int64)
+            return _Variant(program, key, loaded.entry, True, thunks)
+        from keydnn.backends.numba_cpu.cg_jit import thunk_addresses
+
+        thunks = np.array([yield_address(), *thunk_addresses(helpers, dtype)], dtype=np.int64)
+        return _Variant(program, key, loaded.module.entry, False, thunks)
+
+    @property
+    def source(self) -> str:
+        """The generated source of the graph's declared shapes (for inspection and debugging)."""
+        return next(iter(self._variants.values())).program.source
+
+    # -- running --------------------------------------------------------------
+    def _plan(self, shapes: tuple, arrays: list[np.ndarray]) -> "_CallPlan":
+        """What calls with these input shapes need on this thread: variant, outputs, threads, buffers."""
+        n, key = self._key(arrays)
+        var = self._variants.get(key) or self._variant(key)
+        prog = var.program
+        nthr = 1 if n * prog.work_per_sample < PARALLEL_MIN_WORK else _THREADS
+        arena = np.empty(n * prog.arena_per_sample + prog.arena_fixed + nthr * prog.scratch_per_thread + 64,
+                         dtype=self.dtype)
+        state = np.zeros(state_size(prog.n_stages), dtype=np.int64)
+        plan = _CallPlan(var, n, [((n if b else 1),) + sample for _, sample, b in prog.outputs], nthr,
+                         var.tail(arena, state), arena, state)
+        plans = self._local.plans
+        if len(plans) >= MAX_CACHED_SHAPES:
+            plans.pop(next(iter(plans)))
+        plans[shapes] = plan
+        return plan
+
+    def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        if len(inputs) != self._n_inputs:
+            raise ValueError(f"graph {self.graph.name!r} takes {self._n_inputs} inputs, got {len(inputs)}")
+        arrays = []
+        for a, dt in zip(inputs, self._dtypes):
+            # the entry is compiled for writable C-contiguous arrays of the graph's dtype; anything else is
+            # copied once here rather than compiling another specialization
+            if type(a) is not np.ndarray or a.dtype != dt or not a.flags.c_contiguous or not a.flags.writeable:
+                a = np.array(a, dtype=dt, order="C")
+            arrays.append(a)
+        local = self._local
+        try:
+            plans = local.plans
+        except AttributeError:
+            plans = local.plans = {}
+            local.gen = 0
+        shapes = tuple(a.shape for a in arrays)
+        plan = plans.get(shapes) or self._plan(shapes, arrays)
+        local.gen = gen = local.gen + 1  # never reused: a late helper thread recognizes a finished call
+        dtype = self.dtype
+        outs = [np.empty(shape, dtype=dtype) for shape in plan.out_shapes]
+        var = plan.var
+        args = (*var.io(arrays, outs), *plan.tail)
+        n, nthr, entry = plan.n, plan.nthr, var.fn
+        if nthr > 1:
+            _HELPERS.submit(nthr - 1, entry, lambda tid: (tid, nthr, gen, n, *args))
+        entry(0, nthr, gen, n, *args)
+        return outs
+
+    def stage_profile(self) -> list[tuple[str, list[int], list[int]]]:
+        """Per stage of the calling thread's buffers: (description, busy cycles per thread, waiting cycles
+        per thread), accumulated over calls since compiling with ``KEYDNN_CPU_PROFILE=1``."""
+        from keydnn.backends.numba_cpu.cg_source import STATE_STRIDE, _CONTROL
+
+        rows = []
+        for plan in getattr(self._local, "plans", {}).values():
+            var, state = plan.var, plan.state
+            for k, desc in enumerate(var.program.stages):
+                claim = (k + _CONTROL) * STATE_STRIDE
+                done = claim + STATE_STRIDE // 2
+                rows.append((desc, [int(v) for v in state[claim + 1: claim + 4]],
+                             [int(v) for v in state[done + 1: done + 4]]))
+        return rows
+
+    def _key(self, arrays: list[np.ndarray]) -> tuple[int, tuple]:
+        """Batch size and variant key; checks every input against its declared type."""
+        leads = [a.shape[0] if a.ndim else 0 for a in arrays]
+        n = max(leads) if leads else 1
+        for v, a in zip(self.graph.inputs, arrays):
+            if not v.type.matches(a.shape):
+                raise ValueError(f"input %{v.name} has shape {a.shape}, graph expects {v.type}")
+            if a.shape[0] not in (1, n):
+                raise ValueError(f"input %{v.name} has batch {a.shape[0]}, other inputs {n}")
+        batched = tuple(lead == n for lead in leads)
+        return n, (tuple(a.shape[1:] for a in arrays), batched)
+
+    def __repr__(self) -> str:
+        return f"CodegenExecutable({self.graph.name!r}, {len(self._variants)} compiled shape(s))"
+
+
+def try_codegen(graph: Graph) -> Optional[CodegenExecutable]:
+    """The codegen executable, or None (logged) for a graph the generator does not handle."""
+    try:
+        return CodegenExecutable(graph)
+    except Unsupported as exc:
+        logger.info("graph %r runs on the per-op kernels: %s", graph.name, exc)
+        return None
+    except BackendError:
+        raise

@@ -1,0 +1,58 @@
+"""The numba side of the code generator: compile a generated module, and link its prebuilt library.
+
+Kept apart from ``cg_exec`` so that running a graph from a prebuilt library
+(``cg_aot``) never imports numba.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numba
+import numpy as np
+
+from keydnn.backends.numba_cpu import cg_aot
+from keydnn.backends.numba_cpu.cg_cache import AotHooks
+from keydnn.backends.numba_cpu.cg_thunks import helper_address
+
+__all__ = ["entry_signature", "compile_entry_for", "thunk_addresses", "Aot"]
+
+logger = logging.getLogger(__name__)
+
+
+def entry_signature(n_in: int, n_out: int, dtype: np.dtype):
+    """``entry(tid, nthr, gen, N, x..., y..., W, D, T, A, S, F)``: flat C-contiguous arrays."""
+    arr = numba.types.Array(numba.from_dtype(dtype), 1, "C")
+    f64 = numba.types.Array(numba.float64, 1, "C")
+    i64 = numba.types.Array(numba.int64, 1, "C")
+    args = [numba.int64] * 4 + [arr] * (n_in + n_out) + [arr, f64, i64, arr, i64, i64]
+    return numba.int64(*args)
+
+
+def compile_entry_for(n_in: int, n_out: int, dtype: np.dtype):
+    sig = entry_signature(n_in, n_out, dtype)
+
+    def compile_entry(module) -> None:
+        module.entry.compile(sig)
+
+    return compile_entry
+
+
+def thunk_addresses(thunks: list[str], dtype: np.dtype) -> list[int]:
+    """Addresses of the thunks a program calls (slot 0, the OS's yield, is the caller's)."""
+    return [helper_address(h, str(dtype)) for h in thunks]
+
+
+class Aot(AotHooks):
+    """Build prebuilt libraries after compiling (``cg_aot.build_library``)."""
+
+    def __init__(self, thunks: list[str], dtype: np.dtype) -> None:
+        self.thunks, self.dtype = thunks, str(dtype)
+
+    def build(self, module, directory: Path) -> Optional[dict]:
+        return cg_aot.build_library(module, self.thunks, self.dtype, directory)
+
+    def load(self, directory: Path, info: dict):
+        return cg_aot.load_library(directory, info)

@@ -1,0 +1,62 @@
+"""``compile_graph``: the backend's entry point, and its two execution modes.
+
+Numba-free on purpose: a graph whose generated code was prebuilt into a
+library (``cg_aot``) is loaded and run without importing the JIT; the per-op
+kernels (and numba) are imported only when something needs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+from keydnn.errors import BackendError
+from keydnn.ir.graph import Graph
+
+__all__ = ["MODES", "default_mode", "compile_graph", "load_kernels"]
+
+logger = logging.getLogger(__name__)
+
+#: Execution modes of ``compile_graph``: whole-graph generated code, or one kernel per op (debugging).
+MODES = ("codegen", "ops")
+
+
+def default_mode() -> str:
+    """``$KEYDNN_CPU_MODE`` ("codegen" or "ops"), else "codegen"."""
+    mode = os.environ.get("KEYDNN_CPU_MODE", "codegen").strip().lower() or "codegen"
+    if mode not in MODES:
+        raise BackendError(f"KEYDNN_CPU_MODE={mode!r} is not a numba-cpu mode; use one of {', '.join(MODES)}")
+    return mode
+
+
+def load_kernels() -> None:
+    """Import every per-op kernel module (each registers its lowerings in ``lowering.KERNELS``)."""
+    from keydnn.backends.numba_cpu import (  # noqa: F401
+        kernels_conv, kernels_dense, kernels_elementwise, kernels_merge, kernels_norm, kernels_pool, kernels_shape,
+        kernels_spatial,
+    )
+
+
+def compile_graph(graph: Graph, mode: Optional[str] = None):
+    """Compile a verified, typed, channels-first graph for the CPU.
+
+    ``mode="codegen"`` (the default, or ``$KEYDNN_CPU_MODE``) generates one
+    shape-specialized numba function for the whole graph; a graph it does not
+    handle (mixed dtypes, a transpose that moves the batch axis) runs on the
+    per-op kernels instead. ``mode="ops"`` always runs one kernel per op, with
+    the Python loop between them (slower at small batch; easier to debug).
+    """
+    mode = default_mode() if mode is None else mode
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "codegen":
+        from keydnn.backends.numba_cpu.cg_exec import try_codegen
+
+        exe = try_codegen(graph)
+        if exe is not None:
+            return exe
+    load_kernels()
+    from keydnn.backends.numba_cpu.executor import NumbaCpuExecutable
+
+    return NumbaCpuExecutable(graph)

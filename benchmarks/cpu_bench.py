@@ -1,0 +1,289 @@
+"""CPU benchmark: keydnn (numba-cpu) against TensorFlow and ONNX Runtime, run by hand (not in CI).
+
+    pip install -e ".[bench]"          # onnxruntime, tf2onnx, tensorflow-cpu
+    python benchmarks/cpu_bench.py     # prints the table; --readme writes it into README.md
+
+Models (random weights, fixed seeds): the seed CNN (1x28x28 channels_first),
+a channels_last CIFAR-style CNN (32x32x3) and an MLP (784-512-512-10), at
+batch 1 and 64. Every framework runs the same Keras model:
+
+* keydnn: ``keydnn.from_keras(model, allow_non_linear_activation=True)``
+  (default pass pipeline, default numba-cpu mode: generated code);
+* TensorFlow: the model call wrapped in ``tf.function`` with a fixed input signature;
+* ONNX Runtime: the same ``tf.function`` exported with
+  ``tf2onnx.convert.from_function`` (opset 17), ``SessionOptions`` with
+  ``intra_op_num_threads=2`` (``inter_op_num_threads=1``).
+
+Latency is the median of many single calls, measured in alternating rounds
+(keydnn, ORT, TF, keydnn, ...) so that background load affects all three
+alike. Cold start runs a fresh interpreter that imports keydnn, loads the
+saved artifact and runs one inference, with a warm compile cache (compiled
+before) and a cold one (an empty ``KEYDNN_CACHE_DIR``), reporting wall time
+and the process's peak RSS (``VmHWM``: ``getrusage``'s ``ru_maxrss`` would count the
+benchmark's own memory, inherited across the fork).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+BATCHES = (1, 64)
+
+
+def build_models():
+    import tensorflow as tf
+
+    keras = tf.keras
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    seed = keras.Sequential([
+        L.Input((1, 28, 28)), L.Conv2D(8, 3, padding="same", data_format="channels_first"), L.ReLU(),
+        L.MaxPooling2D(2, data_format="channels_first"),
+        L.Conv2D(16, 3, padding="same", data_format="channels_first"), L.ReLU(),
+        L.GlobalAveragePooling2D(data_format="channels_first"), L.Flatten(), L.Dense(10), L.Softmax(),
+    ], name="seed_cnn")
+    cifar = keras.Sequential([
+        L.Input((32, 32, 3)), L.Conv2D(32, 3, padding="same"), L.BatchNormalization(), L.ReLU(),
+        L.Conv2D(32, 3, padding="same", activation="relu"), L.MaxPooling2D(2),
+        L.Conv2D(64, 3, padding="same", activation="relu"), L.Conv2D(64, 3, padding="same", activation="relu"),
+        L.MaxPooling2D(2), L.Flatten(), L.Dense(128, activation="relu"), L.Dropout(0.5), L.Dense(10), L.Softmax(),
+    ], name="cifar_cnn")
+    # non-trivial batch-norm statistics, so that folding it is exercised
+    bn = cifar.layers[1]
+    rng = np.random.default_rng(1)
+    bn.set_weights([rng.uniform(0.5, 1.5, 32), rng.normal(0, 0.1, 32), rng.normal(0, 0.1, 32),
+                    rng.uniform(0.5, 1.5, 32)])
+    mlp = keras.Sequential([
+        L.Input((784,)), L.Dense(512, activation="relu"), L.Dense(512, activation="relu"), L.Dense(10), L.Softmax(),
+    ], name="mlp")
+    return {"seed CNN": seed, "CIFAR CNN": cifar, "MLP": mlp}
+
+
+def tf_runner(model) -> tuple[Callable, object]:
+    import tensorflow as tf
+
+    spec = (tf.TensorSpec((None,) + tuple(model.inputs[0].shape[1:]), tf.float32, name="x"),)
+    fn = tf.function(lambda x: model(x, training=False), input_signature=spec)
+    return (lambda x: fn(x).numpy()), (fn, spec)
+
+
+def ort_runner(fn_spec) -> Callable:
+    import onnxruntime as ort
+    import tf2onnx
+
+    fn, spec = fn_spec
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=17)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x})[0]
+
+
+def measure(runners: dict[str, Callable], x: np.ndarray, seconds: float) -> dict[str, float]:
+    """Median latency (ms) of each runner, in alternating rounds."""
+    samples: dict[str, list[float]] = {k: [] for k in runners}
+    for f in runners.values():  # warm up
+        for _ in range(5):
+            f(x)
+    rounds = 7
+    per_round = seconds / rounds / len(runners)
+    for _ in range(rounds):
+        for name, f in runners.items():
+            end = time.perf_counter() + per_round
+            while True:
+                t = time.perf_counter()
+                f(x)
+                dt = time.perf_counter() - t
+                samples[name].append(dt)
+                if t + dt > end and len(samples[name]) >= 5:
+                    break
+    return {k: float(np.median(v)) * 1e3 for k, v in samples.items()}
+
+
+_PEAK = """
+def peak_mib():
+    # VmHWM: the high-water mark of this process image (ru_maxrss would include the pre-exec parent)
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024.0
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+"""
+
+_CHILD = _PEAK + """
+import sys, time
+t0 = time.perf_counter()
+import numpy as np
+import keydnn
+m = keydnn.load(sys.argv[1])
+x = np.load(sys.argv[2])
+y = m(x)
+t1 = time.perf_counter()
+print("RESULT", t1 - t0, peak_mib())
+"""
+
+_CHILD_ORT = _PEAK + """
+import sys, time
+t0 = time.perf_counter()
+import numpy as np
+import onnxruntime as ort
+so = ort.SessionOptions(); so.intra_op_num_threads = 2; so.inter_op_num_threads = 1
+s = ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
+x = np.load(sys.argv[2])
+y = s.run(None, {s.get_inputs()[0].name: x})
+t1 = time.perf_counter()
+print("RESULT", t1 - t0, peak_mib())
+"""
+
+
+def cold_start(artifact: Path, x_path: Path, cache_dir: Path, script: str = _CHILD, runs: int = 3) -> tuple[float, float]:
+    """(median seconds, max peak RSS MiB) of a fresh interpreter loading the artifact and running once."""
+    env = {**os.environ, "KEYDNN_CACHE_DIR": str(cache_dir)}
+    times, rss = [], []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, "-c", script, str(artifact), str(x_path)], env=env,
+                             capture_output=True, text=True, check=True).stdout
+        line = next(ln for ln in out.splitlines() if ln.startswith("RESULT"))
+        _, t, r = line.split()
+        times.append(float(t))
+        rss.append(float(r))
+    return float(np.median(times)), max(rss)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def run(seconds: float, cold_runs: int) -> tuple[str, dict]:
+    import keydnn
+    import numba
+    import onnxruntime
+    import tensorflow as tf
+
+    models = build_models()
+    rows, data = [], {"machine": machine(), "latency": {}, "cold": {}}
+    tmp = Path(tempfile.mkdtemp(prefix="keydnn-bench-"))
+    artifacts = {}
+    for name, model in models.items():
+        km = keydnn.from_keras(model, allow_non_linear_activation=True)
+        tf_call, fn_spec = tf_runner(model)
+        ort_call = ort_runner(fn_spec)
+        artifacts[name] = km
+        for batch in BATCHES:
+            rng = np.random.default_rng(batch)
+            x = rng.standard_normal((batch,) + tuple(model.inputs[0].shape[1:])).astype(np.float32)
+            ref = tf_call(x)
+            for who, f in (("keydnn", km), ("onnxruntime", ort_call)):
+                err = float(np.abs(np.asarray(f(x)) - ref).max())
+                if err > 1e-4:
+                    raise AssertionError(f"{who} disagrees with TensorFlow on {name} batch {batch}: {err:.2e}")
+            t = measure({"keydnn": km, "onnxruntime": ort_call, "tensorflow": tf_call}, x, seconds)
+            data["latency"][f"{name}/{batch}"] = t
+            rows.append((name, batch, t))
+            print(f"{name:10s} batch {batch:3d}: keydnn {t['keydnn']:.4f} ms  ORT {t['onnxruntime']:.4f} ms  "
+                  f"TF {t['tensorflow']:.4f} ms", flush=True)
+
+    # cold start of the CIFAR CNN: a fresh process loads the artifact and runs one inference
+    cifar = artifacts["CIFAR CNN"]
+    art = tmp / "cifar.json"
+    cifar.save(art)
+    x1 = tmp / "x1.npy"
+    np.save(x1, np.zeros((1, 32, 32, 3), np.float32))
+    warm_dir = tmp / "cache-warm"
+    cold_start(art, x1, warm_dir, runs=1)  # fills the cache
+    warm = cold_start(art, x1, warm_dir, runs=cold_runs)
+    cold_times, cold_rss = [], []
+    for i in range(cold_runs):
+        t, r = cold_start(art, x1, tmp / f"cache-cold-{i}", runs=1)
+        cold_times.append(t)
+        cold_rss.append(r)
+    cold = (float(np.median(cold_times)), max(cold_rss))
+    import tf2onnx
+
+    onnx_path = tmp / "cifar.onnx"
+    fn, spec = tf_runner(models["CIFAR CNN"])[1]
+    tf2onnx.convert.from_function(fn, input_signature=spec, opset=17, output_path=str(onnx_path))
+    ort_cold = cold_start(onnx_path, x1, warm_dir, script=_CHILD_ORT, runs=cold_runs)
+    data["cold"] = {"keydnn warm cache": warm, "keydnn cold cache": cold, "onnxruntime": ort_cold}
+    versions = (f"keydnn {keydnn.__version__}, numba {numba.__version__}, onnxruntime {onnxruntime.__version__}, "
+                f"TensorFlow {tf.__version__}")
+    return render(rows, data, versions), data
+
+
+def render(rows, data, versions: str) -> str:
+    lines = [
+        f"Measured by `python benchmarks/cpu_bench.py` on this project's 2-core machine ({data['machine']}); "
+        f"{versions}. Median latency per call in ms (lower is better); ratios are keydnn's time over the "
+        "other's (below 1: keydnn is faster). ONNX Runtime uses 2 intra-op threads; keydnn uses up to 2 threads.",
+        "",
+        "| model | batch | keydnn | ONNX Runtime | TensorFlow | keydnn / ORT | keydnn / TF |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, batch, t in rows:
+        k, o, f = t["keydnn"], t["onnxruntime"], t["tensorflow"]
+        lines.append(f"| {name} | {batch} | {k:.3f} | {o:.3f} | {f:.3f} | {k / o:.2f} | {k / f:.2f} |")
+    cold = data["cold"]
+    lines += [
+        "",
+        "Cold start of the CIFAR CNN (a fresh `python` process: import, load the artifact, one batch-1 inference; "
+        "median wall time, peak RSS):",
+        "",
+        "| | time (s) | peak RSS (MiB) |",
+        "|---|---:|---:|",
+    ]
+    for label, (t, r) in cold.items():
+        lines.append(f"| {label} | {t:.2f} | {r:.0f} |")
+    return "\n".join(lines)
+
+
+def write_readme(table: str) -> None:
+    text = README.read_text()
+    new = re.sub(r"(<!-- bench:start -->\n).*?(<!-- bench:end -->)", lambda m: m.group(1) + table + "\n" + m.group(2),
+                 text, flags=re.S)
+    README.write_text(new)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=6.0, help="measuring time per (model, batch)")
+    parser.add_argument("--cold-runs", type=int, default=3)
+    parser.add_argument("--readme", action="store_true", help="write the table into README.md")
+    parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    args = parser.parse_args()
+    table, data = run(args.seconds, args.cold_runs)
+    print()
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=1))
+    if args.readme:
+        write_readme(table)
+
+
+if __name__ == "__main__":
+    main()
