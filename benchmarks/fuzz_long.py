@@ -18,6 +18,12 @@ with ``KerasInteropError`` / ``ArtifactError`` whose message names the file;
 no other exception, no hang (``--timeout`` s per input), no input that grows
 the worker's peak memory by more than ``--mem-mb``, no crash of the process.
 
+A hang is almost always libhdf5 looping forever inside one C call on a
+corrupt ``.h5`` (nothing in the process can interrupt it); after the run each
+hang input is re-read with ``read_keras_file(..., isolate=True)`` (a child
+process with a time limit) to confirm keydnn's mitigation refuses it
+(``--isolation-timeout``; 0 skips the check).
+
 Inputs are generated from ``random.Random(f"{seed}/{target}/{index}")``, so
 a finding is reproduced from ``--seed`` and its index alone. Each chunk of
 inputs runs in a worker subprocess; a worker killed by a signal (a crash in
@@ -278,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds one input may take (default 20)")
     parser.add_argument("--mem-mb", type=int, default=1024, help="peak-RSS growth one input may cause (MiB)")
     parser.add_argument("--out", type=Path, default=None, help="findings and summary.json (default: a temp dir)")
+    parser.add_argument("--isolation-timeout", type=float, default=5.0,
+                        help="re-read each hang with the isolated reader under this limit (0: skip)")
     parser.add_argument("--reproduce", metavar="TARGET:INDEX", help="re-run one input in this process")
     parser.add_argument("--worker", nargs=3, metavar=("TARGET", "START", "END"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -321,7 +329,31 @@ def main(argv: list[str] | None = None) -> int:
     for thread in threads:
         thread.join()
     total = time.perf_counter() - t0
+    if args.isolation_timeout > 0:
+        check_hangs_isolated(args, stats)
     return report(args, targets, stats, wall, total)
+
+
+def check_hangs_isolated(args: argparse.Namespace, stats: Stats) -> None:
+    """Mark each hang finding with whether the isolated reader refuses that input in bounded time."""
+    from keydnn.errors import KerasInteropError
+    from keydnn.frontends.keras.reader import read_keras_file
+
+    for target, findings in stats.findings.items():
+        for finding in findings:
+            if finding["what"] != "hang" or "saved" not in finding:
+                continue
+            path = next((p for p in Path(finding["saved"]).iterdir() if p.name.startswith("model.")), None)
+            if path is None:
+                continue
+            t0 = time.perf_counter()
+            try:
+                read_keras_file(path, isolate=True, timeout=args.isolation_timeout)
+                verdict = "accepted by the isolated reader"
+            except KerasInteropError as exc:
+                verdict = "refused by the isolated reader" + (
+                    " (stopped at its time limit)" if "did not finish" in str(exc) else "")
+            finding["isolated"] = f"{verdict} in {time.perf_counter() - t0:.1f} s"
 
 
 def report(args: argparse.Namespace, targets: list[str], stats: Stats, wall: dict, total: float) -> int:
@@ -354,6 +386,9 @@ def report(args: argparse.Namespace, targets: list[str], stats: Stats, wall: dic
         for sig, count in by_sig.most_common():
             first = next(f["index"] for f in stats.findings[target] if f"{f['what']}: {f['signature']}" == sig)
             print(f"  {target}: FINDING x{count} (first index {first}): {sig}")
+        isolated = Counter(f["isolated"].split(" in ")[0] for f in stats.findings[target] if "isolated" in f)
+        if isolated:
+            print(f"  {target}: hangs re-read in a child process: {dict(isolated)}")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(f"\ntotal wall {total:.1f} s; summary in {args.out / 'summary.json'}"
           + (f"; findings in {args.out / 'findings'}" if found else "; no findings"))

@@ -528,6 +528,29 @@ def test_corrupt_zip_member(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(KerasInteropError, match=str(path).replace("\\", "\\\\")):
         read_keras_file(path)
+    # Named as what it is -- a damaged archive member -- not as an unexpected internal error.
+    _assert_refused(path, "archive member 'model.weights.h5' is corrupt or unreadable", "CRC")
+
+
+def test_corrupt_hdf5_structure_is_named_as_corruption(tmp_path: Path) -> None:
+    """libhdf5 reports damage from whichever call meets it (RuntimeError, KeyError, OSError...).
+
+    Wherever the damage is, the file is read or refused with a message saying
+    what is wrong -- never the reader's generic wrapper for unexpected errors.
+    """
+    source = _hand_h5(tmp_path / "m.h5", ["d/kernel:0"], {"d/kernel:0": np.ones((3, 2), "float32")}).read_bytes()
+    path = tmp_path / "damaged.h5"
+    corrupt = 0
+    for start in range(0, len(source), 211):
+        data = bytearray(source)
+        data[start : start + 64] = b"\xff" * 64
+        path.write_bytes(bytes(data))
+        try:
+            read_keras_file(path)
+        except KerasInteropError as exc:
+            assert "unreadable or malformed model file" not in str(exc), (start, str(exc))
+            corrupt += "corrupt" in str(exc)
+    assert corrupt > 0
 
 
 def test_zip_without_config_json(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ import numpy as np
 from ...errors import KerasInteropError, Problem
 from .spec import LayerSpec, ModelSpec
 
-__all__ = ["normalize_layer_config", "read_keras_file", "read_live_model"]
+__all__ = ["normalize_layer_config", "read_keras_file", "read_keras_file_isolated", "read_live_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -1072,13 +1072,25 @@ def _read_h5(path: Path, where: str) -> ModelSpec:
 # --------------------------------------------------------------------------- #
 
 
-def read_keras_file(path: str | os.PathLike[str]) -> ModelSpec:
+def read_keras_file(
+    path: str | os.PathLike[str], *, isolate: bool | None = None, timeout: float | None = None
+) -> ModelSpec:
     """Read a ``.keras`` zip or Keras ``.h5`` file into a ``ModelSpec``.
 
     The format is detected from the first bytes (zip vs HDF5 magic), so a
     misnamed file is still read correctly. Never imports TensorFlow. Every
     failure is a ``KerasInteropError`` naming the file and the problem.
+
+    ``isolate=True`` parses the file in a child process (see
+    ``read_keras_file_isolated``): libhdf5 can spin forever or crash on some
+    corrupt files, which no in-process check can interrupt. The default comes
+    from the environment variable ``KEYDNN_ISOLATE_READER`` ("1" to isolate);
+    ``timeout`` (seconds, default ``ISOLATED_READ_TIMEOUT``) bounds the child.
     """
+    if isolate is None:
+        isolate = os.environ.get("KEYDNN_ISOLATE_READER", "") not in ("", "0")
+    if isolate:
+        return read_keras_file_isolated(path, timeout=ISOLATED_READ_TIMEOUT if timeout is None else timeout)
     try:
         fs_path = Path(os.fspath(path))
     except TypeError as exc:
@@ -1284,4 +1296,171 @@ def _read_live(model: Any, source_format: str, keras_version: str | None, where:
         input_layer_configs=tuple(
             {"name": e.name, "config": e.config} for e in parsed.entries if e.is_input
         ),
+    )
+
+
+# --------------------------------------------------------------------------- #
+# Reading in a child process
+# --------------------------------------------------------------------------- #
+
+#: Seconds a child process may take to read one file before it is killed.
+ISOLATED_READ_TIMEOUT = 120.0
+#: Address space a reading child may grow by, beyond what it has after start-up.
+ISOLATED_READ_MEMORY = 8 * 1024**3
+
+_CHILD = (
+    "import sys; from keydnn.frontends.keras.reader import _isolated_main; "
+    "sys.exit(_isolated_main(sys.argv[1], sys.argv[2]))"
+)
+
+
+def read_keras_file_isolated(
+    path: str | os.PathLike[str], *, timeout: float = ISOLATED_READ_TIMEOUT
+) -> ModelSpec:
+    """``read_keras_file`` in a child process, so that libhdf5 cannot hang or crash the caller.
+
+    Fuzzing found corrupt ``.h5`` files on which libhdf5 (1.14) loops forever
+    inside one C call that holds the GIL: no signal handler, thread or
+    Python-level timeout can stop it. The child reads the file with the same
+    code, under an address-space limit, and hands back the spec as JSON plus
+    one ``.npy`` per weight (read with ``allow_pickle=False``; nothing
+    executable crosses the boundary). A child that runs past ``timeout``
+    seconds, dies from a signal or runs out of memory becomes a
+    ``KerasInteropError`` naming the file. Costs one interpreter start-up
+    (a few tenths of a second) per file.
+    """
+    import subprocess
+    import tempfile
+
+    fs_path = Path(os.fspath(path))
+    where = f"Keras model file '{fs_path}'"
+    with tempfile.TemporaryDirectory(prefix="keydnn-read-") as out:
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", _CHILD, str(fs_path), out],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise _fail(
+                where,
+                f"reading did not finish within {timeout:g} s and was stopped "
+                "(corrupt HDF5 structures can make libhdf5 loop forever); refused",
+            ) from None
+        result = Path(out)
+        if (result / "error.json").is_file():
+            raise _from_child(where, lambda: _error_from_json((result / "error.json").read_text("utf-8")))
+        if proc.returncode != 0 or not (result / "spec.json").is_file():
+            how = (
+                f"was killed by signal {-proc.returncode}"
+                if proc.returncode < 0
+                else f"exited with status {proc.returncode}"
+            )
+            detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+            raise _fail(where, f"the process reading the file {how} (a crash in libhdf5?) {detail[0]}".rstrip())
+        spec = _from_child(where, lambda: _spec_from_dir(result))
+        assert isinstance(spec, ModelSpec)
+        return spec
+
+
+def _from_child(where: str, decode: Any) -> Any:
+    """Decode what the child wrote; anything malformed there is this file's failure, not an escape."""
+    try:
+        return decode()
+    except Exception as exc:  # noqa: BLE001 -- the child handled hostile input; trust nothing it wrote
+        raise _fail(where, f"the process reading the file returned a malformed result ({exc})") from exc
+
+
+def _isolated_main(path: str, out: str) -> int:
+    """Child side: read ``path``, write the spec (or the error) under ``out``."""
+    try:
+        import resource
+
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            vm = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        limit = vm + ISOLATED_READ_MEMORY
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (ImportError, OSError, ValueError):  # not Linux: no limit beyond the reader's own bounds
+        pass
+    target = Path(out)
+    try:
+        spec = read_keras_file(path, isolate=False)
+    except KerasInteropError as exc:
+        (target / "error.json").write_text(_error_to_json(exc), "utf-8")
+        return 0
+    _spec_to_dir(spec, target)
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=True)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+def _error_to_json(exc: KerasInteropError) -> str:
+    problems = [
+        {**{k: getattr(p, k) for k in ("message", "layer_index", "layer_name", "layer_class", "field", "supported")},
+         "value": _jsonable(p.value)}
+        for p in exc.problems
+    ]
+    return json.dumps({"summary": exc.summary, "problems": problems}, allow_nan=True)
+
+
+def _error_from_json(text: str) -> KerasInteropError:
+    doc = json.loads(text)
+    return KerasInteropError(doc["summary"], [Problem(**p) for p in doc["problems"]])
+
+
+def _spec_to_dir(spec: ModelSpec, out: Path) -> None:
+    layers = []
+    n = 0
+    for layer in spec.layers:
+        weights = []
+        for name, array in layer.weights:
+            bfloat16 = array.dtype.name == "bfloat16"
+            np.save(out / f"w{n}.npy", array.view(np.uint16) if bfloat16 else array, allow_pickle=False)
+            weights.append({"name": name, "file": f"w{n}.npy", "bfloat16": bfloat16})
+            n += 1
+        layers.append({
+            "index": layer.index, "class_name": layer.class_name, "name": layer.name, "config": layer.config,
+            "weights": weights, "module": layer.module, "registered_name": layer.registered_name,
+            "inbound_nodes": layer.inbound_nodes,
+        })
+    doc = {
+        "model_class": spec.model_class, "name": spec.name, "input_shape": list(spec.input_shape),
+        "input_dtype": spec.input_dtype, "layers": layers, "source_format": spec.source_format,
+        "keras_version": spec.keras_version, "input_layers": spec.input_layers,
+        "output_layers": spec.output_layers, "input_layer_configs": list(spec.input_layer_configs),
+    }
+    (out / "spec.json").write_text(json.dumps(doc, allow_nan=True), "utf-8")
+
+
+def _spec_from_dir(out: Path) -> ModelSpec:
+    doc = json.loads((out / "spec.json").read_text("utf-8"))
+    layers = []
+    for layer in doc["layers"]:
+        weights = []
+        for w in layer["weights"]:
+            array = np.load(out / w["file"], allow_pickle=False)
+            if w["bfloat16"]:
+                import ml_dtypes
+
+                array = array.view(ml_dtypes.bfloat16)
+            array.flags.writeable = False
+            weights.append((w["name"], array))
+        layers.append(LayerSpec(
+            index=layer["index"], class_name=layer["class_name"], name=layer["name"], config=layer["config"],
+            weights=tuple(weights), module=layer["module"], registered_name=layer["registered_name"],
+            inbound_nodes=layer["inbound_nodes"],
+        ))
+    return ModelSpec(
+        model_class=doc["model_class"], name=doc["name"], input_shape=tuple(doc["input_shape"]),
+        input_dtype=doc["input_dtype"], layers=tuple(layers), source_format=doc["source_format"],
+        keras_version=doc["keras_version"], input_layers=doc["input_layers"], output_layers=doc["output_layers"],
+        input_layer_configs=tuple(doc["input_layer_configs"]),
     )

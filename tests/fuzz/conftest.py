@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
+from .harness import KerasCheckWorker
 from .inputs import Seeds
 
 #: Multiplier of every fuzz test's example count.
@@ -47,6 +48,14 @@ def fuzz_seeds() -> Seeds:
     s = Seeds()
     _ = s.keras, s.artifacts
     return s
+
+
+@pytest.fixture(scope="session")
+def keras_worker() -> Iterator[KerasCheckWorker]:
+    """A child process judging Keras files, so a libhdf5 spin cannot stall the test run (see harness)."""
+    worker = KerasCheckWorker(timeout=5.0)  # an input takes < 0.5 s; a spin costs this long
+    yield worker
+    worker.close()
 
 
 @pytest.fixture(autouse=True)

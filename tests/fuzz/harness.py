@@ -30,7 +30,7 @@ from keydnn.errors import ArtifactError, KerasInteropError
 
 __all__ = [
     "Escape", "Hang", "time_limit", "check_read_keras", "check_from_keras", "check_load_artifact",
-    "SAFETY_NET", "escape_signature",
+    "SAFETY_NET", "escape_signature", "KerasCheckWorker",
 ]
 
 #: Text of the reader's last-resort wrapper for unexpected errors (counted, not failed, by the fuzzers).
@@ -213,3 +213,88 @@ def write_input(directory: Path, name: str, data: bytes) -> Path:
 
 def is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+# --------------------------------------------------------------------------- out-of-process checking
+
+_WORKER_CODE = r"""
+import json, sys, warnings
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+warnings.simplefilter("ignore")
+from fuzz import harness
+print("ready", flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    try:
+        path = Path(req["path"])
+        read = harness.check_read_keras(path)
+        conv = harness.check_from_keras(path, strict=req["strict"], allow_non_linear_activation=req["allow"])
+        out = {"outcome": f"read:{read}/convert:{conv}"}
+    except harness.Escape as exc:
+        out = {"escape": [exc.what, exc.signature, exc.detail]}
+    print(json.dumps(out), flush=True)
+"""
+
+
+class KerasCheckWorker:
+    """Runs ``check_read_keras`` + ``check_from_keras`` in a long-lived child process.
+
+    libhdf5 can spin forever inside one C call on some corrupt files (found
+    by the long fuzz run; whether a given file spins can even depend on heap
+    state), and nothing in the process running it can interrupt that. The
+    in-CI fuzzers therefore judge inputs in this worker: an input it does not
+    answer within ``timeout`` seconds is a ``"spin"``, the worker is replaced,
+    and the caller checks that the isolated reader refuses that input in
+    bounded time. Escapes come back as ``Escape`` exactly as in process.
+    """
+
+    def __init__(self, timeout: float = 15.0) -> None:
+        self.timeout = timeout
+        self.proc: Any = None
+        self.spins = 0
+
+    def _start(self) -> None:
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER_CODE, str(_ROOT / "tests")],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        if self._line(120) != "ready":
+            raise RuntimeError("fuzz check worker did not start")
+
+    def _line(self, timeout: float) -> str | None:
+        import select
+
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            return None
+        return self.proc.stdout.readline().decode("utf-8").strip()
+
+    def check(self, path: Path, *, strict: bool = True, allow_non_linear_activation: bool = False) -> str:
+        """'read:<outcome>/convert:<outcome>', or 'spin'; raises ``Escape`` like the in-process checks."""
+        import json
+
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        request = {"path": str(path), "strict": strict, "allow": allow_non_linear_activation}
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        self.proc.stdin.flush()
+        line = self._line(self.timeout)
+        if not line:
+            crashed = self.proc.poll() is not None
+            self.close()
+            if crashed:
+                raise Escape("the process checking the input crashed", "native crash", str(path))
+            self.spins += 1
+            return "spin"
+        reply = json.loads(line)
+        if "escape" in reply:
+            raise Escape(*reply["escape"])
+        return reply["outcome"]
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None

@@ -11,6 +11,11 @@ Escapes from the reader fail at once. Escapes from converters and passes
 ``KNOWN_CONVERTER_ESCAPES`` with the issue they are tracked in: then the
 test reports them as an expected failure that names each one, and turns
 green by itself when they are fixed.
+
+Inputs are judged in a worker process (``harness.KerasCheckWorker``):
+libhdf5 spins forever on a few corrupt files, which would otherwise stall
+the test run; such "spin" inputs are counted and printed, and the mitigation
+(the isolated reader) is tested in test_isolation.py.
 """
 
 from __future__ import annotations
@@ -37,61 +42,68 @@ KNOWN_CONVERTER_ESCAPES: dict[str, str] = {
         "an integer beyond float range (e.g. 2**63) in max_value/negative_slope: np.isfinite raises TypeError",
     "frontends/keras/convert_core.py:convert_relu:TypeError":
         "ReLU threshold beyond float range (e.g. 2**63): np.isfinite raises TypeError",
-    "ir/passes/layout_context.py:_append:PassError":
-        "non-strict conversion keeps an opaque placeholder; canonicalize-layout cannot type it and raises "
-        "PassError instead of keeping the placeholder",
 }
 
 #: Examples per (target, mutation kind); scaled by KEYDNN_FUZZ_SCALE.
 EXAMPLES = {
-    "bytes": 120, "truncate": 40, "config": 260, "weights": 110, "h5-structure": 110, "zip-structure": 130,
+    "bytes": 200, "truncate": 60, "config": 400, "weights": 160, "h5-structure": 160, "zip-structure": 200,
 }
 
 
-def _run(target: str, kind: str, fuzz_seeds: inputs.Seeds, rng: random.Random, known: dict[str, str],
-         outcomes: dict[str, int]) -> None:
+def _judge(worker: harness.KerasCheckWorker, path: Path, strict: bool, allow: bool) -> str:
+    """The worker's verdict on one input.
+
+    "spin" means libhdf5 looped without end inside one C call (an upstream bug, found by the long run);
+    keydnn's answer is ``read_keras_file(..., isolate=True)``, which test_isolation.py checks on such an
+    input. Spins are counted and printed here, not failed: no in-process code can prevent them.
+    """
+    return worker.check(path, strict=strict, allow_non_linear_activation=allow)
+
+
+def _run(target: str, kind: str, fuzz_seeds: inputs.Seeds, worker: harness.KerasCheckWorker,
+         rng: random.Random, known: dict[str, str], outcomes: dict[str, int]) -> None:
     inp = inputs.GENERATORS[target][kind](rng, fuzz_seeds)
     with tempfile.TemporaryDirectory() as tmp:
         path = inp.write(Path(tmp))
         try:
-            read = harness.check_read_keras(path)
-            conv = harness.check_from_keras(path, strict=inp.strict,
-                                            allow_non_linear_activation=inp.allow_non_linear_activation)
+            key = _judge(worker, path, inp.strict, inp.allow_non_linear_activation)
         except harness.Escape as exc:
             if exc.in_reader or exc.signature not in KNOWN_CONVERTER_ESCAPES:
                 raise
             known[exc.signature] = f"{inp.note}: {exc.detail.strip().splitlines()[-1]}"
             return
-    key = f"read:{read}/convert:{conv}"
     outcomes[key] = outcomes.get(key, 0) + 1
 
 
-def _fuzz(target: str, kind: str, fuzz_seeds: inputs.Seeds) -> None:
+def _fuzz(target: str, kind: str, fuzz_seeds: inputs.Seeds, worker: harness.KerasCheckWorker) -> None:
     known: dict[str, str] = {}
     outcomes: dict[str, int] = {}
 
     @fuzz_settings(EXAMPLES[kind])
     @given(rng=st.randoms(use_true_random=False))
     def one(rng: random.Random) -> None:
-        _run(target, kind, fuzz_seeds, rng, known, outcomes)
+        _run(target, kind, fuzz_seeds, worker, rng, known, outcomes)
 
     one()
     assert outcomes, "no input was judged"
+    # "spin": libhdf5 looped forever in process (upstream bug; see _judge).
+    print(f"{target}/{kind}: {sum(outcomes.values()) + len(known)} inputs, {outcomes}")  # shown with -s / -rA
     if known:
         pytest.xfail("known converter escapes (reported, owned by the converters): "
                      + "; ".join(f"{sig} [{KNOWN_CONVERTER_ESCAPES[sig]}] e.g. {ex}" for sig, ex in known.items()))
 
 
 @pytest.mark.parametrize("kind", ["bytes", "truncate", "config", "weights", "h5-structure"])
-def test_hostile_h5_files(kind: str, fuzz_seeds: inputs.Seeds) -> None:
+def test_hostile_h5_files(kind: str, fuzz_seeds: inputs.Seeds, keras_worker: harness.KerasCheckWorker) -> None:
     """Whole-model .h5 written by Keras 3 and by tf_keras, mutated."""
-    _fuzz("h5", kind, fuzz_seeds)
+    _fuzz("h5", kind, fuzz_seeds, keras_worker)
 
 
 @pytest.mark.parametrize("kind", ["bytes", "truncate", "config", "weights", "h5-structure", "zip-structure"])
-def test_hostile_keras_archives(kind: str, fuzz_seeds: inputs.Seeds) -> None:
+def test_hostile_keras_archives(kind: str, fuzz_seeds: inputs.Seeds,
+                                keras_worker: harness.KerasCheckWorker) -> None:
     """.keras zip archives, mutated at the byte, member, config, weights and HDF5 level."""
-    _fuzz("keras", kind, fuzz_seeds)
+    _fuzz("keras", kind, fuzz_seeds, keras_worker)
 
 
 @pytest.mark.parametrize("flavor", seeds.KERAS_FLAVORS)
@@ -133,7 +145,8 @@ def tf_seed_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 @pytest.mark.keras
 @fuzz_settings(150)
 @given(rng=st.randoms(use_true_random=False))
-def test_hostile_files_from_tensorflow(tf_seed_files: dict[str, bytes], rng: random.Random) -> None:
+def test_hostile_files_from_tensorflow(tf_seed_files: dict[str, bytes], keras_worker: harness.KerasCheckWorker,
+                                       rng: random.Random) -> None:
     """Files TensorFlow itself wrote, mutated and truncated: same contract as the hand-built seeds."""
     from . import mutate
 
@@ -143,9 +156,39 @@ def test_hostile_files_from_tensorflow(tf_seed_files: dict[str, bytes], rng: ran
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / ("m.keras" if key.endswith("zip") else "m.h5")
         path.write_bytes(data)
-        harness.check_read_keras(path)
         try:
-            harness.check_from_keras(path, strict=rng.random() < 0.7)
+            _judge(keras_worker, path, rng.random() < 0.7, False)
         except harness.Escape as exc:
             if exc.in_reader or exc.signature not in KNOWN_CONVERTER_ESCAPES:
                 raise
+
+
+# ----------------------------------------------------------------------------- converter escapes, pinned
+
+#: (seed model, layer name, config field, hostile value, KNOWN_CONVERTER_ESCAPES signature): the smallest
+#: input behind each known escape, found by the fuzzers; each test turns green when its escape is fixed.
+PINNED_ESCAPES = [
+    ("cnn", "conv2d", "data_format", [3, 3, 3], "frontends/keras/convert_core.py:layout_of:TypeError"),
+    ("cnn", "max_pooling2d", "data_format", {"a": 1}, "frontends/keras/convert_core.py:layout_of:TypeError"),
+    ("zoo", "permute", "dims", [2, 1, [0, 0]], "frontends/keras/convert_shape.py:convert_permute:TypeError"),
+    ("cnn", "re_lu", "threshold", 10**100, "frontends/keras/convert_core.py:convert_relu:TypeError"),
+    ("cnn", "re_lu", "max_value", 2**64, "frontends/keras/convert_core.py:_number:TypeError"),
+]
+
+
+@pytest.mark.parametrize("model,layer,field,value,signature", PINNED_ESCAPES,
+                         ids=[f"{p[1]}.{p[2]}" for p in PINNED_ESCAPES])
+@pytest.mark.xfail(strict=True, raises=harness.Escape,
+                   reason="issue 7: converter lets a TypeError escape on a hostile config value (see signature)")
+def test_pinned_converter_escape(tmp_path: Path, model: str, layer: str, field: str, value: object,
+                                 signature: str) -> None:
+    assert signature in KNOWN_CONVERTER_ESCAPES
+    config = seeds.model_config("keras3-zip", model)
+    entry = next(e for e in config["config"]["layers"] if e["config"].get("name") == layer)
+    entry["config"][field] = value
+    path = seeds.write_keras_seed(tmp_path / "m.keras", "keras3-zip", config=config, model=model)
+    try:
+        assert harness.check_from_keras(path, allow_non_linear_activation=True) in ("refused", "ok")
+    except harness.Escape as exc:
+        assert exc.signature == signature, exc  # a different escape than the one pinned: fail loudly
+        raise

@@ -97,7 +97,7 @@ def test_sigkill_during_convert_leaves_old_or_new(two_models: tuple[Path, Path, 
             in_write += 1
             time.sleep(rng.uniform(0.0, 0.08))
         else:
-            time.sleep(rng.uniform(0.05, 0.9))
+            time.sleep(rng.uniform(0.05, 0.6))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         after = dst.read_bytes()
@@ -125,7 +125,7 @@ def test_sigkill_with_sidecar_never_goes_unnoticed(two_models: tuple[Path, Path,
     dst = tmp_path / "model.json"
     _convert(a, dst, "--sidecar")
     rng = random.Random(7)
-    for i in range(6):
+    for i in range(4):
         before = (dst.read_bytes(), (tmp_path / "model.weights.bin").read_bytes())
         src = b if i % 2 == 0 else a
         proc = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, "convert", "--src", str(src), "--dst", str(dst),
