@@ -927,4 +927,28 @@ def test_two_processes_compiling_one_graph_into_one_cache(tmp_path) -> None:
     procs = [_child(cache, wait=False) for _ in range(2)]
     results = [_finish(p) for p in procs]
     assert sorted(e["cached"] for r in results for e in r) in ([False, True], [False, False])
-    assert [e["cached"] for e in _child(cache)] == [True]
+    from keydnn.backends.numba_cpu.cg_aot import compiler
+
+    prebuilt = ("aot", False) if compiler() is not None else ("jit", True)
+    assert _loads(cache) == (True, *prebuilt)
+
+
+def test_damaged_stored_thunk_is_rebuilt_not_linked(tmp_path) -> None:
+    """Thunk objects are shared by cache entries; one whose object does not define its recorded symbol (what two
+    processes writing object and name separately used to leave behind) is rebuilt, and the library loads."""
+    from keydnn.backends.numba_cpu.cg_aot import compiler
+
+    if compiler() is None:
+        pytest.skip("no C compiler: no prebuilt libraries")
+    cache = tmp_path / "cache"
+    assert _loads(cache)[0] is False
+    stored = sorted((cache / "numba-cpu" / "objects").glob("*.thunk"))
+    assert stored
+    for path in stored:  # keep the format, swap in a symbol no object defines
+        head, name, rest = path.read_bytes().split(b"\n", 2)
+        path.write_bytes(b"\n".join([head, name[:-3] + b"xyz", rest]))
+    entry = _entry_dir(cache)
+    (entry / "graph.so").unlink()
+    (entry / "manifest.json").unlink()
+    assert _loads(cache)[0] is False  # no manifest: compiled again, library linked from rebuilt thunks
+    assert _loads(cache) == (True, "aot", False)

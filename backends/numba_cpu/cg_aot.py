@@ -66,27 +66,64 @@ def _emit(library) -> tuple[bytes, list[str]]:
     return _target_machine().emit_object(module), undefined
 
 
-def _thunk_object(helper: str, dtype: str, store: Path) -> tuple[Path, str, list[str]]:
-    """A thunk's object file, kept per machine next to the cache entries (thunks are shared by graphs)."""
+_THUNK_MAGIC = b"KEYDNN-THUNK 1\n"
+
+
+def _thunk_object(helper: str, dtype: str, store: Path, workdir: Path) -> tuple[Path, str, list[str]]:
+    """A thunk's object file (written into ``workdir`` for linking), its symbol and the symbols it needs.
+
+    Thunks are shared by graphs, so their objects are kept per machine next to
+    the cache entries, each as one file (symbol, undefined symbols, object
+    code) replaced atomically: numba's symbol names differ between processes,
+    and two processes building the same thunk at once must never leave one's
+    object paired with the other's name. A stored file whose object does not
+    define its symbol is rebuilt.
+    """
+    from keydnn.atomic import atomic_write_bytes
+    from keydnn.backends.numba_cpu.cg_thunks import sources_digest
+
+    tag = hashlib.sha256(f"{sources_digest()}|{helper}|{dtype}".encode()).hexdigest()[:24]
+    stored = store / f"{helper}_{dtype}_{tag}.thunk"
+    parsed = _read_thunk(stored)
+    if parsed is None:
+        parsed = _compile_thunk(helper, dtype)
+        name, undefined, data = parsed
+        atomic_write_bytes(stored, _THUNK_MAGIC + f"{name}\n{' '.join(undefined)}\n".encode() + data)
+    name, undefined, data = parsed
+    obj = workdir / f"{helper}_{dtype}.o"
+    obj.write_bytes(data)
+    return obj, name, undefined
+
+
+def _read_thunk(path: Path) -> Optional[tuple[str, list[str], bytes]]:
+    """(symbol, undefined symbols, object code) of a stored thunk, or None when absent or damaged."""
+    try:
+        blob = path.read_bytes()
+    except OSError:
+        return None
+    if not blob.startswith(_THUNK_MAGIC):
+        return None
+    parts = blob[len(_THUNK_MAGIC):].split(b"\n", 2)
+    if len(parts) != 3:
+        return None
+    name, undefined, data = parts[0].decode("ascii", "replace"), parts[1].decode("ascii", "replace"), parts[2]
+    if not name or name.encode() + b"\0" not in data:  # the object's string table must name the symbol
+        logger.warning("stored thunk %s is damaged; rebuilding it", path)
+        return None
+    return name, [u for u in undefined.split() if u], data
+
+
+def _compile_thunk(helper: str, dtype: str) -> tuple[str, list[str], bytes]:
+    """Compile a thunk afresh (a cfunc numba loaded from its cache has no LLVM IR left to emit)."""
     import numba
 
     from keydnn.backends.numba_cpu import thunks_gen
-    from keydnn.backends.numba_cpu.cg_thunks import signature, sources_digest, thunk_name
+    from keydnn.backends.numba_cpu.cg_thunks import signature, thunk_name
 
-    tag = hashlib.sha256(f"{sources_digest()}|{helper}|{dtype}".encode()).hexdigest()[:24]
-    obj, meta = store / f"{helper}_{dtype}_{tag}.o", store / f"{helper}_{dtype}_{tag}.sym"
-    if obj.exists() and meta.exists():
-        name, _, undefined = meta.read_text().partition("\n")
-        return obj, name, [u for u in undefined.split() if u]
-    # a fresh compile: a cfunc numba loaded from its cache has no LLVM IR left to emit
     py = getattr(thunks_gen, thunk_name(helper, dtype))
     cf = numba.cfunc(signature(helper), cache=False, nogil=True, error_model="numpy")(py)
     data, undefined = _emit(cf._library)  # noqa: SLF001
-    from keydnn.atomic import atomic_write_bytes, atomic_write_text
-
-    atomic_write_bytes(obj, data)
-    atomic_write_text(meta, cf.native_name + "\n" + " ".join(undefined))
-    return obj, cf.native_name, undefined
+    return cf.native_name, undefined, data
 
 
 def build_library(module, thunks: list[str], dtype: str, directory: Path) -> Optional[dict]:
@@ -111,7 +148,7 @@ def build_library(module, thunks: list[str], dtype: str, directory: Path) -> Opt
             objects[0].write_bytes(data)
             names = []
             for helper in thunks:
-                obj, name, more = _thunk_object(helper, dtype, store)
+                obj, name, more = _thunk_object(helper, dtype, store, tmpdir)
                 objects.append(obj)
                 names.append(name)
                 undefined += more
