@@ -3,12 +3,21 @@
 ``verify_against_keras`` needs TensorFlow (it runs the Keras model); the
 recorded vectors it produces are stored in the artifact, and ``replay`` checks
 them on any device without TensorFlow.
+
+On a mismatch, every call of every Keras layer (each call of a shared layer,
+the layers inside nested models) is compared with the value keydnn's
+*unoptimized* graph computes for it, in Keras's layout, in the graph's
+topological order. A call is found in the graph by the names the frontend gives
+its nodes: ``<layer>`` / ``<layer>.<call>`` (``fc``, ``fc.1``), prefixed with
+``<model call>/`` inside a nested model, with the Keras layer (``source``)
+checked as well; the call's last node holds its result.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,13 +36,30 @@ TF_HINT = ("this operation runs the Keras model and needs TensorFlow; install it
 
 @dataclass(frozen=True)
 class LayerDiff:
-    """How far one Keras layer's output is from keydnn's value for it."""
+    """How far one call of a Keras layer is from keydnn's value for it.
+
+    ``index`` is the layer's position in the top-level model's ``layers`` (a
+    nested model's position for the layers inside it); ``name`` the Keras layer
+    (``block/conv`` inside nested model ``block``); ``call`` / ``calls`` which
+    call of a shared layer this is; ``node`` the keydnn node naming the call.
+    """
 
     index: int
     name: str
     keras_class: str
     max_abs: float
     ok: bool
+    call: int = 0
+    calls: int = 1
+    node: str = ""
+
+    def describe(self) -> str:
+        text = f"{self.index} {self.name!r} ({self.keras_class})"
+        if self.calls > 1:
+            text += f", call {self.call + 1} of {self.calls}"
+        if self.node and self.node != self.name:
+            text += f" (keydnn node {self.node!r})"
+        return text
 
 
 @dataclass
@@ -56,12 +82,14 @@ class VerifyReport:
                  f"{self.samples} sample(s); tolerance rtol={self.rtol:g}, atol={self.atol:g}"]
         bad = self.first_divergence
         if bad is not None:
-            lines.append(f"first diverging layer: {bad.index} {bad.name!r} ({bad.keras_class}), "
-                         f"max abs difference {bad.max_abs:.3g}")
+            lines.append(f"first diverging layer: {bad.describe()}, max abs difference {bad.max_abs:.3g}")
+        elif self.layers and not self.ok:
+            lines.append("no layer diverges in keydnn's unoptimized graph: the difference arises in an "
+                         "optimization pass or in the backend")
         if self.layers and not self.ok:
             lines.append("per-layer max abs difference:")
-            lines += [f"  {d.index:3d} {d.name:<28} {d.keras_class:<24} {d.max_abs:.3g}{'' if d.ok else '  <--'}"
-                      for d in self.layers]
+            lines += [f"  {d.index:3d} {d.node or d.name:<28} {d.keras_class:<24} {d.max_abs:.3g}"
+                      f"{'' if d.ok else '  <--'}" for d in self.layers]
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
@@ -107,6 +135,15 @@ def load_keras_model(source: Any, keras_major: int = 3) -> Any:
         return keras.models.load_model(os.fspath(source), compile=False, safe_mode=True)
 
 
+def _safe_mode(keras_model: Any) -> Any:
+    """The safe-mode scope of ``keras_model``'s Keras (2 or 3): nothing deserializes Python code inside it."""
+    if type(keras_model).__module__.startswith("tf_keras"):
+        from tf_keras.src.saving.serialization_lib import SafeModeScope
+    else:
+        from keras.src.saving.serialization_lib import SafeModeScope
+    return SafeModeScope(True)
+
+
 def sample_inputs(input_types: Any, n: int = 8, seed: int = 0) -> list[np.ndarray]:
     """Reproducible inputs (standard normal), one array per model input, batch ``n``."""
     rng = np.random.default_rng(seed)
@@ -136,16 +173,39 @@ def _compare_all(got: list[np.ndarray], expected: list[np.ndarray], rtol: float,
     return all(r[0] for r in results), max(r[1] for r in results), max(r[2] for r in results)
 
 
-def _keras_layer_outputs(keras_model: Any, xs: list[np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
-    """Each layer's output, for stacks (Sequential): calling layer after layer."""
-    if len(xs) != 1 or type(keras_model).__name__ != "Sequential":
-        return []  # Functional models: only the model-level comparison is reported
-    h = xs[0]
-    outs = []
-    for layer in keras_model.layers:
-        h = layer(h, training=False) if "training" in _call_args(layer) else layer(h)
-        outs.append((layer.name, type(layer).__name__, np.asarray(h)))
-    return outs
+# --------------------------------------------------------------------------- #
+# Per-layer localisation
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class _KerasCall:
+    """One call of one Keras layer and what Keras computed for it."""
+
+    index: int
+    name: str  # the Keras layer, nested-model path included: the ``source`` of its keydnn nodes
+    node: str  # the keydnn name of the call (``fc.1``, ``block.1/conv``)
+    keras_class: str
+    call: int
+    calls: int
+    value: np.ndarray
+
+
+def _is_model(layer: Any) -> bool:
+    return hasattr(layer, "layers") and hasattr(layer, "inputs") and type(layer).__name__ in (
+        "Sequential", "Functional", "Model")
+
+
+def _flat(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return [v for item in value for v in _flat(item)]
+    if isinstance(value, dict):
+        return [v for key in sorted(value) for v in _flat(value[key])]
+    return [value]
+
+
+def _call(layer: Any, x: Any) -> Any:
+    return layer(x, training=False) if "training" in _call_args(layer) else layer(x)
 
 
 def _call_args(layer: Any) -> tuple[str, ...]:
@@ -157,33 +217,113 @@ def _call_args(layer: Any) -> tuple[str, ...]:
         return ()
 
 
-def _frontend_values(graph: Any, xs: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Every value of the (unoptimized) graph, by Keras layer name of its producer (last node wins)."""
+def _keras_calls(model: Any, xs: list[Any], index: int | None = None, path: str = "", prefix: str = ""
+                 ) -> tuple[list[_KerasCall], list[np.ndarray]]:
+    """What Keras computes for every call of every layer of ``model`` on ``xs`` (nested models entered),
+    and the model's outputs.
+
+    A stack is run layer after layer; a graph through a probe model on its own
+    tensors, ``Model(model.inputs, [every call's outputs])``, whose values feed
+    the nested models' calls in turn. ``path`` / ``prefix`` name the enclosing
+    models by layer and by call.
+    """
+    found: list[_KerasCall] = []
+    if type(model).__name__ == "Sequential":
+        h = xs[0]
+        for position, layer in enumerate(model.layers):
+            where = position if index is None else index
+            if _is_model(layer):
+                inner, outputs = _keras_calls(layer, [h], where, f"{path}{layer.name}/", f"{prefix}{layer.name}/")
+                found += inner
+                h = outputs[0]
+            else:
+                h = _call(layer, h)
+                found.append(_KerasCall(where, path + layer.name, prefix + layer.name, type(layer).__name__, 0, 1,
+                                        np.asarray(h)))
+        return found, [np.asarray(h)]
+    by_depth = model._nodes_by_depth  # both Keras 3 (Function) and tf_keras (Functional) keep it
+    nodes = [n for depth in sorted(by_depth, reverse=True) for n in by_depth[depth] if not n.is_input]
+    own = {id(n) for n in nodes}
+    tensors = list({id(t): t for n in nodes for t in _flat(n.outputs)}.values())
+    if type(model).__module__.startswith("tf_keras"):
+        import tf_keras as keras
+    else:
+        import keras
+    probe = keras.Model(model.inputs, tensors)
+    values = _as_list(probe(list(xs), training=False))
+    env = {id(t): v for t, v in zip(model.inputs, xs)}
+    env.update({id(t): v for t, v in zip(tensors, values)})
+    positions = {id(layer): i for i, layer in enumerate(model.layers)}
+    for n in nodes:
+        layer = getattr(n, "operation", None) or n.layer
+        calls = [m for m in layer._inbound_nodes if id(m) in own]
+        call = next(i for i, m in enumerate(calls) if m is n)
+        node = f"{prefix}{layer.name}" + (f".{call}" if call else "")
+        where = positions.get(id(layer), -1) if index is None else index
+        if _is_model(layer):
+            inputs = n.input_tensors if hasattr(n, "operation") else n.keras_inputs
+            found += _keras_calls(layer, [env[id(t)] for t in _flat(inputs)], where, f"{path}{layer.name}/",
+                                  f"{node}/")[0]
+        else:
+            found.append(_KerasCall(where, path + layer.name, node, type(layer).__name__, call, len(calls),
+                                    env[id(_flat(n.outputs)[0])]))
+    return found, [np.asarray(env[id(t)]) for t in _flat(model.outputs)]
+
+
+def _owner(node: Any, calls: dict[str, _KerasCall]) -> _KerasCall | None:
+    """The Keras call a frontend node belongs to: its name less ``.suffix`` / ``_k`` parts, same source."""
+    name = node.name
+    while True:
+        found = calls.get(name)
+        if found is not None and found.name == node.source:
+            return found
+        head, sep, tail = name.rpartition("/")
+        shorter = re.sub(r"_\d+$", "", tail)
+        if shorter == tail:
+            if "." not in tail:
+                return None
+            shorter = tail.rsplit(".", 1)[0]
+        name = head + sep + shorter
+
+
+def _layer_diffs(graph: Any, keras_model: Any, xs: list[np.ndarray], rtol: float, atol: float) -> list[LayerDiff]:
+    """Every Keras layer call found in ``graph`` (unoptimized, Keras layout), compared, in graph order."""
+    calls = {c.node: c for c in _keras_calls(keras_model, list(xs))[0]}
     env: dict[str, np.ndarray] = dict(graph.weights)
-    env.update({v.name: x for v, x in zip(graph.inputs, xs)})
-    by_layer: dict[str, np.ndarray] = {}
+    env.update({v.name: x.astype(np.float64) for v, x in zip(graph.inputs, xs)})
+    results: dict[str, str] = {}  # call -> the value of its last node (dicts keep the graph's order)
     for node in graph.nodes:
-        out = REFERENCE_KERNELS[node.op.kind](node.op, [env[i] for i in node.inputs])
-        env[node.outputs[0].name] = np.asarray(out)
-        if node.source is not None:
-            by_layer[node.source] = env[node.outputs[0].name]
-    return by_layer
+        env[node.outputs[0].name] = np.asarray(
+            REFERENCE_KERNELS[node.op.kind](node.op, [env[i] for i in node.inputs]))
+        owner = _owner(node, calls)
+        if owner is not None:
+            results.pop(owner.node, None)
+            results[owner.node] = node.outputs[0].name
+    diffs = []
+    for key, value in results.items():
+        c = calls[key]
+        ok, max_abs, _ = compare(env[value], c.value, rtol, atol)
+        diffs.append(LayerDiff(c.index, c.name, c.keras_class, max_abs, ok, c.call, c.calls, c.node))
+    return diffs
 
 
 def verify_against_keras(model: Any, keras_model: Any, xs: list[np.ndarray], *, frontend_graph: Any = None,
                          rtol: float = 1e-4, atol: float = 1e-5) -> tuple[VerifyReport, list[np.ndarray]]:
-    """Run both models on ``xs`` (one array per input); on a mismatch, locate the first diverging Keras layer."""
+    """Run both models on ``xs`` (one array per input); on a mismatch, locate the first diverging Keras layer.
+
+    ``frontend_graph`` is the unoptimized graph of the same conversion (Keras layout); without it only
+    the model-level comparison is reported.
+    """
     expected = _as_list(keras_model(xs[0] if len(xs) == 1 else list(xs), training=False))
     got = _as_list(model(*xs))
     ok, max_abs, max_rel = _compare_all(got, expected, rtol, atol)
     report = VerifyReport(ok, max_abs, max_rel, rtol, atol, samples=len(xs[0]))
     if not ok and frontend_graph is not None:
-        ours = _frontend_values(frontend_graph, [x.astype(np.float64) for x in xs])
-        for index, (name, cls, value) in enumerate(_keras_layer_outputs(keras_model, xs)):
-            if name not in ours:
-                continue
-            layer_ok, layer_abs, _ = compare(ours[name], value, rtol, atol)
-            report.layers.append(LayerDiff(index, name, cls, layer_abs, layer_ok))
+        try:
+            with _safe_mode(keras_model):  # probe models are built from live tensors; nothing is loaded
+                report.layers = _layer_diffs(frontend_graph, keras_model, xs, rtol, atol)
+        except Exception as exc:  # a diagnosis that fails must not hide the mismatch itself
+            logger.warning("per-layer comparison unavailable: %s: %s", type(exc).__name__, exc)
     return report, expected
 
 
