@@ -4,8 +4,9 @@
     python benchmarks/cpu_bench.py     # prints the table; --readme writes it into README.md
 
 Models (random weights, fixed seeds): the seed CNN (1x28x28 channels_first),
-a channels_last CIFAR-style CNN (32x32x3) and an MLP (784-512-512-10), at
-batch 1 and 64. Every framework runs the same Keras model:
+a channels_last CIFAR-style CNN (32x32x3), an MLP (784-512-512-10) and a small
+channels_last Functional ResNet (32x32x3, three residual stages), at batch 1
+and 64. Every framework runs the same Keras model:
 
 * keydnn: ``keydnn.from_keras(model, allow_non_linear_activation=True)``
   (default pass pipeline, default numba-cpu mode: generated code);
@@ -72,7 +73,38 @@ def build_models():
     mlp = keras.Sequential([
         L.Input((784,)), L.Dense(512, activation="relu"), L.Dense(512, activation="relu"), L.Dense(10), L.Softmax(),
     ], name="mlp")
-    return {"seed CNN": seed, "CIFAR CNN": cifar, "MLP": mlp}
+    return {"seed CNN": seed, "CIFAR CNN": cifar, "MLP": mlp, "ResNet-8": resnet(keras, rng)}
+
+
+def resnet(keras, rng):
+    """A small channels_last ResNet (Functional): stem, three residual stages (16, 32, 64 filters; the
+    last two downsample with a 1x1 projection), global pooling and a classifier; non-trivial BN statistics."""
+    L = keras.layers
+
+    def bn(name):
+        return L.BatchNormalization(name=name)
+
+    def block(x, filters, stride, name):
+        y = L.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+        y = L.ReLU()(bn(f"{name}_bn1")(y))
+        y = bn(f"{name}_bn2")(L.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y))
+        if stride != 1 or x.shape[-1] != filters:
+            x = bn(f"{name}_down_bn")(L.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_down")(x))
+        return L.ReLU()(L.Add()([y, x]))
+
+    x = keras.Input((32, 32, 3))
+    y = L.ReLU()(bn("stem_bn")(L.Conv2D(16, 3, padding="same", use_bias=False, name="stem")(x)))
+    y = block(y, 16, 1, "b1")
+    y = block(y, 32, 2, "b2")
+    y = block(y, 64, 2, "b3")
+    y = L.Dense(10)(L.GlobalAveragePooling2D()(y))
+    model = keras.Model(x, L.Softmax()(y), name="resnet8")
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            c = layer.get_weights()[0].shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
+                               rng.uniform(0.5, 1.5, c)])
+    return model
 
 
 def tf_runner(model) -> tuple[Callable, object]:
@@ -180,17 +212,23 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def run(seconds: float, cold_runs: int) -> tuple[str, dict]:
+def run(seconds: float, cold_runs: int, only: tuple[str, ...] = ()) -> tuple[str, dict]:
     import keydnn
     import numba
     import onnxruntime
     import tensorflow as tf
 
     models = build_models()
+    if only:
+        unknown = sorted(set(only) - set(models))
+        if unknown:
+            raise SystemExit(f"unknown model(s) {unknown}; choose from {sorted(models)}")
     rows, data = [], {"machine": machine(), "latency": {}, "cold": {}}
     tmp = Path(tempfile.mkdtemp(prefix="keydnn-bench-"))
     artifacts = {}
     for name, model in models.items():
+        if only and name not in only and name != "CIFAR CNN":  # the CIFAR CNN is also the cold-start model
+            continue
         km = keydnn.from_keras(model, allow_non_linear_activation=True)
         tf_call, fn_spec = tf_runner(model)
         ort_call = ort_runner(fn_spec)
@@ -275,8 +313,12 @@ def main() -> None:
     parser.add_argument("--cold-runs", type=int, default=3)
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument("--models", default="", help="comma-separated subset of the models (default: all)")
     args = parser.parse_args()
-    table, data = run(args.seconds, args.cold_runs)
+    only = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    if only and args.readme:
+        parser.error("--readme writes the whole table: run every model")
+    table, data = run(args.seconds, args.cold_runs, only)
     print()
     print(table)
     if args.json:

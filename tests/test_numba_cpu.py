@@ -751,13 +751,18 @@ def test_codegen_random_graphs_match_reference(data: st.DataObject) -> None:
         check(g, randn(n, *shape0[1:], seed=n), exe=exe)
 
 
-@pytest.fixture
-def threaded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every codegen call uses three threads (more than CI has cores: the scheduler must not care)."""
+@pytest.fixture(params=["native-pool", "python-helpers"])
+def threaded(request, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every codegen call uses three threads (more than CI has cores: the scheduler must not care), joined
+    by the native worker pool (where a C compiler builds it) or by Python helper threads."""
     from keydnn.backends.numba_cpu import cg_exec
 
     monkeypatch.setattr(cg_exec, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(cg_exec, "_THREADS", 3)
+    if request.param == "python-helpers":
+        monkeypatch.setattr(cg_exec, "_POOL", [None])
+    elif cg_exec._pool() is None:
+        pytest.skip("no native worker pool here (no C compiler, or the compile cache is off)")
 
 
 def test_codegen_helper_threads_match_reference(threaded: None) -> None:
@@ -766,6 +771,46 @@ def test_codegen_helper_threads_match_reference(threaded: None) -> None:
     for n in (1, 2, 7):
         for seed in range(3):  # back-to-back calls: a late helper must never touch the next call
             check(g, randn(n, 1, 28, 28, seed=10 * n + seed), exe=exe)
+
+
+def test_native_pool_runs_workers_and_survives_fork(threaded: None, request) -> None:
+    """The pool's workers really take part, and a forked child (no threads of its parent) starts its own."""
+    import os
+
+    from keydnn.backends.numba_cpu import cg_exec, cpu_pool
+
+    if request.node.callspec.params["threaded"] != "native-pool":
+        pytest.skip("native pool only")
+    g = seed_cnn()
+    exe = compile_graph(g, mode="codegen")
+    check(g, randn(4, 1, 28, 28, seed=3), exe=exe)
+    assert next(iter(exe._variants.values())).aot
+    lib = cpu_pool._library()
+    assert lib.keydnn_pool_workers() >= 2
+    pid = os.fork()
+    if pid == 0:  # the child: must compute correctly, not wait for workers that do not exist
+        code = 1
+        try:
+            x = randn(3, 1, 28, 28, seed=4)
+            ok = np.allclose(exe(x)[0], run_reference(g, x)[0], **TOL)
+            code = 0 if ok and lib.keydnn_pool_workers() >= 2 else 1
+        finally:
+            os._exit(code)
+    import signal
+    import time
+
+    deadline = time.monotonic() + 120
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung calling the model")
+        time.sleep(0.05)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert cg_exec._pool() is not None
 
 
 def test_codegen_concurrent_callers_with_helper_threads(threaded: None) -> None:

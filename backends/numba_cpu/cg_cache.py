@@ -321,6 +321,10 @@ def _load_cached(source: str, key: str, name: str, compile_fn, aot: Optional[Aot
                 module = _import(path, name)
                 if not trusted:
                     _wipe_numba(directory, _cache_dirs(module))  # also where NUMBA_CACHE_DIR puts them
+                    if aot is not None:  # build the library first and run from it in this process too
+                        built = _build_and_load(directory, key, src_sha, module, aot)
+                        if built is not None:
+                            return built, False
                 compile_fn(module)
             except Exception as exc:  # noqa: BLE001 - a damaged cache must never stop a model from running
                 if attempt:
@@ -337,11 +341,31 @@ def _load_cached(source: str, key: str, name: str, compile_fn, aot: Optional[Aot
                             "numba": {f: _sha(p) for f, p in sorted(files.items())}}
                 _write_manifest(directory, manifest)
             if aot is not None and "library" not in manifest:
+                # numba may have just added this signature to its index (an entry first compiled as the
+                # library's callee is not reused by the dispatcher): record the files as they are now
+                files = _numba_files(_cache_dirs(module))
+                manifest = {**manifest, "numba": {f: _sha(p) for f, p in sorted(files.items())}}
                 info = aot.build(module, directory)
                 manifest = {**manifest, **(info or {"library": None})}
                 _write_manifest(directory, manifest)
             return Loaded("jit", module=module), trusted
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _build_and_load(directory: Path, key: str, src_sha: str, module, aot: AotHooks) -> Optional[Loaded]:
+    """Compile straight into a prebuilt library and load it (one compile instead of numba's and then the
+    library's); None when no library can be built or loaded here (numba's path follows)."""
+    info = aot.build(module, directory)
+    if not info:
+        return None
+    files = _numba_files(_cache_dirs(module))
+    manifest = {"key": key, "source_sha256": src_sha, "created": time.time(),
+                "numba": {f: _sha(p) for f, p in sorted(files.items())}, **info}
+    _write_manifest(directory, manifest)
+    prebuilt = aot.load(directory, manifest)
+    if prebuilt is None:
+        return None
+    return Loaded("aot", entry=prebuilt[0], thunks=prebuilt[1])
 
 
 def _reset(directory: Path, manifest: Optional[dict], extra: Optional[set] = None) -> None:

@@ -14,6 +14,7 @@ ctypes); this module imports numba only for the former.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import queue
@@ -81,23 +82,23 @@ class _LazyAot:
 
 @dataclass
 class _Variant:
-    """One compiled entry: ``fn`` called as ``fn(tid, nthr, gen, n, *io, *tail)``."""
+    """One compiled entry.
+
+    ``jit``: a numba dispatcher called as ``fn(tid, nthr, gen, n, *inputs, *outputs, W, D, T, A, S, F)``.
+    ``aot``: a prebuilt library's C function ``fn(tid, nthr, gen, n, P)``, where ``P`` is the address of
+    an int64 array holding those arrays' addresses (``address`` is the function's own, for the pool).
+    """
 
     program: Program
     key: tuple
     fn: object
-    aot: bool  # io and tail are addresses (a prebuilt library's C function)
+    aot: bool
     thunks: np.ndarray  # F: addresses of the helpers the code calls (slot 0: the OS's yield)
+    address: int = 0
 
     def tail(self, arena: np.ndarray, state: np.ndarray) -> tuple:
         p = self.program
-        arrays = (p.weights, p.params, p.tables, arena, state, self.thunks)
-        return tuple(a.ctypes.data for a in arrays) if self.aot else arrays
-
-    def io(self, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> tuple:
-        if self.aot:
-            return (*[a.ctypes.data for a in inputs], *[o.ctypes.data for o in outputs])
-        return (*[a.reshape(-1) for a in inputs], *[o.reshape(-1) for o in outputs])
+        return (p.weights, p.params, p.tables, arena, state, self.thunks)
 
 
 class _Helpers:
@@ -137,6 +138,16 @@ def _helper_loop(q: "queue.SimpleQueue") -> None:
 
 
 _HELPERS = _Helpers()
+_POOL: list = []
+
+
+def _pool():
+    """The native worker pool's run function (``cpu_pool``), looked up once; None where unavailable."""
+    if not _POOL:
+        from keydnn.backends.numba_cpu.cpu_pool import pool_function
+
+        _POOL.append(pool_function())
+    return _POOL[0]
 
 
 @dataclass
@@ -145,9 +156,11 @@ class _CallPlan:
     n: int
     out_shapes: list[tuple[int, ...]]
     nthr: int
-    tail: tuple  # W, D, T, arena, state, F (arrays, or their addresses)
+    tail: tuple  # W, D, T, arena, state, F
     arena: np.ndarray
     state: np.ndarray
+    slots: Optional[np.ndarray] = None  # aot: the address array P (inputs, outputs, then the tail)
+    slots_address: int = 0
 
 
 #: Input-shape keys whose call plans (and buffers) one thread keeps.
@@ -200,7 +213,8 @@ class CodegenExecutable:
         loaded = load_program(program.source, self.graph.name, _LazyCompile(n_in, n_out, dtype), aot)
         if loaded.kind == "aot":
             thunks = np.array([yield_address(), *loaded.thunks], dtype=np.int64)
-            return _Variant(program, key, loaded.entry, True, thunks)
+            address = ctypes.cast(loaded.entry, ctypes.c_void_p).value or 0
+            return _Variant(program, key, loaded.entry, True, thunks, address)
         from keydnn.backends.numba_cpu.cg_jit import thunk_addresses
 
         thunks = np.array([yield_address(), *thunk_addresses(helpers, dtype)], dtype=np.int64)
@@ -221,8 +235,14 @@ class CodegenExecutable:
         arena = np.empty(n * prog.arena_per_sample + prog.arena_fixed + nthr * prog.scratch_per_thread + 64,
                          dtype=self.dtype)
         state = np.zeros(state_size(prog.n_stages), dtype=np.int64)
-        plan = _CallPlan(var, n, [((n if b else 1),) + sample for _, sample, b in prog.outputs], nthr,
-                         var.tail(arena, state), arena, state)
+        tail = var.tail(arena, state)
+        plan = _CallPlan(var, n, [((n if b else 1),) + sample for _, sample, b in prog.outputs], nthr, tail, arena,
+                         state)
+        if var.aot:
+            io = len(self.graph.inputs) + len(self.graph.outputs)
+            plan.slots = np.zeros(io + len(tail), dtype=np.int64)
+            plan.slots[io:] = [a.ctypes.data for a in tail]
+            plan.slots_address = plan.slots.ctypes.data
         plans = self._local.plans
         if len(plans) >= MAX_CACHED_SHAPES:
             plans.pop(next(iter(plans)))
@@ -251,8 +271,24 @@ class CodegenExecutable:
         dtype = self.dtype
         outs = [np.empty(shape, dtype=dtype) for shape in plan.out_shapes]
         var = plan.var
-        args = (*var.io(arrays, outs), *plan.tail)
         n, nthr, entry = plan.n, plan.nthr, var.fn
+        if var.aot:
+            slots = plan.slots
+            for i, a in enumerate(arrays):
+                slots[i] = a.ctypes.data
+            k = len(arrays)
+            for j, o in enumerate(outs):
+                slots[k + j] = o.ctypes.data
+            address = plan.slots_address
+            if nthr > 1:
+                pool = _pool()
+                if pool is not None:
+                    pool(var.address, nthr, gen, n, address)
+                    return outs
+                _HELPERS.submit(nthr - 1, entry, lambda tid: (tid, nthr, gen, n, address))
+            entry(0, nthr, gen, n, address)
+            return outs
+        args = (*[a.reshape(-1) for a in arrays], *[o.reshape(-1) for o in outs], *plan.tail)
         if nthr > 1:
             _HELPERS.submit(nthr - 1, entry, lambda tid: (tid, nthr, gen, n, *args))
         entry(0, nthr, gen, n, *args)

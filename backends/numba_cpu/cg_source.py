@@ -32,7 +32,7 @@ __all__ = ["render", "SOURCE_VERSION", "STATE_STRIDE", "state_size", "entry_c_si
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the shape of generated code changes (part of the cache key via the text anyway).
-SOURCE_VERSION = 1
+SOURCE_VERSION = 2
 #: int64 slots per stage in the state array (claim counter, done counter, each on its own cache line).
 STATE_STRIDE = 16
 
@@ -144,11 +144,13 @@ def render(graph: "Graph", gen: "_Generator", plan: "StoragePlan", *, cache: boo
     ]
     dt = f"np.{gen.dtype.name}"
     kinds = [dt] * (n_in + n_out) + [dt, "np.float64", "np.int64", dt, "np.int64", "np.int64"]
-    pointers = [f"p{name}" for name in args.split(", ")]
-    views = ", ".join(f"farray({p}, {k})" for p, k in zip(pointers, kinds))
+    views = ", ".join(f"farray(P[{i}], {k})" for i, k in enumerate(kinds))
     lines += [
-        "def entry_c(tid, nthr, gen, N, " + ", ".join(pointers) + "):",
-        '    """entry with every array passed as an address (made a C function for prebuilt libraries)."""',
+        "def entry_c(tid, nthr, gen, N, pP):",
+        '    """entry with every array passed as an address, read from the int64 array at ``pP`` (x..., y..., W, D,',
+        '    T, A, S, F): one C signature for every graph (made a C function for prebuilt libraries and the',
+        '    native worker pool)."""',
+        "    P = farray(pP, np.int64)",
         f"    return entry(tid, nthr, gen, N, {views})",
         "",
     ]
@@ -156,6 +158,6 @@ def render(graph: "Graph", gen: "_Generator", plan: "StoragePlan", *, cache: boo
 
 
 def entry_c_signature(module) -> str:
-    """The C signature of a generated module's ``entry_c`` (all int64)."""
-    n = 4 + module.N_INPUTS + module.N_OUTPUTS + 6
+    """The C signature of a generated module's ``entry_c`` (all int64, the same for every graph)."""
+    n = 5
     return "int64(" + ", ".join(["int64"] * n) + ")"
