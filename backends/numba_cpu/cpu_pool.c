@@ -10,9 +10,10 @@
  * A job is a generated entry with the uniform C signature
  *     int64 entry(int64 tid, int64 nthr, int64 gen, int64 n, int64 args)
  * The caller runs tid 0 itself; keydnn_pool_run returns only after every
- * worker it enlisted has returned, so no worker ever touches a call's memory
- * afterwards. One call uses the pool at a time: a concurrent caller runs its
- * call on its own thread (nthr = 1) instead of waiting.
+ * worker that claimed its part has returned (a part not claimed by then is
+ * withdrawn), so no worker ever touches a call's memory afterwards. One call
+ * uses the pool at a time: a concurrent caller runs its call on its own
+ * thread (nthr = 1) instead of waiting.
  *
  * Built by keydnn (cpu_pool.py) with the system C compiler into the compile
  * cache and loaded with ctypes; without a compiler, Python helper threads
@@ -22,6 +23,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <time.h>
 
 typedef int64_t (*entry_t)(int64_t, int64_t, int64_t, int64_t, int64_t);
@@ -29,7 +31,7 @@ typedef int64_t (*entry_t)(int64_t, int64_t, int64_t, int64_t, int64_t);
 #define MAX_WORKERS 63
 
 typedef struct {
-    _Atomic int64_t seq;   /* bumped by the caller for each job */
+    _Atomic int64_t job;   /* seq of the posted job; -seq once a worker claimed it; 0 when withdrawn */
     _Atomic int64_t done;  /* set to seq by the worker when its part returned */
     _Atomic int sleeping;
     entry_t fn;
@@ -42,6 +44,7 @@ typedef struct {
 static slot_t slots[MAX_WORKERS + 1];
 static int started = 0;               /* workers running (tids 1..started) */
 static int64_t spin_ns = 200000;
+static int64_t next_seq = 0;          /* guarded by run_lock */
 static pthread_mutex_t run_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -59,27 +62,35 @@ static int64_t now_ns(void) {
     return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
+/* Pause, and every so often give the core away: on a busy machine the thread we wait for may share it. */
+static inline void backoff(unsigned *k) {
+    if ((++*k & 63u) == 0) sched_yield();
+    else relax();
+}
+
 static void *worker(void *arg) {
     slot_t *s = &slots[(intptr_t)arg];
-    int64_t seen = 0; /* a new worker's slot has had no job yet (its first may already be posted) */
+    int64_t seen = 0; /* seqs grow; a job is new when its seq is above the last one seen */
     for (;;) {
-        int64_t q = atomic_load(&s->seq);
-        if (q == seen) {
+        int64_t q = atomic_load(&s->job);
+        if (q <= seen) {
             int64_t t0 = now_ns();
             unsigned k = 0;
-            while ((q = atomic_load(&s->seq)) == seen) {
-                relax();
-                if ((++k & 255u) == 0 && now_ns() - t0 > spin_ns) break;
+            while ((q = atomic_load(&s->job)) <= seen) {
+                backoff(&k);
+                if ((k & 255u) == 0 && now_ns() - t0 > spin_ns) break;
             }
-            if (q == seen) {
+            if (q <= seen) {
                 pthread_mutex_lock(&s->lock);
                 atomic_store(&s->sleeping, 1);
-                while ((q = atomic_load(&s->seq)) == seen) pthread_cond_wait(&s->wake, &s->lock);
+                while ((q = atomic_load(&s->job)) <= seen) pthread_cond_wait(&s->wake, &s->lock);
                 atomic_store(&s->sleeping, 0);
                 pthread_mutex_unlock(&s->lock);
             }
         }
         seen = q;
+        int64_t expect = q;
+        if (!atomic_compare_exchange_strong(&s->job, &expect, -q)) continue; /* withdrawn: the call is over */
         s->fn((intptr_t)arg, s->nthr, s->gen, s->n, s->args);
         atomic_store(&s->done, q);
     }
@@ -89,10 +100,11 @@ static void *worker(void *arg) {
 static void reset_after_fork(void) {
     /* the child has none of the parent's threads: start afresh */
     started = 0;
+    next_seq = 0;
     pthread_mutex_init(&run_lock, NULL);
     pthread_mutex_init(&start_lock, NULL);
     for (int i = 0; i <= MAX_WORKERS; i++) {
-        atomic_store(&slots[i].seq, 0);
+        atomic_store(&slots[i].job, 0);
         atomic_store(&slots[i].done, 0);
         atomic_store(&slots[i].sleeping, 0);
         pthread_mutex_init(&slots[i].lock, NULL);
@@ -128,13 +140,16 @@ static int ensure_workers(int count) {
     return have < count ? have : count;
 }
 
-/* Run fn(tid, nthr, gen, n, args) for tid 0..nthr-1: tid 0 on the calling thread. Returns tid 0's result. */
+/* Run fn(tid, nthr, gen, n, args) for tid 0..nthr-1: tid 0 on the calling thread. Returns tid 0's result.
+ * A worker that has not claimed its part by the time tid 0 returns is withdrawn, not waited for: the
+ * generated code never depends on a helper showing up, and waiting for a thread that shares the core
+ * (a busy machine) would cost a whole time slice. */
 int64_t keydnn_pool_run(entry_t fn, int64_t nthr, int64_t gen, int64_t n, int64_t args) {
     if (nthr > MAX_WORKERS + 1) nthr = MAX_WORKERS + 1;
     if (nthr <= 1 || pthread_mutex_trylock(&run_lock) != 0) return fn(0, 1, gen, n, args);
     int helpers = ensure_workers((int)nthr - 1);
     nthr = helpers + 1;
-    int64_t seqs[MAX_WORKERS + 1];
+    int64_t seq = ++next_seq;
     for (int t = 1; t <= helpers; t++) {
         slot_t *s = &slots[t];
         s->fn = fn;
@@ -142,8 +157,7 @@ int64_t keydnn_pool_run(entry_t fn, int64_t nthr, int64_t gen, int64_t n, int64_
         s->gen = gen;
         s->n = n;
         s->args = args;
-        seqs[t] = atomic_load(&s->seq) + 1;
-        atomic_store(&s->seq, seqs[t]); /* seq_cst: pairs with the worker's sleeping flag */
+        atomic_store(&s->job, seq); /* seq_cst: pairs with the worker's sleeping flag */
         if (atomic_load(&s->sleeping)) {
             pthread_mutex_lock(&s->lock);
             pthread_cond_signal(&s->wake);
@@ -151,8 +165,13 @@ int64_t keydnn_pool_run(entry_t fn, int64_t nthr, int64_t gen, int64_t n, int64_
         }
     }
     int64_t result = fn(0, nthr, gen, n, args);
-    for (int t = 1; t <= helpers; t++)
-        while (atomic_load(&slots[t].done) != seqs[t]) relax();
+    for (int t = 1; t <= helpers; t++) {
+        slot_t *s = &slots[t];
+        int64_t expect = seq;
+        if (atomic_compare_exchange_strong(&s->job, &expect, 0)) continue; /* never claimed: withdrawn */
+        unsigned k = 0;
+        while (atomic_load(&s->done) != seq) backoff(&k);
+    }
     pthread_mutex_unlock(&run_lock);
     return result;
 }
