@@ -618,6 +618,17 @@ def test_merge_broadcast_first_operand_and_nan() -> None:
     np.testing.assert_allclose(got, run_reference(g, a, b)[0], **TOL)
 
 
+@pytest.mark.parametrize("mode", ["codegen", "ops"])
+@pytest.mark.parametrize("kind", ["add", "mul", "sub"])
+def test_merge_reading_one_value_twice_never_writes_over_it(mode: str, kind: str) -> None:
+    """add(r, r, r) with r dead afterwards: r must not be overwritten while it is still an operand."""
+    ops = {"add": Add, "mul": Mul, "sub": Sub}
+    operands = ("r", "r") if kind == "sub" else ("r", "r", "r")
+    g = graph_of([node("r", Relu(), "x"), node("m", ops[kind](), *operands)], {"x": (2, 3, 5)})
+    x = randn(2, 3, 5, seed=7)
+    np.testing.assert_allclose(compile_graph(g, mode=mode)(x)[0], run_reference(g, x)[0], **TOL)
+
+
 def test_residual_block_with_add_and_concat() -> None:
     """conv -> relu -> conv, added to the block input, concatenated with it along channels."""
     weights = {"w1": randn(4, 4, 3, 3, seed=1, scale=0.2), "w2": randn(4, 4, 3, 3, seed=2, scale=0.2)}

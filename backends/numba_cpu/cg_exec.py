@@ -110,11 +110,14 @@ class _Helpers:
         self._queues: list = []
         self._lock = threading.Lock()
 
-    def submit(self, count: int, entry, args_for) -> None:
+    def submit(self, count: int, entry, args_for, keep: object = None) -> None:
+        """Queue ``entry(*args_for(tid))`` for helpers 1..count. ``keep`` (the call plan) stays referenced
+        until the helper is done: a late helper of a prebuilt entry reads the plan's arrays by address,
+        so they must outlive the call (a caller thread's plans die with the thread)."""
         if self._pid != os.getpid() or len(self._queues) < count:
             self._start(count)
         for tid in range(1, count + 1):
-            self._queues[tid - 1].put((entry, args_for(tid)))
+            self._queues[tid - 1].put((entry, args_for(tid), keep))
 
     def _start(self, count: int) -> None:
         with self._lock:
@@ -130,11 +133,12 @@ class _Helpers:
 
 def _helper_loop(q: "queue.SimpleQueue") -> None:
     while True:
-        entry, args = q.get()
+        entry, args, keep = q.get()
         try:
             entry(*args)
         except Exception:  # noqa: BLE001 - the caller's own thread reports errors
             logger.exception("numba-cpu helper thread failed")
+        del entry, args, keep
 
 
 _HELPERS = _Helpers()
@@ -285,7 +289,7 @@ class CodegenExecutable:
                 if pool is not None:
                     pool(var.address, nthr, gen, n, address)
                     return outs
-                _HELPERS.submit(nthr - 1, entry, lambda tid: (tid, nthr, gen, n, address))
+                _HELPERS.submit(nthr - 1, entry, lambda tid: (tid, nthr, gen, n, address), plan)
             entry(0, nthr, gen, n, address)
             return outs
         args = (*[a.reshape(-1) for a in arrays], *[o.reshape(-1) for o in outs], *plan.tail)

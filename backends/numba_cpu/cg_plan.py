@@ -67,7 +67,8 @@ def assign_storage(graph: Graph, vals: dict[str, Val]) -> StoragePlan:
         if node.op.kind in VIEW_KINDS:
             g = group[operands[0]]
         elif (node.op.kind in INPLACE_KINDS and operands and group[operands[0]] >= n_inputs
-              and _shape_equal(vals[operands[0]], vals[out]) and group_end(group[operands[0]]) <= step):
+              and _shape_equal(vals[operands[0]], vals[out]) and group_end(group[operands[0]]) <= step
+              and all(group[o] != group[operands[0]] for o in operands[1:])):  # add(r, r): r is read again
             g = group[operands[0]]
         else:
             g = len(storages)

@@ -127,6 +127,7 @@ def plan_memory(plan: Plan, shapes: list[tuple[int, ...]]) -> MemoryLayout:
         if not step.op.allocates:
             storage = src_storage
         elif (step.op.inplace and src_storage >= 0 and end[src_storage] <= i
+              and all(o in external or storage_of[o] != src_storage for o in step.operands[1:])
               and math.prod(shapes[i]) == math.prod(shapes[src_storage])
               and _dtype(plan, i) == _dtype(plan, src_storage)):
             storage = src_storage
