@@ -1,24 +1,30 @@
 """numba-cuda against PyTorch (cuDNN): the same networks, the same weights, in the same run.
 
 Runs from KeyDNN artifacts alone (no TensorFlow). Without ``--artifact`` it
-builds two IR graphs with random weights: the seed CNN (1x28x28 NCHW: Conv 8
+builds three IR graphs with random weights: the seed CNN (1x28x28 NCHW: Conv 8
 3x3 same, ReLU, MaxPool 2, Conv 16 3x3 same, ReLU, GlobalAvgPool, Dense 10,
-Softmax) and a CIFAR-style CNN (3x32x32: Conv32-BN-ReLU, Conv32-ReLU, MaxPool,
-Conv64-ReLU, Conv64-ReLU, MaxPool, Flatten, Dense128-ReLU, Dense10, Softmax),
-both through the default pass pipeline (BN folded, activations fused). PyTorch
+Softmax), a CIFAR-style CNN (3x32x32: Conv32-BN-ReLU, Conv32-ReLU, MaxPool,
+Conv64-ReLU, Conv64-ReLU, MaxPool, Flatten, Dense128-ReLU, Dense10, Softmax)
+and a ResNet-8-style DAG (3x32x32: Conv16-BN-ReLU stem, three residual blocks
+of two Conv-BN with 16, 32 and 64 filters, the last two strided with a 1x1
+Conv-BN projection shortcut, Add, ReLU; GlobalAvgPool, Dense 10, Softmax),
+all through the default pass pipeline (BN folded, activations fused). PyTorch
 runs the very graph keydnn runs (``torch_net`` translates it op by op), in
 FP32 with TF32 off unless ``--tf32``. Latencies are medians with the device
 synchronized. ``--dry-run`` needs no GPU: it builds, saves and reloads the
 artifacts and checks the CPU backend (and PyTorch on the CPU, if installed)
 against the reference interpreter.
 
-    python benchmarks/gpu_bench.py [--artifact A.json ...] [--batches 1,64,1024] [--repeats 30]
+    python benchmarks/gpu_bench.py [--artifact A.json ...] [--models seed_cnn,cifar_cnn,resnet8]
+                                   [--batches 1,64,1024] [--repeats 30] [--dry-run]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
+import operator
 import statistics
 import sys
 import tempfile
@@ -31,12 +37,15 @@ import numpy as np
 import keydnn
 from keydnn.device import parse_device
 from keydnn.ir import Graph, Node, TensorType, Value, run_reference
-from keydnn.ir.ops import BatchNorm, Conv2d, Dense, Flatten, GlobalAvgPool2d, MaxPool2d, OpBase, Relu, Softmax
+from keydnn.ir.ops import (
+    Add, BatchNorm, Conv2d, Dense, Flatten, GlobalAvgPool2d, MaxPool2d, OpBase, Relu, Softmax,
+)
 from keydnn.ir.passes import DEFAULT_PIPELINE, run_pipeline
 
 
 class _Net:
-    """Appends NCHW nodes with inferred types and random (He-scaled) weights."""
+    """Appends NCHW nodes with inferred types and random (He-scaled) weights; ``last`` is the value a
+    layer reads unless given another (``src``), so branches and merges build a DAG."""
 
     def __init__(self, name: str, shape: tuple, seed: int = 0) -> None:
         self.name, self.rng = name, np.random.default_rng(seed)
@@ -51,23 +60,34 @@ class _Net:
         self.types[name] = TensorType(shape=array.shape)
         return name
 
-    def add(self, op: OpBase, *consts: str) -> "_Net":
+    def add(self, op: OpBase, *consts: str, src: str | None = None) -> "_Net":
+        inputs = (self.last if src is None else src, *consts)
         name = f"{op.kind}{len(self.nodes)}"
-        out = op.infer([self.types[i] for i in (self.last, *consts)])
-        self.nodes.append(Node(name=name, op=op, inputs=(self.last, *consts), outputs=(Value(name=name, type=out),)))
+        out = op.infer([self.types[i] for i in inputs])
+        self.nodes.append(Node(name=name, op=op, inputs=inputs, outputs=(Value(name=name, type=out),)))
         self.types[name], self.last = out, name
         return self
 
-    def conv(self, out_ch: int, bn: bool = False) -> "_Net":
-        c = self.types[self.last].shape[1]
-        k = len(self.nodes)
-        w = self._const(f"w{k}", self.rng.normal(0, math.sqrt(2 / (9 * c)), (out_ch, c, 3, 3)))
-        self.add(Conv2d(pads=(1, 1, 1, 1)), w, self._const(f"b{k}", self.rng.normal(0, 0.05, out_ch)))
+    def conv(self, out_ch: int, bn: bool = False, *, k: int = 3, stride: int = 1, relu: bool = True,
+             bias: bool = True, src: str | None = None) -> "_Net":
+        src = self.last if src is None else src
+        c, n = self.types[src].shape[1], len(self.nodes)
+        w = self._const(f"w{n}", self.rng.normal(0, math.sqrt(2 / (k * k * c)), (out_ch, c, k, k)))
+        b = (self._const(f"b{n}", self.rng.normal(0, 0.05, out_ch)),) if bias else ()
+        self.add(Conv2d(strides=(stride, stride), pads=(k // 2,) * 4), w, *b, src=src)
         if bn:
             stats = [self.rng.normal(0, 0.1, out_ch), self.rng.uniform(0.5, 1.5, out_ch),
                      self.rng.uniform(0.5, 1.5, out_ch), self.rng.normal(0, 0.1, out_ch)]
-            self.add(BatchNorm(axis=1), *(self._const(f"bn{k}.{i}", s) for i, s in enumerate(stats)))
-        return self.add(Relu())
+            self.add(BatchNorm(axis=1), *(self._const(f"bn{n}.{i}", s) for i, s in enumerate(stats)))
+        return self.add(Relu()) if relu else self
+
+    def residual(self, out_ch: int, stride: int = 1) -> "_Net":
+        """Conv-BN-ReLU, Conv-BN, plus the input (through a 1x1 Conv-BN when the shape changes), ReLU."""
+        x = self.last
+        y = self.conv(out_ch, bn=True, stride=stride, bias=False).conv(out_ch, bn=True, relu=False, bias=False).last
+        if stride != 1 or self.types[x].shape[1] != out_ch:
+            x = self.conv(out_ch, bn=True, k=1, stride=stride, relu=False, bias=False, src=x).last
+        return self.add(Add(), x, src=y).add(Relu())
 
     def dense(self, units: int, relu: bool = False) -> "_Net":
         fan_in, k = self.types[self.last].shape[-1], len(self.nodes)
@@ -92,6 +112,14 @@ def seed_cnn() -> Graph:
 def cifar_cnn() -> Graph:
     net = _Net("cifar_cnn", (3, 32, 32), seed=1).conv(32, bn=True).conv(32).pool().conv(64).conv(64).pool()
     return net.add(Flatten()).dense(128, relu=True).dense(10).add(Softmax()).graph()
+
+
+def resnet8() -> Graph:
+    net = _Net("resnet8", (3, 32, 32), seed=2).conv(16, bn=True).residual(16).residual(32, 2).residual(64, 2)
+    return net.add(GlobalAvgPool2d()).dense(10).add(Softmax()).graph()
+
+
+MODELS: dict[str, Callable[[], Graph]] = {"seed_cnn": seed_cnn, "cifar_cnn": cifar_cnn, "resnet8": resnet8}
 
 
 def torch_net(graph: Graph, device: str) -> Callable:
@@ -138,6 +166,13 @@ def torch_net(graph: Graph, device: str) -> Callable:
         "reshape": lambda op, x: x.reshape(x.shape[0], *op.shape),
         "transpose": lambda op, x: x.permute(*op.perm).contiguous(),
         "softmax": lambda op, x: F.softmax(x, dim=op.axis),
+        "add": lambda op, *xs: functools.reduce(operator.add, xs),
+        "sub": lambda op, x, y: x - y,
+        "mul": lambda op, *xs: functools.reduce(operator.mul, xs),
+        "avg": lambda op, *xs: functools.reduce(operator.add, xs) / len(xs),
+        "max": lambda op, *xs: functools.reduce(torch.maximum, xs),  # NaN propagates, as in keydnn
+        "min": lambda op, *xs: functools.reduce(torch.minimum, xs),
+        "concat": lambda op, *xs: torch.cat(xs, dim=op.axis),
         **acts,
     }
 
@@ -172,7 +207,7 @@ def dry_run(graphs: dict[str, Graph]) -> int:
     """No GPU: artifact round trip, CPU backend (and PyTorch on the CPU) against the reference."""
     with tempfile.TemporaryDirectory() as tmp:
         for name, graph in graphs.items():
-            path = keydnn.Sequential(graph).save(Path(tmp) / f"{name}.json")
+            path = keydnn.Model(graph).save(Path(tmp) / f"{name}.json")
             model = keydnn.load(path)
             x = np.random.default_rng(0).normal(size=(2, *graph.inputs[0].type.shape[1:])).astype(np.float32)
             want = run_reference(graph, x)[0]
@@ -191,14 +226,19 @@ def dry_run(graphs: dict[str, Graph]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifact", action="append", default=[], help="KeyDNN artifact(s) to benchmark")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"built-in models to run (of {', '.join(MODELS)})")
     parser.add_argument("--batches", default="1,64,1024")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--tf32", action="store_true", help="let PyTorch use TF32 (keydnn computes in FP32)")
     parser.add_argument("--dry-run", action="store_true", help="no GPU needed: build, save, load, check on CPU")
     args = parser.parse_args(argv)
+    names = [m for m in args.models.split(",") if m]
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown --models {unknown}; built-in models are {', '.join(MODELS)}")
     graphs = ({Path(p).stem: keydnn.load(p).graph for p in args.artifact} if args.artifact
-              else {"seed_cnn": seed_cnn(), "cifar_cnn": cifar_cnn()})
+              else {name: MODELS[name]() for name in names})
     if args.dry_run:
         return dry_run(graphs)
 
@@ -230,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':<12}{'batch':>6}{'keydnn dev ms':>15}{'keydnn host ms':>16}{'torch ms':>10}"
           f"{'keydnn/torch':>14}{'max|diff|':>11}")
     for name, graph in graphs.items():
-        model = keydnn.Sequential(graph, device=device)
+        model = keydnn.Model(graph, device=device)
         ref_net = torch_net(graph, torch_device) if torch is not None else None
         for batch in (int(b) for b in args.batches.split(",")):
             x = np.random.default_rng(batch).normal(size=(batch, *graph.inputs[0].type.shape[1:])).astype(np.float32)

@@ -5,6 +5,8 @@ Mirrors numba-cpu: importing the package registers a lowering per op kind in
 (uploading weights), and the executable prepares launches and device buffers
 once per input shape. conv2d and dense share one shared-memory tiled GEMM
 template (implicit GEMM for conv) with fused bias + activation epilogues.
+Merge ops (add ... min with broadcasting, concat) read all their operands in
+one launch, so a DAG costs no more launches than a chain of the same nodes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 from keydnn.backends.numba_cuda import kernels_conv as _kernels_conv  # noqa: F401  (registers)
 from keydnn.backends.numba_cuda import kernels_dense as _kernels_dense  # noqa: F401  (registers)
 from keydnn.backends.numba_cuda import kernels_elementwise as _kernels_elementwise  # noqa: F401  (registers)
+from keydnn.backends.numba_cuda import kernels_merge as _kernels_merge  # noqa: F401  (registers)
 from keydnn.backends.numba_cuda import kernels_pool as _kernels_pool  # noqa: F401  (registers)
 from keydnn.backends.numba_cuda import kernels_shape as _kernels_shape  # noqa: F401  (registers)
 from keydnn.backends.numba_cuda.device import device_count, require_device, simulator_enabled

@@ -70,8 +70,12 @@ def _cpu_can_run(graph: Graph) -> bool:
     return all(n.op.kind in KERNELS for n in graph.nodes)
 
 
-def assert_parity(graph: Graph, *inputs: np.ndarray, atol: float | None = None, cpu: bool = True) -> list[np.ndarray]:
-    """CUDA == reference (and == numba-cpu where it has every kernel); returns the CUDA outputs."""
+def assert_parity(graph: Graph, *inputs: np.ndarray, atol: float | None = None, cpu: bool = True,
+                  cpu_mode: str | None = None) -> list[np.ndarray]:
+    """CUDA == reference (and == numba-cpu where it has every kernel); returns the CUDA outputs.
+
+    ``cpu_mode`` picks numba-cpu's mode ("ops": its per-op kernels, compiled once for every graph;
+    default: whole-graph generated code, compiled once per graph)."""
     dtype = graph.inputs[0].type.dtype
     atol = ATOL[dtype] if atol is None else atol
     feed = {v.name: x for v, x in zip(graph.inputs, inputs)}
@@ -85,7 +89,7 @@ def assert_parity(graph: Graph, *inputs: np.ndarray, atol: float | None = None, 
     if cpu and _cpu_can_run(graph):
         from keydnn.backends.numba_cpu import compile_graph as compile_cpu
 
-        for c, g in zip(compile_cpu(graph)(*inputs), got):
+        for c, g in zip(compile_cpu(graph, mode=cpu_mode)(*inputs), got):
             np.testing.assert_allclose(g, c, atol=atol, rtol=atol)
     return got
 

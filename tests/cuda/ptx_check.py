@@ -26,7 +26,7 @@ from numba import cuda
 from numba import types as nt
 
 from keydnn.backends.numba_cuda import gemm, kernels_conv, kernels_dense, kernels_elementwise, kernels_pool
-from keydnn.backends.numba_cuda import kernels_shape
+from keydnn.backends.numba_cuda import kernels_merge, kernels_shape
 from keydnn.backends.numba_cuda.activations import ACTIVATION_CODES, GELU, LINEAR, RELU, RELU0
 
 
@@ -61,6 +61,12 @@ def kernels(dtype: str, quick: bool = False) -> Iterator[tuple[str, object, tupl
     yield "gather2d", kernels_shape._gather2d_kernel(dtype), (arr, arr, i64, geom(8), f)
     for rank in (2, 3, 4, 5):
         yield f"transpose[rank {rank}]", kernels_shape.transpose_kernel, (arr, arr, i64, geom(rank), geom(rank))
+    for kind, code in kernels_merge.MERGE_CODES.items():  # the operand count is a tuple length: compiled per arity
+        for n in (2,) if quick and kind != "add" else (2, 3):
+            yield (f"merge[{kind} x{n}]", kernels_merge._merge_kernel(dtype, code),
+                   (nt.UniTuple(arr, n), arr, i64, i64[::1], i64, f))
+    for n in (1, 2, 3) if not quick else (2, 4):
+        yield f"concat[x{n}]", kernels_merge.concat_kernel, (nt.UniTuple(arr, n), arr, i64, i64, geom(n + 1))
 
 
 def ptxas_report(ptx: str, cc: tuple[int, int], max_registers: int | None = None) -> str:
