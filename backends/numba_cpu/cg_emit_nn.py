@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 PANEL_BYTES = 1 << 18
 #: Rows of a dense work item.
 DENSE_ROWS = 32
+#: Work items a conv stage should offer per sample at least (so that both cores get work at batch 1).
+MIN_ITEMS = 4
 
 
 def kernel_activation(op) -> tuple[int, tuple, tuple]:
@@ -150,28 +152,46 @@ def _conv_gemm(ctx: EmitContext) -> None:
         ldb = strip
     t_off = ctx.table([k * ldb for k in range(depth)])
     strips = -(-pixels // strip)
-    body = ["for s in range(lo, hi):", f"    p0 = s * {strip}", f"    np_ = min({strip}, {pixels} - p0)"]
+    # few strips (a small image, batch 1): split each strip's output channels too, so that every thread
+    # gets work; each thread packs a strip's panel once into its own scratch (packing can cost as much as
+    # the GEMM of a small image, so never once per item)
+    ocs = min(blocks, -(-MIN_ITEMS // strips)) if strips < MIN_ITEMS else 1
+    per = -(-blocks // ocs)
+    ocs = -(-blocks // per)
+    body = ["for u in range(lo, hi):"]
+    if ocs == 1:
+        body += ["    s = u", "    ob_lo = 0", f"    ob_hi = {blocks}"]
+    else:
+        body += [f"    s = u // {ocs}", f"    ob_lo = (u - s * {ocs}) * {per}", f"    ob_hi = min({blocks}, ob_lo + {per})"]
+    body += [f"    p0 = s * {strip}", f"    np_ = min({strip}, {pixels} - p0)"]
     if pointwise:
         src, src_off = x, f"{xo} + p0"
     else:
         scr = ctx.scratch(depth * strip)
-        body.append("    " + ctx.call("im2col_panel", x, xo, c, h, wd, kh, kw, sh, sw, dh, dw, pt, pl, ow, "p0", "np_",
-                                      Arr("A"), scr, strip))
+        pack = ctx.call("im2col_panel", x, xo, c, h, wd, kh, kw, sh, sw, dh, dw, pt, pl, ow, "p0", "np_", Arr("A"), scr,
+                        strip)
+        if ocs > 1:  # pack a strip once per thread: the items of one strip that a thread claims share it
+            body += [f"    if n * {strips} + s != packed:", "        " + pack, f"        packed = n * {strips} + s"]
+        else:
+            body += ["    " + pack]
         src, src_off = Arr("A"), scr
     body += [
         f"    for j in range(0, np_, {slab}):",
-        f"        for ob in range({blocks}):",
+        "        for ob in range(ob_lo, ob_hi):",
         "            " + ctx.call(mk, depth, Arr("W"), f"{w_off} + ob * {depth * mr}", 1, mr, src, f"{src_off} + j",
                                   Arr("T"), t_off, lanes, y, f"{yo} + ob * {mr * pixels} + p0 + j", pixels, lanes,
                                   f"min({mr}, {o_ch} - ob * {mr})", "np_ - j", Arr("W"), f"{b_off} + ob * {mr}",
                                   bias_mode, code, *params),
     ]
     if post_activation(act):
-        body += [f"    for o in range({o_ch}):",
+        body += [f"    for o in range(ob_lo * {mr}, min({o_ch}, ob_hi * {mr})):",
                  "        " + ctx.call("act_copy", y, f"{yo} + o * {pixels} + p0", y, f"{yo} + o * {pixels} + p0",
                                        "np_", *_act_args(act))]
-    ctx.stage(Stage(f"conv2d {o_ch}x{cg}x{kh}x{kw} im2col-gemm strips={strips}x{strip}", body, batched=y.batched,
-                    split=strips, max_blocks=max(1, min(strips, math.ceil(work / (8 * GRAIN)))), work=work))
+    split = strips * ocs
+    ctx.stage(Stage(f"conv2d {o_ch}x{cg}x{kh}x{kw} im2col-gemm strips={strips}x{strip}"
+                    + (f" channel-groups={ocs}" if ocs > 1 else ""), body, batched=y.batched,
+                    setup=["packed = -1"] if ocs > 1 and not pointwise else [],
+                    split=split, max_blocks=max(1, min(split, math.ceil(work / (8 * GRAIN)))), work=work))
 
 
 def _conv_direct(ctx: EmitContext) -> None:

@@ -53,15 +53,23 @@ def im2col_panel(x, x_off, C, H, W, KH, KW, sh, sw, dh, dw, pt, pl, OW, p0, npix
                         for t in range(run):
                             store_at(P, row + j + t, 0.0)
                     else:
+                        # zeros left of the image, the pixels inside it, zeros right of it: no per-pixel test
                         ix0 = ox * sw + kj * dw - pl
-                        src = xc + iy * W
-                        if sw == 1 and ix0 >= 0 and ix0 + run <= W:
-                            for t in range(run):
-                                store_at(P, row + j + t, load_at(x, src + ix0 + t))
+                        src = xc + iy * W + ix0
+                        t_lo = 0 if ix0 >= 0 else min(run, (sw - 1 - ix0) // sw)
+                        t_hi = min(run, (W - 1 - ix0) // sw + 1) if ix0 <= W - 1 else 0
+                        t_hi = max(t_hi, t_lo)
+                        out = row + j
+                        for t in range(t_lo):
+                            store_at(P, out + t, 0.0)
+                        if sw == 1:
+                            for t in range(t_lo, t_hi):
+                                store_at(P, out + t, load_at(x, src + t))
                         else:
-                            for t in range(run):
-                                ix = ix0 + t * sw
-                                store_at(P, row + j + t, load_at(x, src + ix) if 0 <= ix < W else 0.0)
+                            for t in range(t_lo, t_hi):
+                                store_at(P, out + t, load_at(x, src + t * sw))
+                        for t in range(t_hi, run):
+                            store_at(P, out + t, 0.0)
                     j += run
 
 

@@ -59,6 +59,7 @@ def _stage(k: int, st: "Stage", profile: bool) -> list[str]:
         prelude: list[str] = []
     else:
         rows = "N" if st.batched else "1"
+        lines += [f"    {p}" for p in st.setup]
         if st.max_blocks <= 1:
             lines.append("    blocks = 1")
         elif st.batched:

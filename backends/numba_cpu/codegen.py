@@ -127,7 +127,7 @@ class Stage:
     max_blocks: int = 1
     items: Optional[str] = None
     work: float = 0.0  # per-sample (or total when unbatched) work estimate
-    setup: list[str] = field(default_factory=list)  # custom form: lines before the claim loop
+    setup: list[str] = field(default_factory=list)  # lines before the claim loop (per thread)
 
 
 @dataclass
