@@ -127,3 +127,20 @@ def test_verify_without_tensorflow_gives_an_install_hint(tmp_path, monkeypatch):
     res = CliRunner().invoke(cli, ["convert", "--src", str(SEED_H5), "--dst", str(tmp_path / "x.json"), "--verify"])
     assert res.exit_code == 1 and "pip install 'keydnn[keras]'" in res.output
     assert not (tmp_path / "x.json").exists()
+
+
+def test_first_run_reports_compiling_and_a_cached_run_does_not(seed_artifact, tmp_path):
+    """The CLI shows the one-time compile of generated code (seconds); a second process loads it silently."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KEYDNN_CACHE_DIR": str(tmp_path / "cache"), "KEYDNN_CACHE": "1", "KEYDNN_CPU_MODE": "codegen"}
+    cmd = [sys.executable, "-m", "keydnn", "bench", str(seed_artifact), "--batch", "1", "--repeat", "3"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "keydnn: compiling graph for numba-cpu (first time" in first.stderr
+    assert "keydnn: compiled graph" in first.stderr
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "compil" not in second.stderr

@@ -8,6 +8,9 @@ command never leaves a partial or clobbered output file.
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import click
 
 import keydnn
@@ -27,8 +30,22 @@ def cli() -> None:
       keydnn inspect-ir model.keras --after all
       python -m keydnn convert --src model.keras --dst model.json --passes infer-shapes
     """
+    _show_compile_progress()
 
 
+def _show_compile_progress() -> None:
+    """Print the CPU backend's compile messages to stderr: a model's first run on a machine compiles its
+    generated code (seconds), later runs load it from the cache and print nothing."""
+    log = logging.getLogger("keydnn.compile")
+    if any(getattr(h, "_keydnn_cli", False) for h in log.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("keydnn: %(message)s"))
+    handler.setLevel(logging.INFO)
+    handler._keydnn_cli = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
+    if log.level == logging.NOTSET or log.level > logging.INFO:
+        log.setLevel(logging.INFO)
 
 
 def _register() -> None:
