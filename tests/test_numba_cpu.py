@@ -1008,3 +1008,35 @@ def test_damaged_stored_thunk_is_rebuilt_not_linked(tmp_path) -> None:
     (entry / "manifest.json").unlink()
     assert _loads(cache)[0] is False  # no manifest: compiled again, library linked from rebuilt thunks
     assert _loads(cache) == (True, "aot", False)
+
+
+@pytest.mark.parametrize("case", [
+    # C, H, W, KH, KW, sh, sw, dh, dw, pt, pl, p0, npix
+    (3, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 0, 64),
+    (2, 9, 7, 3, 2, 2, 2, 1, 1, 1, 0, 5, 10),
+    (2, 10, 10, 3, 3, 1, 2, 2, 1, 2, 3, 3, 17),
+    (1, 5, 6, 1, 1, 2, 3, 1, 1, 0, 0, 1, 3),
+    (2, 4, 4, 3, 3, 1, 1, 1, 1, 3, 3, 7, 20),
+])
+def test_im2col_panel_matches_numpy(case: tuple) -> None:
+    """The conv panel packer against a direct NumPy unfold, strips starting mid-row included."""
+    from keydnn.backends.numba_cpu.cg_kernels import im2col_panel
+
+    c, h, w, kh, kw, sh, sw, dh, dw, pt, pl = case[:11]
+    p0, npix = case[11:]
+    oh = (h + 2 * pt - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pl - dw * (kw - 1) - 1) // sw + 1
+    x = randn(c, h, w, seed=5)
+    ldp = npix + 3
+    got = np.full(c * kh * kw * ldp + 8, np.nan, dtype=np.float32)
+    im2col_panel(x.reshape(-1), 0, c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, ow, p0, npix, got, 0, ldp)
+    for ci in range(c):
+        for ki in range(kh):
+            for kj in range(kw):
+                k = (ci * kh + ki) * kw + kj
+                for j in range(npix):
+                    oy, ox = divmod(p0 + j, ow)
+                    assert oy < oh
+                    iy, ix = oy * sh + ki * dh - pt, ox * sw + kj * dw - pl
+                    want = x[ci, iy, ix] if 0 <= iy < h and 0 <= ix < w else 0.0
+                    assert got[k * ldp + j] == want, (ci, ki, kj, j)

@@ -36,41 +36,47 @@ REDUCE_OPTIONS = {**JIT_OPTIONS, "fastmath": {"reassoc"}}
 @numba.njit(**JIT_OPTIONS)
 def im2col_panel(x, x_off, C, H, W, KH, KW, sh, sw, dh, dw, pt, pl, OW, p0, npix, P, p_off, ldp):
     """load_at(P, p_off + k * ldp + j) = load_at(x, c, oy*sh + ki*dh - pt, ox*sw + kj*dw - pl) for output pixel p0 + j
-    (k = (c*KH + ki)*KW + kj, zero outside the image), j < npix; one (c, ki, kj) row at a time."""
+    (k = (c*KH + ki)*KW + kj, zero outside the image), j < npix; one (c, ki, kj) row at a time.
+
+    Small images make this as costly as the GEMM it feeds, so the inner loops are plain copies: which
+    output columns read inside the image depends on kj only (computed once per row, no division per
+    output row), and each output row's run is split into zeros, pixels, zeros."""
     for c in range(C):
         xc = x_off + c * H * W
         for ki in range(KH):
             for kj in range(KW):
                 row = p_off + ((c * KH + ki) * KW + kj) * ldp
+                ixb = kj * dw - pl  # input column read by output column 0
+                f_lo = 0 if ixb >= 0 else min(OW, (sw - 1 - ixb) // sw)
+                f_hi = min(OW, (W - 1 - ixb) // sw + 1) if ixb <= W - 1 else 0
+                f_hi = max(f_hi, f_lo)
+                oy = p0 // OW
+                ox = p0 - oy * OW
                 j = 0
                 while j < npix:
-                    p = p0 + j
-                    oy = p // OW
-                    ox = p - oy * OW
                     run = min(npix - j, OW - ox)  # pixels left in this output row
                     iy = oy * sh + ki * dh - pt
+                    out = row + j
                     if iy < 0 or iy >= H:
                         for t in range(run):
-                            store_at(P, row + j + t, 0.0)
+                            store_at(P, out + t, 0.0)
                     else:
-                        # zeros left of the image, the pixels inside it, zeros right of it: no per-pixel test
-                        ix0 = ox * sw + kj * dw - pl
-                        src = xc + iy * W + ix0
-                        t_lo = 0 if ix0 >= 0 else min(run, (sw - 1 - ix0) // sw)
-                        t_hi = min(run, (W - 1 - ix0) // sw + 1) if ix0 <= W - 1 else 0
-                        t_hi = max(t_hi, t_lo)
-                        out = row + j
-                        for t in range(t_lo):
+                        a = min(max(f_lo - ox, 0), run)
+                        b = min(max(f_hi - ox, a), run)
+                        src = xc + iy * W + ixb + ox * sw
+                        for t in range(a):
                             store_at(P, out + t, 0.0)
                         if sw == 1:
-                            for t in range(t_lo, t_hi):
+                            for t in range(a, b):
                                 store_at(P, out + t, load_at(x, src + t))
                         else:
-                            for t in range(t_lo, t_hi):
+                            for t in range(a, b):
                                 store_at(P, out + t, load_at(x, src + t * sw))
-                        for t in range(t_hi, run):
+                        for t in range(b, run):
                             store_at(P, out + t, 0.0)
                     j += run
+                    ox = 0
+                    oy += 1
 
 
 @numba.njit(**JIT_OPTIONS)

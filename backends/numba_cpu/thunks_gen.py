@@ -52,7 +52,7 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
 )
 
 #: sha256 of simd.py, cg_kernels.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py when this file was written
-SOURCES_DIGEST = "bcb52578489c451f4ec0c9c405ab68212bfdc9b31508cbe79f91421baa1cb7d2"
+SOURCES_DIGEST = "f64d38d5f3ac5ebdde9022deca61811acd51602f32b363a68067331b5adf49b2"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
