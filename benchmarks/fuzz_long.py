@@ -19,10 +19,14 @@ no other exception, no hang (``--timeout`` s per input), no input that grows
 the worker's peak memory by more than ``--mem-mb``, no crash of the process.
 
 A hang is almost always libhdf5 looping forever inside one C call on a
-corrupt ``.h5`` (nothing in the process can interrupt it); after the run each
-hang input is re-read with ``read_keras_file(..., isolate=True)`` (a child
-process with a time limit) to confirm keydnn's mitigation refuses it
-(``--isolation-timeout``; 0 skips the check).
+corrupt ``.h5`` (nothing in the process can interrupt it). Every one the
+first runs found was a global heap collection libhdf5 cannot walk past,
+which the reader now refuses before libhdf5 sees it (``reader._check_global_heaps``;
+see benchmarks/FUZZ.md). After the run each hang input is re-read twice:
+in process (does a check now refuse it?) and with ``read_keras_file(...,
+isolate=True)`` with the heap check switched off in the child, to confirm the
+last line of defence -- a child process with a time limit, the command
+line's default -- ends it (``--isolation-timeout``; 0 skips the checks).
 
 Inputs are generated from ``random.Random(f"{seed}/{target}/{index}")``, so
 a finding is reproduced from ``--seed`` and its index alone. Each chunk of
@@ -334,9 +338,34 @@ def main(argv: list[str] | None = None) -> int:
     return report(args, targets, stats, wall, total)
 
 
+#: The reading child with the global-heap check off: what isolation alone does with a hang input.
+_CHILD_WITHOUT_HEAP_CHECK = (
+    "import sys; from keydnn.frontends.keras import reader; reader._check_global_heaps = lambda *a: None; "
+    "sys.exit(reader._isolated_main(sys.argv[1], sys.argv[2]))"
+)
+
+
+def _in_process_verdict(path: Path, timeout: float) -> str:
+    """Read ``path`` in a fresh process without isolation: refused (by what), accepted, or still hanging."""
+    code = ("import sys\nfrom keydnn.errors import KerasInteropError\n"
+            "from keydnn.frontends.keras.reader import read_keras_file\n"
+            "try:\n    read_keras_file(sys.argv[1], isolate=False)\n"
+            "except KerasInteropError as exc:\n"
+            "    print('refused in process' + (' by the global heap check' if 'global heap' in str(exc) else ''))\n"
+            "else:\n    print('accepted in process')\n")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                              timeout=timeout + 10)
+    except subprocess.TimeoutExpired:
+        return "still hangs in process"
+    return proc.stdout.strip() or f"in-process check failed: {proc.stderr.strip()[-200:]}"
+
+
 def check_hangs_isolated(args: argparse.Namespace, stats: Stats) -> None:
-    """Mark each hang finding with whether the isolated reader refuses that input in bounded time."""
+    """Mark each hang finding with what an in-process read does now, and whether the isolated reader (heap
+    check off, so only isolation stands between the caller and libhdf5) refuses it in bounded time."""
     from keydnn.errors import KerasInteropError
+    from keydnn.frontends.keras import reader
     from keydnn.frontends.keras.reader import read_keras_file
 
     for target, findings in stats.findings.items():
@@ -346,13 +375,17 @@ def check_hangs_isolated(args: argparse.Namespace, stats: Stats) -> None:
             path = next((p for p in Path(finding["saved"]).iterdir() if p.name.startswith("model.")), None)
             if path is None:
                 continue
+            finding["in_process"] = _in_process_verdict(path, args.isolation_timeout)
             t0 = time.perf_counter()
+            saved, reader._CHILD = reader._CHILD, _CHILD_WITHOUT_HEAP_CHECK
             try:
                 read_keras_file(path, isolate=True, timeout=args.isolation_timeout)
                 verdict = "accepted by the isolated reader"
             except KerasInteropError as exc:
                 verdict = "refused by the isolated reader" + (
                     " (stopped at its time limit)" if "did not finish" in str(exc) else "")
+            finally:
+                reader._CHILD = saved
             finding["isolated"] = f"{verdict} in {time.perf_counter() - t0:.1f} s"
 
 
@@ -388,7 +421,10 @@ def report(args: argparse.Namespace, targets: list[str], stats: Stats, wall: dic
             print(f"  {target}: FINDING x{count} (first index {first}): {sig}")
         isolated = Counter(f["isolated"].split(" in ")[0] for f in stats.findings[target] if "isolated" in f)
         if isolated:
-            print(f"  {target}: hangs re-read in a child process: {dict(isolated)}")
+            print(f"  {target}: hangs re-read in a child process (heap check off): {dict(isolated)}")
+        now = Counter(f["in_process"] for f in stats.findings[target] if "in_process" in f)
+        if now:
+            print(f"  {target}: hangs re-read in process with this keydnn: {dict(now)}")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(f"\ntotal wall {total:.1f} s; summary in {args.out / 'summary.json'}"
           + (f"; findings in {args.out / 'findings'}" if found else "; no findings"))

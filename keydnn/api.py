@@ -40,6 +40,7 @@ def from_keras(
     passes: str | Sequence[str | Pass] = DEFAULT_PIPELINE,
     print_after: str | Sequence[str] | None = None,
     verify_ir: bool = True,
+    isolate_reader: bool | None = None,
     **options: Any,
 ) -> Model:
     """Convert a Keras model (live object, ``.keras`` or ``.h5`` path) into a keydnn model.
@@ -53,6 +54,11 @@ def from_keras(
     of names / Pass instances); ``print_after`` prints the IR after the named
     passes ("all" for every one). Extra ``options`` are passed to passes that
     take them (e.g. ``input_layout="channels_first"`` for canonicalize-layout).
+    ``isolate_reader=True`` reads a model file in a child process with a time
+    and memory limit, so that a corrupt ``.h5`` on which libhdf5 loops forever
+    or crashes becomes a ``KerasInteropError`` instead of hanging or killing
+    this process (about half a second per file); ``None`` (the default)
+    follows ``KEYDNN_ISOLATE_READER`` (``1`` to isolate), else reads in process.
     """
     from keydnn.frontends.keras import ConversionOptions, convert
 
@@ -61,7 +67,7 @@ def from_keras(
     device = parse_device(device)
     opts = ConversionOptions(dtype=normalize_dtype(dtype), allow_non_linear_activation=allow_non_linear_activation,
                              strict=strict)
-    result = convert(model_or_path, opts)
+    result = convert(model_or_path, opts, isolate=isolate_reader)
     manager = PassManager(_configure(passes, options), verify=verify_ir, print_after=print_after)
     out = manager.run(result.graph)
     for record in out.records:

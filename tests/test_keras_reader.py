@@ -741,3 +741,31 @@ def test_spec_is_frozen_hashable_and_compares_arrays() -> None:
         "Sequential", "m", (None, 2), "float32", (make(0.5),), "keras3-zip", "3.0"
     )
     assert hash(model) == hash(model)
+
+
+# --------------------------------------------------------------------------- HDF5 checks before libhdf5
+
+
+def test_h5_with_a_user_block_passes_the_heap_checks(tmp_path: Path) -> None:
+    """Addresses in an HDF5 file are relative to its superblock; with a 512-byte user block in front the
+    global heap and string checks must still recognize what libhdf5 wrote (and still catch a bad length)."""
+    import struct
+
+    from fuzz import seeds
+
+    src = h5py.File(io.BytesIO(seeds.keras_seed_bytes("keras2-h5")), "r")
+    path = tmp_path / "ub.h5"
+    with src, h5py.File(path, "w", userblock_size=512) as dst:
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        for key in src:
+            src.copy(src[key], dst, name=key)
+    data = bytearray(path.read_bytes())
+    assert data[512:520] == b"\x89HDF\r\n\x1a\n"
+    assert len(read_keras_file(path).layers) == 9
+    heap = data.index(b"GCOL")
+    descriptor = data.index(struct.pack("<QI", heap - 512, 1))  # (collection address, object 1), base-relative
+    struct.pack_into("<I", data, descriptor - 4, 2**31)
+    path.write_bytes(bytes(data))
+    with pytest.raises(KerasInteropError, match="claims 2147483648 elements"):
+        read_keras_file(path)

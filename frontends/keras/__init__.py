@@ -23,15 +23,19 @@ __all__ = [
 ]
 
 
-def load_spec(model_or_path: Any):
-    """Read a path (``.keras`` / ``.h5``) or a live model into a ``ModelSpec``."""
+def load_spec(model_or_path: Any, *, isolate: bool | None = None):
+    """Read a path (``.keras`` / ``.h5``) or a live model into a ``ModelSpec``.
+
+    ``isolate`` reads a file in a child process (``reader.read_keras_file``; None: the environment
+    variable ``KEYDNN_ISOLATE_READER`` decides, default in process).
+    """
     from keydnn.frontends.keras.reader import read_keras_file, read_live_model
     from keydnn.frontends.keras.spec import ModelSpec
 
     if isinstance(model_or_path, ModelSpec):
         return model_or_path
     if isinstance(model_or_path, (str, os.PathLike)):
-        return read_keras_file(model_or_path)
+        return read_keras_file(model_or_path, isolate=isolate)
     return read_live_model(model_or_path)
 
 
@@ -43,8 +47,8 @@ def keras_major(spec) -> int:
     return 2 if spec.source_format in ("keras2-h5", "live-tf_keras") else 3
 
 
-def convert(model_or_path: Any, options: ConversionOptions) -> FrontendResult:
-    spec = load_spec(model_or_path)
+def convert(model_or_path: Any, options: ConversionOptions, *, isolate: bool | None = None) -> FrontendResult:
+    spec = load_spec(model_or_path, isolate=isolate)
     major = keras_major(spec)
     options = ConversionOptions(dtype=options.dtype, allow_non_linear_activation=options.allow_non_linear_activation,
                                 strict=options.strict, keras_major=major)

@@ -9,6 +9,7 @@ import numpy as np
 
 from keydnn.frontends.keras.activations import emit_fused_activation
 from keydnn.frontends.keras.registry import LayerContext, Unconvertible, register_converter
+from keydnn.frontends.keras.values import finite_float
 from keydnn.ir.ops import Conv2d, Dense, Flatten, GlobalAvgPool2d, MaxPool2d, Relu, Softmax, Transpose
 
 __all__ = ["same_padding", "pair", "check_dtype_policy", "layout_of"]
@@ -42,9 +43,8 @@ def check_dtype_policy(ctx: LayerContext) -> None:
 
 
 def layout_of(ctx: LayerContext, rank: int = 4) -> str:
+    """The layout named by ``data_format`` (an invalid value is recorded, and channels_last assumed)."""
     fmt = ctx.check_in("data_format", _FORMATS, "channels_last")
-    if fmt not in _FORMATS:
-        raise Unconvertible
     x = ctx.need_type()
     if x.rank != rank:
         ctx.refuse(f"expects a rank-{rank} input, got {x}")
@@ -82,7 +82,7 @@ def convert_conv2d(ctx: LayerContext) -> None:
     dilations = pair(ctx, "dilation_rate", ctx.cfg("dilation_rate", 1))
     groups = ctx.cfg("groups", 1)
     filters = ctx.cfg("filters")
-    use_bias = ctx.cfg("use_bias", True)
+    use_bias = ctx.check_in("use_bias", (True, False), True)
     if max(strides) > 1 and max(dilations) > 1:
         ctx.refuse("strides > 1 together with dilation_rate > 1", field="dilation_rate", value=list(dilations),
                    supported="strides or dilation_rate, as Keras itself requires")
@@ -137,7 +137,7 @@ def convert_flatten(ctx: LayerContext) -> None:
 def convert_dense(ctx: LayerContext) -> None:
     check_dtype_policy(ctx)
     units = ctx.cfg("units")
-    use_bias = ctx.cfg("use_bias", True)
+    use_bias = ctx.check_in("use_bias", (True, False), True)
     for key in ("quantization_config", "lora_rank"):
         value = ctx.cfg(key)
         if value not in (None, 0):
@@ -157,8 +157,9 @@ def _number(ctx: LayerContext, key: str, default: float | None, *, allow_none: b
     value = ctx.cfg(key, default)
     if value is None and allow_none:
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value >= 0:
-        return float(value)
+    number = finite_float(value)
+    if number is not None and number >= 0:
+        return number
     ctx.refuse(f"invalid {key} {value!r}", field=key, value=value, supported="a finite number >= 0"
                + (" or None" if allow_none else ""))
     raise Unconvertible
@@ -170,10 +171,11 @@ def convert_relu(ctx: LayerContext) -> None:
     max_value = _number(ctx, "max_value", None, allow_none=True)
     slope = _number(ctx, "negative_slope", 0.0)
     threshold = ctx.cfg("threshold", 0.0)
-    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not np.isfinite(threshold):
+    threshold_value = finite_float(threshold)
+    if threshold_value is None:
         ctx.refuse(f"invalid threshold {threshold!r}", field="threshold", value=threshold, supported="a finite number")
         raise Unconvertible
-    ctx.emit(Relu(max_value=max_value, negative_slope=slope or 0.0, threshold=float(threshold)))
+    ctx.emit(Relu(max_value=max_value, negative_slope=slope or 0.0, threshold=threshold_value))
 
 
 @register_converter("Softmax", constraints="one integer axis (negative allowed)")

@@ -21,6 +21,7 @@ import numpy as np
 
 from keydnn.frontends.keras.convert_core import same_padding
 from keydnn.frontends.keras.registry import LayerContext, Unconvertible
+from keydnn.frontends.keras.values import is_int, is_number
 from keydnn.ir.ops import ExpandDims, Squeeze
 from keydnn.ir.types import TensorType
 
@@ -34,15 +35,6 @@ _FORMATS_2D = {"channels_last": "NHWC", "channels_first": "NCHW"}
 _FORMATS_1D = {"channels_last": "NWC", "channels_first": "NCW"}
 #: 1-D layout -> (axis expand_dims inserts, layout of the 2-D op).
 _EXPAND = {"NWC": (1, "NHWC"), "NCW": (2, "NCHW")}
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
-        and bool(np.isfinite(value))
 
 
 def positive_int(ctx: LayerContext, key: str, value: Any) -> int:
@@ -158,7 +150,7 @@ def numeric_array(ctx: LayerContext, key: str, value: Any) -> np.ndarray:
         value = value["config"].get("value")
     try:
         array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float range
         array = None
     if array is None or array.dtype == object or not np.all(np.isfinite(array)):
         ctx.refuse(f"invalid {key} {value!r}", field=key, value=value,

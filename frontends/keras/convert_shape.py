@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from keydnn.frontends.keras.convert_core import check_dtype_policy
-from keydnn.frontends.keras.convert_phase2 import is_int
+from keydnn.frontends.keras.values import is_int, is_int_list
 from keydnn.frontends.keras.registry import LayerContext, Unconvertible, register_converter
 from keydnn.ir.ops import Reshape, Transpose
 
@@ -35,7 +35,7 @@ def convert_permute(ctx: LayerContext) -> None:
     check_dtype_policy(ctx)
     dims = ctx.cfg("dims")
     x = ctx.need_type()
-    if not (isinstance(dims, list) and sorted(dims) == list(range(1, x.rank)) and all(is_int(d) for d in dims)):
+    if not (is_int_list(dims) and sorted(dims) == list(range(1, x.rank))):
         ctx.refuse(f"invalid dims {dims!r}", field="dims", value=dims,
                    supported=f"a permutation of 1..{x.rank - 1}")
         raise Unconvertible

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 from pydantic import ValidationError
 
-from keydnn.errors import KerasInteropError, Problem
+from keydnn.errors import KerasInteropError, KeydnnError, Problem
 from keydnn.frontends.keras.registry import CONVERTERS, ConversionOptions, LayerContext, Unconvertible
 from keydnn.frontends.keras.spec import LayerSpec, ModelSpec
 from keydnn.ir.graph import Graph, Node
@@ -62,6 +62,27 @@ def _custom_class(layer: LayerSpec) -> str | None:
     if module is not None and not module.startswith(_BUILTIN_MODULES) and not module.startswith(_OPS_MODULES):
         return f"from module {module!r}"
     return None
+
+
+#: What a converter computing with a config value of an unexpected type or size can raise. The converters
+#: check their values first (``values.py``); this is the net under them, so that a value nobody thought
+#: of is still a ``KerasInteropError`` naming the layer and field, never a bare ``TypeError``.
+_CONVERTER_FAULTS = (TypeError, ValueError, ArithmeticError, KeyError, IndexError, AttributeError, RecursionError)
+#: Start of the message of such a refusal (the fuzz tests count these separately from checked refusals).
+CONVERTER_FAULT_MESSAGE = "config value the converter cannot use"
+
+
+def _converter_fault(ctx: LayerContext, constraints: str, exc: BaseException) -> None:
+    """Record a converter's unexpected exception as a problem with the field it read last."""
+    logger.debug("converter for %s failed on layer %r", ctx.layer.class_name, ctx.layer.name, exc_info=True)
+    key = ctx.last_field
+    value = ctx.layer.config.get(key) if key is not None else None
+    shown = repr(value)
+    ctx.refuse(f"{CONVERTER_FAULT_MESSAGE} ({type(exc).__name__}: {str(exc)[:200]})",
+               field=key, value=value if len(shown) <= 200 else shown[:200] + "...",
+               supported=constraints or None)
+
+
 _LAYOUT_BY_RANK = {2: "NC"}
 _SPATIAL_LAYOUTS = {4: ("NCHW", "NHWC"), 3: ("NCW", "NWC")}
 
@@ -220,6 +241,7 @@ class Lowering:
                        value=list(inputs), supported="one input tensor per call")
             failed = True
         else:
+            faulted = False
             try:
                 entry.fn(ctx)
             except Unconvertible:
@@ -228,7 +250,13 @@ class Lowering:
                 detail = "; ".join(e["msg"] for e in exc.errors())
                 ctx.refuse(f"invalid configuration: {detail}")
                 failed = True
-            for key in ctx.unconsumed():
+            except KeydnnError:
+                raise  # raised on purpose, with its own message
+            except _CONVERTER_FAULTS as exc:
+                _converter_fault(ctx, entry.constraints, exc)
+                failed = faulted = True
+            # (after a fault the converter stopped early: the fields it never reached are unchecked, not unknown)
+            for key in [] if faulted else ctx.unconsumed():
                 ctx.refuse(f"config field {key!r} is not understood by keydnn", field=key,
                            value=layer.config.get(key), supported="the fields documented for this layer")
         failed = failed or len(self.problems) > before

@@ -16,6 +16,7 @@ import numpy as np
 
 from keydnn.errors import Problem
 from keydnn.frontends.keras.spec import LayerSpec
+from keydnn.frontends.keras.values import is_one_of
 from keydnn.ir.graph import Node
 from keydnn.ir.ops import OpBase, ShapeError
 from keydnn.ir.types import TensorType, Value
@@ -66,11 +67,14 @@ class LayerContext:
     weights: dict[str, np.ndarray]
     _used: set[str] = field(default_factory=set)
     _input_unknown: bool = False
+    #: The config field read last: what the driver names when a converter fails unexpectedly.
+    last_field: str | None = None
 
     # -- config -----------------------------------------------------------------
     def cfg(self, key: str, default: Any = None) -> Any:
         """Read a config field, marking it honoured."""
         self._used.add(key)
+        self.last_field = key
         return self.layer.config.get(key, default)
 
     def ignore(self, *keys: str) -> None:
@@ -98,13 +102,20 @@ class LayerContext:
             self.refuse(message, field=field, value=value, supported=supported)
 
     def check_in(self, key: str, allowed: Iterable[Any], default: Any = None, *, supported: str | None = None) -> Any:
-        """Read a field that must take one of ``allowed`` values."""
+        """Read a field that must take one of ``allowed`` values (compared by type and value).
+
+        Always returns one of ``allowed``: a value that is not (a list, a dict, ``1`` for ``True``) is
+        recorded as a problem and ``default`` (or the first allowed value) is returned, so that the
+        converter can go on reading its other fields -- and report their problems too -- without
+        computing with a value of the wrong type.
+        """
         value = self.cfg(key, default)
         allowed = list(allowed)
-        if value not in allowed:
-            self.refuse(f"unsupported {key} {value!r}", field=key, value=value,
-                        supported=supported or ", ".join(repr(a) for a in allowed))
-        return value
+        if is_one_of(value, allowed):
+            return value
+        self.refuse(f"unsupported {key} {value!r}", field=key, value=value,
+                    supported=supported or ", ".join(repr(a) for a in allowed))
+        return default if is_one_of(default, allowed) else allowed[0]
 
     # -- weights ----------------------------------------------------------------
     def weight(self, name: str) -> np.ndarray:

@@ -13,7 +13,7 @@ import click
 import keydnn
 from keydnn.errors import ArtifactError, KerasInteropError, KeydnnError
 
-__all__ = ["EXIT_FAILED", "EXIT_USAGE", "fail", "Guard", "read_source"]
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "fail", "Guard", "read_source", "check_distinct"]
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -54,13 +54,46 @@ class Guard:
               "and please report it", EXIT_FAILED)
 
 
+def check_distinct(src: str, dst: str | None) -> None:
+    """Refuse an output path that names the input file (``--dst`` = ``--src``, a link to it, ...).
+
+    The artifact would be written over the user's model -- atomically, so the model would be gone.
+    """
+    if not dst:
+        return
+    try:
+        same = os.path.exists(dst) and os.path.samefile(src, dst)
+    except OSError:  # one of them vanished or cannot be examined: the later steps report that
+        return
+    if same:
+        fail(f"{dst}: --dst names the --src file; refusing to overwrite the model with the artifact "
+             "(choose another output path)", EXIT_USAGE)
+
+
+def _current_dst() -> str | None:
+    """The running command's ``--dst`` (None outside a click command, or for one without it)."""
+    ctx = click.get_current_context(silent=True)
+    dst = ctx.params.get("dst") if ctx is not None else None
+    return dst if isinstance(dst, str) else None
+
+
 def read_source(src: str) -> tuple[str, Any]:
-    """Tell a KeyDNN artifact from a Keras file; ('artifact', LoadedArtifact) or ('keras', ModelSpec)."""
+    """Tell a KeyDNN artifact from a Keras file; ('artifact', LoadedArtifact) or ('keras', ModelSpec).
+
+    Refuses what is not a regular file before opening it (a named pipe would block the sniffing read
+    forever, /dev/zero never end), and a source that the command's ``--dst`` would overwrite. Keras
+    files are read in a child process by default (``KEYDNN_ISOLATE_READER=0`` reads in process): a
+    corrupt ``.h5`` can make libhdf5 loop forever or crash, and a command must end either way.
+    """
     path = Path(src)
     if not path.exists():
         fail(f"{src}: no such file", EXIT_USAGE)
     if path.is_dir():
         fail(f"{src}: is a directory; expected a .keras, .h5 or KeyDNN .json file", EXIT_USAGE)
+    if not path.is_file():
+        fail(f"{src}: not a regular file (a device, pipe or socket); expected a .keras, .h5 or KeyDNN .json file",
+             EXIT_USAGE)
+    check_distinct(src, _current_dst())
     with open(path, "rb") as fh:
         head = fh.read(64).lstrip()
     if head.startswith(b"{"):
@@ -68,9 +101,12 @@ def read_source(src: str) -> tuple[str, Any]:
 
         return "artifact", load_artifact(path)
     from keydnn.frontends.keras import load_spec
+    from keydnn.frontends.keras.reader import ReaderProcessError, isolation_from_env
 
     try:
-        return "keras", load_spec(path)
+        return "keras", load_spec(path, isolate=isolation_from_env(default=True))
+    except ReaderProcessError as exc:  # stopped or crashed: not proof the file is malformed
+        fail(f"{exc}\n(set KEYDNN_ISOLATE_READER=0 to read in this process, without the limits)", EXIT_FAILED)
     except KerasInteropError as exc:
         fail(str(exc), EXIT_USAGE)
 

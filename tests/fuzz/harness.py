@@ -33,8 +33,10 @@ __all__ = [
     "SAFETY_NET", "escape_signature", "KerasCheckWorker",
 ]
 
-#: Text of the reader's last-resort wrapper for unexpected errors (counted, not failed, by the fuzzers).
-SAFETY_NET = ("unreadable or malformed model file (", "internal error while loading")
+#: Text of the last-resort wrappers for unexpected errors -- the reader's, the artifact loader's, and the
+#: net under the Keras converters (``lower.CONVERTER_FAULT_MESSAGE``) -- counted, not failed, by the fuzzers.
+SAFETY_NET = ("unreadable or malformed model file (", "internal error while loading",
+              "config value the converter cannot use (")
 
 _ROOT = Path(__file__).resolve().parents[2]
 #: Source files whose escapes this suite fails on outright (the readers under test).

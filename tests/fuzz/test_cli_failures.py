@@ -41,11 +41,21 @@ def assert_clean_failure(proc: subprocess.CompletedProcess, code: int, *needles:
         assert needle in proc.stderr, proc.stderr
 
 
+@pytest.fixture(scope="module")
+def _converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
+    """The seed Keras file and the artifact ``keydnn convert`` makes of it (converted once per module)."""
+    folder = tmp_path_factory.mktemp("cli_seed")
+    seeds.write_keras_seed(folder / "m.keras", "keras3-zip")
+    proc = run("convert", "--src", "m.keras", "--dst", "good.json", cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    return (folder / "m.keras").read_bytes(), (folder / "good.json").read_bytes()
+
+
 @pytest.fixture
-def workdir(tmp_path: Path) -> Path:
+def workdir(tmp_path: Path, _converted: tuple[bytes, bytes]) -> Path:
     """A folder with a valid Keras file, a valid artifact converted from it, and a subdirectory."""
-    seeds.write_keras_seed(tmp_path / "m.keras", "keras3-zip")
-    assert run("convert", "--src", "m.keras", "--dst", "good.json", cwd=tmp_path).returncode == 0
+    (tmp_path / "m.keras").write_bytes(_converted[0])
+    (tmp_path / "good.json").write_bytes(_converted[1])
     (tmp_path / "adir").mkdir()
     return tmp_path
 
@@ -113,13 +123,12 @@ def test_src_is_a_device(workdir: Path, device: str) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
-@pytest.mark.xfail(strict=True, raises=subprocess.TimeoutExpired, reason=(
-    "issue 7, keydnn/cli/common.py read_source: opens --src to sniff it before checking it is a regular file, so "
-    "a named pipe blocks forever (the reader itself now refuses non-regular files); fix: "
-    "`if not path.is_file(): fail(f'{src}: not a regular file', EXIT_USAGE)` before open()"))
 def test_src_is_a_named_pipe(workdir: Path) -> None:
+    """read_source used to open --src to sniff it before checking it is a regular file: a FIFO blocked forever."""
     os.mkfifo(workdir / "pipe.h5")
-    assert_clean_failure(run("convert", "--src", "pipe.h5", "--dst", "o.json", cwd=workdir, timeout=3), 2, "pipe.h5")
+    proc = run("convert", "--src", "pipe.h5", "--dst", "o.json", cwd=workdir, timeout=30)
+    assert_clean_failure(proc, 2, "pipe.h5", "not a regular file")
+    assert_clean_failure(run("inspect-ir", "pipe.h5", cwd=workdir, timeout=30), 2, "pipe.h5", "not a regular file")
 
 
 def test_artifact_passed_as_src(workdir: Path) -> None:
@@ -173,15 +182,96 @@ def test_hostile_config_exits_cleanly(workdir: Path) -> None:
     assert_clean_failure(run("convert", "--src", "nan.keras", "--dst", "o.json", cwd=workdir), 1, "'conv2d'")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 7, keydnn/cli/convert.py: --dst naming the --src file overwrites the user's Keras model with the "
-    "artifact (exit 0); fix: `if Path(dst).exists() and os.path.samefile(src, dst): fail(..., EXIT_USAGE)`"))
 def test_dst_same_as_src_is_refused(workdir: Path) -> None:
+    """--dst naming the --src file used to overwrite the user's Keras model with the artifact (exit 0)."""
     shutil.copy(workdir / "m.keras", workdir / "same.keras")
     before = (workdir / "same.keras").read_bytes()
     proc = run("convert", "--src", "same.keras", "--dst", "same.keras", cwd=workdir)
     assert (workdir / "same.keras").read_bytes() == before
-    assert_clean_failure(proc, 2, "same.keras")
+    assert_clean_failure(proc, 2, "same.keras", "--dst names the --src file")
+    os.symlink("same.keras", workdir / "link.keras")  # the same file under another name
+    proc = run("convert", "--src", "same.keras", "--dst", str(workdir / "link.keras"), cwd=workdir)
+    assert (workdir / "same.keras").read_bytes() == before
+    assert_clean_failure(proc, 2, "link.keras", "--dst names the --src file")
+
+
+def test_check_distinct(tmp_path: Path) -> None:
+    """The helper itself: refuses the same file under any name, accepts a new or a different file."""
+    from keydnn.cli.common import check_distinct
+
+    (tmp_path / "a").write_bytes(b"x")
+    (tmp_path / "b").write_bytes(b"x")
+    os.link(tmp_path / "a", tmp_path / "hard")
+    check_distinct(str(tmp_path / "a"), str(tmp_path / "b"))
+    check_distinct(str(tmp_path / "a"), str(tmp_path / "new.json"))
+    check_distinct(str(tmp_path / "a"), None)
+    for same in (tmp_path / "a", tmp_path / "hard", f"{tmp_path}/./a"):
+        with pytest.raises(SystemExit) as info:
+            check_distinct(str(tmp_path / "a"), str(same))
+        assert info.value.code == 2
+
+
+# ----------------------------------------------------------------------------- reading in a child process
+
+
+def _keydnn_without_heap_check() -> str:
+    """``keydnn`` whose reading child has the global-heap check off, so that libhdf5 really spins on the input."""
+    from .test_isolation import CHILD_WITHOUT_HEAP_CHECK
+
+    return (f"import runpy, sys\nfrom keydnn.frontends.keras import reader\n"
+            f"reader._CHILD = {CHILD_WITHOUT_HEAP_CHECK!r}\n"
+            "sys.argv = ['keydnn'] + sys.argv[1:]\nrunpy.run_module('keydnn', run_name='__main__')\n")
+
+
+def test_convert_of_a_file_that_makes_libhdf5_spin_ends(workdir: Path) -> None:
+    """The CLI reads Keras files in a child process by default: a hang in libhdf5 ends at the limit, exit 1.
+
+    The reader refuses the known spin inputs before libhdf5 sees them (test_isolation.py); here that check is
+    off in the child, standing in for a libhdf5 bug no check foresees.
+    """
+    from .test_isolation import spin_input
+
+    path = spin_input(workdir)
+    before = _listing(workdir)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _keydnn_without_heap_check(), "convert", "--src", str(path),
+                           "--dst", "o.json"], capture_output=True, text=True, cwd=workdir, timeout=120,
+                          env={**os.environ, "KEYDNN_DEBUG": "", "KEYDNN_ISOLATE_READER": "",
+                               "KEYDNN_ISOLATE_TIMEOUT": "3"})
+    elapsed = time.perf_counter() - t0
+    if "did not finish within 3 s" not in proc.stderr:  # another libhdf5 may refuse the file outright
+        assert_clean_failure(proc, 2, str(path))
+        pytest.skip("this libhdf5 does not spin on the input; refused cleanly")
+    assert_clean_failure(proc, 1, str(path), "did not finish within 3 s", "KEYDNN_ISOLATE_TIMEOUT")
+    assert elapsed < 60, elapsed  # the limit plus two interpreter start-ups (slow on a loaded machine)
+    assert _listing(workdir) == before
+
+
+def test_convert_refuses_the_spin_input_without_waiting(workdir: Path) -> None:
+    """With the heap check on (the default), the same file is refused as corrupt, exit 2, at once."""
+    from .test_isolation import spin_input
+
+    path = spin_input(workdir)
+    t0 = time.perf_counter()
+    assert_clean_failure(run("convert", "--src", str(path), "--dst", "o.json", cwd=workdir), 2, str(path),
+                         "corrupt HDF5 global heap")
+    assert time.perf_counter() - t0 < 60
+    assert not (workdir / "o.json").exists()
+
+
+def test_cli_reads_in_a_child_unless_turned_off(workdir: Path) -> None:
+    """Isolation is the CLI default; KEYDNN_ISOLATE_READER=0 reads in process (a tiny limit shows which)."""
+    env = {**os.environ, "KEYDNN_DEBUG": "", "KEYDNN_ISOLATE_TIMEOUT": "0.001"}
+    for value in ("", "1"):
+        proc = subprocess.run([sys.executable, "-m", "keydnn", "inspect-ir", "m.keras"], capture_output=True,
+                              text=True, cwd=workdir, timeout=120, env={**env, "KEYDNN_ISOLATE_READER": value})
+        assert_clean_failure(proc, 1, "m.keras", "did not finish within 0.001 s")
+    proc = subprocess.run([sys.executable, "-m", "keydnn", "inspect-ir", "m.keras"], capture_output=True,
+                          text=True, cwd=workdir, timeout=120, env={**env, "KEYDNN_ISOLATE_READER": "0"})
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "keydnn", "inspect-ir", "m.keras"], capture_output=True,
+                          text=True, cwd=workdir, timeout=120, env={**env, "KEYDNN_ISOLATE_READER": "maybe"})
+    assert_clean_failure(proc, 2, "KEYDNN_ISOLATE_READER")
 
 
 def test_interrupt_during_write_keeps_old_output(workdir: Path) -> None:

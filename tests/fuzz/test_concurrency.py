@@ -71,7 +71,7 @@ def test_two_processes_convert_to_the_same_destination(tmp_path: Path, sidecar: 
     dst = tmp_path / "out.json"
     extra = ["--sidecar"] if sidecar else []
     cmd = [sys.executable, "-m", "keydnn", "convert", "--src", str(src), "--dst", str(dst), *extra]
-    env = {**os.environ, "KEYDNN_DEBUG": ""}
+    env = {**os.environ, "KEYDNN_DEBUG": "", "KEYDNN_ISOLATE_READER": "0"}  # the writes are the point
     for _ in range(2):
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                  for _ in range(2)]

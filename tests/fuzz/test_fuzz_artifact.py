@@ -30,7 +30,7 @@ from keydnn.ir.passes import run_pipeline
 from . import harness, inputs
 from .conftest import fuzz_settings
 
-EXAMPLES = {"bytes": 200, "truncate": 100, "json": 1000, "tensor": 400, "version": 60}
+EXAMPLES = {"bytes": 150, "truncate": 80, "json": 500, "tensor": 200, "version": 60}
 
 #: Causes that ``load_artifact``'s last-resort wrapper still has to catch, found by this fuzzer and
 #: reported to the IR owners (issue 7). The loader keeps its contract (an ArtifactError naming the

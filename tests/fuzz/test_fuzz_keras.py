@@ -7,15 +7,18 @@ only acceptable failures are ``KerasInteropError`` with a message that names
 the problem (and the file, for file-level problems); see ``harness.py``.
 
 Escapes from the reader fail at once. Escapes from converters and passes
-(owned elsewhere) fail too, unless their signature is listed in
-``KNOWN_CONVERTER_ESCAPES`` with the issue they are tracked in: then the
-test reports them as an expected failure that names each one, and turns
-green by itself when they are fixed.
+fail too, unless their signature is listed in ``KNOWN_CONVERTER_ESCAPES``
+with the issue they are tracked in: then the test reports them as an
+expected failure that names each one, and turns green by itself when they
+are fixed. (The list is empty: the escapes issue 7 found are fixed and
+pinned by ``test_pinned_converter_escape``.)
 
 Inputs are judged in a worker process (``harness.KerasCheckWorker``):
-libhdf5 spins forever on a few corrupt files, which would otherwise stall
-the test run; such "spin" inputs are counted and printed, and the mitigation
-(the isolated reader) is tested in test_isolation.py.
+libhdf5 spins forever on some corrupt files, which would otherwise stall
+the test run. The reader now refuses the kind the long run found (a global
+heap it cannot walk past) before libhdf5 sees it; any other "spin" input is
+counted and printed, and the last line of defence (the isolated reader, the
+command line's default) is tested in test_isolation.py.
 """
 
 from __future__ import annotations
@@ -31,31 +34,26 @@ from hypothesis import strategies as st
 from . import harness, inputs, seeds
 from .conftest import fuzz_settings
 
-#: Converter/pass escapes found by this fuzzer and reported to the converter owners (issue 7), by
-#: signature (innermost keydnn frame and exception type). Each still fails loudly as an xfail.
-KNOWN_CONVERTER_ESCAPES: dict[str, str] = {
-    "frontends/keras/convert_core.py:layout_of:TypeError":
-        "data_format holding a list/dict: `fmt not in _FORMATS` hashes it (unhashable type: 'list')",
-    "frontends/keras/convert_shape.py:convert_permute:TypeError":
-        "Permute dims mixing lists and ints: sorted(dims) compares list with int",
-    "frontends/keras/convert_core.py:_number:TypeError":
-        "an integer beyond float range (e.g. 2**63) in max_value/negative_slope: np.isfinite raises TypeError",
-    "frontends/keras/convert_core.py:convert_relu:TypeError":
-        "ReLU threshold beyond float range (e.g. 2**63): np.isfinite raises TypeError",
-}
+#: Converter/pass escapes found by this fuzzer and reported to their owners, by signature (innermost keydnn
+#: frame and exception type) -> what goes wrong. Each fails loudly as an xfail until fixed. Empty: the ones
+#: issue 7 found (data_format / Permute dims / ReLU numbers of the wrong type) are fixed, and pinned below.
+KNOWN_CONVERTER_ESCAPES: dict[str, str] = {}
 
-#: Examples per (target, mutation kind); scaled by KEYDNN_FUZZ_SCALE.
+#: Examples per (target, mutation kind); scaled by KEYDNN_FUZZ_SCALE. Sized so that tests/fuzz stays near 90 s
+#: on a 2-core machine: the long run (benchmarks/fuzz_long.py, 50,000 inputs per reader) is where volume
+#: lives, and every config field meets every wrong type exhaustively in test_config_values.py.
 EXAMPLES = {
-    "bytes": 200, "truncate": 60, "config": 400, "weights": 160, "h5-structure": 160, "zip-structure": 200,
+    "bytes": 120, "truncate": 40, "config": 150, "weights": 80, "h5-structure": 100, "zip-structure": 120,
 }
 
 
 def _judge(worker: harness.KerasCheckWorker, path: Path, strict: bool, allow: bool) -> str:
     """The worker's verdict on one input.
 
-    "spin" means libhdf5 looped without end inside one C call (an upstream bug, found by the long run);
-    keydnn's answer is ``read_keras_file(..., isolate=True)``, which test_isolation.py checks on such an
-    input. Spins are counted and printed here, not failed: no in-process code can prevent them.
+    "spin" means libhdf5 looped without end inside one C call (an upstream bug). The kind the long run
+    found is refused by the reader's global heap check; for any other, keydnn's answer is
+    ``read_keras_file(..., isolate=True)``, which test_isolation.py checks. Spins are counted and printed
+    here, not failed: no in-process code can stop one that no check foresaw.
     """
     return worker.check(path, strict=strict, allow_non_linear_activation=allow)
 
@@ -165,30 +163,39 @@ def test_hostile_files_from_tensorflow(tf_seed_files: dict[str, bytes], keras_wo
 
 # ----------------------------------------------------------------------------- converter escapes, pinned
 
-#: (seed model, layer name, config field, hostile value, KNOWN_CONVERTER_ESCAPES signature): the smallest
-#: input behind each known escape, found by the fuzzers; each test turns green when its escape is fixed.
+#: (seed model, layer name, config field, hostile value, outcome): the smallest input behind each converter
+#: escape the fuzzers found (issue 7; each let a TypeError or OverflowError out of its converter). A value of
+#: the wrong type must be refused by name; a huge integer that is still a finite float is a valid number.
 PINNED_ESCAPES = [
-    ("cnn", "conv2d", "data_format", [3, 3, 3], "frontends/keras/convert_core.py:layout_of:TypeError"),
-    ("cnn", "max_pooling2d", "data_format", {"a": 1}, "frontends/keras/convert_core.py:layout_of:TypeError"),
-    ("zoo", "permute", "dims", [2, 1, [0, 0]], "frontends/keras/convert_shape.py:convert_permute:TypeError"),
-    ("cnn", "re_lu", "threshold", 10**100, "frontends/keras/convert_core.py:convert_relu:TypeError"),
-    ("cnn", "re_lu", "max_value", 2**64, "frontends/keras/convert_core.py:_number:TypeError"),
+    ("cnn", "conv2d", "data_format", [3, 3, 3], "refused"),          # `fmt in _FORMATS` hashed a list
+    ("cnn", "max_pooling2d", "data_format", {"a": 1}, "refused"),   # ... or a dict
+    ("zoo", "permute", "dims", [2, 1, [0, 0]], "refused"),          # sorted() compared a list with an int
+    ("cnn", "re_lu", "threshold", 10**100, "ok"),                   # np.isfinite on an int beyond 64 bits
+    ("cnn", "re_lu", "threshold", 10**400, "refused"),              # ... and one beyond float range
+    ("cnn", "re_lu", "max_value", 2**64, "ok"),                     # the same in _number
+    ("zoo", "batch_normalization", "epsilon", 2**64, "ok"),         # the same in convert_phase2.is_number
+    ("zoo", "rescaling", "scale", 10**400, "refused"),              # float conversion overflowed in numeric_array
 ]
 
 
-@pytest.mark.parametrize("model,layer,field,value,signature", PINNED_ESCAPES,
-                         ids=[f"{p[1]}.{p[2]}" for p in PINNED_ESCAPES])
-@pytest.mark.xfail(strict=True, raises=harness.Escape,
-                   reason="issue 7: converter lets a TypeError escape on a hostile config value (see signature)")
+@pytest.mark.parametrize("model,layer,field,value,outcome", PINNED_ESCAPES,
+                         ids=[f"{p[1]}.{p[2]}={'big' if isinstance(p[3], int) else p[3]}" for p in PINNED_ESCAPES])
 def test_pinned_converter_escape(tmp_path: Path, model: str, layer: str, field: str, value: object,
-                                 signature: str) -> None:
-    assert signature in KNOWN_CONVERTER_ESCAPES
+                                 outcome: str) -> None:
+    """Refused with a KerasInteropError naming the layer, the field, the value and what is supported (or,
+    for a number that is valid after all, converted) -- never a bare TypeError."""
+    import keydnn
+    from keydnn.errors import KerasInteropError
+
     config = seeds.model_config("keras3-zip", model)
     entry = next(e for e in config["config"]["layers"] if e["config"].get("name") == layer)
     entry["config"][field] = value
     path = seeds.write_keras_seed(tmp_path / "m.keras", "keras3-zip", config=config, model=model)
-    try:
-        assert harness.check_from_keras(path, allow_non_linear_activation=True) in ("refused", "ok")
-    except harness.Escape as exc:
-        assert exc.signature == signature, exc  # a different escape than the one pinned: fail loudly
-        raise
+    assert harness.check_from_keras(path, allow_non_linear_activation=True) == outcome
+    if outcome == "ok":
+        return
+    with pytest.raises(KerasInteropError) as info:
+        keydnn.from_keras(path, allow_non_linear_activation=True)
+    problem = next(p for p in info.value.problems if p.field == field)
+    assert problem.layer_name == layer and problem.value == value and problem.supported, problem
+    assert f"'{layer}'" in str(info.value) and f"field {field}=" in str(info.value)
