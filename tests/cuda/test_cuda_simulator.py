@@ -36,7 +36,7 @@ PARENT_ONLY = ("test_cuda_simulator.py", "test_cuda_ptx.py", "test_gpu_bench.py"
 def test_every_cuda_test_passes_on_the_simulator():
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", str(HERE),
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-o", "addopts=-ra", str(HERE),
          *(f"--ignore={HERE / name}" for name in PARENT_ONLY)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
