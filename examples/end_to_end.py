@@ -37,13 +37,14 @@ def main() -> int:
         src, dst = Path(tmp) / "seed_cnn.h5", Path(tmp) / "seed_cnn.json"
         keras_model.save(src)
         cmd = [sys.executable, "-m", "keydnn", "convert", "--src", str(src), "--dst", str(dst), "--verify"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)  # not the source tree (see quickstart)
         print(proc.stderr.strip())
         if proc.returncode != 0:
             print(f"conversion failed with exit status {proc.returncode}")
             return 1
         model = keydnn.load(dst)
-        replay = subprocess.run([sys.executable, "-m", "keydnn", "verify", str(dst)], capture_output=True, text=True)
+        replay = subprocess.run([sys.executable, "-m", "keydnn", "verify", str(dst)], capture_output=True, text=True,
+                                cwd=tmp)
         print("keydnn verify:", replay.stdout.strip())
     expected = keras_model.predict(x_test, verbose=0)
     got = model(x_test)

@@ -26,7 +26,9 @@ def main() -> int:
         dst = Path(tmp) / "seed_cnn.json"
         cmd = [sys.executable, "-m", "keydnn", "convert", "--src", str(src), "--dst", str(dst)]
         print("$", " ".join(["python", "-m", "keydnn", "convert", "--src", "examples/seed_cnn.h5", "--dst", dst.name]))
-        subprocess.run(cmd, check=True)
+        # run from the temporary directory: from the repository root, `python -m keydnn` would import the
+        # source tree's keydnn/ (which lacks keydnn.ir etc. until installed) instead of the installed package
+        subprocess.run(cmd, check=True, cwd=tmp)
         model = keydnn.load(dst)
         print(model.summary())
         with np.load(HERE / "seed_cnn_samples.npz", allow_pickle=False) as data:

@@ -1557,6 +1557,11 @@ def _timeout_from_env() -> float:
     return seconds
 
 
+#: ``-P`` (Python 3.11+): the child does not put its working directory first on ``sys.path``, so a
+#: source checkout's ``keydnn/`` in the working directory never shadows the installed package.
+_SAFE_PATH = ("-P",) if sys.version_info >= (3, 11) else ()
+
+
 def read_keras_file_isolated(
     path: str | os.PathLike[str], *, timeout: float | None = None
 ) -> ModelSpec:
@@ -1590,7 +1595,7 @@ def read_keras_file_isolated(
     with tempfile.TemporaryDirectory(prefix="keydnn-read-") as out:
         try:
             proc = subprocess.run(
-                [sys.executable, "-c", _CHILD, str(fs_path), out],
+                [sys.executable, *_SAFE_PATH, "-c", _CHILD, str(fs_path), out],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
