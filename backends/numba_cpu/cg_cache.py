@@ -119,7 +119,7 @@ def _environment_digest() -> str:
 
     h = hashlib.sha256()
     here = Path(__file__).resolve().parent
-    for path in sorted(here.glob("*.py")):
+    for path in [*sorted(here.glob("*.py")), here.parent / "epilogues.py"]:  # + the activation codes kernels use
         h.update(path.name.encode())
         h.update(path.read_bytes())
     h.update(f"numba={_version('numba')} llvmlite={_version('llvmlite')} py={sys.version_info[:3]}".encode())

@@ -22,6 +22,11 @@ from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
+from keydnn.backends.epilogues import (  # noqa: F401  (re-exported: the kernels' names)
+    ACTIVATION_CODES, ELU, EXPONENTIAL, GELU, GELU_TANH, HARD_SIGMOID, HARD_SIGMOID_K2, LINEAR, NO_EPILOGUE,
+    RELU, RELU0, SELU, SIGMOID, SOFTPLUS, SOFTSIGN, SWISH, TANH, Encoded,
+)
+from keydnn.backends.epilogues import encode_activation as _encode_activation
 from keydnn.backends.numba_cuda.device import cuda
 from keydnn.backends.numba_cuda.lowering import Unsupported
 from keydnn.ir.ops.base import OpBase
@@ -31,49 +36,10 @@ __all__ = ["ACTIVATION_CODES", "Encoded", "Epilogue", "LINEAR", "encode_activati
 
 logger = logging.getLogger(__name__)
 
-#: (code, p0, p1, p2, p3): what a kernel needs to apply one activation.
-Encoded = tuple[int, float, float, float, float]
-
-LINEAR, RELU0, RELU, SIGMOID, TANH, SOFTPLUS, SOFTSIGN, ELU, SELU = 0, 1, 2, 3, 4, 5, 6, 7, 8
-GELU, GELU_TANH, SWISH, EXPONENTIAL, HARD_SIGMOID, HARD_SIGMOID_K2 = 9, 10, 11, 12, 13, 14
-
-#: Activation function name (ir.ops.ACTIVATION_FUNCTIONS) -> kernel code.
-ACTIVATION_CODES: dict[str, int] = {
-    "linear": LINEAR, "sigmoid": SIGMOID, "tanh": TANH, "softplus": SOFTPLUS, "softsign": SOFTSIGN,
-    "elu": ELU, "selu": SELU, "gelu": GELU, "gelu_tanh": GELU_TANH, "swish": SWISH,
-    "exponential": EXPONENTIAL, "hard_sigmoid": HARD_SIGMOID, "hard_sigmoid_k2": HARD_SIGMOID_K2,
-}
-
-_NONE: Encoded = (LINEAR, 0.0, 0.0, 0.0, 0.0)
-
-
-def _encode_relu(op: OpBase) -> Encoded:
-    if op.max_value is None and op.negative_slope == 0.0 and op.threshold == 0.0:
-        return (RELU0, 0.0, 0.0, 0.0, 0.0)
-    has_max = op.max_value is not None
-    return (RELU, float(op.threshold), float(op.max_value or 0.0), 1.0 if has_max else 0.0,
-            float(op.negative_slope))
-
-
-def _encode_function(op: OpBase) -> Encoded:
-    code = ACTIVATION_CODES.get(op.function)
-    if code is None:
-        raise Unsupported(f"activation function {op.function!r} has no numba-cuda kernel; "
-                          f"supported: {', '.join(sorted(ACTIVATION_CODES))}")
-    return (code, float(op.alpha), 0.0, 0.0, 0.0)
-
-
-_ENCODERS: dict[str, Callable[[OpBase], Encoded]] = {"relu": _encode_relu, "activation": _encode_function}
-
 
 def encode_activation(op: Optional[OpBase]) -> Encoded:
     """Encode a relu/activation op (standalone or a fused epilogue); None is the identity."""
-    if op is None:
-        return _NONE
-    encoder = _ENCODERS.get(op.kind)
-    if encoder is None:
-        raise Unsupported(f"{op.kind} cannot be a fused epilogue; supported: {', '.join(_ENCODERS)}")
-    return encoder(op)
+    return _encode_activation(op, Unsupported, "numba-cuda")
 
 
 class Epilogue(NamedTuple):
