@@ -27,7 +27,7 @@ from keydnn.errors import KerasInteropError, KeydnnError, Problem
 from keydnn.frontends.keras.registry import CONVERTERS, ConversionOptions, LayerContext, Unconvertible
 from keydnn.frontends.keras.spec import LayerSpec, ModelSpec
 from keydnn.ir.graph import Graph, Node
-from keydnn.ir.ops import OpBase, Opaque, ShapeError
+from keydnn.ir.ops import Opaque
 from keydnn.ir.types import TensorType, Value
 
 __all__ = ["FrontendResult", "lower_model", "IGNORED_AT_INFERENCE", "GraphLayerContext", "Lowering",
@@ -115,7 +115,7 @@ class GraphLayerContext(LayerContext):
     known_types: dict[str, TensorType | None] = field(default_factory=dict)
     taken: set[str] = field(default_factory=set)
 
-    def emit(self, op: OpBase, *operands: str, suffix: str | None = None) -> str:
+    def _node_name(self, suffix: str | None) -> str:
         base = self.node_name or self.layer.name
         name = base if suffix is None else f"{base}.{suffix}"
         if name in self.taken:
@@ -123,21 +123,11 @@ class GraphLayerContext(LayerContext):
             while f"{name}_{k}" in self.taken:
                 k += 1
             name = f"{name}_{k}"
-        inputs = (self.x,) + operands
-        types = [self._type_of(i) for i in inputs]
-        out_type: TensorType | None = None
-        if all(t is not None for t in types):
-            try:
-                out_type = op.infer(types)  # type: ignore[arg-type]
-            except ShapeError as exc:
-                self.refuse(f"invalid shapes for {op.kind}: {exc}")
-                raise Unconvertible from exc
-        self.nodes.append(Node(name=name, op=op, inputs=inputs, outputs=(Value(name=name, type=out_type),),
-                               source=self.layer.name))
+        return name
+
+    def _emitted(self, name: str, out_type: TensorType | None) -> None:
         self.taken.add(name)
         self.known_types[name] = out_type
-        self.x, self.x_type = name, out_type
-        return name
 
     def _type_of(self, name: str) -> TensorType | None:
         if name == self.x:

@@ -139,9 +139,16 @@ class LayerContext:
             raise Unconvertible
         return self.x_type
 
+    def _node_name(self, suffix: str | None) -> str:
+        """The name of the next node this layer emits (graph contexts also keep names unique)."""
+        return self.layer.name if suffix is None else f"{self.layer.name}.{suffix}"
+
+    def _emitted(self, name: str, out_type: TensorType | None) -> None:
+        """Bookkeeping after a node is appended (graph contexts record names and types)."""
+
     def emit(self, op: OpBase, *operands: str, suffix: str | None = None) -> str:
         """Append a node applying ``op`` to the current value (plus ``operands``); returns its output."""
-        name = self.layer.name if suffix is None else f"{self.layer.name}.{suffix}"
+        name = self._node_name(suffix)
         inputs = (self.x,) + operands
         types = [self._type_of(i) for i in inputs]
         out_type: TensorType | None = None
@@ -153,6 +160,7 @@ class LayerContext:
                 raise Unconvertible from exc
         self.nodes.append(Node(name=name, op=op, inputs=inputs, outputs=(Value(name=name, type=out_type),),
                                source=self.layer.name))
+        self._emitted(name, out_type)
         self.x, self.x_type = name, out_type
         return name
 
