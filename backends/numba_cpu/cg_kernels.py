@@ -338,21 +338,34 @@ def upsample_flat(x, x_off, y, y_off, planes, H, W, B, fh, fw):
 
 
 @numba.njit(**JIT_OPTIONS)
-def transpose_flat(x, x_off, y, y_off, T, shape_off, stride_off, rank):
-    """y (C order, shape load_at(T, shape_off:shape_off+rank)) = x gathered with input strides load_at(T, stride_off:...)."""
-    inner = load_at(T, shape_off + rank - 1)
-    step = load_at(T, stride_off + rank - 1)
+def _rows(T, dims_off, rank):
+    """(innermost extent, number of innermost rows) of the shape load_at(T, dims_off:dims_off+rank)."""
+    inner = load_at(T, dims_off + rank - 1)
     total = 1
     for k in range(rank):
-        total *= load_at(T, shape_off + k)
-    rows = total // inner if inner else 0
+        total *= load_at(T, dims_off + k)
+    return inner, (total // inner if inner else 0)
+
+
+@numba.njit(**JIT_OPTIONS)
+def _row_offset(T, dims_off, strides_off, rank, t):
+    """Element offset of innermost row ``t`` (C order over the dims) under the strides at strides_off."""
+    rem = t
+    src = 0
+    for k in range(rank - 2, -1, -1):
+        d = load_at(T, dims_off + k)
+        src += (rem % d) * load_at(T, strides_off + k)
+        rem //= d
+    return src
+
+
+@numba.njit(**JIT_OPTIONS)
+def transpose_flat(x, x_off, y, y_off, T, shape_off, stride_off, rank):
+    """y (C order, shape load_at(T, shape_off:shape_off+rank)) = x gathered with input strides load_at(T, stride_off:...)."""
+    inner, rows = _rows(T, shape_off, rank)
+    step = load_at(T, stride_off + rank - 1)
     for t in range(rows):
-        rem = t
-        src = 0
-        for k in range(rank - 2, -1, -1):
-            d = load_at(T, shape_off + k)
-            src += (rem % d) * load_at(T, stride_off + k)
-            rem //= d
+        src = _row_offset(T, shape_off, stride_off, rank, t)
         base = y_off + t * inner
         for j in range(inner):
             store_at(y, base + j, load_at(x, x_off + src + j * step))
@@ -362,19 +375,10 @@ def transpose_flat(x, x_off, y, y_off, T, shape_off, stride_off, rank):
 def merge_flat(x, x_off, y, y_off, T, dims_off, strides_off, rank, code, scale):
     """Fold operand x (broadcast with strides load_at(T, strides_off:...) over collapsed dims load_at(T, dims_off:...))
     into y; code 0 copies. ``scale`` multiplies the result (avg's 1/n on the last operand)."""
-    inner = load_at(T, dims_off + rank - 1)
+    inner, rows = _rows(T, dims_off, rank)
     step = load_at(T, strides_off + rank - 1)
-    total = 1
-    for k in range(rank):
-        total *= load_at(T, dims_off + k)
-    rows = total // inner if inner else 0
     for t in range(rows):
-        rem = t
-        src = x_off
-        for k in range(rank - 2, -1, -1):
-            d = load_at(T, dims_off + k)
-            src += (rem % d) * load_at(T, strides_off + k)
-            rem //= d
+        src = x_off + _row_offset(T, dims_off, strides_off, rank, t)
         base = y_off + t * inner
         if step == 1:
             for j in range(inner):

@@ -64,14 +64,14 @@ THUNKS_PATH = Path(__file__).with_name("thunks_gen.py")
 #: that defines it (thunks_gen.py) only, so thunks_gen.py records a digest of these: editing one of
 #: them changes the rendered file (the sync test says to regenerate it), which invalidates the cache.
 THUNK_SOURCES = ("simd.py", "cg_kernels.py", "ukernels.py", "kernels_elementwise.py", "kernels_merge.py",
-                 "conv_direct.py", "lowering.py")
+                 "conv_direct.py", "lowering.py", "codes.py", "../epilogues.py")
 
 
 def sources_digest() -> str:
     h = hashlib.sha256()
     for name in THUNK_SOURCES:
         h.update(name.encode())
-        h.update((Path(__file__).with_name(name)).read_bytes())
+        h.update((Path(__file__).parent / name).read_bytes())
     return h.hexdigest()
 _DTYPES = {"float32": "f32", "float64": "f64"}
 _C_TYPES = {"a": "int64", "d": "int64", "t": "int64", "i": "int64", "f": "float64"}

@@ -51,8 +51,8 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
     mkp_8x3_l8,
 )
 
-#: sha256 of simd.py, cg_kernels.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py when this file was written
-SOURCES_DIGEST = "f64d38d5f3ac5ebdde9022deca61811acd51602f32b363a68067331b5adf49b2"
+#: sha256 of simd.py, cg_kernels.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
+SOURCES_DIGEST = "8ce443ebaa0c8fe4e0b6f3c4bf1ca5bb8fd533b906ca182ddb76a47202a0bc1e"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
