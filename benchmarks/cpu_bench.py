@@ -227,7 +227,7 @@ def run(seconds: float, cold_runs: int, only: tuple[str, ...] = ()) -> tuple[str
     tmp = Path(tempfile.mkdtemp(prefix="keydnn-bench-"))
     artifacts = {}
     for name, model in models.items():
-        if only and name not in only and name != "CIFAR CNN":  # the CIFAR CNN is also the cold-start model
+        if only and name not in only and not (name == "CIFAR CNN" and cold_runs):  # also the cold-start model
             continue
         km = keydnn.from_keras(model, allow_non_linear_activation=True)
         tf_call, fn_spec = tf_runner(model)
@@ -247,6 +247,10 @@ def run(seconds: float, cold_runs: int, only: tuple[str, ...] = ()) -> tuple[str
             print(f"{name:10s} batch {batch:3d}: keydnn {t['keydnn']:.4f} ms  ORT {t['onnxruntime']:.4f} ms  "
                   f"TF {t['tensorflow']:.4f} ms", flush=True)
 
+    versions = (f"keydnn {keydnn.__version__}, numba {numba.__version__}, onnxruntime {onnxruntime.__version__}, "
+                f"TensorFlow {tf.__version__}")
+    if cold_runs <= 0:  # --cold-runs 0: latency only
+        return render(rows, data, versions), data
     # cold start of the CIFAR CNN: a fresh process loads the artifact and runs one inference
     cifar = artifacts["CIFAR CNN"]
     art = tmp / "cifar.json"
@@ -269,8 +273,6 @@ def run(seconds: float, cold_runs: int, only: tuple[str, ...] = ()) -> tuple[str
     tf2onnx.convert.from_function(fn, input_signature=spec, opset=17, output_path=str(onnx_path))
     ort_cold = cold_start(onnx_path, x1, warm_dir, script=_CHILD_ORT, runs=cold_runs)
     data["cold"] = {"keydnn warm cache": warm, "keydnn cold cache": cold, "onnxruntime": ort_cold}
-    versions = (f"keydnn {keydnn.__version__}, numba {numba.__version__}, onnxruntime {onnxruntime.__version__}, "
-                f"TensorFlow {tf.__version__}")
     return render(rows, data, versions), data
 
 
@@ -287,6 +289,8 @@ def render(rows, data, versions: str) -> str:
         k, o, f = t["keydnn"], t["onnxruntime"], t["tensorflow"]
         lines.append(f"| {name} | {batch} | {k:.3f} | {o:.3f} | {f:.3f} | {k / o:.2f} | {k / f:.2f} |")
     cold = data["cold"]
+    if not cold:
+        return "\n".join(lines)
     lines += [
         "",
         "Cold start of the CIFAR CNN (a fresh `python` process: import, load the artifact, one batch-1 inference; "
@@ -310,14 +314,14 @@ def write_readme(table: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=6.0, help="measuring time per (model, batch)")
-    parser.add_argument("--cold-runs", type=int, default=3)
+    parser.add_argument("--cold-runs", type=int, default=3, help="fresh processes per cold-start row (0: skip)")
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--models", default="", help="comma-separated subset of the models (default: all)")
     args = parser.parse_args()
     only = tuple(m.strip() for m in args.models.split(",") if m.strip())
-    if only and args.readme:
-        parser.error("--readme writes the whole table: run every model")
+    if (only or args.cold_runs <= 0) and args.readme:
+        parser.error("--readme writes the whole table: run every model and the cold start")
     table, data = run(args.seconds, args.cold_runs, only)
     print()
     print(table)

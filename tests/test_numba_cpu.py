@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keydnn.backends.numba_cpu import KERNELS, NumbaCpuExecutable, compile_graph, kernels_conv
+from keydnn.backends.numba_cpu import KERNELS, NumbaCpuExecutable, cg_emit_nn, compile_graph, kernels_conv
 from keydnn.errors import BackendError
 from keydnn.ir import OP_CLASSES, Graph, Node, TensorType, Value, run_reference
 from keydnn.ir.ops import (
@@ -74,16 +74,37 @@ def conv_algorithm(name: Optional[str]) -> Iterator[None]:
         kernels_conv.FORCE_ALGORITHM = saved
 
 
-#: Every way a conv2d runs: each per-op kernel forced, and the generated code (which picks implicit GEMM
-#: or an im2col panel, or direct loops for grouped filters, by shape).
-CONV_PATHS = tuple(f"ops:{a}" for a in kernels_conv.ALGORITHMS) + ("codegen",)
+#: Every way a conv2d runs: each per-op kernel forced, and the generated code (which picks implicit GEMM,
+#: channel-vector tiles or an im2col panel, or direct loops for grouped filters, by shape), also with each
+#: GEMM form forced where it applies.
+CONV_PATHS = (tuple(f"ops:{a}" for a in kernels_conv.ALGORITHMS) + ("codegen",)
+              + tuple(f"codegen:{f}" for f in cg_emit_nn.CONV_FORMS))
+
+
+@contextlib.contextmanager
+def conv_form(name: Optional[str]) -> Iterator[None]:
+    """Force one GEMM form of the generated conv2d code while code is generated (at a shape's first call)."""
+    saved = cg_emit_nn.FORCE_CONV_FORM
+    cg_emit_nn.FORCE_CONV_FORM = name
+    try:
+        yield
+    finally:
+        cg_emit_nn.FORCE_CONV_FORM = saved
 
 
 def compile_path(graph: Graph, path: str):
-    if path == "codegen":
+    if path.startswith("codegen"):
         exe = compile_graph(graph, mode="codegen")
         assert exe.mode == "codegen"
-        return exe
+        form = path.partition(":")[2]
+        if not form:
+            return exe
+
+        def forced(*args):
+            with conv_form(form):
+                return exe(*args)
+
+        return forced
     with conv_algorithm(path.split(":")[1]):
         return compile_graph(graph, mode="ops")
 
@@ -135,6 +156,9 @@ CONV_CASES = {
     "dilated-wide-strided-rows": dict(n=1, c=2, h=9, w=40, o=8, k=(3, 3), dilations=(2, 2), strides=(2, 1),
                                       pads=(2, 2, 2, 2)),
     "pointwise-wide": dict(n=2, c=6, h=4, w=8, o=12, k=(1, 1)),
+    "narrow-rows-64-channels": dict(n=1, c=8, h=8, w=8, o=64, k=(3, 3), pads=(1, 1, 1, 1)),
+    "strided-83-channels": dict(n=2, c=6, h=9, w=9, o=83, k=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
+    "pointwise-strided-40-channels": dict(n=2, c=7, h=10, w=10, o=40, k=(1, 1), strides=(2, 2)),
 }
 
 
@@ -158,6 +182,28 @@ def test_conv2d_default_choice_matches_reference_for_batch_1_and_5() -> None:
     exe = compile_graph(g)
     for n in (1, 5):
         check(g, randn(n, 8, 10, 10, seed=n), exe=exe)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("form", cg_emit_nn.CONV_FORMS)
+def test_conv2d_forms_with_general_epilogue(form: str, dtype: str) -> None:
+    """Each GEMM form with an epilogue applied after the tile store, several channel blocks and both dtypes."""
+    g, x = conv_graph(3, 5, 9, 7, 37, (3, 3), pads=(1, 1, 1, 1), strides=(1, 2), dtype=dtype,
+                      activation=Activation(function="elu", alpha=0.7))
+    check(g, x, exe=compile_path(g, f"codegen:{form}"), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_form_follows_lane_use() -> None:
+    """Wide stride-1 rows go to implicit GEMM, narrow or strided ones to channel vectors (even with few
+    channels: packing a panel costs more), unpadded pointwise convs read their input as the im2col panel."""
+    form = cg_emit_nn.conv_form
+    assert form(ow=32, sw=1, o_ch=16, pixels=1024, lanes=16) == "implicit"
+    assert form(ow=16, sw=1, o_ch=32, pixels=256, lanes=16) == "implicit"  # row pairs fill the vectors
+    assert form(ow=8, sw=1, o_ch=64, pixels=64, lanes=16) == "channel"
+    assert form(ow=16, sw=2, o_ch=32, pixels=256, lanes=16) == "channel"
+    assert form(ow=8, sw=1, o_ch=64, pixels=64, lanes=16, pointwise=True) == "im2col"
+    assert form(ow=32, sw=1, o_ch=64, pixels=1024, lanes=16, pointwise=True) == "im2col"
+    assert form(ow=9, sw=2, o_ch=3, pixels=81, lanes=16) == "channel"
 
 
 def test_conv2d_float64_weights_in_float32_graph_are_cast() -> None:
@@ -1040,3 +1086,55 @@ def test_im2col_panel_matches_numpy(case: tuple) -> None:
                     iy, ix = oy * sh + ki * dh - pt, ox * sw + kj * dw - pl
                     want = x[ci, iy, ix] if 0 <= iy < h and 0 <= ix < w else 0.0
                     assert got[k * ldp + j] == want, (ci, ki, kj, j)
+
+
+@pytest.mark.parametrize("case", [
+    # C, H, W, pt, pb, pl, pr, r_lo, r_hi
+    (3, 8, 8, 1, 1, 1, 1, 0, 10),
+    (2, 5, 37, 2, 0, 0, 3, 1, 6),  # rows wider than two vectors, a masked tail
+    (1, 4, 16, 0, 0, 0, 0, 0, 4),  # no padding: a plain copy
+    (2, 3, 5, 3, 3, 2, 2, -2, 20),  # a row range past both ends is clipped
+    (2, 6, 6, 1, 1, 1, 1, 4, 4),  # an empty range writes nothing
+])
+def test_pad_rows_matches_numpy(case: tuple) -> None:
+    """The vectorized row padder against np.pad: requested rows padded, every other element untouched."""
+    from keydnn.backends.numba_cpu.cg_kernels import pad_rows
+
+    c, h, w, pt, pb, pl, pr, r_lo, r_hi = case
+    hp, wp = h + pt + pb, w + pl + pr
+    x = randn(c, h, w, seed=7)
+    off = 5
+    got = np.full(off + c * hp * wp + 16, np.nan, dtype=np.float32)
+    pad_rows(x.reshape(-1), 0, c, h, w, got, off, hp, wp, pt, pl, r_lo, r_hi)
+    want = np.full_like(got, np.nan)
+    padded = np.pad(x, ((0, 0), (pt, pb), (pl, pr)))
+    view = want[off:off + c * hp * wp].reshape(c, hp, wp)
+    lo, hi = max(r_lo, 0), min(r_hi, hp)
+    view[:, lo:hi] = padded[:, lo:hi]
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("lanes,dtype", [(16, "float32"), (8, "float32"), (8, "float64"), (4, "float64")])
+def test_vstore_transposed_writes_rows_by_columns(lanes: int, dtype: str) -> None:
+    """The channel-vector conv tiles' store: lane l of vector m at index + m + l * stride, for m < rows and
+    l < cols; tiles taller than a vector go in groups of L, and nothing outside the tile is written."""
+    import numba
+
+    from keydnn.backends.numba_cpu.simd import vload, vstore_transposed
+
+    @numba.njit
+    def store6(src, dst, index, stride, rows, cols):
+        L = lanes
+        vstore_transposed(dst, index, stride, rows, cols, vload(src, 0, L), vload(src, L, L), vload(src, 2 * L, L),
+                          vload(src, 3 * L, L), vload(src, 4 * L, L), vload(src, 5 * L, L))
+
+    for rows in (6, 5, 1, 0):
+        for cols in (lanes, 3, 0):
+            src = np.arange(1, 6 * lanes + 1).astype(dtype)
+            got = np.zeros(900, dtype)
+            store6(src, got, 7, 50, rows, cols)
+            want = np.zeros(900, dtype)
+            for m in range(rows):
+                for lane in range(cols):
+                    want[7 + m + lane * 50] = src[m * lanes + lane]
+            np.testing.assert_array_equal(got, want, err_msg=f"rows={rows} cols={cols}")

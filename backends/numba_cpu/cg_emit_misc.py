@@ -130,18 +130,45 @@ def emit_transpose(ctx: EmitContext) -> None:
 
 
 def emit_merge(ctx: EmitContext) -> None:
+    """Operands of the result's shape: per block of elements, one vectorized pass per operand (none for an
+    operand the result overwrites in place), the folded activation (``ctx.fused``) in the last. Broadcast
+    operands: per sample, over collapsed broadcast strides, the activation as a pass of its own."""
     y = ctx.out
     code = MERGE_CODES[ctx.op.kind]
     n_ops = len(ctx.ins)
+    act = encode_activation(ctx.fused) if ctx.fused is not None else (LINEAR,)
+    act_args = (act[0],) + tuple(float(a) for a in act[1:]) + (0.0,) * (4 - len(act[1:]))
+    work = float(n_ops * y.size)
+
+    def scale(k: int) -> float:
+        return 1.0 / n_ops if ctx.op.kind == "avg" and k == n_ops - 1 else 1.0
+
+    if all(x.sample == y.sample and x.batched == y.batched for x in ctx.ins):
+        body = []
+        for k, x in enumerate(ctx.ins):
+            if k == 0 and x.storage is y.storage:  # in place: y already holds operand 0
+                continue
+            last = k == n_ops - 1
+            body.append(ctx.call("merge_span", x, f"{x.at()} + lo", y, f"{y.at()} + lo", "hi - lo",
+                                 COPY if k == 0 else code, scale(k), *(act_args if last else (LINEAR, 0.0, 0.0, 0.0, 0.0))))
+        ctx.stage(Stage(f"{ctx.op.kind} x{n_ops}" + (f" + {act_name(ctx.fused)}" if ctx.fused is not None else ""),
+                        body, batched=y.batched, split=y.size, max_blocks=_blocks(work, y.size), work=work))
+        return
     dims, strides = collapse_broadcast(y.sample, [x.sample for x in ctx.ins]) if y.sample else ([1], [[0]] * n_ops)
     d_off = ctx.table(dims)
     body = []
     for k, x in enumerate(ctx.ins):
         s_off = ctx.table(strides[k])
-        scale = 1.0 / n_ops if ctx.op.kind == "avg" and k == n_ops - 1 else 1.0
         body.append(ctx.call("merge_flat", x, x.at(), y, y.at(), Arr("T"), d_off, s_off, len(dims),
-                             COPY if k == 0 else code, scale))
-    ctx.stage(Stage(f"{ctx.op.kind} x{n_ops}", body, batched=y.batched, work=float(n_ops * y.size)))
+                             COPY if k == 0 else code, scale(k)))
+    if act[0] != LINEAR:
+        body.append(ctx.call("act_copy", y, y.at(), y, y.at(), y.size, *act_args))
+    ctx.stage(Stage(f"{ctx.op.kind} x{n_ops}" + (f" + {act_name(ctx.fused)}" if ctx.fused is not None else ""),
+                    body, batched=y.batched, work=work))
+
+
+def act_name(op) -> str:
+    return getattr(op, "function", op.kind)
 
 
 def emit_concat(ctx: EmitContext) -> None:

@@ -1,12 +1,23 @@
 """Code generators for the compute ops: conv2d and dense on the GEMM micro-kernels, and pooling.
 
-conv2d (groups 1) is an im2col GEMM in strips: a work item unfolds a strip of
-output pixels of one sample into a thread-private panel (padding, stride and
-dilation resolved while packing; a 1x1 stride-1 conv reads its input as the
-panel) and runs an ``8 x 2L`` micro-kernel over it for every block of 8
-output channels, with bias and relu fused into the tile's store. The panel of
-a strip stays in L2 and each ``K x 2L`` slab of it in L1 across the output
-channel blocks. Grouped and depthwise filters take direct loops instead.
+conv2d (groups 1) takes one of three GEMM forms, picked by how many vector
+lanes each would keep busy (``conv_form``):
+
+* implicit GEMM (stride-1 rows at least half a vector wide): vectors run
+  along output rows, read straight from a zero-padded copy of the input rows
+  an item needs (``pad_rows``), through a table of filter-tap offsets;
+* channel vectors (small or strided images, at least a vector of output
+  channels): vectors run along output channels, rows of the tile are output
+  pixels read as broadcasts from the zero-padded input through a table of
+  pixel offsets, and the tile is stored transposed (``mkc_*`` kernels). Nothing
+  is packed, so an 8x8 image or a stride-2 conv runs at GEMM speed instead of
+  paying an im2col panel that costs as much as its GEMM;
+* im2col GEMM in strips: a work item unfolds a strip of output pixels into a
+  thread-private panel (a 1x1 stride-1 conv reads its input as the panel) and
+  runs an ``8 x 2L`` micro-kernel over it per block of 8 output channels.
+
+Bias and relu are fused into every form's tile store. Grouped and depthwise
+filters take direct loops instead.
 
 dense packs its weight into panels of ``4L`` columns; rows (samples) go
 through the 8-row kernel, then 4-row, then single-row ones (a GEMV at batch
@@ -22,9 +33,10 @@ import numpy as np
 
 from keydnn.backends.numba_cpu.codegen import GRAIN, Arr, EmitContext, Stage, Unsupported
 from keydnn.backends.numba_cpu.codes import LINEAR, RELU, RELU0, encode_activation
-from keydnn.backends.numba_cpu.ukernel_source import kernel_name
+from keydnn.backends.numba_cpu.ukernel_source import CHANNEL_TILES, channel_kernel_name, kernel_name
 
-__all__ = ["EMITTERS_NN", "kernel_activation", "post_activation", "panel_columns"]
+__all__ = ["EMITTERS_NN", "kernel_activation", "post_activation", "panel_columns", "conv_form", "FORCE_CONV_FORM",
+           "CONV_FORMS"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +46,11 @@ PANEL_BYTES = 1 << 18
 DENSE_ROWS = 32
 #: Work items a conv stage should offer per sample at least (so that both cores get work at batch 1).
 MIN_ITEMS = 4
+#: The conv2d GEMM forms, and a test's override of the choice (a form that does not apply is skipped).
+CONV_FORMS = ("implicit", "channel", "im2col")
+FORCE_CONV_FORM: "str | None" = None
+#: Vectors of output channels -> pixel rows of the channel-vector tile.
+_CHANNEL_ROWS = {nv: mr for mr, nv in CHANNEL_TILES}
 
 
 def kernel_activation(op) -> tuple[int, tuple, tuple]:
@@ -78,9 +95,103 @@ def _pack_conv_weights(ctx: EmitContext, w: np.ndarray, mr: int) -> tuple[int, i
     return ctx.weight(packed.reshape(blocks, mr, depth).transpose(0, 2, 1)), blocks
 
 
+def _lane_use(ow: int, sw: int, o_ch: int, pixels: int, lanes: int, pointwise: bool) -> dict[str, float]:
+    """The share of vector lanes doing useful work in each applicable form. im2col keeps every lane busy
+    but, unless it reads its input as the panel (``pointwise``: then it also skips the padded copy the
+    others make, so it wins ties), pays for packing the panel: about 90 multiply-adds' time per panel
+    element measured, counted here as 32. By this count channel vectors beat a packed panel at any
+    channel count (a 1-channel tile still does a multiply-add per load), so packing is a fallback only."""
+    use = {}
+    if sw == 1 and 2 * ow > lanes:
+        use["implicit"] = ow / lanes if ow <= lanes else ow / (-(-ow // (2 * lanes)) * 2 * lanes)
+    vectors = -(-o_ch // lanes)
+    full, rest = divmod(vectors, 4)
+    tiles = [4] * full + ([rest] if rest else [])
+    slots = sum(-(-pixels // _CHANNEL_ROWS[nv]) * _CHANNEL_ROWS[nv] * nv for nv in tiles)
+    use["channel"] = o_ch * pixels / (slots * lanes)
+    use["im2col"] = 1.01 if pointwise else o_ch / (o_ch + 32.0)
+    return use
+
+
+def conv_form(ow: int, sw: int, o_ch: int, pixels: int, lanes: int, pointwise: bool = False) -> str:
+    """The GEMM form of a groups-1 conv2d: the one keeping most lanes busy (ties go to the earlier of
+    ``CONV_FORMS``), or ``FORCE_CONV_FORM`` where it applies."""
+    use = _lane_use(ow, sw, o_ch, pixels, lanes, pointwise)
+    if FORCE_CONV_FORM in use:
+        return FORCE_CONV_FORM
+    return max(CONV_FORMS, key=lambda f: (use.get(f, -1.0), -CONV_FORMS.index(f)))
+
+
+def _conv_channel(ctx: EmitContext) -> None:
+    """groups == 1 with vectors along output channels: ``mkc`` tiles of output pixels x channel vectors over a
+    zero-padded copy of the input rows an item reads (or the input itself when there is no padding)."""
+    op, x, y = ctx.op, ctx.ins[0], ctx.out
+    w = ctx.constant(1)
+    b = ctx.constant(2)
+    o_ch, cg, kh, kw = w.shape
+    c, h, wd = x.sample
+    _, oh, ow = y.sample
+    depth, pixels, lanes = cg * kh * kw, oh * ow, ctx.lanes
+    sh, sw = op.strides
+    dh, dw = op.dilations
+    pt, pb, pl, pr = op.pads
+    code, params, act = kernel_activation(op)
+    xo, yo = x.at(), y.at()
+    # channel blocks: 4 vectors each, the rest in one narrower block; filters packed [block][tap][channel]
+    vectors = -(-o_ch // lanes)
+    widths = [4] * (vectors // 4) + ([vectors % 4] if vectors % 4 else [])
+    taps = np.asarray(w, dtype=np.float64).reshape(o_ch, depth).T  # [tap][channel]
+    blocks, start = [], 0
+    for nv in widths:
+        panel = np.zeros((depth, nv * lanes))
+        width = min(nv * lanes, o_ch - start)
+        panel[:, :width] = taps[:, start:start + width]
+        blocks.append((nv, start, ctx.weight(panel)))
+        start += nv * lanes
+    if b is not None:
+        bias = np.zeros(vectors * lanes)
+        bias[:o_ch] = b
+        b_off, bias_mode = ctx.weight(bias), 2
+    else:
+        b_off, bias_mode = blocks[0][2], 0
+    padded = any(op.pads)
+    hp, wp = (h + pt + pb, wd + pl + pr) if padded else (h, wd)
+    t_off = ctx.table([(ci * hp + ki * dh) * wp + kj * dw for ci in range(cg) for ki in range(kh) for kj in range(kw)])
+    p_off = ctx.table([(p // ow) * sh * wp + (p % ow) * sw for p in range(pixels)])
+    # items: runs of whole cache lines of every output plane (the tile stores go across the channel planes,
+    # so items of a few pixels would have both threads writing the same lines of every plane)
+    unit = max(1, 64 // ctx.dtype.itemsize)
+    units = -(-pixels // unit)
+    body = [f"p_lo = lo * {unit}", f"p_hi = min({pixels}, hi * {unit})"]
+    if padded:
+        scr = ctx.scratch(c * hp * wp)
+        src, src_off = Arr("A"), scr
+        body.append(ctx.call("pad_rows", x, xo, c, h, wd, Arr("A"), scr, hp, wp, pt, pl, f"(p_lo // {ow}) * {sh}",
+                             f"((p_hi - 1) // {ow}) * {sh} + {(kh - 1) * dh + 1}"))
+    else:
+        src, src_off = x, xo
+    for nv, first, w_off in blocks:
+        mr = _CHANNEL_ROWS[nv]
+        body += [
+            f"for p in range(p_lo, p_hi, {mr}):",
+            "    " + ctx.call(channel_kernel_name(mr, nv, lanes), depth, src, src_off, Arr("T"), f"{p_off} + p",
+                              Arr("T"), t_off, Arr("W"), w_off, y, f"{yo} + {first * pixels} + p", pixels,
+                              f"min({mr}, p_hi - p)", min(nv * lanes, o_ch - first), Arr("W"), f"{b_off} + {first}",
+                              bias_mode, code, *params),
+        ]
+    if post_activation(act):
+        body += [f"for o in range({o_ch}):",
+                 "    " + ctx.call("act_copy", y, f"{yo} + o * {pixels} + p_lo", y, f"{yo} + o * {pixels} + p_lo",
+                                   "p_hi - p_lo", *_act_args(act))]
+    work = 2.0 * o_ch * depth * pixels
+    ctx.stage(Stage(f"conv2d {o_ch}x{cg}x{kh}x{kw} channel-vectors blocks={'+'.join(map(str, widths))}", body,
+                    batched=y.batched, split=units, max_blocks=max(1, min(units, math.ceil(work / (8 * GRAIN)))),
+                    work=work))
+
+
 def _conv_gemm(ctx: EmitContext) -> None:
-    """groups == 1: implicit GEMM on a zero-padded copy of the rows an item reads (stride-1 rows at
-    least half a vector wide), else GEMM on an im2col panel."""
+    """groups == 1: implicit GEMM on a zero-padded copy of the rows an item reads, channel-vector tiles, or
+    GEMM on an im2col panel (``conv_form``)."""
     op, x, y = ctx.op, ctx.ins[0], ctx.out
     w = ctx.constant(1)
     b = ctx.constant(2)
@@ -89,6 +200,12 @@ def _conv_gemm(ctx: EmitContext) -> None:
     _, oh, ow = y.sample
     depth, pixels = cg * kh * kw, oh * ow
     lanes, mr = ctx.lanes, 8
+    pointwise = (kh == kw == 1 and op.strides == (1, 1) and op.pads == (0, 0, 0, 0)
+                 and (pixels % (2 * lanes) == 0 or x.array == "A"))
+    form = conv_form(ow, op.strides[1], o_ch, pixels, lanes, pointwise)
+    if form == "channel":
+        _conv_channel(ctx)
+        return
     w_off, blocks = _pack_conv_weights(ctx, w, mr)
     b_off = ctx.weight(b) if b is not None else w_off
     bias_mode = 1 if b is not None else 0
@@ -100,7 +217,7 @@ def _conv_gemm(ctx: EmitContext) -> None:
     xo, yo = x.at(), y.at()
     work = 2.0 * o_ch * depth * pixels
     tail = []
-    if sw == 1 and 2 * ow > lanes:
+    if form == "implicit":
         hp, wp = h + op.pads[0] + op.pads[1], wd + op.pads[2] + op.pads[3]
         t_off = ctx.table([(ci * hp + ki * dh) * wp + kj * dw for ci in range(cg) for ki in range(kh) for kj in range(kw)])
         scr = ctx.scratch(c * hp * wp + 2 * sh * wp)
@@ -143,7 +260,6 @@ def _conv_gemm(ctx: EmitContext) -> None:
                         max_blocks=max(1, min(groups, math.ceil(work / (8 * GRAIN)))), work=work))
         return
     slab = 2 * lanes
-    pointwise = kh == kw == sh == sw == 1 and op.pads == (0, 0, 0, 0) and (pixels % slab == 0 or x.array == "A")
     if pointwise:
         strip = min(-(-pixels // slab) * slab, max(slab, 4096 // slab * slab))
         ldb = pixels

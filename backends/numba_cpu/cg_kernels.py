@@ -18,19 +18,48 @@ import numpy as np
 from keydnn.backends.numba_cpu.conv_direct import tap_hi, tap_lo
 from keydnn.backends.numba_cpu.kernels_elementwise import LINEAR, RELU0, _act_scalar
 from keydnn.backends.numba_cpu.kernels_merge import combine
-from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS
-from keydnn.backends.numba_cpu.simd import load_at, store_at
+from keydnn.backends.numba_cpu.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
+from keydnn.backends.numba_cpu.codes import ADD, COPY, MUL, SUB
+from keydnn.backends.numba_cpu.simd import (
+    load_at, store_at, vadd, vload, vload_n, vmax_zero, vmul, vstore, vstore_n, vsub, vzero,
+)
 
 __all__ = [
     "im2col_panel", "pad_rows", "act_copy", "copy_flat", "max_pool_planes", "avg_pool_planes", "mean_rows_flat", "max_rows_flat",
     "max_cols_flat", "softmax_flat", "affine_flat", "prelu_flat", "pad_flat", "crop_flat", "upsample_flat",
-    "transpose_flat", "merge_flat", "conv_direct_planes", "add_bias_act_planes", "concat_rows",
+    "transpose_flat", "merge_flat", "merge_span", "conv_direct_planes", "add_bias_act_planes", "concat_rows",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Sums may be reassociated (vectorized); nothing else about floating point changes.
 REDUCE_OPTIONS = {**JIT_OPTIONS, "fastmath": {"reassoc"}}
+
+
+#: Lanes of the explicit vectors the copy helpers use (LLVM splits them where registers are narrower).
+_COPY_LANES = 16
+
+
+@numba.njit(**JIT_OPTIONS)
+def _copy_run(x, src, y, dst, n):
+    """y[dst:dst + n] = x[src:src + n] in vectors (x and y may be one array: the runs never overlap)."""
+    j = 0
+    while j + _COPY_LANES <= n:
+        vstore(y, dst + j, vload(x, src + j, _COPY_LANES))
+        j += _COPY_LANES
+    if j < n:
+        vstore_n(y, dst + j, vload_n(x, src + j, n - j, _COPY_LANES), n - j)
+
+
+@numba.njit(**JIT_OPTIONS)
+def _zero_run(y, dst, n):
+    z = vzero(y, _COPY_LANES)
+    j = 0
+    while j + _COPY_LANES <= n:
+        vstore(y, dst + j, z)
+        j += _COPY_LANES
+    if j < n:
+        vstore_n(y, dst + j, z, n - j)
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -58,22 +87,20 @@ def im2col_panel(x, x_off, C, H, W, KH, KW, sh, sw, dh, dw, pt, pl, OW, p0, npix
                     iy = oy * sh + ki * dh - pt
                     out = row + j
                     if iy < 0 or iy >= H:
-                        for t in range(run):
-                            store_at(P, out + t, 0.0)
+                        _zero_run(P, out, run)
                     else:
                         a = min(max(f_lo - ox, 0), run)
                         b = min(max(f_hi - ox, a), run)
                         src = xc + iy * W + ixb + ox * sw
-                        for t in range(a):
-                            store_at(P, out + t, 0.0)
+                        if a > 0:
+                            _zero_run(P, out, a)
                         if sw == 1:
-                            for t in range(a, b):
-                                store_at(P, out + t, load_at(x, src + t))
+                            _copy_run(x, src + a, P, out + a, b - a)
                         else:
                             for t in range(a, b):
                                 store_at(P, out + t, load_at(x, src + t * sw))
-                        for t in range(b, run):
-                            store_at(P, out + t, 0.0)
+                        if run > b:
+                            _zero_run(P, out + b, run - b)
                     j += run
                     ox = 0
                     oy += 1
@@ -82,24 +109,29 @@ def im2col_panel(x, x_off, C, H, W, KH, KW, sh, sw, dh, dw, pt, pl, OW, p0, npix
 @numba.njit(**JIT_OPTIONS)
 def pad_rows(x, x_off, C, H, W, P, p_off, HP, WP, pt, pl, r_lo, r_hi):
     """Rows [r_lo, r_hi) of every (HP, WP) plane of P at p_off: the (H, W) planes of x placed at
-    (pt, pl), zeros around. Other rows of P are left alone (a work item only pads what it reads)."""
+    (pt, pl), zeros around. Other rows of P are left alone (a work item only pads what it reads).
+    Explicit vector copies: the scalar loops did not vectorize (x and P may be the same array) and cost
+    a tenth of a 3x3 conv's time on a 32x32 image."""
+    lo, hi = max(r_lo, 0), min(r_hi, HP)
+    if lo >= hi:
+        return
     for c in range(C):
         xb = x_off + c * H * W
         pb = p_off + c * HP * WP
-        for pr in range(max(r_lo, 0), min(r_hi, HP)):
-            iy = pr - pt
+        # rows above and below the image, whole
+        top = min(hi, pt)
+        if lo < top:
+            _zero_run(P, pb + lo * WP, (top - lo) * WP)
+        bottom = max(lo, pt + H)
+        if bottom < hi:
+            _zero_run(P, pb + bottom * WP, (hi - bottom) * WP)
+        for pr in range(max(lo, pt), min(hi, pt + H)):
             dst = pb + pr * WP
-            if iy < 0 or iy >= H:
-                for j in range(WP):
-                    store_at(P, dst + j, 0.0)
-                continue
-            for j in range(pl):
-                store_at(P, dst + j, 0.0)
-            src = xb + iy * W
-            for j in range(W):
-                store_at(P, dst + pl + j, load_at(x, src + j))
-            for j in range(pl + W, WP):
-                store_at(P, dst + j, 0.0)
+            if pl > 0:
+                _zero_run(P, dst, pl)
+            _copy_run(x, xb + (pr - pt) * W, P, dst + pl, W)
+            if WP > pl + W:
+                _zero_run(P, dst + pl + W, WP - pl - W)
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -387,6 +419,45 @@ def merge_flat(x, x_off, y, y_off, T, dims_off, strides_off, rank, code, scale):
             v = load_at(x, src)
             for j in range(inner):
                 store_at(y, base + j, combine(load_at(y, base + j), v, code) * scale)
+
+
+@numba.njit(**JIT_OPTIONS)
+def _merge_vec(a, b, code):
+    if code == ADD:
+        return vadd(a, b)
+    if code == SUB:
+        return vsub(a, b)
+    if code == MUL:
+        return vmul(a, b)
+    return b
+
+
+@numba.njit(**JIT_OPTIONS)
+def merge_span(x, x_off, y, y_off, n, code, scale, act, p0, p1, p2, p3):
+    """y[i] = act(combine(y[i], x[i], code) * scale) for i < n: one operand of an elementwise merge whose
+    operands all have the result's shape, with the merge's fused activation on the last operand (``act``
+    LINEAR otherwise). Copy, add, sub and mul without scale under relu or nothing run in explicit vectors
+    (x and y may be one array, so LLVM would not vectorize the loop itself); the rest element by element."""
+    if scale == 1.0 and code <= MUL and (act == LINEAR or act == RELU0):
+        j = 0
+        while j + _COPY_LANES <= n:
+            v = _merge_vec(vload(y, y_off + j, _COPY_LANES), vload(x, x_off + j, _COPY_LANES), code)
+            if act == RELU0:
+                v = vmax_zero(v)
+            vstore(y, y_off + j, v)
+            j += _COPY_LANES
+        if j < n:
+            m = n - j
+            v = _merge_vec(vload_n(y, y_off + j, m, _COPY_LANES), vload_n(x, x_off + j, m, _COPY_LANES), code)
+            if act == RELU0:
+                v = vmax_zero(v)
+            vstore_n(y, y_off + j, v, m)
+        return
+    for i in range(n):
+        v = combine(load_at(y, y_off + i), load_at(x, x_off + i), code) * scale
+        if act != LINEAR:
+            v = _act_scalar(np.float64(v), act, p0, p1, p2, p3)
+        store_at(y, y_off + i, v)
 
 
 @numba.njit(**JIT_OPTIONS)

@@ -38,7 +38,9 @@ def _shape_equal(a: Val, b: Val) -> bool:
     return a.batched == b.batched and a.sample == b.sample
 
 
-def assign_storage(graph: Graph, vals: dict[str, Val]) -> StoragePlan:
+def assign_storage(graph: Graph, vals: dict[str, Val], views: frozenset = frozenset()) -> StoragePlan:
+    """Storage of every value: ``views`` names nodes whose result shares its first operand's storage besides
+    the view ops (activations folded into the merge before them)."""
     group: dict[str, int] = {}  # value -> storage group
     storages: list[Storage] = []
     members: dict[int, list[str]] = {}
@@ -64,7 +66,7 @@ def assign_storage(graph: Graph, vals: dict[str, Val]) -> StoragePlan:
     for step, node in enumerate(graph.nodes):
         out = node.outputs[0].name
         operands = [i for i in node.inputs if i in group]
-        if node.op.kind in VIEW_KINDS:
+        if node.op.kind in VIEW_KINDS or node.name in views:
             g = group[operands[0]]
         elif (node.op.kind in INPLACE_KINDS and operands and group[operands[0]] >= n_inputs
               and _shape_equal(vals[operands[0]], vals[out]) and group_end(group[operands[0]]) <= step

@@ -25,13 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from keydnn.backends.numba_cpu.ukernel_source import LANES, PACKED_TILES, TILES, kernel_name
+from keydnn.backends.numba_cpu.ukernel_source import (
+    CHANNEL_TILES, LANES, PACKED_TILES, TILES, channel_kernel_name, kernel_name,
+)
 
 __all__ = ["HELPERS", "helper_address", "yield_address", "thunk_cfunc", "render_thunks", "write_thunks", "THUNKS_PATH", "thunk_name"]
 
 logger = logging.getLogger(__name__)
 
 _MK = "i" + "aiii" + "ai" + "ti" + "i" + "aiiiii" + "aii" + "i" + "ffff"
+_MKC = "i" + "ai" + "ti" + "ti" + "ai" + "aiiii" + "aii" + "i" + "ffff"
 
 #: helper name -> (module, parameter kinds)
 HELPERS: dict[str, tuple[str, str]] = {
@@ -53,10 +56,12 @@ HELPERS: dict[str, tuple[str, str]] = {
     "upsample_flat": ("cg_kernels", "aiai" + "i" * 6),
     "transpose_flat": ("cg_kernels", "aiai" + "t" + "iii"),
     "merge_flat": ("cg_kernels", "aiai" + "t" + "iiii" + "f"),
+    "merge_span": ("cg_kernels", "aiaiii" + "f" + "i" + "ffff"),
     "concat_rows": ("cg_kernels", "aiai" + "iiii"),
     "conv_direct_planes": ("cg_kernels", "aiiii" + "aiii" + "ai" + "i" * 14),
     **{kernel_name(mr, nv, lanes): ("ukernels", _MK) for lanes in LANES for mr, nv in TILES},
     **{kernel_name(mr, nv, lanes, True): ("ukernels", _MK) for lanes in LANES for mr, nv in PACKED_TILES},
+    **{channel_kernel_name(mr, nv, lanes): ("ukernels", _MKC) for lanes in LANES for mr, nv in CHANNEL_TILES},
 }
 
 THUNKS_PATH = Path(__file__).with_name("thunks_gen.py")
@@ -152,7 +157,7 @@ def _cfunc(helper: str, dtype: str):
     from keydnn.backends.numba_cpu import thunks_gen
 
     py = getattr(thunks_gen, thunk_name(helper, dtype))
-    return numba.cfunc(signature(helper), cache=_cache_is_current(), nogil=True, error_model="numpy")(py)
+    return numba.cfunc(signature(helper), cache=_cache_is_current(), nogil=True, error_model="numpy", _nrt=False)(py)
 
 
 @functools.lru_cache(maxsize=1)

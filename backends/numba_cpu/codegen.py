@@ -34,7 +34,8 @@ from keydnn.errors import BackendError
 from keydnn.ir.graph import Graph, Node
 from keydnn.ir.types import TensorType
 
-__all__ = ["Val", "Arr", "Stage", "EmitContext", "Program", "generate", "Unsupported", "GRAIN", "VIEW_KINDS"]
+__all__ = ["Val", "Arr", "Stage", "EmitContext", "Program", "generate", "Unsupported", "GRAIN", "VIEW_KINDS",
+           "fold_merge_activations"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,10 @@ logger = logging.getLogger(__name__)
 GRAIN = 1 << 15
 #: Ops that never move data: their result is a reshaped view of their operand's storage.
 VIEW_KINDS = frozenset({"flatten", "reshape", "expand_dims", "squeeze"})
+#: Elementwise merges, and the activations the generated code folds into a merge's last pass when the merge's
+#: result feeds nothing else (a residual block's add + relu: one pass over the tensor instead of two).
+MERGE_KINDS = frozenset({"add", "sub", "mul", "avg", "max", "min"})
+FUSIBLE_INTO_MERGE = frozenset({"relu", "activation"})
 #: Ops that may write over their first operand when it is dead afterwards.
 INPLACE_KINDS = frozenset({"relu", "activation", "scale_shift", "batch_norm", "prelu", "softmax",
                            "add", "sub", "mul", "avg", "max", "min"})
@@ -160,6 +165,8 @@ class EmitContext:
         self.out = out
         self.dtype = gen.dtype
         self.lanes = gen.lanes
+        #: An activation op folded into this node's stage (merges only: see ``fold_merge_activations``).
+        self.fused = None
 
     def weight(self, array: np.ndarray) -> int:
         return self._gen.add_blob(self._gen.w_parts, "w_len", np.asarray(array, dtype=self.dtype).reshape(-1))
@@ -267,6 +274,25 @@ def _types_of(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched:
     return out
 
 
+def fold_merge_activations(graph: Graph) -> dict[str, Node]:
+    """Activation nodes to fold into the merge that feeds them -> that merge: the merge's result has no
+    other use and is not a graph output, so the activation's result can take its storage (a view)."""
+    uses: dict[str, int] = {}
+    for node in graph.nodes:
+        for name in node.inputs:
+            uses[name] = uses.get(name, 0) + 1
+    producers = {node.outputs[0].name: node for node in graph.nodes}
+    folded = {}
+    for node in graph.nodes:
+        if node.op.kind not in FUSIBLE_INTO_MERGE or len(node.inputs) != 1:
+            continue
+        src = producers.get(node.inputs[0])
+        if (src is not None and src.op.kind in MERGE_KINDS and uses.get(node.inputs[0]) == 1
+                and node.inputs[0] not in graph.outputs and src.name not in folded.values()):
+            folded[node.name] = src
+    return folded
+
+
 def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: tuple[bool, ...], *,
              lanes: int, emitters: dict[str, Emitter], cache: bool = True, profile: bool = False) -> Program:
     """Generate the module for ``graph`` with inputs of the given per-sample shapes."""
@@ -280,14 +306,18 @@ def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: 
     vals = {name: Val(name, b, s, lead) for name, (b, s, lead) in info.items()}
     from keydnn.backends.numba_cpu.cg_plan import assign_storage
 
-    plan = assign_storage(graph, vals)
+    folded = fold_merge_activations(graph)
+    plan = assign_storage(graph, vals, views=frozenset(folded))
+    by_name = {node.name: node for node in graph.nodes}
+    fused = {merge.name: by_name[act].op for act, merge in folded.items()}
     for node in graph.nodes:
-        if node.op.kind in VIEW_KINDS:
+        if node.op.kind in VIEW_KINDS or node.name in folded:
             continue
         emit = emitters.get(node.op.kind)
         if emit is None:
             raise Unsupported(f"node {node.name} ({node.op.kind}): no code generator for this op")
         ctx = EmitContext(gen, node, [vals[i] for i in node.inputs if i in vals], vals[node.outputs[0].name])
+        ctx.fused = fused.get(node.name)
         start = len(gen.stages)
         emit(ctx)
         for st in gen.stages[start:]:

@@ -19,7 +19,7 @@ from keydnn.ir.graph import Node
 from keydnn.ir.types import TensorType
 
 __all__ = [
-    "JIT_OPTIONS", "PARALLEL_JIT_OPTIONS", "KERNELS", "LoweredOp", "LowerContext", "Lowering",
+    "JIT_OPTIONS", "PARALLEL_JIT_OPTIONS", "HELPER_JIT_OPTIONS", "KERNELS", "LoweredOp", "LowerContext", "Lowering",
     "Unsupported", "register_kernel", "require_nchw",
 ]
 
@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 #: backends/numba_cpu/__pycache__/*.nbi so those callers recompile.
 JIT_OPTIONS: dict = {"cache": True, "nogil": True, "error_model": "numpy"}
 PARALLEL_JIT_OPTIONS: dict = {**JIT_OPTIONS, "parallel": True}
+#: The helpers generated code calls (cg_kernels, ukernels): they never allocate, so they are compiled
+#: without numba's reference counting (``_nrt``), which otherwise wraps every array handed to an inner
+#: function in incref/decref calls: a third of a small conv's padding time.
+HELPER_JIT_OPTIONS: dict = {**JIT_OPTIONS, "_nrt": False}
 
 #: (inputs, out) -> result. ``out`` is the preallocated, C-contiguous output buffer
 #: (``None`` when the op does not allocate); the result is ``out`` or a view.

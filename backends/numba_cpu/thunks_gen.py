@@ -20,6 +20,7 @@ from keydnn.backends.numba_cpu.cg_kernels import (  # noqa: F401
     max_rows_flat,
     mean_rows_flat,
     merge_flat,
+    merge_span,
     pad_flat,
     pad_rows,
     prelu_flat,
@@ -40,6 +41,18 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
     mk_8x2_l16,
     mk_8x2_l4,
     mk_8x2_l8,
+    mkc_6x4_l16,
+    mkc_6x4_l4,
+    mkc_6x4_l8,
+    mkc_8x1_l16,
+    mkc_8x1_l4,
+    mkc_8x1_l8,
+    mkc_8x2_l16,
+    mkc_8x2_l4,
+    mkc_8x2_l8,
+    mkc_8x3_l16,
+    mkc_8x3_l4,
+    mkc_8x3_l8,
     mkp_12x2_l16,
     mkp_12x2_l4,
     mkp_12x2_l8,
@@ -52,7 +65,7 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
 )
 
 #: sha256 of simd.py, cg_kernels.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
-SOURCES_DIGEST = "8ce443ebaa0c8fe4e0b6f3c4bf1ca5bb8fd533b906ca182ddb76a47202a0bc1e"
+SOURCES_DIGEST = "1763e81574243228092f1bf252676ad8d1fb121bb1f107da7611b56169b0a603"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
@@ -197,6 +210,14 @@ def merge_flat_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9):
 
 def merge_flat_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9):
     merge_flat(farray(a0, np.float64), a1, farray(a2, np.float64), a3, farray(a4, np.int64), a5, a6, a7, a8, a9)
+
+
+def merge_span_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11):
+    merge_span(farray(a0, np.float32), a1, farray(a2, np.float32), a3, a4, a5, a6, a7, a8, a9, a10, a11)
+
+
+def merge_span_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11):
+    merge_span(farray(a0, np.float64), a1, farray(a2, np.float64), a3, a4, a5, a6, a7, a8, a9, a10, a11)
 
 
 def concat_rows_f32(a0, a1, a2, a3, a4, a5, a6, a7):
@@ -381,3 +402,99 @@ def mkp_8x3_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a
 
 def mkp_8x3_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
     mkp_8x3_l4(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
+
+
+def mkc_6x4_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_6x4_l16(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_6x4_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_6x4_l16(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_8x3_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_8x3_l16(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_8x3_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_8x3_l16(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_8x2_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_8x2_l16(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_8x2_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_8x2_l16(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_8x1_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_8x1_l16(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_8x1_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_8x1_l16(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_6x4_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_6x4_l8(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_6x4_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_6x4_l8(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_8x3_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_8x3_l8(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_8x3_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_8x3_l8(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_8x2_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_8x2_l8(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_8x2_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_8x2_l8(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_8x1_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_8x1_l8(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_8x1_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_8x1_l8(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_6x4_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_6x4_l4(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_6x4_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_6x4_l4(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_8x3_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_8x3_l4(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_8x3_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_8x3_l4(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_8x2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_8x2_l4(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_8x2_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_8x2_l4(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_8x1_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_8x1_l4(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_8x1_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_8x1_l4(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)

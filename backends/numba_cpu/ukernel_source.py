@@ -22,6 +22,22 @@ weight panels):
   has_max, negative_slope)`` in ``p0..p3``; the caller applies other
   activations after the store.
 
+The channel-vector kernels (``mkc_*``, for convolutions on small or strided
+images) swap the roles: vectors run along output channels and rows are
+output pixels, so nothing is wasted on narrow rows and no im2col panel is
+packed. Their operands:
+
+* ``A(m, k) = A[a_off + P[p_off + min(m, rows - 1)] + T[t_off + k]]`` (a
+  broadcast: ``P[p]`` is where output pixel ``p``'s window starts in the
+  zero-padded input, ``T[k]`` the offset of filter tap ``k`` within it);
+* ``B(k, v) = B[b_off + k * NV * L + v * L]`` (the filters packed
+  ``[k][channel]`` for one block of ``NV * L`` output channels);
+* lane ``l`` of ``C(m, v)`` goes to ``C[c_off + m + (v * L + l) * c_cs]``
+  (channels-first: ``c_cs`` is the plane size), for rows ``m < rows`` and
+  channels ``v * L + l < cols``, transposed in registers
+  (``simd.vstore_transposed``); bias is one vector per column block
+  (``bias_mode`` 2) and the activations are as above.
+
 numba caches compiled functions by source file, so the kernels live in a real
 module written by ``write_ukernels`` (a test checks it is current) rather
 than being exec'd at import.
@@ -32,7 +48,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-__all__ = ["TILES", "PACKED_TILES", "LANES", "kernel_name", "render_ukernels", "write_ukernels", "UKERNELS_PATH"]
+__all__ = ["TILES", "PACKED_TILES", "CHANNEL_TILES", "LANES", "kernel_name", "channel_kernel_name", "render_ukernels", "write_ukernels", "UKERNELS_PATH"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +56,10 @@ logger = logging.getLogger(__name__)
 TILES: tuple[tuple[int, int], ...] = ((1, 4), (4, 2), (8, 2), (6, 4))
 #: Tile shapes with A packed ``[k][m]`` (conv weights).
 PACKED_TILES: tuple[tuple[int, int], ...] = ((8, 2), (12, 2), (8, 3))
+#: (MR, NV) of the channel-vector conv kernels: output pixels x vectors of output channels. At most 8 pixel
+#: rows: each row keeps an address in a general register, and 12 or 14 rows spilled them (55-85 GMAC/s
+#: against 105-125 for these, measured on AVX-512).
+CHANNEL_TILES: tuple[tuple[int, int], ...] = ((6, 4), (8, 3), (8, 2), (8, 1))
 #: Vector lengths a kernel may be compiled for (512-bit f32, 256-bit f32 / 512-bit f64, 256-bit f64).
 LANES: tuple[int, ...] = (16, 8, 4)
 
@@ -54,9 +74,10 @@ from __future__ import annotations
 
 import numba
 
-from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS
+from keydnn.backends.numba_cpu.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
 from keydnn.backends.numba_cpu.simd import (
-    load_at, vadd, vbroadcast, vfma, vload, vload_n, vmax_zero, vrelu_general, vstore, vstore_n, vzero,
+    load_at, vadd, vbroadcast, vfma, vload, vload_n, vmax_zero, vrelu_general, vstore, vstore_n, vstore_transposed,
+    vzero,
 )
 
 __all__ = ["UKERNELS"]
@@ -66,6 +87,74 @@ __all__ = ["UKERNELS"]
 def kernel_name(mr: int, nv: int, lanes: int, packed: bool = False) -> str:
     """``mk_*`` reads A with any strides; ``mkp_*`` reads A packed as ``[k][m]`` (``a_rs``/``a_ks`` unused)."""
     return f"mk{'p' if packed else ''}_{mr}x{nv}_l{lanes}"
+
+
+def channel_kernel_name(mr: int, nv: int, lanes: int) -> str:
+    """The channel-vector conv kernel of an ``mr`` pixels x ``nv`` channel vectors tile."""
+    return f"mkc_{mr}x{nv}_l{lanes}"
+
+
+def _epilogue(acc: list[list[str]], lanes: int, bias_row: bool, ind: str) -> list[str]:
+    """Bias (mode 1 per row when ``bias_row``, mode 2 per column vector) and the fused activation."""
+    mr, nv = len(acc), len(acc[0])
+    lines = []
+    if bias_row:
+        lines.append(f"{ind}if bias_mode == 1:")
+        for m in range(mr):
+            lines.append(f"{ind * 2}bv = vbroadcast(bias, bias_off + min({m}, rows - 1), z)")
+            for v in range(nv):
+                lines.append(f"{ind * 2}{acc[m][v]} = vadd({acc[m][v]}, bv)")
+        lines.append(f"{ind}elif bias_mode == 2:")
+    else:
+        lines.append(f"{ind}if bias_mode == 2:")
+    for v in range(nv):
+        lines.append(f"{ind * 2}bv = vload_n(bias, bias_off + {v} * " + ("c_vs" if bias_row else str(lanes))
+                     + f", n{v}, {lanes})")
+        for m in range(mr):
+            lines.append(f"{ind * 2}{acc[m][v]} = vadd({acc[m][v]}, bv)")
+    lines.append(f"{ind}if act == 1:")
+    for m in range(mr):
+        for v in range(nv):
+            lines.append(f"{ind * 2}{acc[m][v]} = vmax_zero({acc[m][v]})")
+    lines.append(f"{ind}elif act == 2:")
+    for m in range(mr):
+        for v in range(nv):
+            lines.append(f"{ind * 2}{acc[m][v]} = vrelu_general({acc[m][v]}, p0, p1, p2, p3)")
+    return lines
+
+
+def _render_channel(mr: int, nv: int, lanes: int) -> str:
+    name = channel_kernel_name(mr, nv, lanes)
+    acc = [[f"c{m}_{v}" for v in range(nv)] for m in range(mr)]
+    ind = "    "
+    lines = [
+        "",
+        "",
+        "@numba.njit(**JIT_OPTIONS)",
+        f"def {name}(K, A, a_off, P, p_off, T, t_off, B, b_off, C, c_off, c_cs, rows, cols, bias, bias_off,",
+        "        bias_mode, act, p0, p1, p2, p3):",
+        f"{ind}z = vzero(C, {lanes})",
+    ]
+    for m in range(mr):
+        lines.append(f"{ind}{' = '.join(acc[m])} = z")
+    for m in range(mr):
+        lines.append(f"{ind}ar{m} = a_off + load_at(P, p_off + min({m}, rows - 1))")
+    for v in range(nv):
+        lines.append(f"{ind}n{v} = min({lanes}, max(0, cols - {v * lanes}))")
+    lines.append(f"{ind}for k in range(K):")
+    lines.append(f"{ind * 2}tk = load_at(T, t_off + k)")
+    lines.append(f"{ind * 2}bo = b_off + k * {nv * lanes}")
+    for v in range(nv):
+        lines.append(f"{ind * 2}b{v} = vload(B, bo + {v * lanes}, {lanes})")
+    for m in range(mr):
+        lines.append(f"{ind * 2}a = vbroadcast(A, ar{m} + tk, z)")
+        for v in range(nv):
+            lines.append(f"{ind * 2}{acc[m][v]} = vfma(a, b{v}, {acc[m][v]})")
+    lines += _epilogue(acc, lanes, False, ind)
+    for v in range(nv):
+        tile = ", ".join(acc[m][v] for m in range(mr))
+        lines.append(f"{ind}vstore_transposed(C, c_off + {v * lanes} * c_cs, c_cs, rows, n{v}, {tile})")
+    return "\n".join(lines) + "\n"
 
 
 def _render(mr: int, nv: int, lanes: int, packed: bool = False) -> str:
@@ -96,26 +185,7 @@ def _render(mr: int, nv: int, lanes: int, packed: bool = False) -> str:
         lines.append(f"{ind * 2}a = vbroadcast(A, " + (f"ak + {m}" if packed else f"ar{m} + ak") + ", z)")
         for v in range(nv):
             lines.append(f"{ind * 2}{acc[m][v]} = vfma(a, b{v}, {acc[m][v]})")
-    # bias
-    lines.append(f"{ind}if bias_mode == 1:")
-    for m in range(mr):
-        lines.append(f"{ind * 2}bv = vbroadcast(bias, bias_off + min({m}, rows - 1), z)")
-        for v in range(nv):
-            lines.append(f"{ind * 2}{acc[m][v]} = vadd({acc[m][v]}, bv)")
-    lines.append(f"{ind}elif bias_mode == 2:")
-    for v in range(nv):
-        lines.append(f"{ind * 2}bv = vload_n(bias, bias_off + {v} * c_vs, n{v}, {lanes})")
-        for m in range(mr):
-            lines.append(f"{ind * 2}{acc[m][v]} = vadd({acc[m][v]}, bv)")
-    # activation
-    lines.append(f"{ind}if act == 1:")
-    for m in range(mr):
-        for v in range(nv):
-            lines.append(f"{ind * 2}{acc[m][v]} = vmax_zero({acc[m][v]})")
-    lines.append(f"{ind}elif act == 2:")
-    for m in range(mr):
-        for v in range(nv):
-            lines.append(f"{ind * 2}{acc[m][v]} = vrelu_general({acc[m][v]}, p0, p1, p2, p3)")
+    lines += _epilogue(acc, lanes, True, ind)
     # stores
     full = " and ".join(f"n{v} == {lanes}" for v in range(nv))
     lines.append(f"{ind}if {full}:")
@@ -139,11 +209,15 @@ def render_ukernels() -> str:
             parts.append(_render(mr, nv, lanes))
         for mr, nv in PACKED_TILES:
             parts.append(_render(mr, nv, lanes, packed=True))
+        for mr, nv in CHANNEL_TILES:
+            parts.append(_render_channel(mr, nv, lanes))
     table = ",\n".join(f"    ({mr}, {nv}, {lanes}, False): {kernel_name(mr, nv, lanes)}"
                        for lanes in LANES for mr, nv in TILES)
     table += ",\n" + ",\n".join(f"    ({mr}, {nv}, {lanes}, True): {kernel_name(mr, nv, lanes, True)}"
                                 for lanes in LANES for mr, nv in PACKED_TILES)
-    parts.append(f"\n\n#: (MR, NV, lanes, packed A) -> kernel\nUKERNELS = {{\n{table},\n}}\n")
+    table += ",\n" + ",\n".join(f"    ({mr}, {nv}, {lanes}, 'channel'): {channel_kernel_name(mr, nv, lanes)}"
+                                for lanes in LANES for mr, nv in CHANNEL_TILES)
+    parts.append(f"\n\n#: (MR, NV, lanes, packed A or 'channel') -> kernel\nUKERNELS = {{\n{table},\n}}\n")
     return "".join(parts)
 
 
