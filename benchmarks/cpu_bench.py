@@ -130,12 +130,13 @@ def ort_runner(fn_spec) -> Callable:
 
 
 def measure(runners: dict[str, Callable], x: np.ndarray, seconds: float) -> dict[str, float]:
-    """Median latency (ms) of each runner, in alternating rounds."""
+    """Median latency (ms) of each runner, in many short alternating rounds (a burst of load from outside
+    the process then hits every runner alike instead of one runner's only round)."""
     samples: dict[str, list[float]] = {k: [] for k in runners}
     for f in runners.values():  # warm up
         for _ in range(5):
             f(x)
-    rounds = 7
+    rounds = 15
     per_round = seconds / rounds / len(runners)
     for _ in range(rounds):
         for name, f in runners.items():

@@ -235,7 +235,7 @@ def _conv_gemm(ctx: EmitContext) -> None:
             body += [
                 "    cols = " + (f"{ow} * min(2, {oh} - i)"),
                 f"    for ob in range({blocks}):",
-                "        " + ctx.call(mk, depth, Arr("W"), f"{w_off} + ob * {depth * mr}", 1, mr, Arr("A"),
+                "        " + ctx.call(mk, depth, Arr("W"), f"{w_off} + ob * {depth * mr}", Arr("A"),
                                       f"{scr} + i * {sh * wp}", Arr("T"), t_off, sh * wp, y,
                                       f"{yo} + ob * {mr * pixels} + i * {ow}", pixels, ow,
                                       f"min({mr}, {o_ch} - ob * {mr})", "cols", Arr("W"), f"{b_off} + ob * {mr}",
@@ -245,7 +245,7 @@ def _conv_gemm(ctx: EmitContext) -> None:
             body += [
                 f"    for j0 in range(0, {ow}, {2 * lanes}):",
                 f"        for ob in range({blocks}):",
-                "            " + ctx.call(mk, depth, Arr("W"), f"{w_off} + ob * {depth * mr}", 1, mr, Arr("A"),
+                "            " + ctx.call(mk, depth, Arr("W"), f"{w_off} + ob * {depth * mr}", Arr("A"),
                                           f"{scr} + i * {sh * wp} + j0", Arr("T"), t_off, lanes, y,
                                           f"{yo} + ob * {mr * pixels} + i * {ow} + j0", pixels, lanes,
                                           f"min({mr}, {o_ch} - ob * {mr})", f"{ow} - j0", Arr("W"),
@@ -294,7 +294,7 @@ def _conv_gemm(ctx: EmitContext) -> None:
     body += [
         f"    for j in range(0, np_, {slab}):",
         "        for ob in range(ob_lo, ob_hi):",
-        "            " + ctx.call(mk, depth, Arr("W"), f"{w_off} + ob * {depth * mr}", 1, mr, src, f"{src_off} + j",
+        "            " + ctx.call(mk, depth, Arr("W"), f"{w_off} + ob * {depth * mr}", src, f"{src_off} + j",
                                   Arr("T"), t_off, lanes, y, f"{yo} + ob * {mr * pixels} + p0 + j", pixels, lanes,
                                   f"min({mr}, {o_ch} - ob * {mr})", "np_ - j", Arr("W"), f"{b_off} + ob * {mr}",
                                   bias_mode, code, *params),
@@ -366,12 +366,10 @@ def emit_dense(ctx: EmitContext) -> None:
     half = 2 * lanes
     xb, yb = x.base(), y.base()
 
-    t_off = ctx.table([i * nb for i in range(k)])
-
     def call(mr: int, nv: int, off: int) -> str:
-        return ctx.call(kernel_name(mr, nv, lanes), k, x, f"{xb} + r * {k}", k, 1, Arr("W"), f"wp + {off}", Arr("T"),
-                        t_off, lanes, y, f"{yb} + r * {m} + col0 + {off}", m, lanes, mr, f"cols - {off}", Arr("W"),
-                        f"{b_off} + col0 + {off}", bias_mode, code, *params)
+        return ctx.call(kernel_name(mr, nv, lanes), k, x, f"{xb} + r * {k}", k, Arr("W"), f"wp + {off}", y,
+                        f"{yb} + r * {m} + col0 + {off}", m, mr, f"cols - {off}", Arr("W"), f"{b_off} + col0 + {off}",
+                        bias_mode, code, *params)
 
     body = [
         f"rb = it // {panels}",

@@ -33,7 +33,8 @@ __all__ = ["HELPERS", "helper_address", "yield_address", "thunk_cfunc", "render_
 
 logger = logging.getLogger(__name__)
 
-_MK = "i" + "aiii" + "ai" + "ti" + "i" + "aiiiii" + "aii" + "i" + "ffff"
+_MK = "i" + "aii" + "ai" + "aii" + "ii" + "aii" + "i" + "ffff"
+_MKP = "i" + "ai" + "ai" + "ti" + "i" + "aiii" + "ii" + "aii" + "i" + "ffff"
 _MKC = "i" + "ai" + "ti" + "ti" + "ai" + "aiiii" + "aii" + "i" + "ffff"
 
 #: helper name -> (module, parameter kinds)
@@ -60,7 +61,7 @@ HELPERS: dict[str, tuple[str, str]] = {
     "concat_rows": ("cg_kernels", "aiai" + "iiii"),
     "conv_direct_planes": ("cg_kernels", "aiiii" + "aiii" + "ai" + "i" * 14),
     **{kernel_name(mr, nv, lanes): ("ukernels", _MK) for lanes in LANES for mr, nv in TILES},
-    **{kernel_name(mr, nv, lanes, True): ("ukernels", _MK) for lanes in LANES for mr, nv in PACKED_TILES},
+    **{kernel_name(mr, nv, lanes, True): ("ukernels", _MKP) for lanes in LANES for mr, nv in PACKED_TILES},
     **{channel_kernel_name(mr, nv, lanes): ("ukernels", _MKC) for lanes in LANES for mr, nv in CHANNEL_TILES},
 }
 

@@ -35,9 +35,6 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
     mk_4x2_l16,
     mk_4x2_l4,
     mk_4x2_l8,
-    mk_6x4_l16,
-    mk_6x4_l4,
-    mk_6x4_l8,
     mk_8x2_l16,
     mk_8x2_l4,
     mk_8x2_l8,
@@ -65,7 +62,7 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
 )
 
 #: sha256 of simd.py, cg_kernels.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
-SOURCES_DIGEST = "1763e81574243228092f1bf252676ad8d1fb121bb1f107da7611b56169b0a603"
+SOURCES_DIGEST = "e531ffb71eed4132d8ace0e804b39472d0e506a92ab2c73144804214ae0b7544"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
@@ -236,172 +233,148 @@ def conv_direct_planes_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12
     conv_direct_planes(farray(a0, np.float64), a1, a2, a3, a4, farray(a5, np.float64), a6, a7, a8, farray(a9, np.float64), a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24)
 
 
-def mk_1x4_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_1x4_l16(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
+def mk_1x4_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_1x4_l16(a0, farray(a1, np.float32), a2, a3, farray(a4, np.float32), a5, farray(a6, np.float32), a7, a8, a9, a10, farray(a11, np.float32), a12, a13, a14, a15, a16, a17, a18)
 
 
-def mk_1x4_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_1x4_l16(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
+def mk_1x4_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_1x4_l16(a0, farray(a1, np.float64), a2, a3, farray(a4, np.float64), a5, farray(a6, np.float64), a7, a8, a9, a10, farray(a11, np.float64), a12, a13, a14, a15, a16, a17, a18)
 
 
-def mk_4x2_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_4x2_l16(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
+def mk_4x2_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_4x2_l16(a0, farray(a1, np.float32), a2, a3, farray(a4, np.float32), a5, farray(a6, np.float32), a7, a8, a9, a10, farray(a11, np.float32), a12, a13, a14, a15, a16, a17, a18)
 
 
-def mk_4x2_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_4x2_l16(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
+def mk_4x2_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_4x2_l16(a0, farray(a1, np.float64), a2, a3, farray(a4, np.float64), a5, farray(a6, np.float64), a7, a8, a9, a10, farray(a11, np.float64), a12, a13, a14, a15, a16, a17, a18)
 
 
-def mk_8x2_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_8x2_l16(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
+def mk_8x2_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_8x2_l16(a0, farray(a1, np.float32), a2, a3, farray(a4, np.float32), a5, farray(a6, np.float32), a7, a8, a9, a10, farray(a11, np.float32), a12, a13, a14, a15, a16, a17, a18)
 
 
-def mk_8x2_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_8x2_l16(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
+def mk_8x2_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_8x2_l16(a0, farray(a1, np.float64), a2, a3, farray(a4, np.float64), a5, farray(a6, np.float64), a7, a8, a9, a10, farray(a11, np.float64), a12, a13, a14, a15, a16, a17, a18)
 
 
-def mk_6x4_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_6x4_l16(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
+def mk_1x4_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_1x4_l8(a0, farray(a1, np.float32), a2, a3, farray(a4, np.float32), a5, farray(a6, np.float32), a7, a8, a9, a10, farray(a11, np.float32), a12, a13, a14, a15, a16, a17, a18)
 
 
-def mk_6x4_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_6x4_l16(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
+def mk_1x4_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_1x4_l8(a0, farray(a1, np.float64), a2, a3, farray(a4, np.float64), a5, farray(a6, np.float64), a7, a8, a9, a10, farray(a11, np.float64), a12, a13, a14, a15, a16, a17, a18)
 
 
-def mk_1x4_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_1x4_l8(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
+def mk_4x2_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_4x2_l8(a0, farray(a1, np.float32), a2, a3, farray(a4, np.float32), a5, farray(a6, np.float32), a7, a8, a9, a10, farray(a11, np.float32), a12, a13, a14, a15, a16, a17, a18)
 
 
-def mk_1x4_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_1x4_l8(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
+def mk_4x2_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_4x2_l8(a0, farray(a1, np.float64), a2, a3, farray(a4, np.float64), a5, farray(a6, np.float64), a7, a8, a9, a10, farray(a11, np.float64), a12, a13, a14, a15, a16, a17, a18)
 
 
-def mk_4x2_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_4x2_l8(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
+def mk_8x2_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_8x2_l8(a0, farray(a1, np.float32), a2, a3, farray(a4, np.float32), a5, farray(a6, np.float32), a7, a8, a9, a10, farray(a11, np.float32), a12, a13, a14, a15, a16, a17, a18)
 
 
-def mk_4x2_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_4x2_l8(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
+def mk_8x2_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_8x2_l8(a0, farray(a1, np.float64), a2, a3, farray(a4, np.float64), a5, farray(a6, np.float64), a7, a8, a9, a10, farray(a11, np.float64), a12, a13, a14, a15, a16, a17, a18)
 
 
-def mk_8x2_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_8x2_l8(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
+def mk_1x4_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_1x4_l4(a0, farray(a1, np.float32), a2, a3, farray(a4, np.float32), a5, farray(a6, np.float32), a7, a8, a9, a10, farray(a11, np.float32), a12, a13, a14, a15, a16, a17, a18)
 
 
-def mk_8x2_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_8x2_l8(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
+def mk_1x4_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_1x4_l4(a0, farray(a1, np.float64), a2, a3, farray(a4, np.float64), a5, farray(a6, np.float64), a7, a8, a9, a10, farray(a11, np.float64), a12, a13, a14, a15, a16, a17, a18)
 
 
-def mk_6x4_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_6x4_l8(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
+def mk_4x2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_4x2_l4(a0, farray(a1, np.float32), a2, a3, farray(a4, np.float32), a5, farray(a6, np.float32), a7, a8, a9, a10, farray(a11, np.float32), a12, a13, a14, a15, a16, a17, a18)
 
 
-def mk_6x4_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_6x4_l8(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
+def mk_4x2_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_4x2_l4(a0, farray(a1, np.float64), a2, a3, farray(a4, np.float64), a5, farray(a6, np.float64), a7, a8, a9, a10, farray(a11, np.float64), a12, a13, a14, a15, a16, a17, a18)
 
 
-def mk_1x4_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_1x4_l4(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
+def mk_8x2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_8x2_l4(a0, farray(a1, np.float32), a2, a3, farray(a4, np.float32), a5, farray(a6, np.float32), a7, a8, a9, a10, farray(a11, np.float32), a12, a13, a14, a15, a16, a17, a18)
 
 
-def mk_1x4_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_1x4_l4(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
+def mk_8x2_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_8x2_l4(a0, farray(a1, np.float64), a2, a3, farray(a4, np.float64), a5, farray(a6, np.float64), a7, a8, a9, a10, farray(a11, np.float64), a12, a13, a14, a15, a16, a17, a18)
 
 
-def mk_4x2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_4x2_l4(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
+def mkp_8x2_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_8x2_l16(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
 
 
-def mk_4x2_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_4x2_l4(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
+def mkp_8x2_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_8x2_l16(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
 
 
-def mk_8x2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_8x2_l4(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
+def mkp_12x2_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_12x2_l16(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
 
 
-def mk_8x2_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_8x2_l4(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
+def mkp_12x2_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_12x2_l16(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
 
 
-def mk_6x4_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_6x4_l4(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
+def mkp_8x3_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_8x3_l16(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
 
 
-def mk_6x4_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mk_6x4_l4(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
+def mkp_8x3_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_8x3_l16(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
 
 
-def mkp_8x2_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mkp_8x2_l16(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
+def mkp_8x2_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_8x2_l8(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
 
 
-def mkp_8x2_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mkp_8x2_l16(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
+def mkp_8x2_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_8x2_l8(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
 
 
-def mkp_12x2_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mkp_12x2_l16(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
+def mkp_12x2_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_12x2_l8(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
 
 
-def mkp_12x2_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mkp_12x2_l16(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
+def mkp_12x2_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_12x2_l8(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
 
 
-def mkp_8x3_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mkp_8x3_l16(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
+def mkp_8x3_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_8x3_l8(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
 
 
-def mkp_8x3_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mkp_8x3_l16(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
+def mkp_8x3_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_8x3_l8(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
 
 
-def mkp_8x2_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mkp_8x2_l8(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
+def mkp_8x2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_8x2_l4(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
 
 
-def mkp_8x2_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mkp_8x2_l8(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
+def mkp_8x2_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_8x2_l4(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
 
 
-def mkp_12x2_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mkp_12x2_l8(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
+def mkp_12x2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_12x2_l4(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
 
 
-def mkp_12x2_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mkp_12x2_l8(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
+def mkp_12x2_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_12x2_l4(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
 
 
-def mkp_8x3_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mkp_8x3_l8(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
+def mkp_8x3_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_8x3_l4(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
 
 
-def mkp_8x3_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mkp_8x3_l8(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
-
-
-def mkp_8x2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mkp_8x2_l4(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
-
-
-def mkp_8x2_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mkp_8x2_l4(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
-
-
-def mkp_12x2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mkp_12x2_l4(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
-
-
-def mkp_12x2_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mkp_12x2_l4(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
-
-
-def mkp_8x3_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mkp_8x3_l4(a0, farray(a1, np.float32), a2, a3, a4, farray(a5, np.float32), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float32), a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23)
-
-
-def mkp_8x3_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23):
-    mkp_8x3_l4(a0, farray(a1, np.float64), a2, a3, a4, farray(a5, np.float64), a6, farray(a7, np.int64), a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23)
+def mkp_8x3_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_8x3_l4(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
 
 
 def mkc_6x4_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):

@@ -4,23 +4,38 @@ A micro-kernel computes an ``MR x (NV * L)`` tile of ``C = A @ B`` over a
 depth ``K`` with ``MR * NV`` vector accumulators held in SIMD registers
 (``L`` lanes each), then adds the bias, applies a relu-family activation and
 stores the tile. Its operands are flat arrays and offsets, so one compiled
-function serves every layer (conv2d on an im2col panel, dense on packed
-weight panels):
+function serves every layer. Every stride the inner loop uses is a literal
+or a table entry: a runtime stride there costs an induction register per
+tile row, and with eight rows the row addresses spilled (dense ran at 70% of
+this form's speed).
 
-* ``A(m, k) = A[a_off + min(m, rows - 1) * a_rs + k * a_ks]`` (broadcast to a vector);
+Dense kernels (``mk_*``; rows are samples):
+
+* ``A(m, k) = A[a_off + min(m, rows - 1) * a_rs + k]`` (broadcast to a vector);
+* ``B(k, v) = B[b_off + k * 4L + v * L]`` (weights packed in panels of
+  ``4L`` columns);
+* ``C(m, v) = C[c_off + m * c_rs + v * L]``: row ``m < rows`` is stored, and
+  vector ``v`` with ``min(L, cols - v * L)`` lanes (a masked store at an edge);
+* bias: ``bias_mode`` 0 none, 2 one vector per column block
+  (``bias[bias_off + v * L]``, masked);
+* ``act``: 0 none, 1 relu, 2 Keras relu with ``(threshold, max_value,
+  has_max, negative_slope)`` in ``p0..p3``; the caller applies other
+  activations after the store.
+
+Packed conv kernels (``mkp_*``; rows are output channels, implicit GEMM and
+im2col panels):
+
+* ``A(m, k) = A[a_off + k * MR + m]`` (the filters packed ``[k][m]``);
 * ``B(k, v) = B[b_off + T[t_off + k] + v * b_vs]`` (a vector load; the int64
   table ``T`` of depth offsets lets a conv read its zero-padded input directly:
   ``T[k]`` is the offset of filter tap ``k`` = (c, ki, kj); a packed panel
   has ``T[k] = k * stride``);
 * ``C(m, v) = C[c_off + m * c_rs + v * c_vs]``: row ``m < rows`` is stored, and
-  vector ``v`` with ``min(L, c_vs, cols - v * c_vs)`` lanes (a masked store at
-  an edge): ``c_vs = L`` puts the vectors side by side on one row, a smaller
-  ``c_vs`` on consecutive short rows (a conv's output rows narrower than ``L``);
-* bias: ``bias_mode`` 0 none, 1 one value per row (``bias[bias_off + m]``),
-  2 one vector per column block (``bias[bias_off + v * c_vs]``, masked);
-* ``act``: 0 none, 1 relu, 2 Keras relu with ``(threshold, max_value,
-  has_max, negative_slope)`` in ``p0..p3``; the caller applies other
-  activations after the store.
+  vector ``v`` with ``min(L, c_vs, cols - v * c_vs)`` lanes: ``c_vs = L`` puts
+  the vectors side by side on one row, a smaller ``c_vs`` on consecutive short
+  rows (a conv's output rows narrower than ``L``);
+* bias: ``bias_mode`` 1 one value per row (``bias[bias_off + m]``), or 0;
+  activations as above.
 
 The channel-vector kernels (``mkc_*``, for convolutions on small or strided
 images) swap the roles: vectors run along output channels and rows are
@@ -52,8 +67,8 @@ __all__ = ["TILES", "PACKED_TILES", "CHANNEL_TILES", "LANES", "kernel_name", "ch
 
 logger = logging.getLogger(__name__)
 
-#: (MR, NV) tile shapes: rows of A x vectors of B (A read with strides: dense layers' activations).
-TILES: tuple[tuple[int, int], ...] = ((1, 4), (4, 2), (8, 2), (6, 4))
+#: (MR, NV) of the dense kernels: rows (samples) x vectors of a 4L-column weight panel (NV <= 4).
+TILES: tuple[tuple[int, int], ...] = ((1, 4), (4, 2), (8, 2))
 #: Tile shapes with A packed ``[k][m]`` (conv weights).
 PACKED_TILES: tuple[tuple[int, int], ...] = ((8, 2), (12, 2), (8, 3))
 #: (MR, NV) of the channel-vector conv kernels: output pixels x vectors of output channels. At most 8 pixel
@@ -95,7 +110,7 @@ def channel_kernel_name(mr: int, nv: int, lanes: int) -> str:
 
 
 def _epilogue(acc: list[list[str]], lanes: int, bias_row: bool, ind: str) -> list[str]:
-    """Bias (mode 1 per row when ``bias_row``, mode 2 per column vector) and the fused activation."""
+    """Bias (mode 1 per row when ``bias_row``, else mode 2 per column vector of L) and the fused activation."""
     mr, nv = len(acc), len(acc[0])
     lines = []
     if bias_row:
@@ -104,14 +119,12 @@ def _epilogue(acc: list[list[str]], lanes: int, bias_row: bool, ind: str) -> lis
             lines.append(f"{ind * 2}bv = vbroadcast(bias, bias_off + min({m}, rows - 1), z)")
             for v in range(nv):
                 lines.append(f"{ind * 2}{acc[m][v]} = vadd({acc[m][v]}, bv)")
-        lines.append(f"{ind}elif bias_mode == 2:")
     else:
         lines.append(f"{ind}if bias_mode == 2:")
-    for v in range(nv):
-        lines.append(f"{ind * 2}bv = vload_n(bias, bias_off + {v} * " + ("c_vs" if bias_row else str(lanes))
-                     + f", n{v}, {lanes})")
-        for m in range(mr):
-            lines.append(f"{ind * 2}{acc[m][v]} = vadd({acc[m][v]}, bv)")
+        for v in range(nv):
+            lines.append(f"{ind * 2}bv = vload_n(bias, bias_off + {v * lanes}, n{v}, {lanes})")
+            for m in range(mr):
+                lines.append(f"{ind * 2}{acc[m][v]} = vadd({acc[m][v]}, bv)")
     lines.append(f"{ind}if act == 1:")
     for m in range(mr):
         for v in range(nv):
@@ -161,11 +174,17 @@ def _render(mr: int, nv: int, lanes: int, packed: bool = False) -> str:
     name = kernel_name(mr, nv, lanes, packed)
     acc = [[f"c{m}_{v}" for v in range(nv)] for m in range(mr)]
     ind = "    "
+    if packed:
+        params = "K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,"
+        vs = "c_vs"
+    else:
+        params = "K, A, a_off, a_rs, B, b_off, C, c_off, c_rs, rows, cols, bias, bias_off,"
+        vs = str(lanes)
     lines = [
         "",
         "",
         "@numba.njit(**JIT_OPTIONS)",
-        f"def {name}(K, A, a_off, a_rs, a_ks, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,",
+        f"def {name}({params}",
         "        bias_mode, act, p0, p1, p2, p3):",
         f"{ind}z = vzero(C, {lanes})",
     ]
@@ -175,28 +194,34 @@ def _render(mr: int, nv: int, lanes: int, packed: bool = False) -> str:
         for m in range(mr):
             lines.append(f"{ind}ar{m} = a_off + min({m}, rows - 1) * a_rs")
     for v in range(nv):
-        lines.append(f"{ind}n{v} = min({lanes}, c_vs, max(0, cols - {v} * c_vs))")
+        bound = f"min({lanes}, c_vs, max(0, cols - {v} * c_vs))" if packed else f"min({lanes}, max(0, cols - {v * lanes}))"
+        lines.append(f"{ind}n{v} = {bound}")
     lines.append(f"{ind}for k in range(K):")
-    lines.append(f"{ind * 2}bo = b_off + load_at(T, t_off + k)")
-    for v in range(nv):
-        lines.append(f"{ind * 2}b{v} = vload(B, bo + {v} * b_vs, {lanes})")
-    lines.append(f"{ind * 2}ak = " + (f"a_off + k * {mr}" if packed else "k * a_ks"))
+    if packed:
+        lines.append(f"{ind * 2}bo = b_off + load_at(T, t_off + k)")
+        for v in range(nv):
+            lines.append(f"{ind * 2}b{v} = vload(B, bo + {v} * b_vs, {lanes})")
+        lines.append(f"{ind * 2}ak = a_off + k * {mr}")
+    else:
+        lines.append(f"{ind * 2}bo = b_off + k * {4 * lanes}")
+        for v in range(nv):
+            lines.append(f"{ind * 2}b{v} = vload(B, bo + {v * lanes}, {lanes})")
     for m in range(mr):
-        lines.append(f"{ind * 2}a = vbroadcast(A, " + (f"ak + {m}" if packed else f"ar{m} + ak") + ", z)")
+        lines.append(f"{ind * 2}a = vbroadcast(A, " + (f"ak + {m}" if packed else f"ar{m} + k") + ", z)")
         for v in range(nv):
             lines.append(f"{ind * 2}{acc[m][v]} = vfma(a, b{v}, {acc[m][v]})")
-    lines += _epilogue(acc, lanes, True, ind)
+    lines += _epilogue(acc, lanes, packed, ind)
     # stores
     full = " and ".join(f"n{v} == {lanes}" for v in range(nv))
     lines.append(f"{ind}if {full}:")
     for m in range(mr):
         guard = "" if m == 0 else f"if rows > {m}: "
-        stores = "; ".join(f"vstore(C, c_off + {m} * c_rs + {v} * c_vs, {acc[m][v]})" for v in range(nv))
+        stores = "; ".join(f"vstore(C, c_off + {m} * c_rs + {v} * {vs}, {acc[m][v]})" for v in range(nv))
         lines.append(f"{ind * 2}{guard}{stores}")
     lines.append(f"{ind}else:")
     for m in range(mr):
         guard = "" if m == 0 else f"if rows > {m}: "
-        stores = "; ".join(f"vstore_n(C, c_off + {m} * c_rs + {v} * c_vs, {acc[m][v]}, n{v})" for v in range(nv))
+        stores = "; ".join(f"vstore_n(C, c_off + {m} * c_rs + {v} * {vs}, {acc[m][v]}, n{v})" for v in range(nv))
         lines.append(f"{ind * 2}{guard}{stores}")
     return "\n".join(lines) + "\n"
 
