@@ -4,9 +4,11 @@
     python benchmarks/cpu_bench.py     # prints the table; --readme writes it into README.md
 
 Models (random weights, fixed seeds): the seed CNN (1x28x28 channels_first),
-a channels_last CIFAR-style CNN (32x32x3), an MLP (784-512-512-10) and a small
-channels_last Functional ResNet (32x32x3, three residual stages), at batch 1
-and 64. Every framework runs the same Keras model:
+a channels_last CIFAR-style CNN (32x32x3), an MLP (784-512-512-10), a small
+channels_last Functional ResNet (32x32x3, three residual stages) and a small
+depthwise-separable CNN (64x64x3, MobileNet-style), at batch 1 and 64. The
+last two are not in issue 4's list: they check that the speed holds for other
+shapes (strides, 8x8 images, residual adds, depthwise filters). Every framework runs the same Keras model:
 
 * keydnn: ``keydnn.from_keras(model, allow_non_linear_activation=True)``
   (default pass pipeline, default numba-cpu mode: generated code);
@@ -73,7 +75,22 @@ def build_models():
     mlp = keras.Sequential([
         L.Input((784,)), L.Dense(512, activation="relu"), L.Dense(512, activation="relu"), L.Dense(10), L.Softmax(),
     ], name="mlp")
-    return {"seed CNN": seed, "CIFAR CNN": cifar, "MLP": mlp, "ResNet-8": resnet(keras, rng)}
+    return {"seed CNN": seed, "CIFAR CNN": cifar, "MLP": mlp, "ResNet-8": resnet(keras, rng),
+            "MobileNet-style": mobilenet(keras)}
+
+
+def mobilenet(keras):
+    """A small depthwise-separable CNN (64x64x3, channels_last): a strided stem, then depthwise 3x3 (one of
+    them strided) + pointwise 1x1 pairs, global pooling and a classifier. Shapes none of the other models
+    have: depthwise filters, stride-2 depthwise, many 1x1 convs with few input channels."""
+    L = keras.layers
+    return keras.Sequential([
+        L.Input((64, 64, 3)), L.Conv2D(32, 3, strides=2, padding="same", activation="relu"),
+        L.DepthwiseConv2D(3, padding="same"), L.ReLU(), L.Conv2D(64, 1, activation="relu"),
+        L.DepthwiseConv2D(3, strides=2, padding="same"), L.ReLU(), L.Conv2D(128, 1, activation="relu"),
+        L.DepthwiseConv2D(3, padding="same"), L.ReLU(), L.Conv2D(128, 1, activation="relu"),
+        L.GlobalAveragePooling2D(), L.Dense(10), L.Softmax(),
+    ], name="mobilenet_style")
 
 
 def resnet(keras, rng):

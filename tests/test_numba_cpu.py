@@ -156,6 +156,12 @@ CONV_CASES = {
     "dilated-wide-strided-rows": dict(n=1, c=2, h=9, w=40, o=8, k=(3, 3), dilations=(2, 2), strides=(2, 1),
                                       pads=(2, 2, 2, 2)),
     "pointwise-wide": dict(n=2, c=6, h=4, w=8, o=12, k=(1, 1)),
+    "depthwise-wide-strided-dilated": dict(n=2, c=5, h=9, w=40, o=10, k=(3, 3), groups=5, strides=(2, 3),
+                                           dilations=(1, 2), pads=(1, 2, 3, 0)),
+    "depthwise-stride2-wide-odd-pad": dict(n=1, c=3, h=6, w=70, o=3, k=(3, 3), groups=3, strides=(2, 2),
+                                           pads=(1, 1, 1, 0)),
+    "depthwise-stride2-wide-even-pad": dict(n=2, c=2, h=5, w=66, o=4, k=(3, 3), groups=2, strides=(2, 2),
+                                            pads=(0, 1, 0, 1)),
     "narrow-rows-64-channels": dict(n=1, c=8, h=8, w=8, o=64, k=(3, 3), pads=(1, 1, 1, 1)),
     "strided-83-channels": dict(n=2, c=6, h=9, w=9, o=83, k=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
     "pointwise-strided-40-channels": dict(n=2, c=7, h=10, w=10, o=40, k=(1, 1), strides=(2, 2)),
@@ -175,6 +181,13 @@ def test_conv2d_matches_reference(case: str, path: str) -> None:
 def test_conv2d_fused_epilogue(epilogue: str, path: str) -> None:
     g, x = conv_graph(2, 3, 7, 7, 4, (3, 3), pads=(1, 1, 1, 1), activation=EPILOGUES[epilogue])
     check(g, x, exe=compile_path(g, path))
+
+
+@pytest.mark.parametrize("epilogue", list(EPILOGUES), ids=list(EPILOGUES))
+def test_depthwise_conv2d_fused_epilogue(epilogue: str) -> None:
+    """The vectorized depthwise helper: relu-family epilogues in its store, the others in a pass after."""
+    g, x = conv_graph(2, 6, 7, 19, 12, (3, 3), pads=(1, 1, 1, 1), groups=6, activation=EPILOGUES[epilogue])
+    check(g, x, exe=compile_path(g, "codegen"))
 
 
 def test_conv2d_default_choice_matches_reference_for_batch_1_and_5() -> None:

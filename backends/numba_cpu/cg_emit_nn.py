@@ -16,8 +16,9 @@ lanes each would keep busy (``conv_form``):
   thread-private panel (a 1x1 stride-1 conv reads its input as the panel) and
   runs an ``8 x 2L`` micro-kernel over it per block of 8 output channels.
 
-Bias and relu are fused into every form's tile store. Grouped and depthwise
-filters take direct loops instead.
+Bias and relu are fused into every form's tile store. Depthwise filters (one
+input channel each) run in vectors along output rows (``cg_depthwise``); other
+grouped filters take direct loops.
 
 dense packs its weight into panels of ``4L`` columns; rows (samples) go
 through the 8-row kernel, then 4-row, then single-row ones (a GEMV at batch
@@ -46,6 +47,9 @@ PANEL_BYTES = 1 << 18
 DENSE_ROWS = 32
 #: Work items a conv stage should offer per sample at least (so that both cores get work at batch 1).
 MIN_ITEMS = 4
+#: Outputs per vector of the depthwise helper (``cg_depthwise`` takes it from here: generating code must not
+#: import numba, or a warm-cache load would).
+DW_LANES = 16
 #: The conv2d GEMM forms, and a test's override of the choice (a form that does not apply is skipped).
 CONV_FORMS = ("implicit", "channel", "im2col")
 FORCE_CONV_FORM: "str | None" = None
@@ -335,10 +339,41 @@ def _conv_direct(ctx: EmitContext) -> None:
                     split=o_ch, max_blocks=max(1, min(o_ch, math.ceil(work / (4 * GRAIN)))), work=work))
 
 
+def _conv_depthwise(ctx: EmitContext) -> None:
+    """One input channel per filter (any depth multiplier): ``dw_conv_planes``, vectors along output rows
+    over a phase-split zero-padded copy of each input plane."""
+    op, x, y = ctx.op, ctx.ins[0], ctx.out
+    w = ctx.constant(1)
+    b = ctx.constant(2)
+    o_ch, _, kh, kw = w.shape
+    c, h, wd = x.sample
+    _, oh, ow = y.sample
+    sh, sw = op.strides
+    dh, dw = op.dilations
+    pt, pb, pl, pr = op.pads
+    hp = h + pt + pb
+    wq = -(-(wd + pl + pr) // sw)
+    w_off = ctx.weight(w)
+    b_off = ctx.weight(b) if b is not None else w_off
+    code, params, act = kernel_activation(op)
+    xo, yo = x.at(), y.at()
+    scr = ctx.scratch(hp * sw * wq + DW_LANES)
+    body = [ctx.call("dw_conv_planes", x, xo, h, wd, Arr("W"), w_off, b_off, int(b is not None), y, yo, oh, ow,
+                     "lo", "hi", o_ch // c, kh, kw, sh, sw, dh, dw, pt, pl, Arr("A"), scr, hp, wq, code, *params)]
+    if post_activation(act):
+        body.append(ctx.call("act_copy", y, f"{yo} + lo * {oh * ow}", y, f"{yo} + lo * {oh * ow}",
+                             f"(hi - lo) * {oh * ow}", *_act_args(act)))
+    work = 2.0 * o_ch * kh * kw * oh * ow
+    ctx.stage(Stage(f"conv2d {o_ch}x1x{kh}x{kw} depthwise", body, batched=y.batched, split=o_ch,
+                    max_blocks=max(1, min(o_ch, math.ceil(work / GRAIN))), work=work))
+
+
 def emit_conv2d(ctx: EmitContext) -> None:
     _require_nchw(ctx)
     if ctx.op.groups == 1:
         _conv_gemm(ctx)
+    elif ctx.constant(1).shape[1] == 1:
+        _conv_depthwise(ctx)
     else:
         _conv_direct(ctx)
 

@@ -60,6 +60,7 @@ HELPERS: dict[str, tuple[str, str]] = {
     "merge_span": ("cg_kernels", "aiaiii" + "f" + "i" + "ffff"),
     "concat_rows": ("cg_kernels", "aiai" + "iiii"),
     "conv_direct_planes": ("cg_kernels", "aiiii" + "aiii" + "ai" + "i" * 14),
+    "dw_conv_planes": ("cg_depthwise", "aiii" + "aiii" + "ai" + "i" * 13 + "ai" + "ii" + "i" + "ffff"),
     **{kernel_name(mr, nv, lanes): ("ukernels", _MK) for lanes in LANES for mr, nv in TILES},
     **{kernel_name(mr, nv, lanes, True): ("ukernels", _MKP) for lanes in LANES for mr, nv in PACKED_TILES},
     **{channel_kernel_name(mr, nv, lanes): ("ukernels", _MKC) for lanes in LANES for mr, nv in CHANNEL_TILES},
@@ -69,7 +70,7 @@ THUNKS_PATH = Path(__file__).with_name("thunks_gen.py")
 #: Modules whose code ends up inside the thunks. numba's disk cache of a cfunc is keyed by the file
 #: that defines it (thunks_gen.py) only, so thunks_gen.py records a digest of these: editing one of
 #: them changes the rendered file (the sync test says to regenerate it), which invalidates the cache.
-THUNK_SOURCES = ("simd.py", "cg_kernels.py", "ukernels.py", "kernels_elementwise.py", "kernels_merge.py",
+THUNK_SOURCES = ("simd.py", "cg_kernels.py", "cg_depthwise.py", "ukernels.py", "kernels_elementwise.py", "kernels_merge.py",
                  "conv_direct.py", "lowering.py", "codes.py", "../epilogues.py")
 
 

@@ -36,7 +36,7 @@ from numba.extending import intrinsic, models, register_model
 __all__ = [
     "Vec", "vec_type", "vload", "vload_n", "vstore", "vstore_n", "vsplat", "vzero", "vfma",
     "vadd", "vmul", "vsub", "vmax_zero", "vrelu_general", "vhsum", "atomic_add", "atomic_load", "atomic_store", "cpu_relax",
-    "farray", "fcall", "cycles", "load_at", "store_at", "vbroadcast", "vstore_transposed",
+    "farray", "fcall", "cycles", "load_at", "store_at", "vbroadcast", "vstore_transposed", "veven", "vodd",
 ]
 
 logger = logging.getLogger(__name__)
@@ -216,6 +216,27 @@ def vstore_transposed(typingctx, arr, index, stride, rows, cols, *vecs):
         return context.get_dummy_value()
 
     return types.none(arr, index, stride, rows, cols, types.StarArgTuple.from_types(tuple(vectys))), codegen
+
+
+def _half_of_pair(parity: int):
+    def impl(typingctx, a, b):
+        if not (isinstance(a, Vec) and a == b):
+            raise TypeError("needs two vectors of one type")
+
+        def codegen(context, builder, sig, args):
+            lanes = args[0].type.count
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [2 * i + parity for i in range(lanes)])
+            return builder.shuffle_vector(args[0], args[1], mask)
+
+        return a(a, b), codegen
+
+    impl.__doc__ = (f"The {'odd' if parity else 'even'}-indexed lanes of ``a`` followed by ``b`` (one shuffle): "
+                    "with the other half, splits 2L interleaved values into their two phases.")
+    return intrinsic(impl)
+
+
+veven = _half_of_pair(0)
+vodd = _half_of_pair(1)
 
 
 @intrinsic

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from keydnn.backends.numba_cpu.simd import farray
+from keydnn.backends.numba_cpu.cg_depthwise import (  # noqa: F401
+    dw_conv_planes,
+)
 from keydnn.backends.numba_cpu.cg_kernels import (  # noqa: F401
     act_copy,
     add_bias_act_planes,
@@ -61,8 +64,8 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
     mkp_8x3_l8,
 )
 
-#: sha256 of simd.py, cg_kernels.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
-SOURCES_DIGEST = "e531ffb71eed4132d8ace0e804b39472d0e506a92ab2c73144804214ae0b7544"
+#: sha256 of simd.py, cg_kernels.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
+SOURCES_DIGEST = "7b4795c61af74ab4acf9988f98210356cb7927ab8400981a135efcfabbbeb85b"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
@@ -231,6 +234,14 @@ def conv_direct_planes_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12
 
 def conv_direct_planes_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24):
     conv_direct_planes(farray(a0, np.float64), a1, a2, a3, a4, farray(a5, np.float64), a6, a7, a8, farray(a9, np.float64), a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24)
+
+
+def dw_conv_planes_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25, a26, a27, a28, a29, a30, a31):
+    dw_conv_planes(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, farray(a23, np.float32), a24, a25, a26, a27, a28, a29, a30, a31)
+
+
+def dw_conv_planes_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25, a26, a27, a28, a29, a30, a31):
+    dw_conv_planes(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, farray(a23, np.float64), a24, a25, a26, a27, a28, a29, a30, a31)
 
 
 def mk_1x4_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
