@@ -64,14 +64,19 @@ def check(graph: Graph, x: np.ndarray, *, exe: NumbaCpuExecutable | None = None,
 
 
 @contextlib.contextmanager
-def conv_algorithm(name: Optional[str]) -> Iterator[None]:
-    """Force one conv2d kernel of the per-op path while graphs are compiled (chosen at compile time)."""
-    saved = kernels_conv.FORCE_ALGORITHM
-    kernels_conv.FORCE_ALGORITHM = name
+def patched(module, name: str, value) -> Iterator[None]:
+    """``module.name = value`` for the duration of the block."""
+    saved = getattr(module, name)
+    setattr(module, name, value)
     try:
         yield
     finally:
-        kernels_conv.FORCE_ALGORITHM = saved
+        setattr(module, name, saved)
+
+
+def conv_algorithm(name: Optional[str]):
+    """Force one conv2d kernel of the per-op path while graphs are compiled (chosen at compile time)."""
+    return patched(kernels_conv, "FORCE_ALGORITHM", name)
 
 
 #: Every way a conv2d runs: each per-op kernel forced, and the generated code (which picks implicit GEMM,
@@ -81,15 +86,9 @@ CONV_PATHS = (tuple(f"ops:{a}" for a in kernels_conv.ALGORITHMS) + ("codegen",)
               + tuple(f"codegen:{f}" for f in cg_emit_nn.CONV_FORMS))
 
 
-@contextlib.contextmanager
-def conv_form(name: Optional[str]) -> Iterator[None]:
+def conv_form(name: Optional[str]):
     """Force one GEMM form of the generated conv2d code while code is generated (at a shape's first call)."""
-    saved = cg_emit_nn.FORCE_CONV_FORM
-    cg_emit_nn.FORCE_CONV_FORM = name
-    try:
-        yield
-    finally:
-        cg_emit_nn.FORCE_CONV_FORM = saved
+    return patched(cg_emit_nn, "FORCE_CONV_FORM", name)
 
 
 def compile_path(graph: Graph, path: str):
