@@ -161,6 +161,12 @@ CONV_CASES = {
                                            pads=(1, 1, 1, 0)),
     "depthwise-stride2-wide-even-pad": dict(n=2, c=2, h=5, w=66, o=4, k=(3, 3), groups=2, strides=(2, 2),
                                             pads=(0, 1, 0, 1)),
+    "depthwise-5x5-tall": dict(n=2, c=3, h=21, w=23, o=3, k=(5, 5), groups=3, pads=(2, 2, 2, 2)),
+    "depthwise-5x5-stride2-mult3": dict(n=1, c=2, h=17, w=35, o=6, k=(5, 5), groups=2, strides=(2, 2),
+                                        pads=(2, 1, 2, 1)),
+    "depthwise-row-stride-no-bias": dict(n=2, c=4, h=20, w=18, o=4, k=(3, 3), groups=4, strides=(2, 1),
+                                         pads=(1, 1, 1, 1), bias=False),
+    "depthwise-3x2-general": dict(n=1, c=3, h=10, w=21, o=3, k=(3, 2), groups=3, pads=(1, 1, 0, 1)),
     "narrow-rows-64-channels": dict(n=1, c=8, h=8, w=8, o=64, k=(3, 3), pads=(1, 1, 1, 1)),
     "strided-83-channels": dict(n=2, c=6, h=9, w=9, o=83, k=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
     "pointwise-strided-40-channels": dict(n=2, c=7, h=10, w=10, o=40, k=(1, 1), strides=(2, 2)),
@@ -187,6 +193,22 @@ def test_depthwise_conv2d_fused_epilogue(epilogue: str) -> None:
     """The vectorized depthwise helper: relu-family epilogues in its store, the others in a pass after."""
     g, x = conv_graph(2, 6, 7, 19, 12, (3, 3), pads=(1, 1, 1, 1), groups=6, activation=EPILOGUES[epilogue])
     check(g, x, exe=compile_path(g, "codegen"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("k, strides, dilations, unrolled", [
+    ((3, 3), (1, 1), (1, 1), True), ((3, 3), (2, 2), (1, 1), True), ((5, 5), (1, 2), (1, 1), True),
+    ((3, 3), (1, 1), (2, 2), False), ((7, 7), (1, 1), (1, 1), False)])
+def test_depthwise_kernel_choice(k: tuple, strides: tuple, dilations: tuple, unrolled: bool, dtype: str) -> None:
+    """Common filter shapes run the unrolled kernels (``dwk_*``), the rest the general helper; both agree with
+    the reference in both dtypes, across several 8-row tiles and a ragged last one."""
+    pads = tuple(d * (kk // 2) for kk, d in zip(k, dilations) for _ in range(2))
+    g, x = conv_graph(2, 3, 19, 21, 6, k, pads=pads, strides=strides, dilations=dilations, groups=3, dtype=dtype,
+                      activation=Relu())
+    exe = compile_path(g, "codegen")
+    check(g, x, exe=exe, rtol=1e-5, atol=1e-5)
+    helpers = " ".join(next(iter(exe._variants.values())).program.thunks)
+    assert ("dwk_" in helpers) == unrolled and ("dw_conv_planes" in helpers) != unrolled
 
 
 def test_conv2d_default_choice_matches_reference_for_batch_1_and_5() -> None:

@@ -26,11 +26,14 @@ from keydnn.backends.numba_cpu.simd import (
 __all__ = ["dw_conv_planes", "pad_plane_phased", "DW_LANES"]
 
 @numba.njit(**HELPER_JIT_OPTIONS)
-def pad_plane_phased(x, src, H, W, P, dst, HP, WQ, sw, pt, pl):
+def pad_plane_phased(x, src, H, W, P, dst, HP, WQ, sw, pt, pl, clear):
     """The (H, W) plane at x[src:] zero-padded into P[dst:] as HP rows of ``sw`` phases of WQ elements:
-    padded column c of row r at dst + r * sw * WQ + (c % sw) * WQ + c // sw (input at row pt, column pl)."""
+    padded column c of row r at dst + r * sw * WQ + (c % sw) * WQ + c // sw (input at row pt, column pl).
+    The border is zeroed only when ``clear``: the copy never writes it, so a plane of the same geometry
+    padded into the same place before left it zero."""
     pitch = sw * WQ
-    _zero_run(P, dst, HP * pitch)
+    if clear:
+        _zero_run(P, dst, HP * pitch)
     p0, q0 = pl % sw, pl // sw  # phase and index of input column 0 (no division per element)
     for iy in range(H):
         row = dst + (iy + pt) * pitch
@@ -71,7 +74,7 @@ def dw_conv_planes(x, x_off, H, W, Wt, w_off, b_off, has_bias, y, y_off, OH, OW,
     for o in range(o_lo, o_hi):
         c = o // og
         if c != last:
-            pad_plane_phased(x, x_off + c * H * W, H, W, P, p_off, HP, WQ, sw, pt, pl)
+            pad_plane_phased(x, x_off + c * H * W, H, W, P, p_off, HP, WQ, sw, pt, pl, last == -1)
             last = c
         bias = vsplat(load_at(Wt, b_off + o) if has_bias else 0.0, z)
         wb = w_off + o * KH * KW

@@ -34,7 +34,9 @@ import numpy as np
 
 from keydnn.backends.numba_cpu.codegen import GRAIN, Arr, EmitContext, Stage, Unsupported
 from keydnn.backends.numba_cpu.codes import LINEAR, RELU, RELU0, encode_activation
-from keydnn.backends.numba_cpu.ukernel_source import CHANNEL_TILES, channel_kernel_name, kernel_name
+from keydnn.backends.numba_cpu.ukernel_source import (
+    CHANNEL_TILES, DEPTHWISE_SHAPES, channel_kernel_name, depthwise_kernel_name, kernel_name,
+)
 
 __all__ = ["EMITTERS_NN", "kernel_activation", "post_activation", "panel_columns", "conv_form", "FORCE_CONV_FORM",
            "CONV_FORMS"]
@@ -340,8 +342,9 @@ def _conv_direct(ctx: EmitContext) -> None:
 
 
 def _conv_depthwise(ctx: EmitContext) -> None:
-    """One input channel per filter (any depth multiplier): ``dw_conv_planes``, vectors along output rows
-    over a phase-split zero-padded copy of each input plane."""
+    """One input channel per filter (any depth multiplier): vectors along output rows over a phase-split
+    zero-padded copy of each input plane; the common filter shapes run a kernel with their taps unrolled
+    (``dwk_*``, 2.2x faster on 3x3), the others ``dw_conv_planes``."""
     op, x, y = ctx.op, ctx.ins[0], ctx.out
     w = ctx.constant(1)
     b = ctx.constant(2)
@@ -358,13 +361,18 @@ def _conv_depthwise(ctx: EmitContext) -> None:
     code, params, act = kernel_activation(op)
     xo, yo = x.at(), y.at()
     scr = ctx.scratch(hp * sw * wq + DW_LANES)
-    body = [ctx.call("dw_conv_planes", x, xo, h, wd, Arr("W"), w_off, b_off, int(b is not None), y, yo, oh, ow,
-                     "lo", "hi", o_ch // c, kh, kw, sh, sw, dh, dw, pt, pl, Arr("A"), scr, hp, wq, code, *params)]
+    unrolled = (kh, kw, sw) in DEPTHWISE_SHAPES and (dh, dw) == (1, 1)
+    if unrolled:  # taps unrolled, filter shape in the code
+        body = [ctx.call(depthwise_kernel_name(kh, kw, sw), x, xo, h, wd, Arr("W"), w_off, b_off, int(b is not None),
+                         y, yo, oh, ow, "lo", "hi", o_ch // c, sh, Arr("A"), scr, hp, wq, pt, pl, code, *params)]
+    else:
+        body = [ctx.call("dw_conv_planes", x, xo, h, wd, Arr("W"), w_off, b_off, int(b is not None), y, yo, oh, ow,
+                         "lo", "hi", o_ch // c, kh, kw, sh, sw, dh, dw, pt, pl, Arr("A"), scr, hp, wq, code, *params)]
     if post_activation(act):
         body.append(ctx.call("act_copy", y, f"{yo} + lo * {oh * ow}", y, f"{yo} + lo * {oh * ow}",
                              f"(hi - lo) * {oh * ow}", *_act_args(act)))
     work = 2.0 * o_ch * kh * kw * oh * ow
-    ctx.stage(Stage(f"conv2d {o_ch}x1x{kh}x{kw} depthwise", body, batched=y.batched, split=o_ch,
+    ctx.stage(Stage(f"conv2d {o_ch}x1x{kh}x{kw} depthwise{' unrolled' if unrolled else ''}", body, batched=y.batched, split=o_ch,
                     max_blocks=max(1, min(o_ch, math.ceil(work / GRAIN))), work=work))
 
 

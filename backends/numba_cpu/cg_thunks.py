@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from keydnn.backends.numba_cpu.ukernel_source import (
-    CHANNEL_TILES, LANES, PACKED_TILES, TILES, channel_kernel_name, kernel_name,
+    CHANNEL_TILES, DEPTHWISE_SHAPES, LANES, PACKED_TILES, TILES, channel_kernel_name, depthwise_kernel_name,
+    kernel_name,
 )
 
 __all__ = ["HELPERS", "helper_address", "yield_address", "thunk_cfunc", "render_thunks", "write_thunks", "THUNKS_PATH", "thunk_name"]
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 _MK = "i" + "aii" + "ai" + "aii" + "ii" + "aii" + "i" + "ffff"
 _MKP = "i" + "ai" + "ai" + "ti" + "i" + "aiii" + "ii" + "aii" + "i" + "ffff"
 _MKC = "i" + "ai" + "ti" + "ti" + "ai" + "aiiii" + "aii" + "i" + "ffff"
+_DWK = "aiii" + "aiii" + "aiii" + "iii" + "i" + "ai" + "ii" + "ii" + "i" + "ffff"
 
 #: helper name -> (module, parameter kinds)
 HELPERS: dict[str, tuple[str, str]] = {
@@ -64,6 +66,7 @@ HELPERS: dict[str, tuple[str, str]] = {
     **{kernel_name(mr, nv, lanes): ("ukernels", _MK) for lanes in LANES for mr, nv in TILES},
     **{kernel_name(mr, nv, lanes, True): ("ukernels", _MKP) for lanes in LANES for mr, nv in PACKED_TILES},
     **{channel_kernel_name(mr, nv, lanes): ("ukernels", _MKC) for lanes in LANES for mr, nv in CHANNEL_TILES},
+    **{depthwise_kernel_name(kh, kw, sw): ("ukernels", _DWK) for kh, kw, sw in DEPTHWISE_SHAPES},
 }
 
 THUNKS_PATH = Path(__file__).with_name("thunks_gen.py")
