@@ -167,6 +167,8 @@ CONV_CASES = {
     "depthwise-row-stride-no-bias": dict(n=2, c=4, h=20, w=18, o=4, k=(3, 3), groups=4, strides=(2, 1),
                                          pads=(1, 1, 1, 1), bias=False),
     "depthwise-3x2-general": dict(n=1, c=3, h=10, w=21, o=3, k=(3, 2), groups=3, pads=(1, 1, 0, 1)),
+    "channel-staged-stem": dict(n=2, c=3, h=64, w=64, o=24, k=(3, 3), strides=(2, 2), pads=(0, 1, 0, 1)),
+    "pointwise-packed-slabs": dict(n=2, c=8, h=32, w=32, o=20, k=(1, 1)),
     "narrow-rows-64-channels": dict(n=1, c=8, h=8, w=8, o=64, k=(3, 3), pads=(1, 1, 1, 1)),
     "strided-83-channels": dict(n=2, c=6, h=9, w=9, o=83, k=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
     "pointwise-strided-40-channels": dict(n=2, c=7, h=10, w=10, o=40, k=(1, 1), strides=(2, 2)),
@@ -209,6 +211,27 @@ def test_depthwise_kernel_choice(k: tuple, strides: tuple, dilations: tuple, unr
     check(g, x, exe=exe, rtol=1e-5, atol=1e-5)
     helpers = " ".join(next(iter(exe._variants.values())).program.thunks)
     assert ("dwk_" in helpers) == unrolled and ("dw_conv_planes" in helpers) != unrolled
+
+
+def test_set_conflict_follows_l1_sets() -> None:
+    """Rows one 4 KiB way apart share a set; 64 bytes more spreads them; a 1 KiB pitch spreads over 4 sets."""
+    conflict = cg_emit_nn.set_conflict
+    assert conflict(4096, 32) and conflict(8192, 8) and not conflict(4096, 6)
+    assert not conflict(4096 + 64, 32) and not conflict(1028, 64)
+    assert conflict(1024, 64) and not conflict(1024, 24)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_conv2d_staged_and_packed_paths(dtype: str) -> None:
+    """Planes one L1 way apart (32x32): channel-vector tiles go through the staging block, a 1x1 conv packs
+    its input slabs; both agree with the reference, and the stage descriptions say which path ran."""
+    for spec, tag in ((dict(c=3, h=64, o=40, k=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), "staged="),
+                      (dict(c=24, h=32, o=20, k=(1, 1)), "packed-slabs")):
+        g, x = conv_graph(3, spec.pop("c"), spec["h"], spec.pop("h"), spec.pop("o"), spec.pop("k"), dtype=dtype,
+                          activation=Relu(), **spec)
+        exe = compile_path(g, "codegen")
+        check(g, x, exe=exe, rtol=1e-5, atol=1e-5)
+        assert any(tag in st for st in next(iter(exe._variants.values())).program.stages)
 
 
 def test_conv2d_default_choice_matches_reference_for_batch_1_and_5() -> None:
@@ -935,6 +958,38 @@ def test_codegen_float64_and_unbatched_operand() -> None:
     g2 = graph_of([node("m", Add(), "a", "b")], {"a": (3, 4, 5), "b": (1, 4, 5)})
     check_many(g2, randn(3, 4, 5), randn(1, 4, 5), mode="codegen")
     check_many(g2, randn(2, 4, 5), randn(2, 4, 5), mode="codegen")
+
+
+def test_codegen_large_batch_runs_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch larger than the chunk runs as several entry calls (a ragged last chunk included) writing into
+    one output; a graph with an unbatched operand is never split."""
+    from keydnn.backends.numba_cpu import cg_exec
+
+    g = seed_cnn()
+    exe = compile_graph(g, mode="codegen")
+    x = randn(11, 1, 28, 28, seed=3)
+    monkeypatch.setenv("KEYDNN_CPU_CHUNK", "4")
+    check(g, x, exe=exe)
+    plans = exe._local.plans
+    assert plans[((11, 1, 28, 28),)].chunk == 4 and plans[((11, 1, 28, 28),)].arena.size == 0
+    assert {((4, 1, 28, 28),), ((3, 1, 28, 28),)} <= set(plans)
+    prog = next(iter(exe._variants.values())).program
+    assert cg_exec.batch_chunk(prog, (((1, 28, 28),), (False,))) >= 1 << 60
+    monkeypatch.delenv("KEYDNN_CPU_CHUNK")
+    per_sample = (prog.arena_per_sample + 784 + 10) * 4
+    assert cg_exec.batch_chunk(prog, (((1, 28, 28),), (True,))) == max(cg_exec.MIN_CHUNK,
+                                                                       cg_exec.CHUNK_BYTES // per_sample)
+
+
+def test_codegen_arena_is_aligned() -> None:
+    """Arena buffers and thread scratch sit at 64-byte boundaries: a vector load across two cache lines costs
+    two (numpy allocates at 16-byte boundaries only)."""
+    exe = compile_graph(seed_cnn(), mode="codegen")
+    exe(randn(2, 1, 28, 28))
+    plan = next(iter(exe._local.plans.values()))
+    prog = plan.var.program
+    assert plan.arena.ctypes.data % 64 == 0
+    assert prog.arena_per_sample % 16 == 0 and prog.arena_fixed % 16 == 0 and prog.scratch_per_thread % 16 == 0
 
 
 def test_mode_selection(monkeypatch: pytest.MonkeyPatch) -> None:

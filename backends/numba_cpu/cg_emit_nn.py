@@ -35,11 +35,11 @@ import numpy as np
 from keydnn.backends.numba_cpu.codegen import GRAIN, Arr, EmitContext, Stage, Unsupported
 from keydnn.backends.numba_cpu.codes import LINEAR, RELU, RELU0, encode_activation
 from keydnn.backends.numba_cpu.ukernel_source import (
-    CHANNEL_TILES, DEPTHWISE_SHAPES, channel_kernel_name, depthwise_kernel_name, kernel_name,
+    CHANNEL_TILES, DEPTHWISE_SHAPES, blocks_kernel_name, channel_kernel_name, depthwise_kernel_name, kernel_name,
 )
 
 __all__ = ["EMITTERS_NN", "kernel_activation", "post_activation", "panel_columns", "conv_form", "FORCE_CONV_FORM",
-           "CONV_FORMS"]
+           "CONV_FORMS", "set_conflict"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,11 @@ DW_LANES = 16
 #: The conv2d GEMM forms, and a test's override of the choice (a form that does not apply is skipped).
 CONV_FORMS = ("implicit", "channel", "im2col")
 FORCE_CONV_FORM: "str | None" = None
+#: L1 data cache geometry the tiling assumes (bytes per way, ways): lines whose addresses differ by a multiple
+#: of the way size share a set. Zen 4/5 and recent Intel cores have 4 KiB ways and 8-12 of them.
+L1_WAY_BYTES, L1_WAYS = 4096, 12
+#: Bytes of a channel-vector tile's staging block (the tile stores land there, then whole lines go out).
+STAGING_BYTES = 24 << 10
 #: Vectors of output channels -> pixel rows of the channel-vector tile.
 _CHANNEL_ROWS = {nv: mr for mr, nv in CHANNEL_TILES}
 
@@ -85,6 +90,16 @@ def panel_columns(depth: int, pixels: int, slab: int, itemsize: int) -> int:
     """Strip width: whole slabs, as many as keep the panel within PANEL_BYTES, at most the image."""
     fit = max(slab, (PANEL_BYTES // (itemsize * max(depth, 1))) // slab * slab)
     return min(fit, -(-pixels // slab) * slab)
+
+
+def set_conflict(pitch_bytes: int, rows: int) -> bool:
+    """Whether one line from each of ``rows`` rows ``pitch_bytes`` apart overloads its L1 set (more than half
+    the ways per set). A channels-first tensor's planes are such rows: a 32x32 float32 plane is exactly one
+    way, so a tile touching 32 planes evicted itself, and a 1x1 conv reading its input in place ran at 74% and
+    a channel-vector conv storing into such planes at 30% of the speed with the planes 64 bytes further apart
+    (measured)."""
+    sets = min(L1_WAY_BYTES // 64, L1_WAY_BYTES // math.gcd(pitch_bytes, L1_WAY_BYTES))
+    return rows > sets * (L1_WAYS // 2)
 
 
 def _act_args(act: tuple) -> tuple:
@@ -166,31 +181,46 @@ def _conv_channel(ctx: EmitContext) -> None:
     p_off = ctx.table([(p // ow) * sh * wp + (p % ow) * sw for p in range(pixels)])
     # items: runs of whole cache lines of every output plane (the tile stores go across the channel planes,
     # so items of a few pixels would have both threads writing the same lines of every plane)
-    unit = max(1, 64 // ctx.dtype.itemsize)
+    itemsize = ctx.dtype.itemsize
+    unit = max(1, 64 // itemsize)
     units = -(-pixels // unit)
+    # planes sharing L1 sets: tiles go to a compact staging block first, which leaves in whole lines per plane
+    staged = set_conflict(pixels * itemsize, o_ch)
+    chunk = max(unit, STAGING_BYTES // (o_ch * itemsize) // unit * unit)
+    pitch = chunk + unit  # a staging row is not a multiple of the way size either
+    pad_size = c * hp * wp if padded else 0
+    scr = ctx.scratch(pad_size + (o_ch * pitch if staged else 0))
     body = [f"p_lo = lo * {unit}", f"p_hi = min({pixels}, hi * {unit})"]
     if padded:
-        scr = ctx.scratch(c * hp * wp)
         src, src_off = Arr("A"), scr
         body.append(ctx.call("pad_rows", x, xo, c, h, wd, Arr("A"), scr, hp, wp, pt, pl, f"(p_lo // {ow}) * {sh}",
                              f"((p_hi - 1) // {ow}) * {sh} + {(kh - 1) * dh + 1}"))
     else:
         src, src_off = x, xo
+    if staged:
+        body += [f"for q in range(p_lo, p_hi, {chunk}):", f"    q_hi = min(p_hi, q + {chunk})"]
+        ind, lo_, hi_, out, out_at, out_cs = "    ", "q", "q_hi", Arr("A"), f"{scr} + {pad_size} - q", pitch
+    else:
+        ind, lo_, hi_, out, out_at, out_cs = "", "p_lo", "p_hi", y, yo, pixels
     for nv, first, w_off in blocks:
         mr = _CHANNEL_ROWS[nv]
         body += [
-            f"for p in range(p_lo, p_hi, {mr}):",
-            "    " + ctx.call(channel_kernel_name(mr, nv, lanes), depth, src, src_off, Arr("T"), f"{p_off} + p",
-                              Arr("T"), t_off, Arr("W"), w_off, y, f"{yo} + {first * pixels} + p", pixels,
-                              f"min({mr}, p_hi - p)", min(nv * lanes, o_ch - first), Arr("W"), f"{b_off} + {first}",
-                              bias_mode, code, *params),
+            f"{ind}for p in range({lo_}, {hi_}, {mr}):",
+            f"{ind}    " + ctx.call(channel_kernel_name(mr, nv, lanes), depth, src, src_off, Arr("T"), f"{p_off} + p",
+                                    Arr("T"), t_off, Arr("W"), w_off, out, f"{out_at} + {first * out_cs} + p", out_cs,
+                                    f"min({mr}, {hi_} - p)", min(nv * lanes, o_ch - first), Arr("W"),
+                                    f"{b_off} + {first}", bias_mode, code, *params),
         ]
+    if staged:
+        body.append(f"{ind}" + ctx.call("copy_rows", Arr("A"), f"{scr} + {pad_size}", pitch, y, f"{yo} + q", pixels,
+                                        o_ch, "q_hi - q"))
     if post_activation(act):
         body += [f"for o in range({o_ch}):",
                  "    " + ctx.call("act_copy", y, f"{yo} + o * {pixels} + p_lo", y, f"{yo} + o * {pixels} + p_lo",
                                    "p_hi - p_lo", *_act_args(act))]
     work = 2.0 * o_ch * depth * pixels
-    ctx.stage(Stage(f"conv2d {o_ch}x{cg}x{kh}x{kw} channel-vectors blocks={'+'.join(map(str, widths))}", body,
+    ctx.stage(Stage(f"conv2d {o_ch}x{cg}x{kh}x{kw} channel-vectors blocks={'+'.join(map(str, widths))}"
+                    + (f" staged={chunk}" if staged else ""), body,
                     batched=y.batched, split=units, max_blocks=max(1, min(units, math.ceil(work / (8 * GRAIN)))),
                     work=work))
 
@@ -219,7 +249,7 @@ def _conv_gemm(ctx: EmitContext) -> None:
     sh, sw = op.strides
     dh, dw = op.dilations
     pt, _, pl, _ = op.pads
-    mk = kernel_name(mr, 2, lanes, packed=True)
+    mkb = blocks_kernel_name(mr, 2, lanes)  # every output-channel block of a tile position in one call
     xo, yo = x.at(), y.at()
     work = 2.0 * o_ch * depth * pixels
     tail = []
@@ -240,22 +270,16 @@ def _conv_gemm(ctx: EmitContext) -> None:
         if pair:
             body += [
                 "    cols = " + (f"{ow} * min(2, {oh} - i)"),
-                f"    for ob in range({blocks}):",
-                "        " + ctx.call(mk, depth, Arr("W"), f"{w_off} + ob * {depth * mr}", Arr("A"),
-                                      f"{scr} + i * {sh * wp}", Arr("T"), t_off, sh * wp, y,
-                                      f"{yo} + ob * {mr * pixels} + i * {ow}", pixels, ow,
-                                      f"min({mr}, {o_ch} - ob * {mr})", "cols", Arr("W"), f"{b_off} + ob * {mr}",
-                                      bias_mode, code, *params),
+                "    " + ctx.call(mkb, depth, Arr("W"), w_off, Arr("A"), f"{scr} + i * {sh * wp}", Arr("T"), t_off,
+                                  sh * wp, y, f"{yo} + i * {ow}", pixels, ow, o_ch, "cols", Arr("W"), b_off,
+                                  bias_mode, code, *params, blocks),
             ]
         else:
             body += [
                 f"    for j0 in range(0, {ow}, {2 * lanes}):",
-                f"        for ob in range({blocks}):",
-                "            " + ctx.call(mk, depth, Arr("W"), f"{w_off} + ob * {depth * mr}", Arr("A"),
-                                          f"{scr} + i * {sh * wp} + j0", Arr("T"), t_off, lanes, y,
-                                          f"{yo} + ob * {mr * pixels} + i * {ow} + j0", pixels, lanes,
-                                          f"min({mr}, {o_ch} - ob * {mr})", f"{ow} - j0", Arr("W"),
-                                          f"{b_off} + ob * {mr}", bias_mode, code, *params),
+                "        " + ctx.call(mkb, depth, Arr("W"), w_off, Arr("A"), f"{scr} + i * {sh * wp} + j0", Arr("T"),
+                                      t_off, lanes, y, f"{yo} + i * {ow} + j0", pixels, lanes, o_ch, f"{ow} - j0",
+                                      Arr("W"), b_off, bias_mode, code, *params, blocks),
             ]
         if post_activation(act):
             tail = [f"for o in range({o_ch}):",
@@ -266,9 +290,14 @@ def _conv_gemm(ctx: EmitContext) -> None:
                         max_blocks=max(1, min(groups, math.ceil(work / (8 * GRAIN)))), work=work))
         return
     slab = 2 * lanes
+    # a 1x1 conv reads its input planes in place, unless they share L1 sets: then each slab is copied out once
+    # and serves every channel block
+    pack_slabs = pointwise and set_conflict(pixels * ctx.dtype.itemsize, depth)
     if pointwise:
         strip = min(-(-pixels // slab) * slab, max(slab, 4096 // slab * slab))
-        ldb = pixels
+        if -(-pixels // strip) < MIN_ITEMS:  # narrower strips before channel groups: no slab is read twice
+            strip = max(slab, -(-pixels // (MIN_ITEMS * slab)) * slab)
+        ldb = slab if pack_slabs else pixels
     else:
         strip = panel_columns(depth, pixels, slab, ctx.dtype.itemsize)
         ldb = strip
@@ -286,8 +315,11 @@ def _conv_gemm(ctx: EmitContext) -> None:
     else:
         body += [f"    s = u // {ocs}", f"    ob_lo = (u - s * {ocs}) * {per}", f"    ob_hi = min({blocks}, ob_lo + {per})"]
     body += [f"    p0 = s * {strip}", f"    np_ = min({strip}, {pixels} - p0)"]
-    if pointwise:
-        src, src_off = x, f"{xo} + p0"
+    if pack_slabs:
+        scr = ctx.scratch(depth * slab)
+        src, src_off = Arr("A"), scr
+    elif pointwise:
+        src, src_off = x, f"{xo} + p0 + j"
     else:
         scr = ctx.scratch(depth * strip)
         pack = ctx.call("im2col_panel", x, xo, c, h, wd, kh, kw, sh, sw, dh, dw, pt, pl, ow, "p0", "np_", Arr("A"), scr,
@@ -296,22 +328,22 @@ def _conv_gemm(ctx: EmitContext) -> None:
             body += [f"    if n * {strips} + s != packed:", "        " + pack, f"        packed = n * {strips} + s"]
         else:
             body += ["    " + pack]
-        src, src_off = Arr("A"), scr
-    body += [
-        f"    for j in range(0, np_, {slab}):",
-        "        for ob in range(ob_lo, ob_hi):",
-        "            " + ctx.call(mk, depth, Arr("W"), f"{w_off} + ob * {depth * mr}", src, f"{src_off} + j",
-                                  Arr("T"), t_off, lanes, y, f"{yo} + ob * {mr * pixels} + p0 + j", pixels, lanes,
-                                  f"min({mr}, {o_ch} - ob * {mr})", "np_ - j", Arr("W"), f"{b_off} + ob * {mr}",
-                                  bias_mode, code, *params),
-    ]
+        src, src_off = Arr("A"), f"{scr} + j"
+    body.append(f"    for j in range(0, np_, {slab}):")
+    if pack_slabs:
+        body.append("        " + ctx.call("copy_rows", x, f"{xo} + p0 + j", pixels, Arr("A"), scr, slab, depth,
+                                          f"min({slab}, np_ - j)"))
+    body.append("        " + ctx.call(mkb, depth, Arr("W"), f"{w_off} + ob_lo * {depth * mr}", src, src_off, Arr("T"),
+                                      t_off, lanes, y, f"{yo} + ob_lo * {mr * pixels} + p0 + j", pixels, lanes,
+                                      f"{o_ch} - ob_lo * {mr}", "np_ - j", Arr("W"), f"{b_off} + ob_lo * {mr}",
+                                      bias_mode, code, *params, "ob_hi - ob_lo"))
     if post_activation(act):
         body += [f"    for o in range(ob_lo * {mr}, min({o_ch}, ob_hi * {mr})):",
                  "        " + ctx.call("act_copy", y, f"{yo} + o * {pixels} + p0", y, f"{yo} + o * {pixels} + p0",
                                        "np_", *_act_args(act))]
     split = strips * ocs
     ctx.stage(Stage(f"conv2d {o_ch}x{cg}x{kh}x{kw} im2col-gemm strips={strips}x{strip}"
-                    + (f" channel-groups={ocs}" if ocs > 1 else ""), body, batched=y.batched,
+                    + (f" channel-groups={ocs}" if ocs > 1 else "") + (" packed-slabs" if pack_slabs else ""), body, batched=y.batched,
                     setup=["packed = -1"] if ocs > 1 and not pointwise else [],
                     split=split, max_blocks=max(1, min(split, math.ceil(work / (8 * GRAIN)))), work=work))
 

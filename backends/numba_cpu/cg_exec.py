@@ -154,6 +154,38 @@ def _pool():
     return _POOL[0]
 
 
+#: Bytes of tensors a chunk of a large batch may take (``batch_chunk``), and the fewest samples in a chunk
+#: (each chunk is one more call, and a stage's items are its samples).
+CHUNK_BYTES = 4 << 20
+MIN_CHUNK = 8
+
+
+def batch_chunk(prog: "Program", key: tuple) -> int:
+    """Samples per entry call. A stage runs over the whole batch before the next starts, so at a large batch
+    every intermediate tensor leaves the caches between the stage writing it and the one reading it; in
+    chunks whose tensors fit in ``CHUNK_BYTES`` they stay in the last-level cache (MobileNet-style model at
+    batch 64: 6.2 -> 4.7 ms; the CIFAR CNN 7.7 -> 7.3 ms). Only graphs whose inputs and outputs are all
+    batched are split; ``KEYDNN_CPU_CHUNK`` sets the chunk (benchmarking)."""
+    samples, batched = key
+    if not all(batched) or not all(b for _, _, b in prog.outputs):
+        return 1 << 62
+    override = os.environ.get("KEYDNN_CPU_CHUNK")
+    if override:
+        return max(1, int(override))
+    elements = prog.arena_per_sample + sum(int(np.prod(s)) for s in samples)
+    elements += sum(int(np.prod(s)) for _, s, _ in prog.outputs)
+    return max(MIN_CHUNK, CHUNK_BYTES // (elements * prog.dtype.itemsize))
+
+
+def _aligned_empty(count: int, dtype: np.dtype, align: int = 64) -> np.ndarray:
+    """An uninitialized 1-D array of ``count`` elements whose data starts at an ``align``-byte boundary (the
+    generated code aligns its buffers within the arena; numpy aligns allocations to 16 bytes only)."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.empty(count + align // itemsize, dtype=dtype)
+    skip = (-raw.ctypes.data % align) // itemsize
+    return raw[skip:skip + count]
+
+
 @dataclass
 class _CallPlan:
     var: _Variant
@@ -165,6 +197,7 @@ class _CallPlan:
     state: np.ndarray
     slots: Optional[np.ndarray] = None  # aot: the address array P (inputs, outputs, then the tail)
     slots_address: int = 0
+    chunk: int = 1 << 62  # samples per entry call: a larger batch runs in chunks (then this plan has no buffers)
 
 
 #: Input-shape keys whose call plans (and buffers) one thread keeps.
@@ -235,9 +268,13 @@ class CodegenExecutable:
         n, key = self._key(arrays)
         var = self._variants.get(key) or self._variant(key)
         prog = var.program
+        chunk = batch_chunk(prog, key)
+        if chunk < n:
+            return self._keep(shapes, _CallPlan(var, n, [(n,) + sample for _, sample, _ in prog.outputs], 0, (),
+                                                np.empty(0, self.dtype), np.empty(0, np.int64), chunk=chunk))
         nthr = 1 if n * prog.work_per_sample < PARALLEL_MIN_WORK else _THREADS
-        arena = np.empty(n * prog.arena_per_sample + prog.arena_fixed + nthr * prog.scratch_per_thread + 64,
-                         dtype=self.dtype)
+        arena = _aligned_empty(n * prog.arena_per_sample + prog.arena_fixed + nthr * prog.scratch_per_thread + 64,
+                               self.dtype)
         state = np.zeros(state_size(prog.n_stages), dtype=np.int64)
         tail = var.tail(arena, state)
         plan = _CallPlan(var, n, [((n if b else 1),) + sample for _, sample, b in prog.outputs], nthr, tail, arena,
@@ -247,6 +284,9 @@ class CodegenExecutable:
             plan.slots = np.zeros(io + len(tail), dtype=np.int64)
             plan.slots[io:] = [a.ctypes.data for a in tail]
             plan.slots_address = plan.slots.ctypes.data
+        return self._keep(shapes, plan)
+
+    def _keep(self, shapes: tuple, plan: "_CallPlan") -> "_CallPlan":
         plans = self._local.plans
         if len(plans) >= MAX_CACHED_SHAPES:
             plans.pop(next(iter(plans)))
@@ -271,9 +311,21 @@ class CodegenExecutable:
             local.gen = 0
         shapes = tuple(a.shape for a in arrays)
         plan = plans.get(shapes) or self._plan(shapes, arrays)
+        outs = [np.empty(shape, dtype=self.dtype) for shape in plan.out_shapes]
+        chunk = plan.chunk
+        if chunk >= plan.n:
+            self._run(plan, arrays, outs)
+            return outs
+        for c0 in range(0, plan.n, chunk):  # every input and output is batched (else chunk covers the batch)
+            part = [a[c0:c0 + chunk] for a in arrays]
+            shapes = tuple(a.shape for a in part)
+            self._run(plans.get(shapes) or self._plan(shapes, part), part, [o[c0:c0 + chunk] for o in outs])
+        return outs
+
+    def _run(self, plan: "_CallPlan", arrays: list[np.ndarray], outs: list[np.ndarray]) -> None:
+        """One call of the entry on ``arrays`` (the plan's shapes), writing into ``outs``."""
+        local = self._local
         local.gen = gen = local.gen + 1  # never reused: a late helper thread recognizes a finished call
-        dtype = self.dtype
-        outs = [np.empty(shape, dtype=dtype) for shape in plan.out_shapes]
         var = plan.var
         n, nthr, entry = plan.n, plan.nthr, var.fn
         if var.aot:
@@ -288,15 +340,14 @@ class CodegenExecutable:
                 pool = _pool()
                 if pool is not None:
                     pool(var.address, nthr, gen, n, address)
-                    return outs
+                    return
                 _HELPERS.submit(nthr - 1, entry, lambda tid: (tid, nthr, gen, n, address), plan)
             entry(0, nthr, gen, n, address)
-            return outs
+            return
         args = (*[a.reshape(-1) for a in arrays], *[o.reshape(-1) for o in outs], *plan.tail)
         if nthr > 1:
             _HELPERS.submit(nthr - 1, entry, lambda tid: (tid, nthr, gen, n, *args))
         entry(0, nthr, gen, n, *args)
-        return outs
 
     def stage_profile(self) -> list[tuple[str, list[int], list[int]]]:
         """Per stage of the calling thread's buffers: (description, busy cycles per thread, waiting cycles

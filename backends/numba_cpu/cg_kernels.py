@@ -25,7 +25,7 @@ from keydnn.backends.numba_cpu.simd import (
 )
 
 __all__ = [
-    "im2col_panel", "pad_rows", "act_copy", "copy_flat", "max_pool_planes", "avg_pool_planes", "mean_rows_flat", "max_rows_flat",
+    "im2col_panel", "pad_rows", "act_copy", "copy_flat", "copy_rows", "max_pool_planes", "avg_pool_planes", "mean_rows_flat", "max_rows_flat",
     "max_cols_flat", "softmax_flat", "affine_flat", "prelu_flat", "pad_flat", "crop_flat", "upsample_flat",
     "transpose_flat", "merge_flat", "merge_span", "conv_direct_planes", "add_bias_act_planes", "concat_rows",
 ]
@@ -153,6 +153,14 @@ def act_copy(x, x_off, y, y_off, n, code, p0, p1, p2, p3):
 def copy_flat(x, x_off, y, y_off, n):
     for i in range(n):
         store_at(y, y_off + i, load_at(x, x_off + i))
+
+
+@numba.njit(**JIT_OPTIONS)
+def copy_rows(x, x_off, ldx, y, y_off, ldy, rows, n):
+    """y[y_off + r * ldy:][:n] = x[x_off + r * ldx:][:n] for r < rows, in vectors: moves a block between
+    planes whose pitch makes their rows share an L1 cache set and a compact buffer where they do not."""
+    for r in range(rows):
+        _copy_run(x, x_off + r * ldx, y, y_off + r * ldy, n)
 
 
 @numba.njit(**JIT_OPTIONS)

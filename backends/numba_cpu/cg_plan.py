@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from keydnn.backends.numba_cpu.codegen import INPLACE_KINDS, VIEW_KINDS, Storage, Val
+from keydnn.backends.numba_cpu.codegen import INPLACE_KINDS, VIEW_KINDS, Storage, Val, aligned
 from keydnn.ir.graph import Graph
 
 __all__ = ["StoragePlan", "assign_storage", "SLACK"]
@@ -106,12 +106,13 @@ def assign_storage(graph: Graph, vals: dict[str, Val], views: frozenset = frozen
         if free:
             b = min(free, key=lambda b: b[1])
         else:
+            size = aligned(need + SLACK)
             if st.batched:
-                b = [per_sample, need + SLACK, 0]
-                per_sample += need + SLACK
+                b = [per_sample, size, 0]
+                per_sample += size
             else:
-                b = [fixed, need + SLACK, 0]
-                fixed += need + SLACK
+                b = [fixed, size, 0]
+                fixed += size
             pool.append(b)
         st.offset = b[0]
         st.fixed_arena = not st.batched

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from keydnn.backends.numba_cpu.ukernel_source import (
-    CHANNEL_TILES, DEPTHWISE_SHAPES, LANES, PACKED_TILES, TILES, channel_kernel_name, depthwise_kernel_name,
-    kernel_name,
+    CHANNEL_TILES, DEPTHWISE_SHAPES, LANES, PACKED_TILES, TILES, blocks_kernel_name, channel_kernel_name,
+    depthwise_kernel_name, kernel_name,
 )
 
 __all__ = ["HELPERS", "helper_address", "yield_address", "thunk_cfunc", "render_thunks", "write_thunks", "THUNKS_PATH", "thunk_name"]
@@ -45,6 +45,7 @@ HELPERS: dict[str, tuple[str, str]] = {
     "pad_rows": ("cg_kernels", "aiiii" + "ai" + "iiiiii"),
     "act_copy": ("cg_kernels", "aiaii" + "i" + "ffff"),
     "copy_flat": ("cg_kernels", "aiaii"),
+    "copy_rows": ("cg_kernels", "aii" + "aii" + "ii"),
     "add_bias_act_planes": ("cg_kernels", "aiii" + "aii" + "i" + "ffff"),
     "max_pool_planes": ("cg_kernels", "aiai" + "i" * 11),
     "avg_pool_planes": ("cg_kernels", "aiai" + "i" * 11),
@@ -65,6 +66,7 @@ HELPERS: dict[str, tuple[str, str]] = {
     "dw_conv_planes": ("cg_depthwise", "aiii" + "aiii" + "ai" + "i" * 13 + "ai" + "ii" + "i" + "ffff"),
     **{kernel_name(mr, nv, lanes): ("ukernels", _MK) for lanes in LANES for mr, nv in TILES},
     **{kernel_name(mr, nv, lanes, True): ("ukernels", _MKP) for lanes in LANES for mr, nv in PACKED_TILES},
+    **{blocks_kernel_name(mr, nv, lanes): ("ukernels", _MKP + "i") for lanes in LANES for mr, nv in PACKED_TILES},
     **{channel_kernel_name(mr, nv, lanes): ("ukernels", _MKC) for lanes in LANES for mr, nv in CHANNEL_TILES},
     **{depthwise_kernel_name(kh, kw, sw): ("ukernels", _DWK) for kh, kw, sw in DEPTHWISE_SHAPES},
 }

@@ -35,12 +35,15 @@ from keydnn.ir.graph import Graph, Node
 from keydnn.ir.types import TensorType
 
 __all__ = ["Val", "Arr", "Stage", "EmitContext", "Program", "generate", "Unsupported", "GRAIN", "VIEW_KINDS",
-           "fold_merge_activations"]
+           "fold_merge_activations", "ALIGN", "aligned"]
 
 logger = logging.getLogger(__name__)
 
 #: Floating-point work (flops or element moves) below which a block is not split further.
 GRAIN = 1 << 15
+#: Arena buffers and thread scratch start at multiples of this many elements, and the arena itself at a 64-byte
+#: boundary: a vector load straddling two cache lines costs two, and numpy's allocator aligns to 16 bytes only.
+ALIGN = 16
 #: Ops that never move data: their result is a reshaped view of their operand's storage.
 VIEW_KINDS = frozenset({"flatten", "reshape", "expand_dims", "squeeze"})
 #: Elementwise merges, and the activations the generated code folds into a merge's last pass when the merge's
@@ -50,6 +53,11 @@ FUSIBLE_INTO_MERGE = frozenset({"relu", "activation"})
 #: Ops that may write over their first operand when it is dead afterwards.
 INPLACE_KINDS = frozenset({"relu", "activation", "scale_shift", "batch_norm", "prelu", "softmax",
                            "add", "sub", "mul", "avg", "max", "min"})
+
+
+def aligned(elements: int) -> int:
+    """``elements`` rounded up to a multiple of ``ALIGN``."""
+    return -(-elements // ALIGN) * ALIGN
 
 
 class Unsupported(BackendError):
@@ -187,7 +195,7 @@ class EmitContext:
 
     def scratch(self, elements: int) -> str:
         """Offset expression of this thread's private scratch of ``elements`` (valid during one item)."""
-        self._gen.scratch = max(self._gen.scratch, int(elements) + 64)
+        self._gen.scratch = max(self._gen.scratch, aligned(int(elements) + 64))
         return "SC"
 
     def stage(self, stage: Stage) -> None:

@@ -16,6 +16,7 @@ from keydnn.backends.numba_cpu.cg_kernels import (  # noqa: F401
     concat_rows,
     conv_direct_planes,
     copy_flat,
+    copy_rows,
     crop_flat,
     im2col_panel,
     max_cols_flat,
@@ -66,10 +67,19 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
     mkp_8x3_l16,
     mkp_8x3_l4,
     mkp_8x3_l8,
+    mkpb_12x2_l16,
+    mkpb_12x2_l4,
+    mkpb_12x2_l8,
+    mkpb_8x2_l16,
+    mkpb_8x2_l4,
+    mkpb_8x2_l8,
+    mkpb_8x3_l16,
+    mkpb_8x3_l4,
+    mkpb_8x3_l8,
 )
 
 #: sha256 of simd.py, cg_kernels.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
-SOURCES_DIGEST = "3a4bcc031606e98fd408456120e4176f05e14de5f283258daf3e544cbce9ffeb"
+SOURCES_DIGEST = "9b2faa4760ec3c27a72cc88977b649c2744904cad3091c297f1d5f7ca6f8ece7"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
@@ -102,6 +112,14 @@ def copy_flat_f32(a0, a1, a2, a3, a4):
 
 def copy_flat_f64(a0, a1, a2, a3, a4):
     copy_flat(farray(a0, np.float64), a1, farray(a2, np.float64), a3, a4)
+
+
+def copy_rows_f32(a0, a1, a2, a3, a4, a5, a6, a7):
+    copy_rows(farray(a0, np.float32), a1, a2, farray(a3, np.float32), a4, a5, a6, a7)
+
+
+def copy_rows_f64(a0, a1, a2, a3, a4, a5, a6, a7):
+    copy_rows(farray(a0, np.float64), a1, a2, farray(a3, np.float64), a4, a5, a6, a7)
 
 
 def add_bias_act_planes_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11):
@@ -390,6 +408,78 @@ def mkp_8x3_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a
 
 def mkp_8x3_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
     mkp_8x3_l4(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkpb_8x2_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_8x2_l16(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_8x2_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_8x2_l16(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_12x2_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_12x2_l16(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_12x2_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_12x2_l16(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_8x3_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_8x3_l16(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_8x3_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_8x3_l16(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_8x2_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_8x2_l8(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_8x2_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_8x2_l8(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_12x2_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_12x2_l8(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_12x2_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_12x2_l8(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_8x3_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_8x3_l8(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_8x3_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_8x3_l8(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_8x2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_8x2_l4(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_8x2_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_8x2_l4(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_12x2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_12x2_l4(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_12x2_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_12x2_l4(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_8x3_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_8x3_l4(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_8x3_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_8x3_l4(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21, a22)
 
 
 def mkc_6x4_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):

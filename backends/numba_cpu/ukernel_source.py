@@ -69,7 +69,7 @@ import logging
 from pathlib import Path
 
 __all__ = ["TILES", "PACKED_TILES", "CHANNEL_TILES", "DEPTHWISE_SHAPES", "LANES", "kernel_name", "channel_kernel_name",
-           "depthwise_kernel_name", "render_ukernels", "write_ukernels", "UKERNELS_PATH"]
+           "depthwise_kernel_name", "blocks_kernel_name", "render_ukernels", "write_ukernels", "UKERNELS_PATH"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,29 @@ def kernel_name(mr: int, nv: int, lanes: int, packed: bool = False) -> str:
 def channel_kernel_name(mr: int, nv: int, lanes: int) -> str:
     """The channel-vector conv kernel of an ``mr`` pixels x ``nv`` channel vectors tile."""
     return f"mkc_{mr}x{nv}_l{lanes}"
+
+
+def blocks_kernel_name(mr: int, nv: int, lanes: int) -> str:
+    """The packed kernel looping over consecutive blocks of ``mr`` output channels (``mkpb_*``)."""
+    return f"mkpb_{mr}x{nv}_l{lanes}"
+
+
+def _render_blocks(mr: int, nv: int, lanes: int) -> str:
+    """``blocks`` calls of the packed kernel, one per block of ``mr`` output channels, the same B each time:
+    the filters of block ``ob`` at ``a_off + ob * K * mr``, its rows of C at ``c_off + ob * mr * c_rs``, its bias
+    at ``bias_off + ob * mr``; ``rows`` counts the output channels from the first block on. One call instead
+    of one per block: a thunk call costs about 60 cycles, a fifth of a 1x1 conv tile with 32 input channels."""
+    name, tile = blocks_kernel_name(mr, nv, lanes), kernel_name(mr, nv, lanes, True)
+    return "\n".join([
+        "",
+        "",
+        "@numba.njit(**JIT_OPTIONS)",
+        f"def {name}(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,",
+        "        bias_mode, act, p0, p1, p2, p3, blocks):",
+        "    for ob in range(blocks):",
+        f"        {tile}(K, A, a_off + ob * K * {mr}, B, b_off, T, t_off, b_vs, C, c_off + ob * {mr} * c_rs, c_rs, c_vs,",
+        f"             min({mr}, rows - ob * {mr}), cols, bias, bias_off + ob * {mr}, bias_mode, act, p0, p1, p2, p3)",
+    ]) + "\n"
 
 
 def depthwise_kernel_name(kh: int, kw: int, sw: int) -> str:
@@ -265,7 +288,7 @@ def _render(mr: int, nv: int, lanes: int, packed: bool = False) -> str:
     lines = [
         "",
         "",
-        "@numba.njit(**JIT_OPTIONS)",
+        '@numba.njit(**JIT_OPTIONS, inline="always")' if packed else "@numba.njit(**JIT_OPTIONS)",  # mkpb_* loop it
         f"def {name}({params}",
         "        bias_mode, act, p0, p1, p2, p3):",
         f"{ind}z = vzero(C, {lanes})",
@@ -316,6 +339,7 @@ def render_ukernels() -> str:
             parts.append(_render(mr, nv, lanes))
         for mr, nv in PACKED_TILES:
             parts.append(_render(mr, nv, lanes, packed=True))
+            parts.append(_render_blocks(mr, nv, lanes))
         for mr, nv in CHANNEL_TILES:
             parts.append(_render_channel(mr, nv, lanes))
     for kh, kw, sw in DEPTHWISE_SHAPES:
@@ -324,11 +348,13 @@ def render_ukernels() -> str:
                        for lanes in LANES for mr, nv in TILES)
     table += ",\n" + ",\n".join(f"    ({mr}, {nv}, {lanes}, True): {kernel_name(mr, nv, lanes, True)}"
                                 for lanes in LANES for mr, nv in PACKED_TILES)
+    table += ",\n" + ",\n".join(f"    ({mr}, {nv}, {lanes}, 'blocks'): {blocks_kernel_name(mr, nv, lanes)}"
+                                for lanes in LANES for mr, nv in PACKED_TILES)
     table += ",\n" + ",\n".join(f"    ({mr}, {nv}, {lanes}, 'channel'): {channel_kernel_name(mr, nv, lanes)}"
                                 for lanes in LANES for mr, nv in CHANNEL_TILES)
     table += ",\n" + ",\n".join(f"    ({kh}, {kw}, {sw}, 'depthwise'): {depthwise_kernel_name(kh, kw, sw)}"
                                 for kh, kw, sw in DEPTHWISE_SHAPES)
-    parts.append(f"\n\n#: (MR, NV, lanes, packed A or 'channel'), or (KH, KW, stride, 'depthwise') -> kernel\n"
+    parts.append(f"\n\n#: (MR, NV, lanes, packed A, 'blocks' or 'channel'), or (KH, KW, stride, 'depthwise') -> kernel\n"
                  f"UKERNELS = {{\n{table},\n}}\n")
     return "".join(parts)
 

@@ -257,7 +257,7 @@ def mk_8x2_l16(K, A, a_off, a_rs, B, b_off, C, c_off, c_rs, rows, cols, bias, bi
         if rows > 7: vstore_n(C, c_off + 7 * c_rs + 0 * 16, c7_0, n0); vstore_n(C, c_off + 7 * c_rs + 1 * 16, c7_1, n1)
 
 
-@numba.njit(**JIT_OPTIONS)
+@numba.njit(**JIT_OPTIONS, inline="always")
 def mkp_8x2_l16(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,
         bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 16)
@@ -380,6 +380,14 @@ def mkp_8x2_l16(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, row
 
 
 @numba.njit(**JIT_OPTIONS)
+def mkpb_8x2_l16(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3, blocks):
+    for ob in range(blocks):
+        mkp_8x2_l16(K, A, a_off + ob * K * 8, B, b_off, T, t_off, b_vs, C, c_off + ob * 8 * c_rs, c_rs, c_vs,
+             min(8, rows - ob * 8), cols, bias, bias_off + ob * 8, bias_mode, act, p0, p1, p2, p3)
+
+
+@numba.njit(**JIT_OPTIONS, inline="always")
 def mkp_12x2_l16(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,
         bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 16)
@@ -554,6 +562,14 @@ def mkp_12x2_l16(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, ro
 
 
 @numba.njit(**JIT_OPTIONS)
+def mkpb_12x2_l16(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3, blocks):
+    for ob in range(blocks):
+        mkp_12x2_l16(K, A, a_off + ob * K * 12, B, b_off, T, t_off, b_vs, C, c_off + ob * 12 * c_rs, c_rs, c_vs,
+             min(12, rows - ob * 12), cols, bias, bias_off + ob * 12, bias_mode, act, p0, p1, p2, p3)
+
+
+@numba.njit(**JIT_OPTIONS, inline="always")
 def mkp_8x3_l16(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,
         bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 16)
@@ -707,6 +723,14 @@ def mkp_8x3_l16(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, row
         if rows > 5: vstore_n(C, c_off + 5 * c_rs + 0 * c_vs, c5_0, n0); vstore_n(C, c_off + 5 * c_rs + 1 * c_vs, c5_1, n1); vstore_n(C, c_off + 5 * c_rs + 2 * c_vs, c5_2, n2)
         if rows > 6: vstore_n(C, c_off + 6 * c_rs + 0 * c_vs, c6_0, n0); vstore_n(C, c_off + 6 * c_rs + 1 * c_vs, c6_1, n1); vstore_n(C, c_off + 6 * c_rs + 2 * c_vs, c6_2, n2)
         if rows > 7: vstore_n(C, c_off + 7 * c_rs + 0 * c_vs, c7_0, n0); vstore_n(C, c_off + 7 * c_rs + 1 * c_vs, c7_1, n1); vstore_n(C, c_off + 7 * c_rs + 2 * c_vs, c7_2, n2)
+
+
+@numba.njit(**JIT_OPTIONS)
+def mkpb_8x3_l16(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3, blocks):
+    for ob in range(blocks):
+        mkp_8x3_l16(K, A, a_off + ob * K * 8, B, b_off, T, t_off, b_vs, C, c_off + ob * 8 * c_rs, c_rs, c_vs,
+             min(8, rows - ob * 8), cols, bias, bias_off + ob * 8, bias_mode, act, p0, p1, p2, p3)
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -1415,7 +1439,7 @@ def mk_8x2_l8(K, A, a_off, a_rs, B, b_off, C, c_off, c_rs, rows, cols, bias, bia
         if rows > 7: vstore_n(C, c_off + 7 * c_rs + 0 * 8, c7_0, n0); vstore_n(C, c_off + 7 * c_rs + 1 * 8, c7_1, n1)
 
 
-@numba.njit(**JIT_OPTIONS)
+@numba.njit(**JIT_OPTIONS, inline="always")
 def mkp_8x2_l8(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,
         bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 8)
@@ -1538,6 +1562,14 @@ def mkp_8x2_l8(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows
 
 
 @numba.njit(**JIT_OPTIONS)
+def mkpb_8x2_l8(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3, blocks):
+    for ob in range(blocks):
+        mkp_8x2_l8(K, A, a_off + ob * K * 8, B, b_off, T, t_off, b_vs, C, c_off + ob * 8 * c_rs, c_rs, c_vs,
+             min(8, rows - ob * 8), cols, bias, bias_off + ob * 8, bias_mode, act, p0, p1, p2, p3)
+
+
+@numba.njit(**JIT_OPTIONS, inline="always")
 def mkp_12x2_l8(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,
         bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 8)
@@ -1712,6 +1744,14 @@ def mkp_12x2_l8(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, row
 
 
 @numba.njit(**JIT_OPTIONS)
+def mkpb_12x2_l8(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3, blocks):
+    for ob in range(blocks):
+        mkp_12x2_l8(K, A, a_off + ob * K * 12, B, b_off, T, t_off, b_vs, C, c_off + ob * 12 * c_rs, c_rs, c_vs,
+             min(12, rows - ob * 12), cols, bias, bias_off + ob * 12, bias_mode, act, p0, p1, p2, p3)
+
+
+@numba.njit(**JIT_OPTIONS, inline="always")
 def mkp_8x3_l8(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,
         bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 8)
@@ -1865,6 +1905,14 @@ def mkp_8x3_l8(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows
         if rows > 5: vstore_n(C, c_off + 5 * c_rs + 0 * c_vs, c5_0, n0); vstore_n(C, c_off + 5 * c_rs + 1 * c_vs, c5_1, n1); vstore_n(C, c_off + 5 * c_rs + 2 * c_vs, c5_2, n2)
         if rows > 6: vstore_n(C, c_off + 6 * c_rs + 0 * c_vs, c6_0, n0); vstore_n(C, c_off + 6 * c_rs + 1 * c_vs, c6_1, n1); vstore_n(C, c_off + 6 * c_rs + 2 * c_vs, c6_2, n2)
         if rows > 7: vstore_n(C, c_off + 7 * c_rs + 0 * c_vs, c7_0, n0); vstore_n(C, c_off + 7 * c_rs + 1 * c_vs, c7_1, n1); vstore_n(C, c_off + 7 * c_rs + 2 * c_vs, c7_2, n2)
+
+
+@numba.njit(**JIT_OPTIONS)
+def mkpb_8x3_l8(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3, blocks):
+    for ob in range(blocks):
+        mkp_8x3_l8(K, A, a_off + ob * K * 8, B, b_off, T, t_off, b_vs, C, c_off + ob * 8 * c_rs, c_rs, c_vs,
+             min(8, rows - ob * 8), cols, bias, bias_off + ob * 8, bias_mode, act, p0, p1, p2, p3)
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -2573,7 +2621,7 @@ def mk_8x2_l4(K, A, a_off, a_rs, B, b_off, C, c_off, c_rs, rows, cols, bias, bia
         if rows > 7: vstore_n(C, c_off + 7 * c_rs + 0 * 4, c7_0, n0); vstore_n(C, c_off + 7 * c_rs + 1 * 4, c7_1, n1)
 
 
-@numba.njit(**JIT_OPTIONS)
+@numba.njit(**JIT_OPTIONS, inline="always")
 def mkp_8x2_l4(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,
         bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 4)
@@ -2696,6 +2744,14 @@ def mkp_8x2_l4(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows
 
 
 @numba.njit(**JIT_OPTIONS)
+def mkpb_8x2_l4(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3, blocks):
+    for ob in range(blocks):
+        mkp_8x2_l4(K, A, a_off + ob * K * 8, B, b_off, T, t_off, b_vs, C, c_off + ob * 8 * c_rs, c_rs, c_vs,
+             min(8, rows - ob * 8), cols, bias, bias_off + ob * 8, bias_mode, act, p0, p1, p2, p3)
+
+
+@numba.njit(**JIT_OPTIONS, inline="always")
 def mkp_12x2_l4(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,
         bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 4)
@@ -2870,6 +2926,14 @@ def mkp_12x2_l4(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, row
 
 
 @numba.njit(**JIT_OPTIONS)
+def mkpb_12x2_l4(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3, blocks):
+    for ob in range(blocks):
+        mkp_12x2_l4(K, A, a_off + ob * K * 12, B, b_off, T, t_off, b_vs, C, c_off + ob * 12 * c_rs, c_rs, c_vs,
+             min(12, rows - ob * 12), cols, bias, bias_off + ob * 12, bias_mode, act, p0, p1, p2, p3)
+
+
+@numba.njit(**JIT_OPTIONS, inline="always")
 def mkp_8x3_l4(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,
         bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 4)
@@ -3023,6 +3087,14 @@ def mkp_8x3_l4(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows
         if rows > 5: vstore_n(C, c_off + 5 * c_rs + 0 * c_vs, c5_0, n0); vstore_n(C, c_off + 5 * c_rs + 1 * c_vs, c5_1, n1); vstore_n(C, c_off + 5 * c_rs + 2 * c_vs, c5_2, n2)
         if rows > 6: vstore_n(C, c_off + 6 * c_rs + 0 * c_vs, c6_0, n0); vstore_n(C, c_off + 6 * c_rs + 1 * c_vs, c6_1, n1); vstore_n(C, c_off + 6 * c_rs + 2 * c_vs, c6_2, n2)
         if rows > 7: vstore_n(C, c_off + 7 * c_rs + 0 * c_vs, c7_0, n0); vstore_n(C, c_off + 7 * c_rs + 1 * c_vs, c7_1, n1); vstore_n(C, c_off + 7 * c_rs + 2 * c_vs, c7_2, n2)
+
+
+@numba.njit(**JIT_OPTIONS)
+def mkpb_8x3_l4(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3, blocks):
+    for ob in range(blocks):
+        mkp_8x3_l4(K, A, a_off + ob * K * 8, B, b_off, T, t_off, b_vs, C, c_off + ob * 8 * c_rs, c_rs, c_vs,
+             min(8, rows - ob * 8), cols, bias, bias_off + ob * 8, bias_mode, act, p0, p1, p2, p3)
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -4367,7 +4439,7 @@ def dwk_5x5s2(x, x_off, H, W, Wt, w_off, b_off, has_bias, y, y_off, OH, OW, o_lo
                     if i0 + 7 < OH: vstore_n(y, at + 7 * OW, a7, n)
 
 
-#: (MR, NV, lanes, packed A or 'channel'), or (KH, KW, stride, 'depthwise') -> kernel
+#: (MR, NV, lanes, packed A, 'blocks' or 'channel'), or (KH, KW, stride, 'depthwise') -> kernel
 UKERNELS = {
     (1, 4, 16, False): mk_1x4_l16,
     (4, 2, 16, False): mk_4x2_l16,
@@ -4387,6 +4459,15 @@ UKERNELS = {
     (8, 2, 4, True): mkp_8x2_l4,
     (12, 2, 4, True): mkp_12x2_l4,
     (8, 3, 4, True): mkp_8x3_l4,
+    (8, 2, 16, 'blocks'): mkpb_8x2_l16,
+    (12, 2, 16, 'blocks'): mkpb_12x2_l16,
+    (8, 3, 16, 'blocks'): mkpb_8x3_l16,
+    (8, 2, 8, 'blocks'): mkpb_8x2_l8,
+    (12, 2, 8, 'blocks'): mkpb_12x2_l8,
+    (8, 3, 8, 'blocks'): mkpb_8x3_l8,
+    (8, 2, 4, 'blocks'): mkpb_8x2_l4,
+    (12, 2, 4, 'blocks'): mkpb_12x2_l4,
+    (8, 3, 4, 'blocks'): mkpb_8x3_l4,
     (6, 4, 16, 'channel'): mkc_6x4_l16,
     (8, 3, 16, 'channel'): mkc_8x3_l16,
     (8, 2, 16, 'channel'): mkc_8x2_l16,
