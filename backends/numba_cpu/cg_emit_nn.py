@@ -35,7 +35,8 @@ import numpy as np
 from keydnn.backends.numba_cpu.codegen import GRAIN, Arr, EmitContext, Stage, Unsupported
 from keydnn.backends.numba_cpu.codes import LINEAR, RELU, RELU0, encode_activation
 from keydnn.backends.numba_cpu.ukernel_source import (
-    CHANNEL_TILES, DEPTHWISE_SHAPES, blocks_kernel_name, channel_kernel_name, depthwise_kernel_name, kernel_name,
+    CHANNEL_TILES, DEPTHWISE_SHAPES, DW_ROWS, blocks_kernel_name, channel_kernel_name, depthwise_kernel_name,
+    kernel_name,
 )
 
 __all__ = ["EMITTERS_NN", "kernel_activation", "post_activation", "panel_columns", "conv_form", "FORCE_CONV_FORM",
@@ -392,12 +393,13 @@ def _conv_depthwise(ctx: EmitContext) -> None:
     b_off = ctx.weight(b) if b is not None else w_off
     code, params, act = kernel_activation(op)
     xo, yo = x.at(), y.at()
-    scr = ctx.scratch(hp * sw * wq + DW_LANES)
-    unrolled = (kh, kw, sw) in DEPTHWISE_SHAPES and (dh, dw) == (1, 1)
-    if unrolled:  # taps unrolled, filter shape in the code
+    unrolled = (kh, kw, sw) in DEPTHWISE_SHAPES and (dh, dw) == (1, 1) and sh == sw
+    if unrolled:  # taps unrolled, filter shape in the code; its last tile reads (DW_ROWS - 1) * sh rows more
+        scr = ctx.scratch((hp + (DW_ROWS - 1) * sh) * sw * wq + DW_LANES)
         body = [ctx.call(depthwise_kernel_name(kh, kw, sw), x, xo, h, wd, Arr("W"), w_off, b_off, int(b is not None),
-                         y, yo, oh, ow, "lo", "hi", o_ch // c, sh, Arr("A"), scr, hp, wq, pt, pl, code, *params)]
+                         y, yo, oh, ow, "lo", "hi", o_ch // c, Arr("A"), scr, hp, wq, pt, pl, code, *params)]
     else:
+        scr = ctx.scratch(hp * sw * wq + DW_LANES)
         body = [ctx.call("dw_conv_planes", x, xo, h, wd, Arr("W"), w_off, b_off, int(b is not None), y, yo, oh, ow,
                          "lo", "hi", o_ch // c, kh, kw, sh, sw, dh, dw, pt, pl, Arr("A"), scr, hp, wq, code, *params)]
     if post_activation(act):

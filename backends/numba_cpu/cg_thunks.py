@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 _MK = "i" + "aii" + "ai" + "aii" + "ii" + "aii" + "i" + "ffff"
 _MKP = "i" + "ai" + "ai" + "ti" + "i" + "aiii" + "ii" + "aii" + "i" + "ffff"
 _MKC = "i" + "ai" + "ti" + "ti" + "ai" + "aiiii" + "aii" + "i" + "ffff"
-_DWK = "aiii" + "aiii" + "aiii" + "iii" + "i" + "ai" + "ii" + "ii" + "i" + "ffff"
+_DWK = "aiii" + "aiii" + "aiii" + "iii" + "ai" + "ii" + "ii" + "i" + "ffff"
 
 #: helper name -> (module, parameter kinds)
 HELPERS: dict[str, tuple[str, str]] = {

@@ -79,7 +79,7 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
 )
 
 #: sha256 of simd.py, cg_kernels.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
-SOURCES_DIGEST = "9b2faa4760ec3c27a72cc88977b649c2744904cad3091c297f1d5f7ca6f8ece7"
+SOURCES_DIGEST = "81345d76cfad199ffe54d1a7501c1a1180374f6ebdd81d8abfa94df50f6d46b8"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
@@ -578,33 +578,33 @@ def mkc_8x1_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a
     mkc_8x1_l4(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
 
 
-def dwk_3x3s1_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25, a26):
-    dwk_3x3s1(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23, a24, a25, a26)
+def dwk_3x3s1_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_3x3s1(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, farray(a15, np.float32), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
 
 
-def dwk_3x3s1_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25, a26):
-    dwk_3x3s1(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23, a24, a25, a26)
+def dwk_3x3s1_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_3x3s1(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
 
 
-def dwk_3x3s2_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25, a26):
-    dwk_3x3s2(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23, a24, a25, a26)
+def dwk_3x3s2_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_3x3s2(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, farray(a15, np.float32), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
 
 
-def dwk_3x3s2_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25, a26):
-    dwk_3x3s2(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23, a24, a25, a26)
+def dwk_3x3s2_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_3x3s2(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
 
 
-def dwk_5x5s1_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25, a26):
-    dwk_5x5s1(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23, a24, a25, a26)
+def dwk_5x5s1_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_5x5s1(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, farray(a15, np.float32), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
 
 
-def dwk_5x5s1_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25, a26):
-    dwk_5x5s1(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23, a24, a25, a26)
+def dwk_5x5s1_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_5x5s1(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
 
 
-def dwk_5x5s2_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25, a26):
-    dwk_5x5s2(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, a15, farray(a16, np.float32), a17, a18, a19, a20, a21, a22, a23, a24, a25, a26)
+def dwk_5x5s2_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_5x5s2(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, farray(a15, np.float32), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
 
 
-def dwk_5x5s2_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25, a26):
-    dwk_5x5s2(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, a15, farray(a16, np.float64), a17, a18, a19, a20, a21, a22, a23, a24, a25, a26)
+def dwk_5x5s2_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_5x5s2(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)

@@ -81,8 +81,8 @@ PACKED_TILES: tuple[tuple[int, int], ...] = ((8, 2), (12, 2), (8, 3))
 #: rows: each row keeps an address in a general register, and 12 or 14 rows spilled them (55-85 GMAC/s
 #: against 105-125 for these, measured on AVX-512).
 CHANNEL_TILES: tuple[tuple[int, int], ...] = ((6, 4), (8, 3), (8, 2), (8, 1))
-#: (KH, KW, horizontal stride) of the depthwise kernels with every tap unrolled (dilation 1, any vertical
-#: stride); other depthwise filters run the general ``cg_depthwise.dw_conv_planes``.
+#: (KH, KW, stride) of the depthwise kernels with every tap unrolled (dilation 1, the same stride along both
+#: axes); other depthwise filters run the general ``cg_depthwise.dw_conv_planes``.
 DEPTHWISE_SHAPES: tuple[tuple[int, int, int], ...] = ((3, 3, 1), (3, 3, 2), (5, 5, 1), (5, 5, 2))
 #: Output rows of a depthwise tile: independent accumulator chains, enough to hide the fused multiply-add's
 #: latency (one chain per output vector ran a 9-deep dependent chain: a quarter of the throughput).
@@ -145,60 +145,67 @@ def _render_blocks(mr: int, nv: int, lanes: int) -> str:
     ]) + "\n"
 
 
-def depthwise_kernel_name(kh: int, kw: int, sw: int) -> str:
-    """The depthwise kernel of ``kh x kw`` filters at horizontal stride ``sw`` (one per shape, 16 lanes)."""
-    return f"dwk_{kh}x{kw}s{sw}"
+def depthwise_kernel_name(kh: int, kw: int, stride: int) -> str:
+    """The depthwise kernel of ``kh x kw`` filters at ``stride`` along both axes (one per shape, 16 lanes)."""
+    return f"dwk_{kh}x{kw}s{stride}"
 
 
-def _render_depthwise(kh: int, kw: int, sw: int, lanes: int = 16) -> str:
+def _render_depthwise(kh: int, kw: int, st: int, lanes: int = 16) -> str:
     """A depthwise conv over output channels ``o_lo..o_hi`` of one sample, as ``cg_depthwise.dw_conv_planes``
     (same operands, less the literal filter shape and strides) with the taps unrolled: each input plane is
     copied zero-padded and phase-split (``pad_plane_phased``; the zero border is written once per call, as
     every plane of a call has the same geometry), then tiles of ``DW_ROWS`` output rows x one vector of
-    ``lanes`` columns accumulate ``kh * kw`` fused multiply-adds each. Rows past ``OH`` recompute the last
-    row and are not stored. Small filters keep their weights in registers for the whole plane."""
-    name = depthwise_kernel_name(kh, kw, sw)
+    ``lanes`` columns accumulate ``kh * kw`` fused multiply-adds each.
+
+    The tile walks its input rows once: each vector loaded from padded row ``q`` feeds every output row it
+    belongs to (``q = m * st + ki``), so a 3x3 stride-1 tile loads 30 vectors for its 72 multiply-adds, and
+    row addresses step by the row pitch instead of one register per row (24 of them spilled). A tile past the
+    last output row reads the ``(DW_ROWS - 1) * st`` zeroed rows the caller adds after the plane and stores
+    nothing there. Small filters keep their weights in registers for the whole plane."""
+    name = depthwise_kernel_name(kh, kw, st)
     ind = "    "
     hoist = kh * kw <= 12
-    taps = [(ki, kj) for ki in range(kh) for kj in range(kw)]
+    extra = (DW_ROWS - 1) * st
     lines = [
         "",
         "",
         "@numba.njit(**JIT_OPTIONS)",
-        f"def {name}(x, x_off, H, W, Wt, w_off, b_off, has_bias, y, y_off, OH, OW, o_lo, o_hi, og, sh, P, p_off,",
+        f"def {name}(x, x_off, H, W, Wt, w_off, b_off, has_bias, y, y_off, OH, OW, o_lo, o_hi, og, P, p_off,",
         "        HP, WQ, pt, pl, act, p0, p1, p2, p3):",
         f"{ind}z = vzero(y, {lanes})",
-        f"{ind}pitch = {sw} * WQ",
-        f"{ind}step = sh * pitch",
+        f"{ind}pitch = {st} * WQ",
         f"{ind}last = -1",
         f"{ind}for o in range(o_lo, o_hi):",
         f"{ind * 2}c = o // og",
-        f"{ind * 2}if c != last:",
-        f"{ind * 3}pad_plane_phased(x, x_off + c * H * W, H, W, P, p_off, HP, WQ, {sw}, pt, pl, last == -1)",
+        f"{ind * 2}if c != last:  # the first plane also zeroes the border and the {extra} rows after it",
+        f"{ind * 3}pad_plane_phased(x, x_off + c * H * W, H, W, P, p_off, HP + {extra} if last == -1 else HP, WQ,",
+        f"{ind * 3}                 {st}, pt, pl, last == -1)",
         f"{ind * 3}last = c",
         f"{ind * 2}bias = vsplat(load_at(Wt, b_off + o) if has_bias else 0.0, z)",
         f"{ind * 2}wb = w_off + o * {kh * kw}",
     ]
     if hoist:
-        lines += [f"{ind * 2}w{t} = vbroadcast(Wt, wb + {t}, z)" for t in range(len(taps))]
+        lines += [f"{ind * 2}w{t} = vbroadcast(Wt, wb + {t}, z)" for t in range(kh * kw)]
+    ind3, ind4 = ind * 3, ind * 4
     lines += [
         f"{ind * 2}plane = y_off + o * OH * OW",
         f"{ind * 2}for i0 in range(0, OH, {DW_ROWS}):",
+        f"{ind3}for j0 in range(0, OW, {lanes}):",
     ]
-    ind3, ind4 = ind * 3, ind * 4
-    for m in range(DW_ROWS):
-        lines.append(f"{ind3}r{m} = p_off + min(i0 + {m}, OH - 1) * step")
-    lines.append(f"{ind3}for j0 in range(0, OW, {lanes}):")
     acc = [f"a{m}" for m in range(DW_ROWS)]
     lines.append(f"{ind4}{' = '.join(acc)} = bias")
-    for t, (ki, kj) in enumerate(taps):
-        terms = [f"{ki} * pitch" if ki else "", f"{kj % sw} * WQ" if kj % sw else "", str(kj // sw) if kj // sw else ""]
-        off = " + ".join([t for t in terms if t] + ["j0"])
-        wt = f"w{t}" if hoist else "wt"
-        if not hoist:
-            lines.append(f"{ind4}wt = vbroadcast(Wt, wb + {t}, z)")
-        for m in range(DW_ROWS):
-            lines.append(f"{ind4}{acc[m]} = vfma({wt}, vload(P, r{m} + {off}, {lanes}), {acc[m]})")
+    lines.append(f"{ind4}rq = p_off + i0 * {st} * pitch + j0")
+    for q in range(extra + kh):
+        users = [(m, q - m * st) for m in range(DW_ROWS) if 0 <= q - m * st < kh]
+        if q:
+            lines.append(f"{ind4}rq += pitch")
+        for kj in range(kw):
+            terms = [f"{kj % st} * WQ" if kj % st else "", str(kj // st) if kj // st else ""]
+            lines.append(f"{ind4}v = vload(P, {' + '.join(['rq'] + [t for t in terms if t])}, {lanes})")
+            for m, ki in users:
+                t = ki * kw + kj
+                wt = f"w{t}" if hoist else f"vbroadcast(Wt, wb + {t}, z)"
+                lines.append(f"{ind4}{acc[m]} = vfma({wt}, v, {acc[m]})")
     lines.append(f"{ind4}if act == 1:")
     lines += [f"{ind4}    {a} = vmax_zero({a})" for a in acc]
     lines.append(f"{ind4}elif act == 2:")
