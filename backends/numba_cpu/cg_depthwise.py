@@ -25,7 +25,7 @@ from keydnn.backends.numba_cpu.simd import (
 
 __all__ = ["dw_conv_planes", "pad_plane_phased", "DW_LANES"]
 
-@numba.njit(**HELPER_JIT_OPTIONS)
+@numba.njit(**HELPER_JIT_OPTIONS, inline="always")  # callers pass a literal sw: no division per row then
 def pad_plane_phased(x, src, H, W, P, dst, HP, WQ, sw, pt, pl, clear):
     """The (H, W) plane at x[src:] zero-padded into P[dst:] as HP rows of ``sw`` phases of WQ elements:
     padded column c of row r at dst + r * sw * WQ + (c % sw) * WQ + c // sw (input at row pt, column pl).

@@ -79,7 +79,7 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
 )
 
 #: sha256 of simd.py, cg_kernels.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
-SOURCES_DIGEST = "81345d76cfad199ffe54d1a7501c1a1180374f6ebdd81d8abfa94df50f6d46b8"
+SOURCES_DIGEST = "abc542e0a9f53d61c33715a41f2bc58fccdca2ca418b5ea632247eef09c442fd"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
