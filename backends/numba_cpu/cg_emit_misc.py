@@ -120,13 +120,18 @@ def emit_transpose(ctx: EmitContext) -> None:
     sample_perm = [p - 1 for p in perm[1:]]
     strides = [math.prod(x.sample[k + 1:]) for k in range(len(x.sample))]
     rank = len(sample_perm)
+    work = float(2 * y.size)
     if rank == 0:
-        body = [ctx.call("copy_flat", x, x.at(), y, y.at(), 1)]
-    else:
-        shape_off = ctx.table(y.sample)
-        stride_off = ctx.table([strides[p] for p in sample_perm])
-        body = [ctx.call("transpose_flat", x, x.at(), y, y.at(), Arr("T"), shape_off, stride_off, rank)]
-    ctx.stage(Stage(f"transpose {list(perm)}", body, batched=y.batched, work=float(2 * y.size)))
+        ctx.stage(Stage(f"transpose {list(perm)}", [ctx.call("copy_flat", x, x.at(), y, y.at(), 1)],
+                        batched=y.batched, work=work))
+        return
+    shape_off = ctx.table(y.sample)
+    stride_off = ctx.table([strides[p] for p in sample_perm])
+    rows = y.size // y.sample[-1] if y.sample[-1] else 0  # innermost runs: items split them (an input
+    # image's NHWC -> NCHW transpose ran on one thread at batch 1)
+    body = [ctx.call("transpose_flat", x, x.at(), y, y.at(), Arr("T"), shape_off, stride_off, rank, "lo", "hi")]
+    ctx.stage(Stage(f"transpose {list(perm)}", body, batched=y.batched, split=max(1, rows),
+                    max_blocks=_blocks(work, max(1, rows)), work=work))
 
 
 def emit_merge(ctx: EmitContext) -> None:

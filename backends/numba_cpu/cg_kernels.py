@@ -400,11 +400,12 @@ def _row_offset(T, dims_off, strides_off, rank, t):
 
 
 @numba.njit(**JIT_OPTIONS)
-def transpose_flat(x, x_off, y, y_off, T, shape_off, stride_off, rank):
-    """y (C order, shape load_at(T, shape_off:shape_off+rank)) = x gathered with input strides load_at(T, stride_off:...)."""
+def transpose_flat(x, x_off, y, y_off, T, shape_off, stride_off, rank, r_lo, r_hi):
+    """Rows r_lo..r_hi (innermost runs) of y (C order, shape load_at(T, shape_off:shape_off+rank)) = x gathered
+    with input strides load_at(T, stride_off:...); r_hi is clipped to the row count."""
     inner, rows = _rows(T, shape_off, rank)
     step = load_at(T, stride_off + rank - 1)
-    for t in range(rows):
+    for t in range(r_lo, min(r_hi, rows)):
         src = _row_offset(T, shape_off, stride_off, rank, t)
         base = y_off + t * inner
         for j in range(inner):

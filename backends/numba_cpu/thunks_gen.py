@@ -79,7 +79,7 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
 )
 
 #: sha256 of simd.py, cg_kernels.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
-SOURCES_DIGEST = "abc542e0a9f53d61c33715a41f2bc58fccdca2ca418b5ea632247eef09c442fd"
+SOURCES_DIGEST = "a56dbc15656b4423b2c9e58ae1486a7eff6e15ea1a659465e2c80a29b99c9917"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
@@ -218,12 +218,12 @@ def upsample_flat_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9):
     upsample_flat(farray(a0, np.float64), a1, farray(a2, np.float64), a3, a4, a5, a6, a7, a8, a9)
 
 
-def transpose_flat_f32(a0, a1, a2, a3, a4, a5, a6, a7):
-    transpose_flat(farray(a0, np.float32), a1, farray(a2, np.float32), a3, farray(a4, np.int64), a5, a6, a7)
+def transpose_flat_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9):
+    transpose_flat(farray(a0, np.float32), a1, farray(a2, np.float32), a3, farray(a4, np.int64), a5, a6, a7, a8, a9)
 
 
-def transpose_flat_f64(a0, a1, a2, a3, a4, a5, a6, a7):
-    transpose_flat(farray(a0, np.float64), a1, farray(a2, np.float64), a3, farray(a4, np.int64), a5, a6, a7)
+def transpose_flat_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9):
+    transpose_flat(farray(a0, np.float64), a1, farray(a2, np.float64), a3, farray(a4, np.int64), a5, a6, a7, a8, a9)
 
 
 def merge_flat_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9):
