@@ -982,6 +982,15 @@ def test_codegen_large_batch_runs_in_chunks(monkeypatch: pytest.MonkeyPatch) -> 
                                                                        cg_exec.CHUNK_BYTES // per_sample)
 
 
+def test_array_address_matches_numpy() -> None:
+    """The fast data-pointer read agrees with numpy for fresh arrays, slices, views and other dtypes."""
+    from keydnn.backends.numba_cpu.cg_exec import array_address
+
+    base = np.arange(60, dtype=np.float64).reshape(6, 10)
+    for a in (base, base[2:5], base[3], base.reshape(-1)[7:], np.empty((0, 3), np.float32), np.ones(5, np.int64)):
+        assert array_address(a) == a.ctypes.data
+
+
 def test_codegen_arena_is_aligned() -> None:
     """Arena buffers and thread scratch sit at 64-byte boundaries: a vector load across two cache lines costs
     two (numpy allocates at 16-byte boundaries only)."""

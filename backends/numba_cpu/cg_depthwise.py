@@ -1,4 +1,4 @@
-"""The depthwise conv2d helper of the generated code: one input channel per filter, in explicit vectors.
+"""Phase-split zero padding, and the general depthwise conv2d helper of the generated code.
 
 A depthwise filter does a few multiply-adds per output (9 for 3x3), so it
 is bound by loads, not arithmetic; the direct scalar loops it replaced ran
@@ -8,7 +8,8 @@ once, zero-padded, into thread-private scratch with its columns split into
 that for any horizontal stride the inputs of ``L`` consecutive outputs of a
 tap are one contiguous vector. Each output vector is then ``KH * KW`` fused
 multiply-adds of a broadcast weight and a vector load, with bias and a relu
-in the store.
+in the store. Strided groups-1 convs with outputs along rows read the same
+layout (``pad_rows_phased``), so a stride-2 stem runs as implicit GEMM.
 """
 
 from __future__ import annotations
@@ -23,7 +24,36 @@ from keydnn.backends.numba_cpu.simd import (
     vzero,
 )
 
-__all__ = ["dw_conv_planes", "pad_plane_phased", "DW_LANES"]
+__all__ = ["dw_conv_planes", "pad_plane_phased", "pad_rows_phased", "DW_LANES"]
+
+@numba.njit(**HELPER_JIT_OPTIONS, inline="always")
+def _phase_row(x, src, W, P, row, WQ, sw, pl, p0, q0):
+    """Input row x[src:src + W] into the phase-split padded row at P[row:] (input column 0 at padded column pl,
+    which is phase p0 = pl % sw, index q0 = pl // sw): padded column c at row + (c % sw) * WQ + c // sw. The
+    padding around it is not written."""
+    if sw == 1:
+        _copy_run(x, src, P, row + pl, W)
+        return
+    ix = 0
+    if sw == 2:  # the common stride: whole vectors split into even and odd columns by shuffles
+        even = row + p0 * WQ + q0  # input column 2j lands at even + j, column 2j + 1 at odd + j
+        odd = row + (1 - p0) * WQ + (pl + 1) // 2
+        while ix + 2 * DW_LANES <= W:
+            a = vload(x, src + ix, DW_LANES)
+            b = vload(x, src + ix + DW_LANES, DW_LANES)
+            vstore(P, even + ix // 2, veven(a, b))
+            vstore(P, odd + ix // 2, vodd(a, b))
+            ix += 2 * DW_LANES
+    if ix == W:
+        return
+    phase, q = (p0 + ix) % sw, q0 + (p0 + ix) // sw
+    for ix in range(ix, W):
+        store_at(P, row + phase * WQ + q, load_at(x, src + ix))
+        phase += 1
+        if phase == sw:
+            phase = 0
+            q += 1
+
 
 @numba.njit(**HELPER_JIT_OPTIONS, inline="always")  # callers pass a literal sw: no division per row then
 def pad_plane_phased(x, src, H, W, P, dst, HP, WQ, sw, pt, pl, clear):
@@ -34,29 +64,25 @@ def pad_plane_phased(x, src, H, W, P, dst, HP, WQ, sw, pt, pl, clear):
     pitch = sw * WQ
     if clear:
         _zero_run(P, dst, HP * pitch)
-    p0, q0 = pl % sw, pl // sw  # phase and index of input column 0 (no division per element)
+    p0, q0 = pl % sw, pl // sw
     for iy in range(H):
-        row = dst + (iy + pt) * pitch
-        if sw == 1:
-            _copy_run(x, src + iy * W, P, row + pl, W)
-            continue
-        ix = 0
-        if sw == 2:  # the common stride: whole vectors split into even and odd columns by shuffles
-            even = row + p0 * WQ + q0  # input column 2j lands at even + j, column 2j + 1 at odd + j
-            odd = row + (1 - p0) * WQ + (pl + 1) // 2
-            while ix + 2 * DW_LANES <= W:
-                a = vload(x, src + iy * W + ix, DW_LANES)
-                b = vload(x, src + iy * W + ix + DW_LANES, DW_LANES)
-                vstore(P, even + ix // 2, veven(a, b))
-                vstore(P, odd + ix // 2, vodd(a, b))
-                ix += 2 * DW_LANES
-        phase, q = (p0 + ix) % sw, q0 + (p0 + ix) // sw
-        for ix in range(ix, W):
-            store_at(P, row + phase * WQ + q, load_at(x, src + iy * W + ix))
-            phase += 1
-            if phase == sw:
-                phase = 0
-                q += 1
+        _phase_row(x, src + iy * W, W, P, dst + (iy + pt) * pitch, WQ, sw, pl, p0, q0)
+
+
+@numba.njit(**HELPER_JIT_OPTIONS)
+def pad_rows_phased(x, x_off, C, H, W, P, p_off, HP, WQ, sw, pt, pl, r_lo, r_hi):
+    """Rows [r_lo, r_hi) of every plane of C padded planes at P[p_off:] (HP rows of ``sw`` phases of WQ
+    elements, as ``pad_plane_phased``), zeros around the image: ``cg_kernels.pad_rows`` for a strided conv
+    whose output rows are vectors (each phase holds the columns one horizontal stride apart)."""
+    lo, hi = max(r_lo, 0), min(r_hi, HP)
+    pitch = sw * WQ
+    p0, q0 = pl % sw, pl // sw
+    for c in range(C):
+        pb = p_off + c * HP * pitch
+        for r in range(lo, hi):
+            _zero_run(P, pb + r * pitch, pitch)
+            if pt <= r < pt + H:
+                _phase_row(x, x_off + (c * H + r - pt) * W, W, P, pb + r * pitch, WQ, sw, pl, p0, q0)
 
 
 @numba.njit(**HELPER_JIT_OPTIONS)

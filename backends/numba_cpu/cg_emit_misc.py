@@ -128,10 +128,11 @@ def emit_transpose(ctx: EmitContext) -> None:
     shape_off = ctx.table(y.sample)
     stride_off = ctx.table([strides[p] for p in sample_perm])
     rows = y.size // y.sample[-1] if y.sample[-1] else 0  # innermost runs: items split them (an input
-    # image's NHWC -> NCHW transpose ran on one thread at batch 1)
+    # image's NHWC -> NCHW transpose ran on one thread at batch 1); a gathered element costs about a cycle,
+    # several times a vectorized one, hence the weight on the work when splitting
     body = [ctx.call("transpose_flat", x, x.at(), y, y.at(), Arr("T"), shape_off, stride_off, rank, "lo", "hi")]
     ctx.stage(Stage(f"transpose {list(perm)}", body, batched=y.batched, split=max(1, rows),
-                    max_blocks=_blocks(work, max(1, rows)), work=work))
+                    max_blocks=_blocks(8 * work, max(1, rows)), work=work))
 
 
 def emit_merge(ctx: EmitContext) -> None:

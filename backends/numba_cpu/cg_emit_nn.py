@@ -124,7 +124,7 @@ def _lane_use(ow: int, sw: int, o_ch: int, pixels: int, lanes: int, pointwise: b
     element measured, counted here as 32. By this count channel vectors beat a packed panel at any
     channel count (a 1-channel tile still does a multiply-add per load), so packing is a fallback only."""
     use = {}
-    if sw == 1 and 2 * ow > lanes:
+    if 2 * ow > lanes:
         use["implicit"] = ow / lanes if ow <= lanes else ow / (-(-ow // (2 * lanes)) * 2 * lanes)
     vectors = -(-o_ch // lanes)
     full, rest = divmod(vectors, 4)
@@ -255,30 +255,31 @@ def _conv_gemm(ctx: EmitContext) -> None:
     work = 2.0 * o_ch * depth * pixels
     tail = []
     if form == "implicit":
+        # padded rows of sw phases (a strided conv's output columns are then contiguous in each phase)
         hp, wp = h + op.pads[0] + op.pads[1], wd + op.pads[2] + op.pads[3]
-        t_off = ctx.table([(ci * hp + ki * dh) * wp + kj * dw for ci in range(cg) for ki in range(kh) for kj in range(kw)])
-        scr = ctx.scratch(c * hp * wp + 2 * sh * wp)
+        wq = -(-wp // sw)
+        pitch = sw * wq
+        t_off = ctx.table([(ci * hp + ki * dh) * pitch + (kj * dw) % sw * wq + (kj * dw) // sw
+                           for ci in range(cg) for ki in range(kh) for kj in range(kw)])
+        scr = ctx.scratch(c * hp * pitch + 2 * sh * pitch)
         pair = ow <= lanes  # two output rows per tile, one vector each
         step = 2 if pair else 1
         groups = -(-oh // step)
-        body = [
-            f"i_lo = lo * {step}",
-            f"i_hi = min({oh}, hi * {step})",
-            ctx.call("pad_rows", x, xo, c, h, wd, Arr("A"), scr, hp, wp, pt, pl, f"i_lo * {sh}",
-                     f"(i_hi - 1) * {sh} + {(kh - 1) * dh + 1}" + (f" + {sh}" if pair else "")),
-            f"for i in range(i_lo, i_hi, {step}):",
-        ]
+        rows = (f"i_lo * {sh}", f"(i_hi - 1) * {sh} + {(kh - 1) * dh + 1}" + (f" + {sh}" if pair else ""))
+        pad = (ctx.call("pad_rows", x, xo, c, h, wd, Arr("A"), scr, hp, wp, pt, pl, *rows) if sw == 1 else
+               ctx.call("pad_rows_phased", x, xo, c, h, wd, Arr("A"), scr, hp, wq, sw, pt, pl, *rows))
+        body = [f"i_lo = lo * {step}", f"i_hi = min({oh}, hi * {step})", pad, f"for i in range(i_lo, i_hi, {step}):"]
         if pair:
             body += [
                 "    cols = " + (f"{ow} * min(2, {oh} - i)"),
-                "    " + ctx.call(mkb, depth, Arr("W"), w_off, Arr("A"), f"{scr} + i * {sh * wp}", Arr("T"), t_off,
-                                  sh * wp, y, f"{yo} + i * {ow}", pixels, ow, o_ch, "cols", Arr("W"), b_off,
+                "    " + ctx.call(mkb, depth, Arr("W"), w_off, Arr("A"), f"{scr} + i * {sh * pitch}", Arr("T"), t_off,
+                                  sh * pitch, y, f"{yo} + i * {ow}", pixels, ow, o_ch, "cols", Arr("W"), b_off,
                                   bias_mode, code, *params, blocks),
             ]
         else:
             body += [
                 f"    for j0 in range(0, {ow}, {2 * lanes}):",
-                "        " + ctx.call(mkb, depth, Arr("W"), w_off, Arr("A"), f"{scr} + i * {sh * wp} + j0", Arr("T"),
+                "        " + ctx.call(mkb, depth, Arr("W"), w_off, Arr("A"), f"{scr} + i * {sh * pitch} + j0", Arr("T"),
                                       t_off, lanes, y, f"{yo} + i * {ow} + j0", pixels, lanes, o_ch, f"{ow} - j0",
                                       Arr("W"), b_off, bias_mode, code, *params, blocks),
             ]

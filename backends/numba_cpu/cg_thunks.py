@@ -63,6 +63,7 @@ HELPERS: dict[str, tuple[str, str]] = {
     "merge_span": ("cg_kernels", "aiaiii" + "f" + "i" + "ffff"),
     "concat_rows": ("cg_kernels", "aiai" + "iiii"),
     "conv_direct_planes": ("cg_kernels", "aiiii" + "aiii" + "ai" + "i" * 14),
+    "pad_rows_phased": ("cg_depthwise", "aiiii" + "ai" + "ii" + "i" + "ii" + "ii"),
     "dw_conv_planes": ("cg_depthwise", "aiii" + "aiii" + "ai" + "i" * 13 + "ai" + "ii" + "i" + "ffff"),
     **{kernel_name(mr, nv, lanes): ("ukernels", _MK) for lanes in LANES for mr, nv in TILES},
     **{kernel_name(mr, nv, lanes, True): ("ukernels", _MKP) for lanes in LANES for mr, nv in PACKED_TILES},

@@ -7,6 +7,7 @@ import numpy as np
 from keydnn.backends.numba_cpu.simd import farray
 from keydnn.backends.numba_cpu.cg_depthwise import (  # noqa: F401
     dw_conv_planes,
+    pad_rows_phased,
 )
 from keydnn.backends.numba_cpu.cg_kernels import (  # noqa: F401
     act_copy,
@@ -79,7 +80,7 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
 )
 
 #: sha256 of simd.py, cg_kernels.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
-SOURCES_DIGEST = "a56dbc15656b4423b2c9e58ae1486a7eff6e15ea1a659465e2c80a29b99c9917"
+SOURCES_DIGEST = "3a122db64a1853cbcf91c9d48b108a911aebc793456056890684577183907312"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
@@ -256,6 +257,14 @@ def conv_direct_planes_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12
 
 def conv_direct_planes_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24):
     conv_direct_planes(farray(a0, np.float64), a1, a2, a3, a4, farray(a5, np.float64), a6, a7, a8, farray(a9, np.float64), a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24)
+
+
+def pad_rows_phased_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13):
+    pad_rows_phased(farray(a0, np.float32), a1, a2, a3, a4, farray(a5, np.float32), a6, a7, a8, a9, a10, a11, a12, a13)
+
+
+def pad_rows_phased_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13):
+    pad_rows_phased(farray(a0, np.float64), a1, a2, a3, a4, farray(a5, np.float64), a6, a7, a8, a9, a10, a11, a12, a13)
 
 
 def dw_conv_planes_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25, a26, a27, a28, a29, a30, a31):
