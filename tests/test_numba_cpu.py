@@ -87,22 +87,28 @@ CONV_PATHS = (tuple(f"ops:{a}" for a in kernels_conv.ALGORITHMS) + ("codegen",)
 
 
 def conv_form(name: Optional[str]):
-    """Force one GEMM form of the generated conv2d code while code is generated (at a shape's first call)."""
+    """Force one GEMM form of the generated conv2d code while code is generated: when the executable is made
+    (static sample shapes) or at a shape's first call. (The forced-form tests ran the default form while the
+    form was only forced around calls.)"""
     return patched(cg_emit_nn, "FORCE_CONV_FORM", name)
 
 
 def compile_path(graph: Graph, path: str):
     if path.startswith("codegen"):
-        exe = compile_graph(graph, mode="codegen")
-        assert exe.mode == "codegen"
         form = path.partition(":")[2]
         if not form:
+            exe = compile_graph(graph, mode="codegen")
+            assert exe.mode == "codegen"
             return exe
+        with conv_form(form):  # a graph of static sample shapes compiles here, the others on their first call
+            exe = compile_graph(graph, mode="codegen")
+        assert exe.mode == "codegen"
 
         def forced(*args):
             with conv_form(form):
                 return exe(*args)
 
+        forced._variants = exe._variants  # what was compiled stays inspectable
         return forced
     with conv_algorithm(path.split(":")[1]):
         return compile_graph(graph, mode="ops")
@@ -226,11 +232,12 @@ def test_set_conflict_follows_l1_sets() -> None:
 def test_conv2d_staged_and_packed_paths(dtype: str) -> None:
     """Planes one L1 way apart (32x32): channel-vector tiles go through the staging block, a 1x1 conv packs
     its input slabs; both agree with the reference, and the stage descriptions say which path ran."""
-    for spec, tag in ((dict(c=3, h=64, o=40, k=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), "staged="),
-                      (dict(c=24, h=32, o=20, k=(1, 1)), "packed-slabs")):
+    for spec, tag, path in ((dict(c=3, h=64, o=40, k=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), "staged=",
+                             "codegen:channel"),
+                            (dict(c=24, h=32, o=20, k=(1, 1)), "packed-slabs", "codegen")):
         g, x = conv_graph(3, spec.pop("c"), spec["h"], spec.pop("h"), spec.pop("o"), spec.pop("k"), dtype=dtype,
                           activation=Relu(), **spec)
-        exe = compile_path(g, "codegen")
+        exe = compile_path(g, path)
         check(g, x, exe=exe, rtol=1e-5, atol=1e-5)
         assert any(tag in st for st in next(iter(exe._variants.values())).program.stages)
 
@@ -252,16 +259,19 @@ def test_conv2d_forms_with_general_epilogue(form: str, dtype: str) -> None:
 
 
 def test_conv_form_follows_lane_use() -> None:
-    """Wide stride-1 rows go to implicit GEMM, narrow or strided ones to channel vectors (even with few
-    channels: packing a panel costs more), unpadded pointwise convs read their input as the im2col panel."""
+    """Rows of at least half a vector go to implicit GEMM (strided ones over phase-split rows), narrow rows
+    to channel vectors (even with few channels: packing a panel costs more), unpadded pointwise convs read
+    their input as the im2col panel."""
     form = cg_emit_nn.conv_form
     assert form(ow=32, sw=1, o_ch=16, pixels=1024, lanes=16) == "implicit"
     assert form(ow=16, sw=1, o_ch=32, pixels=256, lanes=16) == "implicit"  # row pairs fill the vectors
     assert form(ow=8, sw=1, o_ch=64, pixels=64, lanes=16) == "channel"
-    assert form(ow=16, sw=2, o_ch=32, pixels=256, lanes=16) == "channel"
+    assert form(ow=16, sw=2, o_ch=32, pixels=256, lanes=16) == "implicit"  # phase-split rows, row pairs
+    assert form(ow=8, sw=2, o_ch=64, pixels=64, lanes=16) == "channel"
     assert form(ow=8, sw=1, o_ch=64, pixels=64, lanes=16, pointwise=True) == "im2col"
     assert form(ow=32, sw=1, o_ch=64, pixels=1024, lanes=16, pointwise=True) == "im2col"
-    assert form(ow=9, sw=2, o_ch=3, pixels=81, lanes=16) == "channel"
+    assert form(ow=9, sw=2, o_ch=3, pixels=81, lanes=16) == "implicit"
+    assert form(ow=7, sw=2, o_ch=3, pixels=49, lanes=16) == "channel"
 
 
 def test_conv2d_float64_weights_in_float32_graph_are_cast() -> None:
