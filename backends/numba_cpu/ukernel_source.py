@@ -37,6 +37,9 @@ im2col panels):
 * bias: ``bias_mode`` 1 one value per row (``bias[bias_off + m]``), or 0;
   activations as above.
 
+``mkpb_*`` runs a packed kernel over ``blocks`` consecutive blocks of ``MR``
+output channels at one tile position (one thunk call instead of one per block).
+
 The channel-vector kernels (``mkc_*``, for convolutions on small or strided
 images) swap the roles: vectors run along output channels and rows are
 output pixels, so nothing is wasted on narrow rows and no im2col panel is
