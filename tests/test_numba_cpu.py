@@ -992,6 +992,28 @@ def test_codegen_large_batch_runs_in_chunks(monkeypatch: pytest.MonkeyPatch) -> 
                                                                        cg_exec.CHUNK_BYTES // per_sample)
 
 
+def test_codegen_fast_call_path_follows_shape_and_layout() -> None:
+    """Repeated calls take a bound fast path for the last input shape; other shapes, a strided view, another
+    dtype and a read-only array still give the reference result, and fresh outputs every call."""
+    g = seed_cnn()
+    exe = compile_graph(g, mode="codegen")
+    ref = compile_graph(g, mode="ops")
+    x2, x3 = randn(2, 1, 28, 28, seed=1), randn(3, 1, 28, 28, seed=2)
+    wide = randn(2, 1, 28, 56, seed=3)
+    readonly = randn(2, 1, 28, 28, seed=4)
+    readonly.flags.writeable = False
+    first = None
+    for x in (x2, x2, x3, x2, wide[..., ::2], x2.astype(np.float64), readonly, x2):
+        out = exe(x)[0]
+        np.testing.assert_allclose(out, ref(np.ascontiguousarray(x, dtype=np.float32))[0], rtol=1e-5, atol=1e-6)
+        if first is None:
+            first = out
+        else:
+            assert out is not first
+    if next(iter(exe._variants.values())).aot:  # the bound path exists for prebuilt entries
+        assert exe._local.fast is not None and exe._local.fast[0] == (2, 1, 28, 28)
+
+
 def test_array_address_matches_numpy() -> None:
     """The fast data-pointer read agrees with numpy for fresh arrays, slices, views and other dtypes."""
     from keydnn.backends.numba_cpu.cg_exec import array_address
