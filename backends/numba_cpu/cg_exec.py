@@ -20,7 +20,7 @@ import os
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -220,6 +220,7 @@ class _CallPlan:
     slots: Optional[np.ndarray] = None  # aot: the address array P (inputs, outputs, then the tail)
     slots_address: int = 0
     chunk: int = 1 << 62  # samples per entry call: a larger batch runs in chunks (then this plan has no buffers)
+    bound: Optional[Callable[..., None]] = None  # aot: ``_bind``'s call of the prebuilt entry
 
 
 #: Input-shape keys whose call plans (and buffers) one thread keeps.
@@ -306,6 +307,7 @@ class CodegenExecutable:
             plan.slots = np.zeros(io + len(tail), dtype=np.int64)
             plan.slots[io:] = [a.ctypes.data for a in tail]
             plan.slots_address = plan.slots.ctypes.data
+            plan.bound = self._bind(plan)
         return self._keep(shapes, plan)
 
     def _keep(self, shapes: tuple, plan: "_CallPlan") -> "_CallPlan":
@@ -320,7 +322,10 @@ class CodegenExecutable:
         if fast is not None and len(inputs) == 1:  # the shape this thread called with last, a single input
             x = inputs[0]
             if type(x) is np.ndarray and x.shape == fast[0] and x.dtype == fast[1] and x.flags.c_contiguous:
-                return fast[2](x)
+                plan = fast[2]
+                outs = [np.empty(shape, dtype=self.dtype) for shape in plan.out_shapes]
+                plan.bound(inputs, outs)
+                return outs
         if len(inputs) != self._n_inputs:
             raise ValueError(f"graph {self.graph.name!r} takes {self._n_inputs} inputs, got {len(inputs)}")
         arrays = []
@@ -342,9 +347,8 @@ class CodegenExecutable:
         chunk = plan.chunk
         if chunk >= plan.n:
             self._run(plan, arrays, outs)
-            if len(arrays) == 1 and plan.var.aot:
-                runner = self._fast_runner(plan)
-                local.fast = None if runner is None else (arrays[0].shape, arrays[0].dtype, runner)
+            if len(arrays) == 1 and plan.bound is not None:
+                local.fast = (arrays[0].shape, arrays[0].dtype, plan)
             return outs
         for c0 in range(0, plan.n, chunk):  # every input and output is batched (else chunk covers the batch)
             part = [a[c0:c0 + chunk] for a in arrays]
@@ -352,51 +356,39 @@ class CodegenExecutable:
             self._run(plans.get(shapes) or self._plan(shapes, part), part, [o[c0:c0 + chunk] for o in outs])
         return outs
 
-    def _fast_runner(self, plan: "_CallPlan") -> Optional[Callable[[np.ndarray], list[np.ndarray]]]:
-        """``_run`` for one input of the plan's shape, with everything that does not change between calls bound
-        once: a batch-1 call of a small model takes 10 us, of which this saves 2."""
+    def _bind(self, plan: "_CallPlan") -> Callable[[Sequence[np.ndarray], list[np.ndarray]], None]:
+        """``run(arrays, outs)``: one call of a prebuilt entry on arrays of the plan's shapes, with everything
+        that does not change between calls bound once (a batch-1 call of a small model takes 8 us, and the
+        per-call lookups had cost one of them)."""
         var, slots, address, n, nthr = plan.var, plan.slots, plan.slots_address, plan.n, plan.nthr
-        entry_address, entry, shapes, dtype, local = var.address, var.fn, plan.out_shapes, self.dtype, self._local
+        entry_address, entry, local = var.address, var.fn, self._local
         pool = _pool() if nthr > 1 else None
-        if nthr > 1 and pool is None:
-            return None
+        k = len(self.graph.inputs)
 
-        def run(x: np.ndarray) -> list[np.ndarray]:
-            outs = [np.empty(shape, dtype=dtype) for shape in shapes]
-            slots[0] = array_address(x)
+        def run(arrays: Sequence[np.ndarray], outs: list[np.ndarray]) -> None:
+            for i, a in enumerate(arrays):
+                slots[i] = array_address(a)
             for j, o in enumerate(outs):
-                slots[1 + j] = array_address(o)
-            local.gen = gen = local.gen + 1
+                slots[k + j] = array_address(o)
+            local.gen = gen = local.gen + 1  # never reused: a late helper thread recognizes a finished call
             if pool is not None:
                 pool(entry_address, nthr, gen, n, address)
+            elif nthr > 1:  # no native pool: Python helper threads
+                _HELPERS.submit(nthr - 1, entry, lambda tid: (tid, nthr, gen, n, address), plan)
+                entry(0, nthr, gen, n, address)
             else:
                 entry(0, 1, gen, n, address)
-            return outs
 
         return run
 
     def _run(self, plan: "_CallPlan", arrays: list[np.ndarray], outs: list[np.ndarray]) -> None:
         """One call of the entry on ``arrays`` (the plan's shapes), writing into ``outs``."""
+        if plan.bound is not None:
+            plan.bound(arrays, outs)
+            return
         local = self._local
         local.gen = gen = local.gen + 1  # never reused: a late helper thread recognizes a finished call
-        var = plan.var
-        n, nthr, entry = plan.n, plan.nthr, var.fn
-        if var.aot:
-            slots = plan.slots
-            for i, a in enumerate(arrays):
-                slots[i] = array_address(a)
-            k = len(arrays)
-            for j, o in enumerate(outs):
-                slots[k + j] = array_address(o)
-            address = plan.slots_address
-            if nthr > 1:
-                pool = _pool()
-                if pool is not None:
-                    pool(var.address, nthr, gen, n, address)
-                    return
-                _HELPERS.submit(nthr - 1, entry, lambda tid: (tid, nthr, gen, n, address), plan)
-            entry(0, nthr, gen, n, address)
-            return
+        n, nthr, entry = plan.n, plan.nthr, plan.var.fn
         args = (*[a.reshape(-1) for a in arrays], *[o.reshape(-1) for o in outs], *plan.tail)
         if nthr > 1:
             _HELPERS.submit(nthr - 1, entry, lambda tid: (tid, nthr, gen, n, *args))
