@@ -209,10 +209,7 @@ def _render_depthwise(kh: int, kw: int, st: int, lanes: int = 16) -> str:
                 t = ki * kw + kj
                 wt = f"w{t}" if hoist else f"vbroadcast(Wt, wb + {t}, z)"
                 lines.append(f"{ind4}{acc[m]} = vfma({wt}, v, {acc[m]})")
-    lines.append(f"{ind4}if act == 1:")
-    lines += [f"{ind4}    {a} = vmax_zero({a})" for a in acc]
-    lines.append(f"{ind4}elif act == 2:")
-    lines += [f"{ind4}    {a} = vrelu_general({a}, p0, p1, p2, p3)" for a in acc]
+    lines += _activation(acc, ind4)
     lines.append(f"{ind4}n = min({lanes}, OW - j0)")
     lines.append(f"{ind4}at = plane + i0 * OW + j0")
     lines.append(f"{ind4}if n == {lanes} and i0 + {DW_ROWS} <= OH:")
@@ -240,15 +237,14 @@ def _epilogue(acc: list[list[str]], lanes: int, bias_row: bool, ind: str) -> lis
             lines.append(f"{ind * 2}bv = vload_n(bias, bias_off + {v * lanes}, n{v}, {lanes})")
             for m in range(mr):
                 lines.append(f"{ind * 2}{acc[m][v]} = vadd({acc[m][v]}, bv)")
-    lines.append(f"{ind}if act == 1:")
-    for m in range(mr):
-        for v in range(nv):
-            lines.append(f"{ind * 2}{acc[m][v]} = vmax_zero({acc[m][v]})")
-    lines.append(f"{ind}elif act == 2:")
-    for m in range(mr):
-        for v in range(nv):
-            lines.append(f"{ind * 2}{acc[m][v]} = vrelu_general({acc[m][v]}, p0, p1, p2, p3)")
-    return lines
+    return lines + _activation([a for row in acc for a in row], ind)
+
+
+def _activation(accs: list[str], ind: str) -> list[str]:
+    """The fused activation of every accumulator: ``act`` 1 relu, 2 Keras relu with ``p0..p3``."""
+    inner = ind + "    "
+    return ([f"{ind}if act == 1:"] + [f"{inner}{a} = vmax_zero({a})" for a in accs]
+            + [f"{ind}elif act == 2:"] + [f"{inner}{a} = vrelu_general({a}, p0, p1, p2, p3)" for a in accs])
 
 
 def _render_channel(mr: int, nv: int, lanes: int) -> str:
