@@ -256,30 +256,6 @@ def test_spatial_second_output_is_returned_in_the_keras_layout(keras_sources):
 # --------------------------------------------------------------------------- #
 
 
-def _resnet(k):
-    L = k.layers
-
-    def block(x, filters, stride, name):
-        y = L.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
-        y = L.BatchNormalization(name=f"{name}_bn1")(y)
-        y = L.ReLU(name=f"{name}_relu1")(y)
-        y = L.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
-        y = L.BatchNormalization(name=f"{name}_bn2")(y)
-        if stride != 1 or x.shape[-1] != filters:
-            x = L.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_down")(x)
-            x = L.BatchNormalization(name=f"{name}_down_bn")(x)
-        return L.ReLU(name=f"{name}_out")(L.Add(name=f"{name}_add")([y, x]))
-
-    x = k.Input(shape=(16, 16, 3), name="image")
-    y = L.Conv2D(8, 3, padding="same", name="stem")(x)
-    y = L.ReLU(name="stem_relu")(y)
-    y = block(y, 8, 1, "block1")
-    y = block(y, 16, 2, "block2")
-    y = block(y, 16, 1, "block3")
-    y = L.GlobalAveragePooling2D(name="gap")(y)
-    return k.Model(x, L.Softmax(name="probs")(L.Dense(10, name="logits")(y)), name="tiny_resnet")
-
-
 _NO_TF_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
@@ -299,9 +275,9 @@ _NO_TF_SCRIPT = textwrap.dedent("""
 def test_resnet_style_keras_file_converts_without_tensorflow_and_matches_keras(tmp_path):
     import tensorflow as tf
 
-    from fixtures.make_fixtures import randomize_weights
+    from fixtures.make_fixtures import randomize_weights, tiny_resnet
 
-    live = _resnet(tf.keras)
+    live = tiny_resnet(tf.keras)
     randomize_weights(live, seed=7)
     for layer in live.layers:  # scale kernels by fan-in: an unsaturated softmax, so kernel errors show
         if isinstance(layer, (tf.keras.layers.Conv2D, tf.keras.layers.Dense)):

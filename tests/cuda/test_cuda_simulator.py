@@ -23,7 +23,6 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -43,30 +42,6 @@ def test_every_cuda_test_passes_on_the_simulator():
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     assert proc.returncode == 0, f"simulator run failed: {summary}\n{proc.stdout[-8000:]}\n{proc.stderr[-2000:]}"
     assert " passed" in summary and "skipped" not in summary, summary
-
-
-def keras_resnet(k: Any, size: int = 4) -> Any:
-    """tests/test_functional.py's tiny ResNet (issue 8's done-when model) on a smaller image for the simulator:
-    stem, an identity block, a strided block with a 1x1 projection, an identity block, GAP, Dense, Softmax."""
-    L = k.layers
-
-    def block(x, filters, stride, name):
-        y = L.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
-        y = L.ReLU(name=f"{name}_relu1")(L.BatchNormalization(name=f"{name}_bn1")(y))
-        y = L.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
-        y = L.BatchNormalization(name=f"{name}_bn2")(y)
-        if stride != 1 or x.shape[-1] != filters:
-            x = L.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_down")(x)
-            x = L.BatchNormalization(name=f"{name}_down_bn")(x)
-        return L.ReLU(name=f"{name}_out")(L.Add(name=f"{name}_add")([y, x]))
-
-    x = k.Input(shape=(size, size, 3), name="image")
-    y = L.ReLU(name="stem_relu")(L.Conv2D(8, 3, padding="same", name="stem")(x))
-    y = block(y, 8, 1, "block1")
-    y = block(y, 16, 2, "block2")
-    y = block(y, 16, 1, "block3")
-    y = L.GlobalAveragePooling2D(name="gap")(y)
-    return k.Model(x, L.Softmax(name="probs")(L.Dense(10, name="logits")(y)), name="tiny_resnet")
 
 
 _SIMULATED = textwrap.dedent("""
@@ -94,9 +69,9 @@ def test_keras_resnet_matches_keras_on_the_simulator(tmp_path):
     tf = pytest.importorskip("tensorflow")
     import numpy as np
 
-    from fixtures.make_fixtures import randomize_weights  # tests/ is on sys.path (tests/conftest.py)
+    from fixtures.make_fixtures import randomize_weights, tiny_resnet  # tests/ is on sys.path (conftest.py)
 
-    live = keras_resnet(tf.keras)
+    live = tiny_resnet(tf.keras, size=4)  # a smaller image: the simulator runs each CUDA thread in Python
     randomize_weights(live, seed=7)
     # fan-in scaled kernels: with unscaled ones the logits are in the hundreds and the softmax one-hot,
     # which would hide any kernel error
