@@ -263,15 +263,13 @@ def test_conv_form_follows_lane_use() -> None:
     to channel vectors (even with few channels: packing a panel costs more), unpadded pointwise convs read
     their input as the im2col panel."""
     form = cg_emit_nn.conv_form
-    assert form(ow=32, sw=1, o_ch=16, pixels=1024, lanes=16) == "implicit"
-    assert form(ow=16, sw=1, o_ch=32, pixels=256, lanes=16) == "implicit"  # row pairs fill the vectors
-    assert form(ow=8, sw=1, o_ch=64, pixels=64, lanes=16) == "channel"
-    assert form(ow=16, sw=2, o_ch=32, pixels=256, lanes=16) == "implicit"  # phase-split rows, row pairs
-    assert form(ow=8, sw=2, o_ch=64, pixels=64, lanes=16) == "channel"
-    assert form(ow=8, sw=1, o_ch=64, pixels=64, lanes=16, pointwise=True) == "im2col"
-    assert form(ow=32, sw=1, o_ch=64, pixels=1024, lanes=16, pointwise=True) == "im2col"
-    assert form(ow=9, sw=2, o_ch=3, pixels=81, lanes=16) == "implicit"
-    assert form(ow=7, sw=2, o_ch=3, pixels=49, lanes=16) == "channel"
+    assert form(ow=32, o_ch=16, pixels=1024, lanes=16) == "implicit"
+    assert form(ow=16, o_ch=32, pixels=256, lanes=16) == "implicit"  # row pairs (strided: phase-split rows)
+    assert form(ow=8, o_ch=64, pixels=64, lanes=16) == "channel"
+    assert form(ow=8, o_ch=64, pixels=64, lanes=16, pointwise=True) == "im2col"
+    assert form(ow=32, o_ch=64, pixels=1024, lanes=16, pointwise=True) == "im2col"
+    assert form(ow=9, o_ch=3, pixels=81, lanes=16) == "implicit"
+    assert form(ow=7, o_ch=3, pixels=49, lanes=16) == "channel"
 
 
 def test_conv2d_float64_weights_in_float32_graph_are_cast() -> None:

@@ -117,8 +117,9 @@ def _pack_conv_weights(ctx: EmitContext, w: np.ndarray, mr: int) -> tuple[int, i
     return ctx.weight(packed.reshape(blocks, mr, depth).transpose(0, 2, 1)), blocks
 
 
-def _lane_use(ow: int, sw: int, o_ch: int, pixels: int, lanes: int, pointwise: bool) -> dict[str, float]:
-    """The share of vector lanes doing useful work in each applicable form. im2col keeps every lane busy
+def _lane_use(ow: int, o_ch: int, pixels: int, lanes: int, pointwise: bool) -> dict[str, float]:
+    """The share of vector lanes doing useful work in each applicable form (the stride does not matter:
+    implicit GEMM reads a strided conv's rows split into stride phases). im2col keeps every lane busy
     but, unless it reads its input as the panel (``pointwise``: then it also skips the padded copy the
     others make, so it wins ties), pays for packing the panel: about 90 multiply-adds' time per panel
     element measured, counted here as 32. By this count channel vectors beat a packed panel at any
@@ -135,10 +136,10 @@ def _lane_use(ow: int, sw: int, o_ch: int, pixels: int, lanes: int, pointwise: b
     return use
 
 
-def conv_form(ow: int, sw: int, o_ch: int, pixels: int, lanes: int, pointwise: bool = False) -> str:
+def conv_form(ow: int, o_ch: int, pixels: int, lanes: int, pointwise: bool = False) -> str:
     """The GEMM form of a groups-1 conv2d: the one keeping most lanes busy (ties go to the earlier of
     ``CONV_FORMS``), or ``FORCE_CONV_FORM`` where it applies."""
-    use = _lane_use(ow, sw, o_ch, pixels, lanes, pointwise)
+    use = _lane_use(ow, o_ch, pixels, lanes, pointwise)
     if FORCE_CONV_FORM in use:
         return FORCE_CONV_FORM
     return max(CONV_FORMS, key=lambda f: (use.get(f, -1.0), -CONV_FORMS.index(f)))
@@ -239,7 +240,7 @@ def _conv_gemm(ctx: EmitContext) -> None:
     lanes, mr = ctx.lanes, 8
     pointwise = (kh == kw == 1 and op.strides == (1, 1) and op.pads == (0, 0, 0, 0)
                  and (pixels % (2 * lanes) == 0 or x.array == "A"))
-    form = conv_form(ow, op.strides[1], o_ch, pixels, lanes, pointwise)
+    form = conv_form(ow, o_ch, pixels, lanes, pointwise)
     if form == "channel":
         _conv_channel(ctx)
         return
@@ -345,7 +346,8 @@ def _conv_gemm(ctx: EmitContext) -> None:
                                        "np_", *_act_args(act))]
     split = strips * ocs
     ctx.stage(Stage(f"conv2d {o_ch}x{cg}x{kh}x{kw} im2col-gemm strips={strips}x{strip}"
-                    + (f" channel-groups={ocs}" if ocs > 1 else "") + (" packed-slabs" if pack_slabs else ""), body, batched=y.batched,
+                    + (f" channel-groups={ocs}" if ocs > 1 else "") + (" packed-slabs" if pack_slabs else ""), body,
+                    batched=y.batched,
                     setup=["packed = -1"] if ocs > 1 and not pointwise else [],
                     split=split, max_blocks=max(1, min(split, math.ceil(work / (8 * GRAIN)))), work=work))
 
@@ -378,7 +380,8 @@ def _conv_direct(ctx: EmitContext) -> None:
 def _conv_depthwise(ctx: EmitContext) -> None:
     """One input channel per filter (any depth multiplier): vectors along output rows over a phase-split
     zero-padded copy of each input plane; the common filter shapes run a kernel with their taps unrolled
-    (``dwk_*``, 2.2x faster on 3x3), the others ``dw_conv_planes``."""
+    (``dwk_*``: the MobileNet-style model's 3x3 depthwise stages in a third of the time), the others
+    ``dw_conv_planes``."""
     op, x, y = ctx.op, ctx.ins[0], ctx.out
     w = ctx.constant(1)
     b = ctx.constant(2)
@@ -407,8 +410,8 @@ def _conv_depthwise(ctx: EmitContext) -> None:
         body.append(ctx.call("act_copy", y, f"{yo} + lo * {oh * ow}", y, f"{yo} + lo * {oh * ow}",
                              f"(hi - lo) * {oh * ow}", *_act_args(act)))
     work = 2.0 * o_ch * kh * kw * oh * ow
-    ctx.stage(Stage(f"conv2d {o_ch}x1x{kh}x{kw} depthwise{' unrolled' if unrolled else ''}", body, batched=y.batched, split=o_ch,
-                    max_blocks=max(1, min(o_ch, math.ceil(work / GRAIN))), work=work))
+    ctx.stage(Stage(f"conv2d {o_ch}x1x{kh}x{kw} depthwise{' unrolled' if unrolled else ''}", body,
+                    batched=y.batched, split=o_ch, max_blocks=max(1, min(o_ch, math.ceil(work / GRAIN))), work=work))
 
 
 def emit_conv2d(ctx: EmitContext) -> None:
