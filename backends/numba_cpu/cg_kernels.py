@@ -19,7 +19,7 @@ from keydnn.backends.numba_cpu.conv_direct import tap_hi, tap_lo
 from keydnn.backends.numba_cpu.kernels_elementwise import LINEAR, RELU0, _act_scalar
 from keydnn.backends.numba_cpu.kernels_merge import combine
 from keydnn.backends.numba_cpu.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
-from keydnn.backends.numba_cpu.codes import ADD, COPY, MUL, SUB
+from keydnn.backends.numba_cpu.codes import ADD, MUL, SUB
 from keydnn.backends.numba_cpu.simd import (
     load_at, store_at, vadd, vload, vload_n, vmax_zero, vmul, vstore, vstore_n, vsub, vzero,
 )

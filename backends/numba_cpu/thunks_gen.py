@@ -80,7 +80,7 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
 )
 
 #: sha256 of simd.py, cg_kernels.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
-SOURCES_DIGEST = "3a122db64a1853cbcf91c9d48b108a911aebc793456056890684577183907312"
+SOURCES_DIGEST = "f327e5beeadccd6c1b58f02ca11bd3c31b4c8c24f3161e2d3763ede399d8e788"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
