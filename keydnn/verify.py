@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from keydnn.ir.reference import REFERENCE_KERNELS
+from keydnn.keras_runner import keras_call, keras_outputs
 
 __all__ = ["TF_HINT", "VerifyReport", "LayerDiff", "load_keras_model", "sample_inputs", "verify_against_keras", "replay",
            "compare"]
@@ -204,19 +205,6 @@ def _flat(value: Any) -> list[Any]:
     return [value]
 
 
-def _call(layer: Any, x: Any) -> Any:
-    return layer(x, training=False) if "training" in _call_args(layer) else layer(x)
-
-
-def _call_args(layer: Any) -> tuple[str, ...]:
-    import inspect
-
-    try:
-        return tuple(inspect.signature(layer.call).parameters)
-    except (TypeError, ValueError):
-        return ()
-
-
 def _keras_calls(model: Any, xs: list[Any], index: int | None = None, path: str = "", prefix: str = ""
                  ) -> tuple[list[_KerasCall], list[np.ndarray]]:
     """What Keras computes for every call of every layer of ``model`` on ``xs`` (nested models entered),
@@ -237,7 +225,7 @@ def _keras_calls(model: Any, xs: list[Any], index: int | None = None, path: str 
                 found += inner
                 h = outputs[0]
             else:
-                h = _call(layer, h)
+                h = keras_call(layer, h)
                 found.append(_KerasCall(where, path + layer.name, prefix + layer.name, type(layer).__name__, 0, 1,
                                         np.asarray(h)))
         return found, [np.asarray(h)]
@@ -250,7 +238,7 @@ def _keras_calls(model: Any, xs: list[Any], index: int | None = None, path: str 
     else:
         import keras
     probe = keras.Model(model.inputs, tensors)
-    values = _as_list(probe(list(xs), training=False))
+    values = keras_outputs(probe, list(xs))
     env = {id(t): v for t, v in zip(model.inputs, xs)}
     env.update({id(t): v for t, v in zip(tensors, values)})
     positions = {id(layer): i for i, layer in enumerate(model.layers)}
@@ -314,7 +302,7 @@ def verify_against_keras(model: Any, keras_model: Any, xs: list[np.ndarray], *, 
     ``frontend_graph`` is the unoptimized graph of the same conversion (Keras layout); without it only
     the model-level comparison is reported.
     """
-    expected = _as_list(keras_model(xs[0] if len(xs) == 1 else list(xs), training=False))
+    expected = keras_outputs(keras_model, list(xs))  # on every CPU (XLA for channels_first layers)
     got = _as_list(model(*xs))
     ok, max_abs, max_rel = _compare_all(got, expected, rtol, atol)
     report = VerifyReport(ok, max_abs, max_rel, rtol, atol, samples=len(xs[0]))

@@ -13,6 +13,31 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+#: Words in a test's source that mean it runs TensorFlow (or is skipped without it).
+_NEEDS_TF = ("tensorflow", "tf_keras", "keras_predict", "keras_sources", "keras_outputs")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that needs TensorFlow ``keras``, so that ``-m "not keras"`` is the TensorFlow-free subset.
+
+    A test needs TensorFlow when it uses a Keras fixture or names TensorFlow / tf_keras / the Keras oracle in its
+    own source (an explicit ``@pytest.mark.keras`` works too).
+    """
+    import inspect
+
+    for item in items:
+        if item.get_closest_marker("keras") is not None:
+            continue
+        fn = getattr(item, "function", None)
+        try:
+            source = inspect.getsource(fn) if fn is not None else ""
+        except (OSError, TypeError):
+            source = ""
+        if any(f in getattr(item, "fixturenames", ()) for f in ("keras_sources",)) or \
+                any(word in source for word in _NEEDS_TF):
+            item.add_marker(pytest.mark.keras)
+
+
 #: Every form a Keras model reaches keydnn in.
 SOURCE_FORMS = ("live-keras3", "keras3-zip", "keras3-h5", "live-tf_keras", "keras2-h5")
 
@@ -109,14 +134,20 @@ def channels_last_twin(model: Any) -> Any | None:
 def keras_predict(model: Any, x: np.ndarray) -> np.ndarray:
     """What Keras computes for ``x``; for channels_first models, via their channels_last twin.
 
-    (tf_keras cannot run channels_first Conv2D on the CPU at all, and Keras 3
-    sometimes runs it wrongly; the twin is exact for both.)
+    (TensorFlow runs channels_first Conv2D on the CPU only with its oneDNN
+    kernels, which are off by default on CPUs without AVX-512 VNNI, and with
+    them sometimes runs it wrongly; the twin is exact for both. Models without
+    an obvious twin run through ``keydnn.keras_runner``, which uses XLA for
+    channels_first layers.)
     """
     twin = getattr(model, "_keydnn_cl_twin", False)
     if twin is False:
         twin = model._keydnn_cl_twin = channels_last_twin(model)
-    if twin is None:
-        return np.asarray(model(x, training=False))
+    if twin is None:  # no obvious twin: Keras itself, through XLA where TensorFlow lacks NCHW kernels
+        from keydnn.keras_runner import keras_outputs
+
+        outputs = keras_outputs(model, x)
+        return outputs[0] if len(outputs) == 1 else outputs
     to_last = (0, *range(2, x.ndim), 1)
     y = np.asarray(twin(x.transpose(to_last), training=False))
     return y.transpose(np.argsort(to_last)) if twin._keydnn_output_rank == x.ndim else y

@@ -73,6 +73,7 @@ def test_verify_without_vectors_is_a_usage_error(seed_artifact):
 
 
 @pytest.mark.keras
+@pytest.mark.onednn  # the seed model is channels_first: Keras runs it through XLA where oneDNN is off
 class TestVerifyAgainstKeras:
     def test_convert_verify_records_vectors_and_replays(self, tmp_path):
         pytest.importorskip("tensorflow")
@@ -129,6 +130,7 @@ def test_verify_without_tensorflow_gives_an_install_hint(tmp_path, monkeypatch):
     assert not (tmp_path / "x.json").exists()
 
 
+@pytest.mark.slow
 def test_first_run_reports_compiling_and_a_cached_run_does_not(seed_artifact, tmp_path):
     """The CLI shows the one-time compile of generated code (seconds); a second process loads it silently."""
     import os
