@@ -1,6 +1,7 @@
 """End to end: train the seed CNN in Keras, save .h5, convert with the CLI, check keydnn matches Keras.
 
-Trains on scikit-learn's handwritten digits upsampled to 28x28 (a local MNIST
+Trains (channels_last, weights copied into the channels_first seed model, so
+it trains on every CPU) on scikit-learn's handwritten digits upsampled to 28x28 (a local MNIST
 copy is used when KEYDNN_MNIST points at one), saves the model as ``.h5``,
 runs ``python -m keydnn convert --verify`` as a subprocess, loads the artifact
 and compares predictions on the whole test split with Keras: the outputs must
@@ -24,7 +25,7 @@ sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
 
 import keydnn  # noqa: E402
-from make_seed_model import train_seed_model  # noqa: E402
+from make_seed_model import keras_predict, train_seed_model  # noqa: E402
 
 
 def main() -> int:
@@ -46,7 +47,7 @@ def main() -> int:
         replay = subprocess.run([sys.executable, "-m", "keydnn", "verify", str(dst)], capture_output=True, text=True,
                                 cwd=tmp)
         print("keydnn verify:", replay.stdout.strip())
-    expected = keras_model.predict(x_test, verbose=0)
+    expected = keras_predict(keras_model, x_test)
     got = model(x_test)
     err = float(np.abs(got - expected).max())
     acc_keras = float((expected.argmax(1) == y_test).mean())
