@@ -30,8 +30,13 @@ from keydnn.errors import ArtifactError, KerasInteropError
 
 __all__ = [
     "Escape", "Hang", "time_limit", "check_read_keras", "check_from_keras", "check_load_artifact",
-    "SAFETY_NET", "escape_signature", "KerasCheckWorker",
+    "SAFETY_NET", "escape_signature", "KerasCheckWorker", "HANG_SECONDS",
 ]
+
+#: What a test may assert about elapsed time: that something *ended* (a hang or a runaway loop never does). The
+#: bounded work itself takes milliseconds to seconds, so this bound cannot fail on a loaded 2-core machine; work is
+#: bounded by counting (memory peaks, Python steps), never by timing.
+HANG_SECONDS = 300.0
 
 #: Text of the last-resort wrappers for unexpected errors -- the reader's, the artifact loader's, and the
 #: net under the Keras converters (``lower.CONVERTER_FAULT_MESSAGE``) -- counted, not failed, by the fuzzers.

@@ -19,6 +19,7 @@ from keydnn.frontends.keras import reader
 from keydnn.frontends.keras.reader import read_keras_file
 
 from . import inputs, seeds
+from .harness import HANG_SECONDS
 
 
 @pytest.mark.parametrize("flavor,model", [("keras3-zip", "zoo"), ("keras3-h5", "cnn"), ("keras2-h5", "zoo")])
@@ -55,11 +56,11 @@ def test_child_killed_by_a_signal(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_child_running_too_long(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reader, "_CHILD", "import time; time.sleep(60)")
+    monkeypatch.setattr(reader, "_CHILD", "import time; time.sleep(3600)")
     t0 = time.perf_counter()
     with pytest.raises(KerasInteropError, match="did not finish within 0.5 s"):
         read_keras_file(seeds.write_keras_seed(tmp_path / "m.h5", "keras3-h5"), isolate=True, timeout=0.5)
-    assert time.perf_counter() - t0 < 10
+    assert time.perf_counter() - t0 < HANG_SECONDS  # ended by the limit, not by the child's hour of sleep
 
 
 #: The reading child with the reader's global-heap check switched off: libhdf5 then really spins on a spin input,
@@ -86,7 +87,7 @@ def test_a_file_that_makes_libhdf5_spin_is_refused_in_bounded_time(tmp_path: Pat
     t0 = time.perf_counter()
     with pytest.raises(KerasInteropError) as info:
         read_keras_file(path, isolate=True, timeout=3)
-    assert time.perf_counter() - t0 < 15
+    assert time.perf_counter() - t0 < HANG_SECONDS  # libhdf5 spins forever: only the limit ends it
     assert str(path) in str(info.value)
 
 
@@ -94,10 +95,8 @@ def test_the_heap_check_refuses_the_spin_input_in_process(tmp_path: Path) -> Non
     """Every hang the long run found was a global heap object libhdf5 cannot walk past; the reader now refuses
     such a file before libhdf5 sees it, so even an in-process read ends (in milliseconds)."""
     path = spin_input(tmp_path)
-    t0 = time.perf_counter()
     with pytest.raises(KerasInteropError, match="corrupt HDF5 global heap") as info:
-        read_keras_file(path, isolate=False)
-    assert time.perf_counter() - t0 < 5
+        read_keras_file(path, isolate=False)  # in process: libhdf5 would never return
     assert str(path) in str(info.value)
 
 
