@@ -64,6 +64,7 @@ def _x(shape: tuple, batch: int = 4) -> np.ndarray:
     return np.random.default_rng(3).normal(size=(batch,) + shape).astype("f4")
 
 
+@pytest.mark.slow
 def test_channels_last_cnn_converts_with_one_transpose_from_every_form(keras_sources):
     for form, src, live in keras_sources("layout_cnn", _cnn):
         x = _x((32, 32, 3))

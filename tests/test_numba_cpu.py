@@ -628,6 +628,7 @@ def test_prelu_alpha_shapes(alpha_shape: tuple) -> None:
     np.testing.assert_allclose(got, run_reference(g, x)[0], **TOL)  # NaN where the reference has NaN
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
 def test_affine_ops_generated(data: st.DataObject) -> None:
@@ -659,6 +660,7 @@ def test_pad_crop_upsample_both_layouts(layout: str) -> None:
     check(g, randn(*shape))
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
 def test_spatial_ops_generated(data: st.DataObject) -> None:
@@ -801,6 +803,7 @@ def _conv_op(data: st.DataObject, c: int, h: int, w: int, weights: dict, name: s
     return Conv2d(strides=strides, pads=pads, groups=groups, activation=act), inputs, o
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
 def test_codegen_random_graphs_match_reference(data: st.DataObject) -> None:
@@ -1126,6 +1129,7 @@ def _loads(cache) -> tuple[bool, str, bool]:
     return event["cached"], event["kind"], event["numba"]
 
 
+@pytest.mark.slow
 def test_cache_second_process_loads_and_damage_is_rebuilt(tmp_path) -> None:
     """A second process loads the compiled code (the prebuilt library, without numba, where a C compiler
     is at hand); a damaged entry is detected and rebuilt, never loaded."""
@@ -1164,6 +1168,7 @@ def test_two_processes_compiling_one_graph_into_one_cache(tmp_path) -> None:
     assert _loads(cache) == (True, *prebuilt)
 
 
+@pytest.mark.slow
 def test_damaged_stored_thunk_is_rebuilt_not_linked(tmp_path) -> None:
     """Thunk objects are shared by cache entries; one whose object does not define its recorded symbol (what two
     processes writing object and name separately used to leave behind) is rebuilt, and the library loads."""

@@ -31,6 +31,7 @@ ROOT = HERE.parent.parent
 PARENT_ONLY = ("test_cuda_simulator.py", "test_cuda_ptx.py", "test_gpu_bench.py")  # not run by the child
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", reason="this process is the simulator run")
 def test_every_cuda_test_passes_on_the_simulator():
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
