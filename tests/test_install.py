@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def _bare_env(*front: Path) -> dict[str, str]:
     """An environment in which only ``front`` and the interpreter's site-packages directories are importable;
     run with ``python -S`` so that no ``.pth`` file (an editable install's finder among them) is processed."""
-    paths = [str(p) for p in front] + sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    site_dirs = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]  # venvs included
+    paths = [str(p) for p in front] + list(dict.fromkeys(site_dirs))
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONNOUSERSITE": "1"}
 
 
