@@ -107,9 +107,7 @@ class Model:
                 if self._executable is None:
                     opaque = self.graph.find_opaque()
                     if opaque:
-                        names = ", ".join(f"{n.name} ({n.op.keras_class})" for n in opaque)
-                        raise BackendError(f"this model contains unsupported layers kept as placeholders and "
-                                           f"cannot run: {names}")
+                        raise BackendError(_placeholder_message(opaque))
                     from keydnn.backends import compile_for
 
                     self._executable = compile_for(self.graph, self.device)
@@ -205,6 +203,21 @@ class Model:
             layers.append({**layer, "nodes": nodes})
         return str(save_artifact(path, self.graph, pipeline=self.pipeline, layers=layers, source=self.source or None,
                                  verification=self.verification, sidecar=sidecar))
+
+
+def _placeholder_message(opaque: Sequence[Any]) -> str:
+    """Why a non-strict conversion cannot run: its unsupported layers, by name; the layers only skipped
+    after them (probably supported) are counted, not blamed."""
+    from keydnn.frontends.keras.lower import NOT_CHECKED
+
+    refused = [n for n in opaque if n.op.reason != NOT_CHECKED]
+    skipped = len(opaque) - len(refused)
+    names = ", ".join(f"{n.name} ({n.op.keras_class})" for n in refused)
+    text = (f"this model cannot run: it was converted with strict=False, and these layers are placeholders for "
+            f"what keydnn could not convert: {names}")
+    if skipped:
+        text += f" ({skipped} later layer(s) were not checked because of them)"
+    return text
 
 
 def _is_array_list(value: Sequence[Any], n_inputs: int) -> bool:
