@@ -329,7 +329,7 @@ def lower_functional(spec: ModelSpec, options: ConversionOptions) -> FrontendRes
     layers = {layer.name: layer for layer in spec.layers}
     graph = _Graph.of(where, layers, output_refs)
     outputs = _walk(low, graph, bound, output_refs, prefix="")
-    return low.finish(inputs, outputs, functional=True)
+    return low.finish(inputs, outputs, functional=True, output_names=[ref[0] for ref in output_refs])
 
 
 # --------------------------------------------------------------------------- #

@@ -108,6 +108,9 @@ class FrontendResult:
     problems: list[Problem] = field(default_factory=list)
     #: True for a Functional model (a graph): the runtime class is ``keydnn.Model``, not ``Sequential``.
     functional: bool = False
+    #: The outputs as Keras names them (its output layers' names), in order; the graph's values may be
+    #: named after the last node lowered from them (``dense_1.softmax``).
+    output_names: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -325,7 +328,8 @@ class Lowering:
         record["nodes"].extend(nodes)
 
     # -- the whole graph --------------------------------------------------------------
-    def finish(self, inputs: Sequence[Value], outputs: Sequence[str], *, functional: bool = False) -> FrontendResult:
+    def finish(self, inputs: Sequence[Value], outputs: Sequence[str], *, functional: bool = False,
+               output_names: Sequence[str] = ()) -> FrontendResult:
         """Raise (strict) or warn about the problems; build the graph."""
         spec, problems = self.spec, self.problems
         notes = [unchecked_note(self.unchecked)] if self.unchecked else []
@@ -349,7 +353,7 @@ class Lowering:
                             nodes=tuple(self.nodes), weights=self.weights,
                             metadata={"source_format": spec.source_format})
         return FrontendResult(graph=graph, layers=list(self._records.values()), source=source, problems=problems,
-                              functional=functional)
+                              functional=functional, output_names=_unique(output_names or outputs))
 
 
 def lower_model(spec: ModelSpec, options: ConversionOptions) -> FrontendResult:
@@ -376,7 +380,21 @@ def _lower_sequential(spec: ModelSpec, options: ConversionOptions) -> FrontendRe
     x = inp.name
     for layer in spec.layers:
         (x,) = low.call(layer, [x])[:1]
-    return low.finish([inp], [x])
+    return low.finish([inp], [x], output_names=[spec.layers[-1].name] if spec.layers else [x])
+
+
+def _unique(names: Sequence[str]) -> list[str]:
+    """``names`` with repeats made distinct (``out``, ``out_1``): one output layer can give several outputs."""
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        candidate, k = name, 0
+        while candidate in seen:
+            k += 1
+            candidate = f"{name}_{k}"
+        seen.add(candidate)
+        out.append(candidate)
+    return out
 
 
 def _with_input_layout(inp: Value, nodes: Sequence[Node]) -> Value:
