@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any, Iterator, Optional
 
-__all__ = ["ENV", "bars_enabled", "messages_enabled", "setting", "bar", "install_compile_reporter"]
+__all__ = ["ENV", "bars_enabled", "messages_enabled", "setting", "bar", "Stages", "install_compile_reporter"]
 
 #: Environment variable: ``0`` turns every progress output off, ``1`` forces bars on.
 ENV = "KEYDNN_PROGRESS"
@@ -80,6 +80,28 @@ def bar(total: Optional[int] = None, desc: str = "", unit: str = "it", enabled: 
 
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not bars_enabled(enabled),
                 delay=DELAY_S, dynamic_ncols=True, leave=False, **kwargs)
+
+
+class Stages:
+    """A bar over named stages (``with Stages([...], desc) as st: st.next("loading Keras")``), for work
+    made of a few long steps; it shows itself only on a terminal and only when the work takes a moment."""
+
+    def __init__(self, names: list[str], desc: str, enabled: Optional[bool] = None) -> None:
+        self._bar = bar(total=len(names), desc=desc, unit="stage", enabled=enabled,
+                        bar_format="{desc}: {n_fmt}/{total_fmt} stages |{bar:20}| {postfix} [{elapsed}]")
+        self._started = False
+
+    def next(self, name: str) -> None:
+        if self._started:
+            self._bar.update(1)
+        self._started = True
+        self._bar.set_postfix_str(name)
+
+    def __enter__(self) -> "Stages":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._bar.close()
 
 
 class _CompileReporter:
