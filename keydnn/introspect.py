@@ -54,6 +54,7 @@ def summary_rows(model: "Model") -> list[dict]:
             "layer": record["keras_name"], "class": record["keras_class"],
             "output_shape": _shape(nodes[-1].outputs[0].type) if nodes else "-",
             "params": int(sum(weights[c].size for c in consts)),
+            "keras_params": record.get("params"),
             "nodes": [n.name for n in nodes],
         })
     return rows
@@ -64,24 +65,29 @@ def summary_text(model: "Model") -> SummaryText:
     rows = summary_rows(model)
     total = int(sum(a.size for a in model.graph.weights.values()))
     nbytes = int(sum(a.nbytes for a in model.graph.weights.values()))
-    heads = ("Layer (type)", "Output Shape", "Param #", "keydnn nodes")
-    table = [(f"{r['layer']} ({r['class']})", r["output_shape"], f"{r['params']:,}",
-              ", ".join(r["nodes"]) if r["nodes"] else "(none: identity at inference, or folded away)")
-             for r in rows]
+    keras = all(r["keras_params"] is not None for r in rows) and bool(rows)
+    heads = ("Layer (type)", "Output Shape") + (("Param #",) if keras else ()) + ("keydnn params", "keydnn nodes")
+    table = [(f"{r['layer']} ({r['class']})", r["output_shape"]) + ((f"{r['keras_params']:,}",) if keras else ())
+             + (f"{r['params']:,}", ", ".join(r["nodes"]) if r["nodes"] else "(none left: fused, folded or "
+                "identity at inference)") for r in rows]
     widths = [max([len(h)] + [len(t[i]) for t in table]) for i, h in enumerate(heads)]
     rule = "-" * (sum(widths) + 3 * (len(widths) - 1))
 
     def line(cells: tuple) -> str:
-        return "   ".join([cells[0].ljust(widths[0]), cells[1].ljust(widths[1]), cells[2].rjust(widths[2]),
-                           cells[3]]).rstrip()
+        parts = [cells[0].ljust(widths[0]), cells[1].ljust(widths[1])]
+        parts += [c.rjust(w) for c, w in zip(cells[2:-1], widths[2:-1])]
+        return "   ".join(parts + [cells[-1]]).rstrip()
 
     ins = ", ".join(f"{v.name} {_shape(v.type)}" for v in model.graph.inputs)
     out = [f'Model: "{model.graph.name}" (keydnn.{type(model).__name__} on {model.device}; input {ins})',
            rule, line(heads), rule]
     out += [line(t) for t in table]
-    out += [rule, f"Total params: {total:,} ({_size(nbytes)})",
-            "(parameters as keydnn stores them: BatchNormalization is folded into the layer before it; "
-            "shapes in keydnn's compute layout, batch as None)"]
+    out.append(rule)
+    if keras:
+        out.append(f"Total params: {sum(r['keras_params'] for r in rows):,} (as Keras counts them)")
+    out += [f"keydnn params: {total:,} ({_size(nbytes)}; a BatchNormalization is folded and an activation fused "
+            "into the layer before it)",
+            "(output shapes in keydnn's compute layout, batch as None)"]
     return SummaryText("\n".join(out))
 
 

@@ -133,3 +133,19 @@ def test_non_strict_never_says_supported_layers_cannot_run(tmp_path, monkeypatch
         model(np.zeros((1, 5, 4), "float32"))
     message = str(info.value)
     assert "lstm (LSTM)" in message and "flat" not in message and "1 later layer(s)" in message
+
+
+def test_summary_counts_parameters_as_keras_does(tmp_path):
+    model, path = _cnn(tmp_path)
+    ours = keydnn.from_keras(path, allow_non_linear_activation=True)
+    text = ours.summary()
+    assert f"Total params: {model.count_params():,} (as Keras counts them)" in text
+    from keydnn.introspect import summary_rows
+
+    rows = {r["layer"]: r for r in summary_rows(ours)}
+    for layer in model.layers:
+        assert rows[layer.name]["keras_params"] == layer.count_params(), layer.name
+    assert rows["batch_normalization"]["params"] == 0  # folded into conv2d by keydnn
+    # the count survives the artifact
+    ours.save(tmp_path / "a.json")
+    assert keydnn.load(tmp_path / "a.json").summary() == text

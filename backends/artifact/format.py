@@ -92,6 +92,9 @@ class LayerRecord(_Strict):
     keras_name: StrictStr
     keras_class: StrictStr
     nodes: list[StrictStr]
+    #: How many parameters Keras counts for the layer (its weights as saved, BatchNormalization's moving
+    #: statistics included), for a summary that matches Keras's; absent in older files.
+    params: Optional[_Count] = None
 
 
 class _TensorBase(_Strict):

@@ -137,7 +137,7 @@ def _encode_verification(verification: Mapping[str, Any], interface: Interface, 
 
 #: Optional fields added after version 1 was published: left out when unset, so that a file which does not
 #: use them stays readable by every version-1 reader (they refuse unknown fields).
-_ADDED_OPTIONAL = {"interface": ("value",), "source": ("sha256", "converted_at")}
+_ADDED_OPTIONAL = {"interface": ("value",), "source": ("sha256", "converted_at"), "layers": ("params",)}
 
 
 def _without_unset_additions(data: dict[str, Any]) -> dict[str, Any]:
@@ -146,6 +146,10 @@ def _without_unset_additions(data: dict[str, Any]) -> dict[str, Any]:
             for key in _ADDED_OPTIONAL["interface"]:
                 if entry.get(key, 0) is None:
                     del entry[key]
+    for record in data.get("layers", []):
+        for key in _ADDED_OPTIONAL["layers"]:
+            if record.get(key, 0) is None:
+                del record[key]
     source = data["producer"].get("source")
     if isinstance(source, dict):
         for key in _ADDED_OPTIONAL["source"]:
@@ -344,6 +348,6 @@ def _load_artifact(path: Path, data: dict[str, Any] | None = None) -> LoadedArti
         graph=graph, producer=doc.producer.model_dump(mode="json"),
         interface=_without_unset_additions({"interface": doc.interface.model_dump(mode="json"),
                                             "producer": {}})["interface"], pipeline=list(doc.pipeline),
-        layers=[r.model_dump(mode="json") for r in doc.layers],
+        layers=[r.model_dump(mode="json", exclude_none=True) for r in doc.layers],
         verification=checks, path=path, version=version,
     )

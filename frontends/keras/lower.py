@@ -324,7 +324,7 @@ class Lowering:
         record = self._records.get(layer.name)
         if record is None:
             record = self._records[layer.name] = {"keras_name": layer.name, "keras_class": layer.class_name,
-                                                  "nodes": []}
+                                                  "nodes": [], "params": int(sum(np.size(w) for _, w in layer.weights))}
         record["nodes"].extend(nodes)
 
     # -- the whole graph --------------------------------------------------------------
