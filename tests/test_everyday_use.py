@@ -267,3 +267,15 @@ def test_bars_follow_the_terminal_and_the_switches(monkeypatch, seed, samples, c
     x, _ = samples
     keydnn.load(seed).predict(x, batch_size=4)
     assert "keydnn: predict" in sys.stderr.seen
+
+
+def test_cli_no_progress_silences_the_compile_message(seed, samples, tmp_path):
+    env = {**os.environ, "KEYDNN_CACHE_DIR": str(tmp_path / "cache"), "KEYDNN_CACHE": "1", "KEYDNN_CPU_MODE": "codegen"}
+    env.pop("KEYDNN_PROGRESS", None)
+    np.save(tmp_path / "x.npy", samples[0][:2])
+    cmd = [sys.executable, "-m", "keydnn", "--no-progress", "run", str(seed), "--input", str(tmp_path / "x.npy")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0 and "compil" not in proc.stderr, proc.stderr
+    proc = subprocess.run([c for c in cmd if c != "--no-progress"], env={**env, "KEYDNN_CACHE_DIR": str(tmp_path / "c2")},
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0 and "keydnn: compiling graph" in proc.stderr, proc.stderr

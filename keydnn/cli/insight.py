@@ -8,7 +8,7 @@ import click
 
 from keydnn.cli import cli
 from keydnn.cli.common import Guard, open_model
-from keydnn.cli.tools import DEVICE_HELP, FORMAT_HELP, threads_option
+from keydnn.cli.tools import FORMAT_HELP, threads_option
 
 
 @cli.command()
