@@ -149,3 +149,35 @@ def test_summary_counts_parameters_as_keras_does(tmp_path):
     # the count survives the artifact
     ours.save(tmp_path / "a.json")
     assert keydnn.load(tmp_path / "a.json").summary() == text
+
+
+def test_functional_outputs_carry_keras_names_through_artifact_and_run(tmp_path):
+    import json
+
+    import keras
+    from click.testing import CliRunner
+    from keras import layers
+
+    from keydnn.cli import cli
+
+    inp = keras.Input((6,), name="features")
+    hidden = layers.Dense(8, activation="relu", name="trunk")(inp)
+    a = layers.Dense(3, activation="softmax", name="head_a")(hidden)
+    b = layers.Dense(2, activation="sigmoid", name="head_b")(hidden)
+    model = keras.Model(inp, [a, b])
+    ours = keydnn.from_keras(model, allow_non_linear_activation=True)
+    assert ours.output_names == list(model.output_names) == ["head_a", "head_b"]
+    assert list(ours.graph.outputs) != ours.output_names  # the IR values are the fused activations' nodes
+    ours.save(tmp_path / "m.json")
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert [(o["name"], o.get("value")) for o in doc["interface"]["outputs"]] == [
+        (n, v if v != n else None) for n, v in zip(ours.output_names, ours.graph.outputs)]
+    x = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    res = CliRunner().invoke(cli, ["run", str(tmp_path / "m.json"), "--input", str(tmp_path / "x.npy"), "--output",
+                                   str(tmp_path / "y.npz"), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["output_shapes"] == {"head_a": [5, 3], "head_b": [5, 2]}
+    with np.load(tmp_path / "y.npz") as y:
+        for name, want in zip(["head_a", "head_b"], model.predict(x, verbose=0)):
+            np.testing.assert_allclose(y[name], want, rtol=1e-5, atol=1e-6)

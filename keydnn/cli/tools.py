@@ -111,6 +111,8 @@ def run(model_path: str, input_paths: tuple[str, ...], output_path: str | None, 
             summary = {"samples": n, "outputs": {name: {"shape": list(y.shape), "dtype": str(y.dtype)}
                                                  for name, y in zip(model.output_names, ys)},
                        "output": output_path}
+            if len(ys) > 1:  # the several-outputs form of earlier versions
+                summary["output_shapes"] = {name: list(y.shape) for name, y in zip(model.output_names, ys)}
             if len(ys) == 1:  # the one-output form of earlier versions
                 summary.update(input_shape=list(np.shape(xs[0])), output_shape=list(ys[0].shape),
                                dtype=str(ys[0].dtype))
