@@ -79,7 +79,7 @@ def bar(total: Optional[int] = None, desc: str = "", unit: str = "it", enabled: 
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not bars_enabled(enabled),
-                delay=DELAY_S, dynamic_ncols=True, leave=False, **kwargs)
+                delay=DELAY_S, leave=False, **kwargs)
 
 
 class Stages:

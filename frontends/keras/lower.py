@@ -7,7 +7,11 @@ Nested models are inlined, shared layers become one node per call over one
 set of constants. Subclassed models have no recorded graph and are refused.
 
 In strict mode every problem of every layer is collected before raising, so a
-user sees the whole list at once. In non-strict mode an unconvertible layer
+user sees the whole list at once -- root causes only: a layer whose input
+shape is unknown because an earlier layer was refused is not a problem of its
+own (it is counted in one note that the rest was not checked), and a layer
+refused only for its fused activation keeps its output shape, so the layers
+after it are still checked. In non-strict mode an unconvertible layer
 becomes an ``opaque`` placeholder node (and a warning); the graph can then be
 inspected but never run.
 """
