@@ -279,3 +279,16 @@ def test_cli_no_progress_silences_the_compile_message(seed, samples, tmp_path):
     proc = subprocess.run([c for c in cmd if c != "--no-progress"], env={**env, "KEYDNN_CACHE_DIR": str(tmp_path / "c2")},
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0 and "keydnn: compiling graph" in proc.stderr, proc.stderr
+
+
+def test_convert_shows_its_stages_when_bars_are_on(monkeypatch, tmp_path):
+    from keydnn import progress
+
+    monkeypatch.setattr(progress, "DELAY_S", 0)
+    monkeypatch.setenv(progress.ENV, "1")
+    res = CliRunner().invoke(cli, ["convert", str(SEED_H5), str(tmp_path / "a.json")])
+    assert res.exit_code == 0
+    assert "keydnn: convert" in res.stderr and "writing a.json" in res.stderr
+    monkeypatch.setenv(progress.ENV, "0")
+    res = CliRunner().invoke(cli, ["convert", str(SEED_H5), str(tmp_path / "b.json")])
+    assert res.exit_code == 0 and "keydnn: convert" not in res.stderr
