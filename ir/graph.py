@@ -22,7 +22,8 @@ __all__ = ["Node", "Constant", "Graph", "WeightStore", "array_sha256"]
 
 def array_sha256(array: np.ndarray) -> str:
     """Checksum of an array's bytes in C order, as stored in artifacts."""
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+    # hashed through the buffer protocol: no copy of a (possibly memory-mapped, large) weight
+    return hashlib.sha256(np.ascontiguousarray(array)).hexdigest()
 
 
 class Node(BaseModel):

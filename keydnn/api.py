@@ -9,12 +9,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from keydnn.device import DeviceLike, parse_device
-from keydnn.errors import KerasInteropError
+from keydnn.errors import ArtifactError, KerasInteropError
 from keydnn.ir.passes import DEFAULT_PIPELINE, Pass, PassManager
 from keydnn.model import Model
 from keydnn.runtime import Sequential
 
-__all__ = ["from_keras", "load", "normalize_dtype"]
+__all__ = ["from_keras", "load", "normalize_dtype", "model_from_artifact", "check_model_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ def from_keras(
     print_after: str | Sequence[str] | None = None,
     verify_ir: bool = True,
     isolate_reader: bool | None = None,
+    threads: int | None = None,
+    progress: bool | None = None,
     **options: Any,
 ) -> Model:
     """Convert a Keras model (live object, ``.keras`` or ``.h5`` path) into a keydnn model.
@@ -59,12 +61,18 @@ def from_keras(
     or crashes becomes a ``KerasInteropError`` instead of hanging or killing
     this process (about half a second per file); ``None`` (the default)
     follows ``KEYDNN_ISOLATE_READER`` (``1`` to isolate), else reads in process.
+    ``threads`` caps the threads one call uses (default: ``NUMBA_NUM_THREADS``, else
+    the usable CPUs). ``progress=False`` silences the compile message / bar of the
+    first call (``None``: bars on a terminal, one line elsewhere; ``KEYDNN_PROGRESS=0``
+    silences everything).
     """
     from keydnn.frontends.keras import ConversionOptions, convert
+    from keydnn.model import check_threads
 
-    if isinstance(model_or_path, (str, os.PathLike)) and not os.path.exists(model_or_path):
-        raise KerasInteropError(f"model file {os.fspath(model_or_path)!r} does not exist")
+    if isinstance(model_or_path, (str, os.PathLike)):
+        check_model_path(model_or_path)
     device = parse_device(device)
+    threads = check_threads(threads)
     opts = ConversionOptions(dtype=normalize_dtype(dtype), allow_non_linear_activation=allow_non_linear_activation,
                              strict=strict)
     result = convert(model_or_path, opts, isolate=isolate_reader)
@@ -73,7 +81,26 @@ def from_keras(
     for record in out.records:
         logger.debug("pass %s: %.3f ms%s", record.name, record.seconds * 1e3, " (changed)" if record.changed else "")
     cls = Model if result.functional else Sequential
-    return cls(out.graph, device=device, pipeline=manager.names, layers=result.layers, source=result.source)
+    return cls(out.graph, device=device, pipeline=manager.names, layers=result.layers, source=result.source,
+               output_names=result.output_names, threads=threads, progress=progress)
+
+
+def check_model_path(path: str | os.PathLike) -> None:
+    """Refuse what is not a Keras model file before reading it, saying what to do instead (the CLI says
+    the same: ``keydnn.cli.common.read_source``)."""
+    text = os.fspath(path)
+    if not os.path.exists(text):
+        raise KerasInteropError(f"model file {text!r} does not exist")
+    if os.path.isdir(text):
+        if os.path.exists(os.path.join(text, "saved_model.pb")):
+            raise KerasInteropError(f"{text!r} is a TensorFlow SavedModel directory, which keydnn does not read; "
+                                    "save the model as .keras (model.save('model.keras')) and convert that")
+        raise KerasInteropError(f"{text!r} is a directory; expected a .keras or .h5 model file")
+    with open(text, "rb") as fh:
+        head = fh.read(64).lstrip()
+    if head.startswith(b"{"):
+        raise KerasInteropError(f"{text!r} is a JSON file (a KeyDNN artifact?), not a Keras model: load an "
+                                "artifact with keydnn.load(path)")
 
 
 def _configure(passes: str | Sequence[str | Pass], options: dict) -> list[Pass]:
@@ -98,18 +125,36 @@ def _configure(passes: str | Sequence[str | Pass], options: dict) -> list[Pass]:
     return configured
 
 
-def load(path: str | os.PathLike, device: DeviceLike = "cpu") -> Model:
+def load(path: str | os.PathLike, device: DeviceLike = "cpu", *, threads: int | None = None,
+         progress: bool | None = None) -> Model:
     """Load a KeyDNN artifact written by ``Model.save`` / ``keydnn convert``; no Keras needed.
 
     Gives a ``keydnn.Model`` for a model converted from a Functional Keras
     model (or with several inputs or outputs), a ``keydnn.Sequential`` otherwise.
+    Weights in a sidecar file are memory-mapped, not copied. ``threads`` and
+    ``progress`` are as for ``from_keras``. A Keras file is refused with the
+    call that converts it.
     """
     from keydnn.backends.artifact import load_artifact
+    from keydnn.model import check_threads
 
-    art = load_artifact(path)
+    threads = check_threads(threads)
+    text = os.fspath(path)
+    if os.path.isdir(text):
+        raise ArtifactError(f"{text}: is a directory; expected a KeyDNN artifact (.json)")
+    if os.path.isfile(text) and text.lower().endswith((".keras", ".h5", ".hdf5")):
+        raise ArtifactError(f"{text}: is a Keras model file, not a KeyDNN artifact; convert it with "
+                            f"keydnn.from_keras({text!r}) (CLI: keydnn convert {text} model.json)")
+    return model_from_artifact(load_artifact(path), device=device, threads=threads, progress=progress)
+
+
+def model_from_artifact(art: Any, device: DeviceLike = "cpu", threads: int | None = None,
+                        progress: bool | None = None) -> Model:
+    """The runtime model of a loaded artifact (``load``, and unpickling a model)."""
     source = art.producer.get("source") if isinstance(art.producer, dict) else None
     model_class = source.get("model_class") if isinstance(source, dict) else None
     graph_like = model_class in ("Functional", "Model") or len(art.graph.inputs) != 1 or len(art.graph.outputs) != 1
     cls = Model if graph_like else Sequential
     return cls(art.graph, device=device, pipeline=art.pipeline, layers=art.layers, source=source,
-               verification=art.verification)
+               verification=art.verification, output_names=[o["name"] for o in art.interface["outputs"]],
+               threads=threads, progress=progress)

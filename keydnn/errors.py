@@ -58,15 +58,18 @@ class KeydnnError(Exception):
 class KerasInteropError(KeydnnError, ValueError):
     """A Keras model, layer or config keydnn cannot convert faithfully."""
 
-    def __init__(self, message: str, problems: Sequence[Problem] | None = None) -> None:
+    def __init__(self, message: str, problems: Sequence[Problem] | None = None,
+                 notes: Sequence[str] = ()) -> None:
         self.problems: list[Problem] = list(problems or [])
         self.summary = message
+        #: Lines printed after the problems (e.g. that the layers after the first problem were not checked).
+        self.notes: list[str] = list(notes)
         super().__init__(message)
 
     def __str__(self) -> str:
-        if not self.problems:
+        if not self.problems and not self.notes:
             return self.summary
-        lines = [self.summary] + [f"  - {p}" for p in self.problems]
+        lines = [self.summary] + [f"  - {p}" for p in self.problems] + [f"  {n}" for n in self.notes]
         return "\n".join(lines)
 
 

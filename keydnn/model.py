@@ -45,6 +45,9 @@ class Model:
         layers: Sequence[dict] = (),
         source: dict | None = None,
         verification: dict | None = None,
+        output_names: Sequence[str] | None = None,
+        threads: int | None = None,
+        progress: bool | None = None,
     ) -> None:
         self.graph = graph
         self.device: Device = parse_device(device)
@@ -52,6 +55,12 @@ class Model:
         self.keras_layers = [dict(layer) for layer in layers]
         self.source = dict(source or {})
         self.verification = verification
+        names = list(output_names or ())
+        self._output_names = names if len(names) == len(graph.outputs) and len(set(names)) == len(names) else None
+        #: Threads one call may use (None: ``NUMBA_NUM_THREADS``, else the usable CPUs; at most 64).
+        self.threads = check_threads(threads)
+        #: Progress on compiling and on batched ``predict`` (None: on a terminal, unless KEYDNN_PROGRESS=0).
+        self.progress = progress
         self._executable: Any = None
         self._lock = threading.Lock()
         self._fast = self._fast_signature()
@@ -71,7 +80,8 @@ class Model:
 
     @property
     def output_names(self) -> list[str]:
-        return list(self.graph.outputs)
+        """Output names, in order: Keras's (its output layers' names, ``dense_1``), not the IR values'."""
+        return list(self._output_names or self.graph.outputs)
 
     @property
     def input_types(self):
@@ -84,11 +94,6 @@ class Model:
     @property
     def dtype(self) -> np.dtype:
         return self.graph.inputs[0].type.np_dtype  # type: ignore[union-attr]
-
-    def summary(self) -> str:
-        rows = [f"keydnn.{type(self).__name__} on {self.device} ({len(self.graph.nodes)} nodes)"]
-        rows += [f"  {m!r}" for m in self.layers]
-        return "\n".join(rows)
 
     def __repr__(self) -> str:
         def side(names: Sequence[str], types: Sequence[Any]) -> str:
@@ -105,20 +110,33 @@ class Model:
         if self._executable is None:
             with self._lock:
                 if self._executable is None:
-                    opaque = self.graph.find_opaque()
-                    if opaque:
-                        names = ", ".join(f"{n.name} ({n.op.keras_class})" for n in opaque)
-                        raise BackendError(f"this model contains unsupported layers kept as placeholders and "
-                                           f"cannot run: {names}")
+                    self._check_runnable()
+                    from keydnn import progress
                     from keydnn.backends import compile_for
 
-                    self._executable = compile_for(self.graph, self.device)
+                    if self.device.kind == "cpu":
+                        progress.install_compile_reporter()
+                    with progress.setting(self.progress):
+                        executable = compile_for(self.graph, self.device)
+                    if self.threads is not None:
+                        set_threads = getattr(executable, "set_threads", None)
+                        if set_threads is None:
+                            raise BackendError(f"threads={self.threads}: the {self.device} backend does not take a "
+                                               "thread count")
+                        set_threads(self.threads)
+                    self._executable = executable
         return self._executable
+
+    def _check_runnable(self) -> None:
+        """Refuse a graph with placeholders (a non-strict conversion), naming its unsupported layers."""
+        opaque = self.graph.find_opaque()
+        if opaque:
+            raise BackendError(_placeholder_message(opaque))
 
     def _label(self, index: int) -> str:
         return f"input {index}" if len(self.graph.inputs) == 1 else f"input {index} ({self.graph.inputs[index].name!r})"
 
-    def _check_input(self, x: Any, index: int) -> Any:
+    def _check_input(self, x: Any, index: int, convert: bool = True) -> Any:
         expected = self.graph.inputs[index].type
         assert expected is not None
         label = self._label(index)
@@ -130,15 +148,13 @@ class Model:
             else:
                 raise ValueError(f"{label} must be a NumPy array of shape {_shape_text(expected.shape)}, "
                                  f"got {type(x).__name__}")
-        if x.dtype.kind != "f":
-            raise ValueError(f"{label} has dtype {x.dtype}; expected a floating array "
-                             f"({expected.dtype}), shape {_shape_text(expected.shape)}")
+        _check_dtype(x, expected, label)
         if not expected.matches(x.shape):
             raise ValueError(f"{label} has shape {tuple(x.shape)}; expected {_shape_text(expected.shape)} "
                              f"({expected.layout if expected.layout != 'ANY' else 'Keras layout'}, batch first)")
         if x.shape[0] == 0:
             raise ValueError(f"{label}: batch is empty")
-        return np.ascontiguousarray(x, dtype=expected.np_dtype)
+        return np.ascontiguousarray(x, dtype=expected.np_dtype) if convert else x
 
     def _gather(self, args: tuple, named: Mapping[str, Any]) -> list[Any]:
         """One value per graph input, from positional, list, dict or keyword arguments."""
@@ -192,19 +208,140 @@ class Model:
         outputs = self._compile()(*arrays)
         return outputs[0] if len(outputs) == 1 else list(outputs)
 
-    predict = __call__
+    def predict(self, *inputs: Any, batch_size: int | None = None, progress: bool | None = None,
+                **named: Any) -> Any:
+        """What ``model(...)`` returns, computed ``batch_size`` samples at a time.
+
+        Takes the inputs as a call does (arrays, a list, a dict by input name, keywords), of any size:
+        a memory-mapped ``.npy`` (``np.load(path, mmap_mode="r")``) is read one batch at a time, and
+        only the outputs are held whole. ``batch_size=None`` runs everything in one call (as
+        ``model(x)``). Integer inputs (uint8 images) are cast to the model's float type, batch by batch.
+        ``progress`` shows a bar on a terminal for long runs (None: the ``KEYDNN_PROGRESS`` /
+        terminal default). Results equal one call on the whole input: every sample is computed alone.
+        """
+        if batch_size is None:
+            return self(*inputs, **named)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        values = [self._check_input(x, i, convert=False) for i, x in enumerate(self._gather(inputs, named))]
+        total = max(int(np.shape(v)[0]) for v in values)
+        if any(int(np.shape(v)[0]) not in (1, total) for v in values):
+            raise ValueError(f"inputs have different batch sizes {sorted({int(np.shape(v)[0]) for v in values})}")
+        from keydnn.progress import bar
+
+        outputs: list[np.ndarray] | None = None
+        with bar(total=total, desc="keydnn: predict", unit="sample", enabled=progress if progress is not None
+                 else self.progress) as shown:
+            for lo in range(0, total, int(batch_size)):
+                hi = min(total, lo + int(batch_size))
+                chunk = [v if np.shape(v)[0] == 1 and total > 1 else v[lo:hi] for v in values]
+                result = self(*chunk)
+                parts = result if isinstance(result, list) else [result]
+                if outputs is None:
+                    outputs = [np.empty((total,) + p.shape[1:], dtype=p.dtype) for p in parts]
+                for out, part in zip(outputs, parts):
+                    out[lo:hi] = part
+                shown.update(hi - lo)
+        assert outputs is not None
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def summary(self) -> str:
+        """A Keras-style table: each Keras layer, the output shape keydnn computes for it, its parameters
+        (as keydnn stores them: a BatchNormalization folded into its convolution has none left), total.
+        Returned as text that also shows itself as the table in a REPL (``model.summary()``)."""
+        from keydnn.introspect import summary_text
+
+        return summary_text(self)
+
+    def profile(self, batch: int = 1, repeat: int = 20) -> list[dict]:
+        """Per-stage time of one call at ``batch`` samples, from the generated code's own cycle counters
+        (``KEYDNN_CPU_PROFILE``): rows of stage, time in ms, share of the call. CPU devices only."""
+        from keydnn.introspect import profile_rows
+
+        return profile_rows(self, batch=batch, repeat=repeat)
+
+    # -- pickling ---------------------------------------------------------------
+    def __reduce__(self) -> tuple:
+        """A model pickles as its artifact (JSON bytes, weights inline, checked on load like a file): a
+        process pool, Dask or Ray ships it to workers, and each worker loads the compiled code from the
+        disk cache (the generated source is the cache key) instead of compiling again."""
+        from keydnn.backends.artifact import artifact_bytes
+
+        data, _ = artifact_bytes(self.graph, pipeline=self.pipeline, layers=self._layer_records(),
+                                 source=self.source or None, verification=self.verification,
+                                 output_names=self.output_names)
+        return (_unpickle, (data, str(self.device), self.threads, self.progress))
 
     # -- saving -----------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, sidecar: bool = False) -> str:
         """Write the KeyDNN artifact (atomically); returns the path written."""
         from keydnn.backends.artifact import save_artifact
 
+        return str(save_artifact(path, self.graph, pipeline=self.pipeline, layers=self._layer_records(),
+                                 source=self.source or None, verification=self.verification, sidecar=sidecar,
+                                 output_names=self.output_names))
+
+    def _layer_records(self) -> list[dict]:
         layers = []
         for layer in self.keras_layers:
             nodes = [n.name for n in self.graph.nodes if n.source == layer["keras_name"]]
             layers.append({**layer, "nodes": nodes})
-        return str(save_artifact(path, self.graph, pipeline=self.pipeline, layers=layers, source=self.source or None,
-                                 verification=self.verification, sidecar=sidecar))
+        return layers
+
+
+#: The native worker pool's limit (``cpu_pool.c``: 63 workers and the calling thread).
+MAX_THREADS = 64
+
+
+def check_threads(threads: Any) -> int | None:
+    """``threads`` as a thread count, or a ValueError naming what is accepted."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be an integer from 1 to {MAX_THREADS} (or None for the default: "
+                         f"NUMBA_NUM_THREADS, else the usable CPUs), got {threads!r}")
+    return int(threads)
+
+
+def _unpickle(data: bytes, device: str, threads: int | None, progress: bool | None) -> "Model":
+    from keydnn.api import model_from_artifact
+    from keydnn.backends.artifact import load_artifact_bytes
+
+    return model_from_artifact(load_artifact_bytes(data, "<pickled keydnn model>"), device=device, threads=threads,
+                               progress=progress)
+
+
+#: NumPy dtype kinds a float-typed input accepts and casts to the model's dtype, as Keras casts them to its
+#: input layer's dtype: floats of any width, signed and unsigned integers (uint8 images), booleans.
+CASTABLE_KINDS = "fiub"
+
+
+def _check_dtype(x: np.ndarray, expected: Any, label: str) -> None:
+    """Keras's input dtype policy, for float-typed inputs: what converts to the model's float type is cast
+    (uint8 images, int64 labels-as-features, float64, float16); what does not (complex numbers, strings,
+    objects) is refused, naming the expected dtype. Integer-typed inputs (token ids) are left to the
+    caller's own checks."""
+    if not np.dtype(expected.np_dtype).kind == "f":
+        return
+    if x.dtype.kind not in CASTABLE_KINDS:
+        raise ValueError(f"{label} has dtype {x.dtype}, which cannot be cast to the model's {expected.dtype}; "
+                         f"expected a real-valued array (floating, integer, unsigned or bool) of shape "
+                         f"{_shape_text(expected.shape)}")
+
+
+def _placeholder_message(opaque: Sequence[Any]) -> str:
+    """Why a non-strict conversion cannot run: its unsupported layers, by name; the layers only skipped
+    after them (probably supported) are counted, not blamed."""
+    from keydnn.frontends.keras.lower import NOT_CHECKED
+
+    refused = [n for n in opaque if n.op.reason != NOT_CHECKED]
+    skipped = len(opaque) - len(refused)
+    names = ", ".join(f"{n.name} ({n.op.keras_class})" for n in refused)
+    text = (f"this model cannot run: it was converted with strict=False, and these layers are placeholders for "
+            f"what keydnn could not convert: {names}")
+    if skipped:
+        text += f" ({skipped} later layer(s) were not checked because of them)"
+    return text
 
 
 def _is_array_list(value: Sequence[Any], n_inputs: int) -> bool:

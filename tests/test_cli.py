@@ -77,7 +77,7 @@ def test_version_and_help():
     (["convert", "--src", str(SEED_H5), "--dst", "out.json", "--passes", "infer-shapes,nope"], 1, "unknown pass 'nope'"),
     (["convert", "--src", str(SEED_H5), "--dst", "no/such/dir/out.json"], 2, "does not exist"),
     (["convert", "--src", str(SEED_H5), "--dst", "out.json", "--dtype", "int8"], 2, "Invalid value"),
-    (["convert", "--dst", "out.json"], 2, "Missing option"),
+    (["convert", "--dst", "out.json"], 2, "missing SRC"),
     (["inspect-ir", str(SEED_H5), "--after", "nope"], 2, "no such pass"),
     (["inspect-ir", "garbage.json"], 2, "malformed JSON"),
     (["convert", "--src", str(SEED_H5), "--dst", "out.json", "--device", "tpu"], 2, "unknown device"),

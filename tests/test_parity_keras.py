@@ -162,8 +162,12 @@ def test_input_validation_names_expected_shape(keras_sources):
     model = keydnn.from_keras(live)
     with pytest.raises(ValueError, match=r"expected \(batch, 1, 28, 28\)"):
         model(np.zeros((2, 28, 28, 1), "f4"))
-    with pytest.raises(ValueError, match="dtype int64.*floating"):
-        model(np.zeros((2, 1, 28, 28), "i8"))
+    # the input dtype policy follows Keras: integers (uint8 images) are cast to the model's float type ...
+    ints = np.arange(2 * 28 * 28).reshape(2, 1, 28, 28) % 7
+    np.testing.assert_allclose(model(ints), model(ints.astype("f4")), rtol=0, atol=0)
+    # ... and what cannot be cast is refused, naming the expected dtype
+    with pytest.raises(ValueError, match="dtype complex128, which cannot be cast to the model's float32"):
+        model(np.zeros((2, 1, 28, 28), "c16"))
     with pytest.raises(ValueError, match="takes 1 input"):
         model(np.zeros((2, 1, 28, 28), "f4"), np.zeros(1))
 

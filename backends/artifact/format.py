@@ -53,6 +53,10 @@ class SourceInfo(_Strict):
     path_name: Optional[StrictStr] = None
     model_name: Optional[StrictStr] = None
     model_class: Optional[StrictStr] = None
+    #: SHA-256 of the source file's bytes (absent for a live model): which file exactly was converted.
+    sha256: Optional[_SHA256] = None
+    #: When the conversion ran, ISO 8601 UTC (``SOURCE_DATE_EPOCH`` pins it for reproducible builds).
+    converted_at: Optional[Annotated[StrictStr, Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")]] = None
 
 
 class Producer(_Strict):
@@ -72,6 +76,9 @@ class InterfaceTensor(_Strict):
     shape: list[_Dim]
     dtype: DType
     layout: Layout
+    #: The graph value behind it when its name is not the Keras name (``dense_1`` shown, ``dense_1.softmax``
+    #: computed); absent when they are the same.
+    value: Optional[StrictStr] = None
 
 
 class Interface(_Strict):
@@ -85,6 +92,9 @@ class LayerRecord(_Strict):
     keras_name: StrictStr
     keras_class: StrictStr
     nodes: list[StrictStr]
+    #: How many parameters Keras counts for the layer (its weights as saved, BatchNormalization's moving
+    #: statistics included), for a summary that matches Keras's; absent in older files.
+    params: Optional[_Count] = None
 
 
 class _TensorBase(_Strict):

@@ -34,7 +34,7 @@ from keydnn.backends.artifact.format import (
     FORMAT, FORMAT_VERSION, ArtifactFile, Interface, SidecarRef, Verification,
 )
 from keydnn.backends.artifact.reader import (
-    MAX_FILE_BYTES, check_version, describe_validation_error, read_json_document, read_sidecar,
+    MAX_FILE_BYTES, check_version, describe_validation_error, parse_json_document, read_json_document, read_sidecar,
 )
 from keydnn.errors import ArtifactError, IRError
 from keydnn.ir.graph import Graph
@@ -42,6 +42,7 @@ from keydnn.ir.verify import verify
 
 __all__ = [
     "LoadedArtifact", "save_artifact", "load_artifact", "read_artifact_header", "sidecar_path", "interface_of",
+    "artifact_bytes", "load_artifact_bytes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,16 +70,26 @@ def sidecar_path(path: PathLike) -> Path:
     return path.with_name(f"{path.stem}.weights.bin")
 
 
-def interface_of(graph: Graph) -> Interface:
-    """The external interface recorded in the file: the graph's input and output types."""
-    def entry(name: str, typ: Any) -> dict[str, Any]:
-        if typ is None:
-            raise ArtifactError(f"graph value %{name} has no type; run infer-shapes before saving")
-        return {"name": name, "shape": list(typ.shape), "dtype": typ.dtype, "layout": typ.layout}
+def interface_of(graph: Graph, output_names: Sequence[str] | None = None) -> Interface:
+    """The external interface recorded in the file: the graph's input and output types.
 
+    ``output_names`` are the names users see (Keras's output layer names); an output whose graph value
+    is named otherwise records that value too.
+    """
+    def entry(name: str, typ: Any, value: str | None = None) -> dict[str, Any]:
+        if typ is None:
+            raise ArtifactError(f"graph value %{value or name} has no type; run infer-shapes before saving")
+        out = {"name": name, "shape": list(typ.shape), "dtype": typ.dtype, "layout": typ.layout}
+        if value is not None and value != name:
+            out["value"] = value
+        return out
+
+    names = list(output_names) if output_names is not None else list(graph.outputs)
+    if len(names) != len(graph.outputs) or len(set(names)) != len(names):
+        raise ArtifactError(f"output names {names} do not name the graph's {len(graph.outputs)} outputs one each")
     return Interface(
         inputs=[entry(v.name, v.type) for v in graph.inputs],
-        outputs=[entry(n, t) for n, t in zip(graph.outputs, graph.output_types())],
+        outputs=[entry(n, t, v) for n, v, t in zip(names, graph.outputs, graph.output_types())],
     )
 
 
@@ -124,9 +135,32 @@ def _encode_verification(verification: Mapping[str, Any], interface: Interface, 
     )
 
 
+#: Optional fields added after version 1 was published: left out when unset, so that a file which does not
+#: use them stays readable by every version-1 reader (they refuse unknown fields).
+_ADDED_OPTIONAL = {"interface": ("value",), "source": ("sha256", "converted_at"), "layers": ("params",)}
+
+
+def _without_unset_additions(data: dict[str, Any]) -> dict[str, Any]:
+    for side in ("inputs", "outputs"):
+        for entry in data["interface"][side]:
+            for key in _ADDED_OPTIONAL["interface"]:
+                if entry.get(key, 0) is None:
+                    del entry[key]
+    for record in data.get("layers", []):
+        for key in _ADDED_OPTIONAL["layers"]:
+            if record.get(key, 0) is None:
+                del record[key]
+    source = data["producer"].get("source")
+    if isinstance(source, dict):
+        for key in _ADDED_OPTIONAL["source"]:
+            if source.get(key, 0) is None:
+                del source[key]
+    return data
+
+
 def _dumps(doc: ArtifactFile, path: Path) -> bytes:
     try:
-        text = json.dumps(doc.model_dump(mode="json"), indent=1, ensure_ascii=True, allow_nan=False)
+        text = json.dumps(_without_unset_additions(doc.model_dump(mode="json")), indent=1, ensure_ascii=True, allow_nan=False)
     except ValueError as exc:  # inf / nan in an op attribute: JSON cannot hold it, and null would change meaning
         raise ArtifactError(f"cannot save {path}: the graph holds a number JSON cannot represent ({exc})") from None
     return (text + "\n").encode("ascii")
@@ -141,29 +175,13 @@ def save_artifact(
     source: Mapping[str, Any] | None = None,
     verification: Mapping[str, Any] | None = None,
     sidecar: bool = False,
+    output_names: Sequence[str] | None = None,
 ) -> Path:
     """Write ``graph`` and its weights as an artifact; nothing changes on disk unless it all succeeds."""
     path = Path(path)
-    verify(graph, require_types=True)
-    builder = SidecarBuilder() if sidecar else None
-    encode = builder.add if builder is not None else encode_base64
     side = sidecar_path(path)
-    try:
-        interface = interface_of(graph)
-        weights = [encode(c.name, graph.weights[c.name]) for c in graph.constants]
-        checks = None if verification is None else _encode_verification(verification, interface, encode)
-        blob = builder.getvalue() if builder is not None else None
-        doc = ArtifactFile(
-            format=FORMAT, version=FORMAT_VERSION, producer=_producer(source), interface=interface,
-            pipeline=list(pipeline), layers=[dict(layer) for layer in layers], graph=graph,
-            weights=weights, verification=checks,
-            sidecar=None if blob is None else SidecarRef(file=side.name, sha256=sha256_hex(blob), nbytes=len(blob)),
-        )
-    except ValidationError as exc:
-        raise ArtifactError(f"cannot save {path}:\n{describe_validation_error(exc)}") from None
-    data = _dumps(doc, path)
-    if len(data) > MAX_FILE_BYTES:
-        raise ArtifactError(f"cannot save {path}: {len(data)} bytes exceeds the {MAX_FILE_BYTES}-byte limit")
+    data, blob = artifact_bytes(graph, pipeline=pipeline, layers=layers, source=source, verification=verification,
+                                sidecar_name=side.name if sidecar else None, output_names=output_names, where=path)
     with contextlib.ExitStack() as stack:  # stage everything, then publish sidecar first
         staged = [] if blob is None else [stack.enter_context(stage_bytes(side, blob))]
         staged.append(stack.enter_context(stage_bytes(path, data)))
@@ -171,6 +189,42 @@ def save_artifact(
             item.commit()
     logger.debug("saved artifact %s (%d bytes, sidecar %s)", path, len(data), None if blob is None else len(blob))
     return path
+
+
+def artifact_bytes(
+    graph: Graph,
+    *,
+    pipeline: Sequence[str],
+    layers: Sequence[Mapping[str, Any]],
+    source: Mapping[str, Any] | None = None,
+    verification: Mapping[str, Any] | None = None,
+    sidecar_name: str | None = None,
+    output_names: Sequence[str] | None = None,
+    where: Any = "artifact",
+) -> tuple[bytes, bytes | None]:
+    """The artifact's JSON bytes (and its sidecar's, when ``sidecar_name`` is given), written nowhere:
+    what ``save_artifact`` writes and what a pickled ``keydnn.Model`` carries."""
+    path = where
+    verify(graph, require_types=True)
+    builder = SidecarBuilder() if sidecar_name else None
+    encode = builder.add if builder is not None else encode_base64
+    try:
+        interface = interface_of(graph, output_names)
+        weights = [encode(c.name, graph.weights[c.name]) for c in graph.constants]
+        checks = None if verification is None else _encode_verification(verification, interface, encode)
+        blob = builder.getvalue() if builder is not None else None
+        doc = ArtifactFile(
+            format=FORMAT, version=FORMAT_VERSION, producer=_producer(source), interface=interface,
+            pipeline=list(pipeline), layers=[dict(layer) for layer in layers], graph=graph,
+            weights=weights, verification=checks,
+            sidecar=None if blob is None else SidecarRef(file=sidecar_name, sha256=sha256_hex(blob), nbytes=len(blob)),
+        )
+    except ValidationError as exc:
+        raise ArtifactError(f"cannot save {path}:\n{describe_validation_error(exc)}") from None
+    data = _dumps(doc, path)
+    if len(data) > MAX_FILE_BYTES:
+        raise ArtifactError(f"cannot save {path}: {len(data)} bytes exceeds the {MAX_FILE_BYTES}-byte limit")
+    return data, blob
 
 
 def read_artifact_header(path: PathLike) -> dict[str, Any]:
@@ -248,8 +302,21 @@ def load_artifact(path: PathLike) -> LoadedArtifact:
         ) from exc
 
 
-def _load_artifact(path: Path) -> LoadedArtifact:
-    data = read_json_document(path)
+def load_artifact_bytes(data: bytes, name: str = "<in-memory artifact>") -> LoadedArtifact:
+    """Load an artifact (inline weights) from its JSON bytes, with every check ``load_artifact`` makes:
+    how a pickled ``keydnn.Model`` comes back."""
+    path = Path(name)
+    try:
+        return _load_artifact(path, parse_json_document(path, data))
+    except ArtifactError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- as load_artifact
+        raise ArtifactError(f"{name}: internal error while loading ({type(exc).__name__}: {exc})") from exc
+
+
+def _load_artifact(path: Path, data: dict[str, Any] | None = None) -> LoadedArtifact:
+    if data is None:
+        data = read_json_document(path)
     version = check_version(path, data)
     try:
         doc = ArtifactFile.model_validate(data)
@@ -260,7 +327,7 @@ def _load_artifact(path: Path) -> LoadedArtifact:
     blob = None if doc.sidecar is None else read_sidecar(path, doc.sidecar)
     arrays = dict(zip((w.name for w in doc.weights), decode_all(doc.weights, blob, "weight")))
     graph = _attach_weights(path, doc, arrays)
-    if doc.interface != interface_of(graph):
+    if doc.interface != interface_of(graph, [o.name for o in doc.interface.outputs]):
         raise ArtifactError(f"{path}: the recorded interface does not match the graph's inputs and outputs")
     checks = None
     if doc.verification is not None:
@@ -279,7 +346,8 @@ def _load_artifact(path: Path) -> LoadedArtifact:
     logger.debug("loaded artifact %s (format version %d)", path, version)
     return LoadedArtifact(
         graph=graph, producer=doc.producer.model_dump(mode="json"),
-        interface=doc.interface.model_dump(mode="json"), pipeline=list(doc.pipeline),
-        layers=[r.model_dump(mode="json") for r in doc.layers],
+        interface=_without_unset_additions({"interface": doc.interface.model_dump(mode="json"),
+                                            "producer": {}})["interface"], pipeline=list(doc.pipeline),
+        layers=[r.model_dump(mode="json", exclude_none=True) for r in doc.layers],
         verification=checks, path=path, version=version,
     )

@@ -8,6 +8,8 @@ can be unreadable maps to one ``ArtifactError`` that says which way it is.
 from __future__ import annotations
 
 import json
+import mmap
+import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from pydantic import ValidationError
 from keydnn.backends.artifact.format import FORMAT, FORMAT_VERSION, SidecarRef
 from keydnn.errors import ArtifactError
 
-__all__ = ["MAX_FILE_BYTES", "read_json_document", "check_version", "read_sidecar", "describe_validation_error"]
+__all__ = ["MAX_FILE_BYTES", "read_json_document", "parse_json_document", "check_version", "read_sidecar", "describe_validation_error"]
 
 #: Refuse larger files before reading them (4 GiB of tensors is ~5.4 GiB as base64).
 MAX_FILE_BYTES = 8 * 2**30
@@ -100,6 +102,13 @@ def read_json_document(path: Path) -> dict[str, Any]:
     raw = _read(path, min(size, MAX_FILE_BYTES) + 1)
     if len(raw) > size:  # grew since stat: a writer is still at work, or something is wrong
         raise ArtifactError(f"{path}: file changed size while being read")
+    return parse_json_document(path, raw)
+
+
+def parse_json_document(path: Path, raw: bytes) -> dict[str, Any]:
+    """``raw`` parsed, if it is JSON carrying ``format: keydnn-artifact`` (``path`` names it in errors)."""
+    if not raw.lstrip(b" \t\r\n").startswith(b"{"):
+        raise ArtifactError(f"{path}: not a keydnn artifact (not a JSON object)")
     data = _parse(path, raw)
     if not isinstance(data, dict):
         raise ArtifactError(f"{path}: not a keydnn artifact (top level is not a JSON object)")
@@ -131,29 +140,33 @@ def check_version(path: Path, data: dict[str, Any]) -> int:
     return version
 
 
-def read_sidecar(path: Path, ref: SidecarRef) -> bytes:
-    """The sidecar's bytes, if it exists and has exactly the recorded length."""
+def read_sidecar(path: Path, ref: SidecarRef) -> "mmap.mmap | bytes":
+    """The sidecar's bytes, memory-mapped read-only, if it exists and has exactly the recorded length.
+
+    The weights are views into the mapping (``np.frombuffer``), never copies: loading a model with
+    100 MB of weights takes about 100 MB, and only the pages read are in memory.
+    """
     side = path.parent / ref.file
     try:
-        size = side.stat().st_size
+        fh = open(side, "rb")
     except FileNotFoundError:
         raise ArtifactError(f"{path}: its sidecar {side} is missing") from None
     except OSError as exc:
         raise ArtifactError(f"{path}: cannot read its sidecar {side}: {exc.strerror or exc}") from None
-    if size != ref.nbytes:  # checked before reading: the recorded size is the file's word, not ours
-        state = "truncated" if size < ref.nbytes else "longer than recorded"
-        raise ArtifactError(f"{path}: sidecar {side} is {state}: expected {ref.nbytes} bytes, found {size}")
-    try:
-        with open(side, "rb") as fh:
-            blob = fh.read(size + 1)
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: its sidecar {side} is missing") from None
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read its sidecar {side}: {exc.strerror or exc}") from None
-    if len(blob) != ref.nbytes:
-        state = "truncated" if len(blob) < ref.nbytes else "longer than recorded"
-        raise ArtifactError(f"{path}: sidecar {side} is {state}: expected {ref.nbytes} bytes")
-    return blob
+    with fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactError(f"{path}: its sidecar {side} is not a regular file")
+        size = st.st_size
+        if size != ref.nbytes:  # checked before reading: the recorded size is the file's word, not ours
+            state = "truncated" if size < ref.nbytes else "longer than recorded"
+            raise ArtifactError(f"{path}: sidecar {side} is {state}: expected {ref.nbytes} bytes, found {size}")
+        if size == 0:
+            return b""
+        try:
+            return mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{path}: cannot map its sidecar {side}: {exc}") from None
 
 
 def _location(loc: tuple) -> str:

@@ -64,7 +64,8 @@ _listeners: list[Callable[["CompileEvent"], None]] = []
 
 
 class CompileEvent(dict):
-    """``{"event": "start" | "end", "graph": name, "key": ..., "cached": bool, "seconds": float}``."""
+    """``{"event": "start" | "stage" | "end", "graph": name, "key": ..., "cached": bool, "seconds": float}``;
+    a "stage" event (``"stage": "compile"``) says that the code is compiled now, not loaded from the cache."""
 
 
 def add_compile_listener(callback: Callable[[CompileEvent], None]) -> None:
@@ -270,6 +271,7 @@ def load_program(source: str, graph_name: str, compile_fn: Callable[[object], No
 
 def _load_uncached(source: str, name: str, compile_fn) -> object:
     COMPILE_LOGGER.info("compiling graph (disk cache off, KEYDNN_CACHE=0)...")
+    _notify(event="stage", stage="compile", cache=None)
     tmp = Path(tempfile.mkdtemp(prefix="keydnn-cg-"))
     try:
         path = tmp / _SOURCE
@@ -315,6 +317,7 @@ def _load_cached(source: str, key: str, name: str, compile_fn, aot: Optional[Aot
                 _reset(directory, manifest)
                 manifest = None
                 COMPILE_LOGGER.info("compiling graph for numba-cpu (first time; cached in %s)...", directory)
+                _notify(event="stage", stage="compile", cache=str(directory))
             module = None
             try:
                 sys.modules.pop(name, None)

@@ -240,6 +240,8 @@ class CodegenExecutable:
         self._variants: dict[tuple, _Variant] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
+        #: Threads a call may use (``set_threads``; default: NUMBA_NUM_THREADS or the usable CPUs, at most 8).
+        self.threads = _THREADS
         static = [v.type.shape[1:] for v in graph.inputs]
         if all(isinstance(d, int) for s in static for d in s):
             key = (tuple(tuple(s) for s in static), (True,) * len(static))
@@ -285,6 +287,12 @@ class CodegenExecutable:
         """The generated source of the graph's declared shapes (for inspection and debugging)."""
         return next(iter(self._variants.values())).program.source
 
+    def set_threads(self, threads: int) -> None:
+        """Let calls use ``threads`` threads (the native pool's limit, 64, caps it); plans made before
+        are dropped, so the next call of every thread plans with the new count."""
+        self.threads = max(1, int(threads))
+        self._local = threading.local()
+
     # -- running --------------------------------------------------------------
     def _plan(self, shapes: tuple, arrays: list[np.ndarray]) -> "_CallPlan":
         """What calls with these input shapes need on this thread: variant, outputs, threads, buffers."""
@@ -295,7 +303,7 @@ class CodegenExecutable:
         if chunk < n:
             return self._keep(shapes, _CallPlan(var, n, [(n,) + sample for _, sample, _ in prog.outputs], 0, (),
                                                 np.empty(0, self.dtype), np.empty(0, np.int64), chunk=chunk))
-        nthr = 1 if n * prog.work_per_sample < PARALLEL_MIN_WORK else _THREADS
+        nthr = 1 if n * prog.work_per_sample < PARALLEL_MIN_WORK else self.threads
         arena = _aligned_empty(n * prog.arena_per_sample + prog.arena_fixed + nthr * prog.scratch_per_thread + 64,
                                self.dtype)
         state = np.zeros(state_size(prog.n_stages), dtype=np.int64)

@@ -95,6 +95,8 @@ class NumbaCpuExecutable:
     """Compiled form of one graph for the CPU: one kernel per op, run from a plan."""
 
     mode = "ops"
+    #: Threads a call may use (``set_threads``; None: numba's current count).
+    threads: Optional[int] = None
 
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
@@ -104,6 +106,10 @@ class NumbaCpuExecutable:
         self._layouts_lock = threading.Lock()
         self._local = threading.local()
         logger.debug("numba-cpu plan for %s:\n%s", graph.name, self.plan)
+
+    def set_threads(self, threads: int) -> None:
+        """Let a call's parallel kernels use ``threads`` threads (numba's pool size caps it)."""
+        self.threads = max(1, int(threads))
 
     def _layout(self, key: tuple) -> MemoryLayout:
         layout = self._layouts.get(key)
@@ -145,8 +151,8 @@ class NumbaCpuExecutable:
         env = list(plan.template)
         for s, a in zip(plan.input_slots, arrays):
             env[s] = a
-        threads = numba.get_num_threads()
-        current = threads
+        original = current = numba.get_num_threads()
+        threads = original if self.threads is None else min(self.threads, numba.config.NUMBA_NUM_THREADS)
         with _parallel_guard():
             try:
                 for step, place, buf in zip(plan.steps, layout.placements, bufs):
@@ -158,8 +164,8 @@ class NumbaCpuExecutable:
                         buf = fresh[place.index].reshape(place.shape)
                     env[step.output] = step.op.run([env[s] for s in step.operands], buf)
             finally:
-                if current != threads:
-                    numba.set_num_threads(threads)
+                if current != original:
+                    numba.set_num_threads(original)
         results: list[np.ndarray] = []
         handed_out: set[int] = set()
         for s, f in zip(plan.output_slots, layout.output_fresh):

@@ -3,6 +3,9 @@ them to IR."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import hashlib
 import os
 from typing import Any
 
@@ -35,7 +38,8 @@ def load_spec(model_or_path: Any, *, isolate: bool | None = None):
     if isinstance(model_or_path, ModelSpec):
         return model_or_path
     if isinstance(model_or_path, (str, os.PathLike)):
-        return read_keras_file(model_or_path, isolate=isolate)
+        return dataclasses.replace(read_keras_file(model_or_path, isolate=isolate),
+                                   source_path=os.fspath(model_or_path))
     return read_live_model(model_or_path)
 
 
@@ -53,6 +57,21 @@ def convert(model_or_path: Any, options: ConversionOptions, *, isolate: bool | N
     options = ConversionOptions(dtype=options.dtype, allow_non_linear_activation=options.allow_non_linear_activation,
                                 strict=options.strict, keras_major=major)
     result = lower_model(spec, options)
-    if isinstance(model_or_path, (str, os.PathLike)):
-        result.source["path_name"] = os.path.basename(os.fspath(model_or_path))
+    result.source.update(source_file_info(spec.source_path))
     return result
+
+
+def source_file_info(path: str | None) -> dict[str, Any]:
+    """What the artifact records about the conversion: the source file's name and SHA-256 (for a file),
+    and the time, ISO 8601 UTC (``SOURCE_DATE_EPOCH``, when set, pins it: reproducible builds)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    when = (datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc) if epoch.isdigit()
+            else datetime.datetime.now(datetime.timezone.utc))
+    info: dict[str, Any] = {"converted_at": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    if path is not None:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        info.update(path_name=os.path.basename(path), sha256=digest.hexdigest())
+    return info

@@ -64,9 +64,10 @@ def emit_fused_activation(ctx: LayerContext) -> None:
         return
     if not ctx.options.allow_non_linear_activation:
         ctx.refuse(
-            f"fused non-linear activation {name!r} is not enabled", field="activation", value=name,
-            supported="activation='linear' with a separate activation layer (e.g. ReLU()), "
-                      "or allow_non_linear_activation=True / --allow-non-linear-activation",
+            f"fused non-linear activation {name!r} is not enabled: pass allow_non_linear_activation=True "
+            f"(CLI: --allow-non-linear-activation) and keydnn lowers it into its own exact {name!r} node",
+            field="activation", value=name,
+            supported="'linear' (then a separate activation layer); others with allow_non_linear_activation=True",
         )
         return
     ctx.emit(op, suffix=name)

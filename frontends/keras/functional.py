@@ -229,9 +229,12 @@ def _walk(low: Lowering, graph: _Graph, bound: dict[Ref, str], outputs: list[Ref
         inputs = []
         for ref in call.refs:
             if ref not in env:
-                raise graph._broken(f"reads tensor {list(ref)}, which no layer produces")
+                placeholder = _placeholder_for(low, env, ref)
+                if placeholder is None:
+                    raise graph._broken(f"reads tensor {list(ref)}, which no layer produces")
+                env[ref] = placeholder
             inputs.append(env[ref])
-        if call.problems:
+        if call.problems and not _unsupported_class(layer):
             low.placeholder(layer, inputs, node_name,
                             [Problem(p, layer.index, layer.name, layer.class_name) for p in call.problems])
             results = [low.nodes[-1].outputs[0].name]
@@ -240,10 +243,37 @@ def _walk(low: Lowering, graph: _Graph, bound: dict[Ref, str], outputs: list[Ref
         node = index + graph.offsets[name]
         for t, value in enumerate(results):
             env[(name, node, t)] = value
+    for r in outputs:
+        if r not in env and (placeholder := _placeholder_for(low, env, r)) is not None:
+            env[r] = placeholder
     missing = [r for r in outputs if r not in env]
     if missing:
         raise graph._broken(f"has outputs {missing} that no layer produces")
     return [env[r] for r in outputs]
+
+
+def _unsupported_class(layer: LayerSpec) -> bool:
+    """Whether ``layer`` is refused for its class alone. Its call arguments are then beside the point:
+    Keras 3 itself writes ``training: true`` for the preprocessing layers whose ``call`` defaults to it
+    (RandomFlip, ...), and reporting that would hide that the layer is not supported at all."""
+    from keydnn.frontends.keras.lower import IGNORED_AT_INFERENCE
+    from keydnn.frontends.keras.registry import CONVERTERS
+
+    return (layer.class_name not in CONVERTERS and layer.class_name not in IGNORED_AT_INFERENCE
+            and layer.class_name not in NESTED_MODEL_CLASSES)
+
+
+def _placeholder_for(low: Lowering, env: dict[Ref, str], ref: Ref) -> str | None:
+    """The opaque node standing for an unconverted layer with several outputs (an LSTM with
+    ``return_state``): it stands for every output, so the layer is reported as unsupported once, not
+    as a broken graph."""
+    first = env.get((ref[0], ref[1], 0))
+    if first is None:
+        return None
+    for node in reversed(low.nodes):
+        if node.outputs[0].name == first:
+            return first if node.op.kind == "opaque" else None
+    return None
 
 
 # --------------------------------------------------------------------------- #
@@ -299,7 +329,7 @@ def lower_functional(spec: ModelSpec, options: ConversionOptions) -> FrontendRes
     layers = {layer.name: layer for layer in spec.layers}
     graph = _Graph.of(where, layers, output_refs)
     outputs = _walk(low, graph, bound, output_refs, prefix="")
-    return low.finish(inputs, outputs, functional=True)
+    return low.finish(inputs, outputs, functional=True, output_names=[ref[0] for ref in output_refs])
 
 
 # --------------------------------------------------------------------------- #

@@ -7,7 +7,11 @@ Nested models are inlined, shared layers become one node per call over one
 set of constants. Subclassed models have no recorded graph and are refused.
 
 In strict mode every problem of every layer is collected before raising, so a
-user sees the whole list at once. In non-strict mode an unconvertible layer
+user sees the whole list at once -- root causes only: a layer whose input
+shape is unknown because an earlier layer was refused is not a problem of its
+own (it is counted in one note that the rest was not checked), and a layer
+refused only for its fused activation keeps its output shape, so the layers
+after it are still checked. In non-strict mode an unconvertible layer
 becomes an ``opaque`` placeholder node (and a warning); the graph can then be
 inspected but never run.
 """
@@ -31,7 +35,7 @@ from keydnn.ir.ops import Opaque
 from keydnn.ir.types import TensorType, Value
 
 __all__ = ["FrontendResult", "lower_model", "IGNORED_AT_INFERENCE", "GraphLayerContext", "Lowering",
-           "MULTI_INPUT_LAYERS", "NESTED_MODEL_CLASSES", "is_functional"]
+           "MULTI_INPUT_LAYERS", "NESTED_MODEL_CLASSES", "is_functional", "NOT_CHECKED", "unchecked_note"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +87,17 @@ def _converter_fault(ctx: LayerContext, constraints: str, exc: BaseException) ->
                supported=constraints or None)
 
 
+#: The reason an ``opaque`` node gives when its layer was skipped, not refused (see ``Lowering.unchecked``).
+NOT_CHECKED = "not checked: its input shape is unknown after an unsupported layer"
+
+
+def unchecked_note(names: Sequence[str]) -> str:
+    """One line for the layers skipped after the first problems (they may well be supported)."""
+    shown = ", ".join(repr(n) for n in names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return (f"note: {len(names)} later layer(s) ({shown}) were not checked, because their input shape is unknown "
+            "after an unsupported layer; fix the problems above and convert again")
+
+
 _LAYOUT_BY_RANK = {2: "NC"}
 _SPATIAL_LAYOUTS = {4: ("NCHW", "NHWC"), 3: ("NCW", "NWC")}
 
@@ -97,6 +112,9 @@ class FrontendResult:
     problems: list[Problem] = field(default_factory=list)
     #: True for a Functional model (a graph): the runtime class is ``keydnn.Model``, not ``Sequential``.
     functional: bool = False
+    #: The outputs as Keras names them (its output layers' names), in order; the graph's values may be
+    #: named after the last node lowered from them (``dense_1.softmax``).
+    output_names: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -155,6 +173,8 @@ class Lowering:
         self.weights: dict[str, np.ndarray] = {}
         self.types: dict[str, TensorType | None] = {}
         self.taken: set[str] = set()
+        #: Layers not checked because an earlier unsupported layer left their input shape unknown.
+        self.unchecked: list[str] = []
         self._records: dict[str, dict] = {}
 
     # -- values -------------------------------------------------------------------
@@ -251,6 +271,7 @@ class Lowering:
                            value=layer.config.get(key), supported="the fields documented for this layer")
         failed = failed or len(self.problems) > before
         if failed:
+            kept_type = self._type_despite_activation(before, first_node)
             for node in self.nodes[first_node:]:
                 self.taken.discard(node.name)
                 self.types.pop(node.outputs[0].name, None)
@@ -258,11 +279,13 @@ class Lowering:
             for key in set(self.weights) - weights_before:
                 del self.weights[key]
             if any(self.types.get(i) is None for i in inputs) and len(self.problems) == before:
-                # Only a consequence of an earlier unconvertible layer: say so once.
-                self.problems.append(Problem("cannot convert: the input shape is unknown after an unsupported layer",
-                                             layer.index, layer.name, layer.class_name))
-            reason = "; ".join(p.message for p in self.problems[before:]) or "unsupported"
-            result = self._opaque(layer, inputs, name, reason)
+                # Only a consequence of an earlier unconvertible layer: not a problem of its own. The error
+                # says once that the layers after the first problems were not checked.
+                self.unchecked.append(layer.name)
+                reason = NOT_CHECKED
+            else:
+                reason = "; ".join(p.message for p in self.problems[before:]) or "unsupported"
+            result = self._opaque(layer, inputs, name, reason, kept_type)
         else:
             result = ctx.x
             for node in self.nodes[first_node:]:  # also nodes a converter appended by hand
@@ -279,33 +302,54 @@ class Lowering:
         self._record(layer, [out])
         return out
 
-    def _opaque(self, layer: LayerSpec, inputs: Sequence[str], name: str, reason: str) -> str:
-        op = Opaque(keras_class=layer.class_name, reason=reason)
+    def _type_despite_activation(self, before: int, first_node: int) -> TensorType | None:
+        """The layer's output type when its only problems are fused-activation refusals.
+
+        A fused activation never changes the shape, so the layers after it can still be checked (and
+        report their own problems) instead of being hidden behind an unknown input shape.
+        """
+        new = self.problems[before:]
+        if not new or not all(p.field == "activation" for p in new) or len(self.nodes) == first_node:
+            return None
+        return self.nodes[-1].outputs[0].type
+
+    def _opaque(self, layer: LayerSpec, inputs: Sequence[str], name: str, reason: str,
+                out_type: TensorType | None = None) -> str:
+        op = Opaque(keras_class=layer.class_name, reason=reason,
+                    output_shape=out_type.shape if out_type is not None else None)
         out = self.node_name(name)
-        self.nodes.append(Node(name=out, op=op, inputs=tuple(inputs), outputs=(Value(name=out),), source=layer.name))
+        self.nodes.append(Node(name=out, op=op, inputs=tuple(inputs), outputs=(Value(name=out, type=out_type),),
+                               source=layer.name))
         self.taken.add(out)
-        self.types[out] = None
+        self.types[out] = out_type
         return out
 
     def _record(self, layer: LayerSpec, nodes: list[str]) -> None:
         record = self._records.get(layer.name)
         if record is None:
             record = self._records[layer.name] = {"keras_name": layer.name, "keras_class": layer.class_name,
-                                                  "nodes": []}
+                                                  "nodes": [], "params": int(sum(np.size(w) for _, w in layer.weights))}
         record["nodes"].extend(nodes)
 
     # -- the whole graph --------------------------------------------------------------
-    def finish(self, inputs: Sequence[Value], outputs: Sequence[str], *, functional: bool = False) -> FrontendResult:
+    def finish(self, inputs: Sequence[Value], outputs: Sequence[str], *, functional: bool = False,
+               output_names: Sequence[str] = ()) -> FrontendResult:
         """Raise (strict) or warn about the problems; build the graph."""
         spec, problems = self.spec, self.problems
+        notes = [unchecked_note(self.unchecked)] if self.unchecked else []
         if problems and self.options.strict:
             n = len({(p.layer_index, p.layer_name) for p in problems})
-            raise KerasInteropError(
-                f"cannot convert model {spec.name!r}: {len(problems)} problem(s) in {n} place(s)", problems)
+            first = problems[0]
+            where = " ".join(filter(None, [f"layer {first.layer_index}" if first.layer_index is not None else None,
+                                           repr(first.layer_name) if first.layer_name is not None else None]))
+            count = f"{len(problems)} problem(s) in {n} place(s); the first: " if len(problems) > 1 else ""
+            raise KerasInteropError(f"cannot convert model {spec.name!r}: {count}"
+                                    f"{where + ': ' if where else ''}{first.message.split(': pass ')[0]}",
+                                    problems, notes)
         if problems:
-            warnings.warn(f"model {spec.name!r} converted with {len(problems)} problem(s); unsupported layers are "
-                          "opaque placeholders and the model cannot run:\n"
-                          + "\n".join(f"  - {p}" for p in problems), stacklevel=4)
+            warnings.warn(f"model {spec.name!r} converted with {len(problems)} problem(s); the layers named below are "
+                          "kept as opaque placeholders, so the model can be inspected (inspect-ir) but not run:\n"
+                          + "\n".join([f"  - {p}" for p in problems] + [f"  {t}" for t in notes]), stacklevel=4)
         source = {"format": spec.source_format, "keras_version": spec.keras_version, "model_name": spec.name,
                   "model_class": spec.model_class}
         inputs = tuple(_with_input_layout(v, self.nodes) for v in inputs)
@@ -313,7 +357,7 @@ class Lowering:
                             nodes=tuple(self.nodes), weights=self.weights,
                             metadata={"source_format": spec.source_format})
         return FrontendResult(graph=graph, layers=list(self._records.values()), source=source, problems=problems,
-                              functional=functional)
+                              functional=functional, output_names=_unique(output_names or outputs))
 
 
 def lower_model(spec: ModelSpec, options: ConversionOptions) -> FrontendResult:
@@ -340,7 +384,21 @@ def _lower_sequential(spec: ModelSpec, options: ConversionOptions) -> FrontendRe
     x = inp.name
     for layer in spec.layers:
         (x,) = low.call(layer, [x])[:1]
-    return low.finish([inp], [x])
+    return low.finish([inp], [x], output_names=[spec.layers[-1].name] if spec.layers else [x])
+
+
+def _unique(names: Sequence[str]) -> list[str]:
+    """``names`` with repeats made distinct (``out``, ``out_1``): one output layer can give several outputs."""
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        candidate, k = name, 0
+        while candidate in seen:
+            k += 1
+            candidate = f"{name}_{k}"
+        seen.add(candidate)
+        out.append(candidate)
+    return out
 
 
 def _with_input_layout(inp: Value, nodes: Sequence[Node]) -> Value:

@@ -130,6 +130,8 @@ class ModelSpec:
     #: Every InputLayer entry of the config as ``{"name": ..., "config": {...}}`` (normalized
     #: config), in config order: a Functional model's inputs' shapes and dtypes.
     input_layer_configs: tuple[dict[str, Any], ...] = field(default=(), compare=False)
+    #: The file the spec was read from (None for a live model): recorded in the artifact with its SHA-256.
+    source_path: str | None = field(default=None, compare=False)
 
     @property
     def is_sequential(self) -> bool:

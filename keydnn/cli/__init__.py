@@ -8,9 +8,6 @@ command never leaves a partial or clobbered output file.
 
 from __future__ import annotations
 
-import logging
-import sys
-
 import click
 
 import keydnn
@@ -21,35 +18,29 @@ __all__ = ["main", "cli"]
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(keydnn.__version__, "--version", prog_name="keydnn")
-def cli() -> None:
-    """Convert trained Keras models into fast KeyDNN models and inspect their IR.
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bars (compiling, run, --verify) on or off; default: bars when stderr is a terminal, "
+                   "else one line per compile. Also KEYDNN_PROGRESS=0/1.")
+def cli(progress: bool | None) -> None:
+    """Convert trained Keras models into fast KeyDNN models, inspect and run them.
 
     \b
     Examples:
-      keydnn convert --src model.h5 --dst model.json
+      keydnn convert model.h5 model.json
+      keydnn summary model.json
+      keydnn run model.json --input x.npy --output y.npy
+      keydnn profile model.json --batch 64
       keydnn inspect-ir model.keras --after all
-      python -m keydnn convert --src model.keras --dst model.json --passes infer-shapes
     """
-    _show_compile_progress()
+    if progress is not None:
+        from keydnn.progress import setting
 
-
-def _show_compile_progress() -> None:
-    """Print the CPU backend's compile messages to stderr: a model's first run on a machine compiles its
-    generated code (seconds), later runs load it from the cache and print nothing."""
-    log = logging.getLogger("keydnn.compile")
-    if any(getattr(h, "_keydnn_cli", False) for h in log.handlers):
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("keydnn: %(message)s"))
-    handler.setLevel(logging.INFO)
-    handler._keydnn_cli = True  # type: ignore[attr-defined]
-    log.addHandler(handler)
-    if log.level == logging.NOTSET or log.level > logging.INFO:
-        log.setLevel(logging.INFO)
+        ctx = click.get_current_context()
+        ctx.with_resource(setting(progress))  # for this command, undone when it ends
 
 
 def _register() -> None:
-    from keydnn.cli import convert, inspect, tools  # noqa: F401  (each module adds its commands to `cli`)
+    from keydnn.cli import convert, insight, inspect, tools  # noqa: F401  (each module adds its commands to `cli`)
 
 
 _register()

@@ -13,7 +13,8 @@ import click
 import keydnn
 from keydnn.errors import ArtifactError, KerasInteropError, KeydnnError
 
-__all__ = ["EXIT_FAILED", "EXIT_USAGE", "fail", "Guard", "read_source", "check_distinct"]
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "fail", "Guard", "read_source", "check_distinct", "open_model",
+           "load_inputs", "directory_message"]
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -73,7 +74,7 @@ def check_distinct(src: str, dst: str | None) -> None:
 def _current_dst() -> str | None:
     """The running command's ``--dst`` (None outside a click command, or for one without it)."""
     ctx = click.get_current_context(silent=True)
-    dst = ctx.params.get("dst") if ctx is not None else None
+    dst = (ctx.params.get("dst") or ctx.params.get("dst_arg")) if ctx is not None else None
     return dst if isinstance(dst, str) else None
 
 
@@ -89,7 +90,7 @@ def read_source(src: str) -> tuple[str, Any]:
     if not path.exists():
         fail(f"{src}: no such file", EXIT_USAGE)
     if path.is_dir():
-        fail(f"{src}: is a directory; expected a .keras, .h5 or KeyDNN .json file", EXIT_USAGE)
+        fail(directory_message(src), EXIT_USAGE)
     if not path.is_file():
         fail(f"{src}: not a regular file (a device, pipe or socket); expected a .keras, .h5 or KeyDNN .json file",
              EXIT_USAGE)
@@ -113,16 +114,45 @@ def read_source(src: str) -> tuple[str, Any]:
 
 
 
-def load_inputs(paths: "Sequence[str]") -> "list | dict":
-    """Read a user's inputs safely (never unpickles): .npy files in input order, or one .npz keyed by input name."""
+def directory_message(src: str) -> str:
+    """What to say about a directory given as a model (the API says the same: ``keydnn.api.check_model_path``)."""
+    if (Path(src) / "saved_model.pb").exists():
+        return (f"{src}: is a TensorFlow SavedModel directory, which keydnn does not read; save the model as "
+                ".keras (model.save('model.keras')) and convert that")
+    return f"{src}: is a directory; expected a .keras, .h5 or KeyDNN .json file"
+
+
+def open_model(src: str, *, device: str = "cpu", threads: int | None = None,
+               allow_non_linear_activation: bool = False, command: str = "run") -> "keydnn.Model":
+    """A runnable model from an artifact, or from a Keras file converted in memory (saying so, and what
+    to run to keep the artifact)."""
+    kind, obj = read_source(src)
+    if kind == "artifact":
+        from keydnn.api import model_from_artifact
+
+        return model_from_artifact(obj, device=device, threads=threads)
+    click.echo(f"keydnn: {src} is a Keras file: converting it in memory (to convert once and reuse: "
+               f"keydnn convert {src} {Path(src).stem}.json, then keydnn {command} {Path(src).stem}.json)", err=True)
+    return keydnn.from_keras(obj, device=device, threads=threads,
+                             allow_non_linear_activation=allow_non_linear_activation)
+
+
+def load_inputs(paths: "Sequence[str]", mmap: bool = False) -> "list | dict":
+    """Read a user's inputs safely (never unpickles): .npy files in input order, or one .npz keyed by input name.
+
+    ``mmap=True`` maps ``.npy`` files instead of reading them (``keydnn run`` over inputs larger than memory);
+    an ``.npz`` archive cannot be mapped and is read whole.
+    """
     import numpy as np
 
     arrays: list = []
     for path in paths:
+        if Path(path).is_dir():
+            fail(f"{path}: is a directory; expected a .npy or .npz input file", EXIT_USAGE)
         if not Path(path).is_file():
             fail(f"{path}: no such input file", EXIT_USAGE)
         try:
-            loaded = np.load(path, allow_pickle=False)
+            loaded = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
         except (ValueError, OSError, EOFError) as exc:
             fail(f"cannot read {path} as .npy/.npz (object arrays are refused): {exc}", EXIT_USAGE)
         if isinstance(loaded, np.ndarray):

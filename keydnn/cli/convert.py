@@ -10,21 +10,29 @@ import numpy as np
 import keydnn
 from keydnn.cli import cli
 from keydnn.cli.common import EXIT_FAILED, EXIT_USAGE, Guard, fail, load_inputs, read_source
+from keydnn.progress import Stages
 
 
 @cli.command()
-@click.option("--src", required=True, type=click.Path(dir_okay=False), help="Keras model file (.keras or .h5).")
-@click.option("--dst", required=True, type=click.Path(dir_okay=False), help="KeyDNN artifact to write (.json).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (checked at conversion).")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.argument("src_arg", metavar="SRC", required=False, type=click.Path())
+@click.argument("dst_arg", metavar="DST", required=False, type=click.Path())
+@click.option("--src", default=None, type=click.Path(), help="Keras model file (.keras or .h5); same as SRC.")
+@click.option("--dst", default=None, type=click.Path(), help="KeyDNN artifact to write (.json); same as DST.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Device the model is checked for at conversion: cpu, cuda or cuda:N (the artifact runs on any).")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
+              help="Compute and weight precision of the artifact; inputs of other types are cast to it.")
 @click.option("--strict/--no-strict", default=True, show_default=True,
-              help="Refuse unsupported layers (--no-strict keeps them as placeholders; the result cannot run).")
+              help="Refuse unsupported layers (--no-strict keeps them as placeholders: the result can be inspected, "
+                   "not run).")
 @click.option("--allow-non-linear-activation", is_flag=True,
-              help="Accept fused activations such as Dense(activation='relu') (lowered to explicit nodes).")
+              help="Accept fused activations such as Dense(activation='relu'): keydnn lowers each into its own "
+                   "exact activation node.")
 @click.option("--passes", default=None, help="Pass pipeline, comma-separated (default: the standard pipeline).")
 @click.option("--input-layout", type=click.Choice(["keras", "channels_first"]), default="keras", show_default=True,
               help="Feed data as Keras did, or feed channels_first data to a channels_last model (no input transpose).")
-@click.option("--sidecar", is_flag=True, help="Store weights in a binary file beside the JSON.")
+@click.option("--sidecar", is_flag=True,
+              help="Store weights in a binary file beside the JSON (memory-mapped on load: for large models).")
 @click.option("--verify", "verify", is_flag=True,
               help="Run Keras (needs TensorFlow) and the converted model on sample inputs; fail (exit 1) with a "
                    "per-layer report if they differ; record the vectors in the artifact for `keydnn verify`.")
@@ -33,21 +41,25 @@ from keydnn.cli.common import EXIT_FAILED, EXIT_USAGE, Guard, fail, load_inputs,
                    "default: 8 seeded random samples.")
 @click.option("--rtol", type=float, default=1e-4, show_default=True, help="Relative tolerance for --verify.")
 @click.option("--atol", type=float, default=1e-5, show_default=True, help="Absolute tolerance for --verify.")
-def convert(src: str, dst: str, device: str, dtype: str, strict: bool, allow_non_linear_activation: bool,
-            passes: str | None, input_layout: str, sidecar: bool, verify: bool, verify_input: str | None,
-            rtol: float, atol: float) -> None:
-    """Convert a Keras model file into a KeyDNN artifact.
+def convert(src_arg: str | None, dst_arg: str | None, src: str | None, dst: str | None, device: str, dtype: str,
+            strict: bool, allow_non_linear_activation: bool, passes: str | None, input_layout: str, sidecar: bool,
+            verify: bool, verify_input: str | None, rtol: float, atol: float) -> None:
+    """Convert a Keras model file SRC (.keras or .h5) into a KeyDNN artifact DST (.json).
 
     \b
     Examples:
-      keydnn convert --src model.h5 --dst model.json
-      keydnn convert --src model.keras --dst model.json --verify
+      keydnn convert model.h5 model.json
+      keydnn convert model.keras model.json --verify
       keydnn convert --src model.h5 --dst model.json --passes infer-shapes,eliminate-identity
     """
+    src = _one_of("SRC", src_arg, "--src", src)
+    dst = _one_of("DST", dst_arg, "--dst", dst)
     from keydnn.frontends.keras import ConversionOptions, convert as lower, keras_major
     from keydnn.ir.passes import DEFAULT_PIPELINE
 
-    with Guard():
+    with Guard(), Stages(["read", "convert"] + (["load Keras", "compare"] if verify else []) + ["write"],
+                         desc="keydnn: convert") as stages:
+        stages.next("reading " + Path(src).name)
         kind, spec = read_source(src)
         if kind != "keras":
             fail(f"{src} is already a KeyDNN artifact; convert takes a .keras or .h5 file", EXIT_USAGE)
@@ -65,6 +77,7 @@ def convert(src: str, dst: str, device: str, dtype: str, strict: bool, allow_non
 
                 raise ImportError(TF_HINT)  # before any work: exit 1 with the install hint
         options = {"input_layout": input_layout} if input_layout != "keras" else {}
+        stages.next("converting")
         model = keydnn.from_keras(spec, device=device, dtype=dtype, strict=strict,
                                   allow_non_linear_activation=allow_non_linear_activation,
                                   passes=passes or DEFAULT_PIPELINE, **options)
@@ -73,6 +86,7 @@ def convert(src: str, dst: str, device: str, dtype: str, strict: bool, allow_non
 
             # Only now, after keydnn's strict conversion accepted every layer (no Lambda, no custom class),
             # is the file handed to Keras itself.
+            stages.next("loading the model with Keras (TensorFlow)")
             keras_model = load_keras_model(src, keras_major=keras_major(spec))
 
             if input_layout != "keras":
@@ -81,6 +95,7 @@ def convert(src: str, dst: str, device: str, dtype: str, strict: bool, allow_non
             xs = [np.asarray(x, dtype=model.dtype) for x in xs]
             frontend = lower(spec, ConversionOptions(dtype=dtype, strict=strict,
                                                      allow_non_linear_activation=allow_non_linear_activation)).graph
+            stages.next("comparing keydnn with Keras, layer by layer")
             report, expected = verify_against_keras(model, keras_model, xs, frontend_graph=frontend,
                                                     rtol=rtol, atol=atol)
             click.echo(report.text(), err=True)
@@ -88,8 +103,20 @@ def convert(src: str, dst: str, device: str, dtype: str, strict: bool, allow_non
                 fail(f"verification failed; {dst} was not written", EXIT_FAILED)
             model.verification = {"inputs": xs, "outputs": [np.asarray(e, dtype=model.dtype) for e in expected],
                                   "rtol": rtol, "atol": atol, "source": "keras"}
+        stages.next("writing " + Path(dst).name)
         written = model.save(dst, sidecar=sidecar)
         n_params = sum(int(a.size) for a in model.graph.weights.values())
         click.echo(f"wrote {written}: {len(model.graph.nodes)} nodes, {n_params} parameters, "
-                   f"input {model.input_types[0]}, output {model.output_types[0]}", err=True)
+                   f"input {model.input_types[0]}, output {model.output_names[0]} {model.output_types[0]}", err=True)
+
+
+def _one_of(arg_name: str, arg: str | None, option: str, value: str | None) -> str:
+    """SRC/DST given positionally or as --src/--dst (the older spelling), not both differently."""
+    if arg is not None and value is not None and arg != value:
+        fail(f"{arg_name} {arg!r} and {option} {value!r} disagree; give one of them", EXIT_USAGE)
+    chosen = arg if arg is not None else value
+    if chosen is None:
+        what = "the Keras model file" if arg_name == "SRC" else "the artifact to write"
+        fail(f"missing {arg_name} ({what}); usage: keydnn convert SRC DST (or --src SRC --dst DST)", EXIT_USAGE)
+    return chosen
 

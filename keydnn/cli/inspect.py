@@ -15,14 +15,16 @@ from keydnn.cli.common import EXIT_FAILED, EXIT_USAGE, Guard, fail, read_source
 
 
 @cli.command("inspect-ir")
-@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("src", type=click.Path())
 @click.option("--after", "after", default=None,
               help="Print the IR after this pass ('frontend' for the unoptimized IR, 'all' for every step).")
 @click.option("--passes", default=None, help="Pass pipeline to run (for an artifact: extra passes, default none).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: the printed IR; json: the IR as the artifact stores it.")
 @click.option("--strict/--no-strict", default=False, show_default=True,
               help="Refuse unsupported layers instead of showing them as placeholders.")
-@click.option("--allow-non-linear-activation", is_flag=True)
+@click.option("--allow-non-linear-activation", is_flag=True,
+              help="Accept fused activations such as Dense(activation='relu') (see `convert`).")
 @click.option("--time-passes", is_flag=True, help="Print each pass's run time to stderr.")
 def inspect_ir(src: str, after: str | None, passes: str | None, fmt: str, strict: bool,
                allow_non_linear_activation: bool, time_passes: bool) -> None:

@@ -49,7 +49,9 @@ runpy.run_module("keydnn", run_name="__main__")
 
 def _env() -> dict[str, str]:
     # The writes are the point here: read in process (saves a child interpreter per conversion).
-    return {**os.environ, "KEYDNN_DEBUG": "", "PYTHONUNBUFFERED": "1", "KEYDNN_ISOLATE_READER": "0"}
+    # SOURCE_DATE_EPOCH pins the recorded conversion time, so that converting one file twice gives one byte string.
+    return {**os.environ, "KEYDNN_DEBUG": "", "PYTHONUNBUFFERED": "1", "KEYDNN_ISOLATE_READER": "0",
+            "SOURCE_DATE_EPOCH": "0"}
 
 
 def _convert(src: Path, dst: Path, *extra: str) -> None:
