@@ -289,8 +289,12 @@ def run(seconds: float, cold_runs: int, only: tuple[str, ...] = ()) -> tuple[str
             print(f"{name:10s} batch {batch:3d}: keydnn {t['keydnn']:.4f} ms  ORT {t['onnxruntime']:.4f} ms  "
                   f"TF {t['tensorflow']:.4f} ms ({tf_how})", flush=True)
 
-    versions = (f"keydnn {keydnn.__version__}, numba {numba.__version__}, onnxruntime {onnxruntime.__version__}, "
-                f"TensorFlow {tf.__version__}")
+    from keydnn.backends.numba_cpu.target import current_target
+
+    tier = current_target().name + (" (forced)" if os.environ.get("KEYDNN_CPU_TARGET", "native") != "native" else "")
+    data["target"] = tier
+    versions = (f"keydnn {keydnn.__version__} (code-generation tier {tier}), numba {numba.__version__}, "
+                f"onnxruntime {onnxruntime.__version__}, TensorFlow {tf.__version__}")
     if cold_runs <= 0:  # --cold-runs 0: latency only
         return render(rows, data, versions), data
     # cold start of the CIFAR CNN: a fresh process loads the artifact and runs one inference
@@ -385,7 +389,11 @@ def main() -> None:
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--models", default="", help="comma-separated subset of the models (default: all)")
+    parser.add_argument("--target", choices=("native", "avx512", "avx2", "generic"), default=None,
+                        help="keydnn's code-generation tier (KEYDNN_CPU_TARGET; default: the widest this CPU has)")
     args = parser.parse_args()
+    if args.target:
+        os.environ["KEYDNN_CPU_TARGET"] = args.target  # before keydnn or numba is imported
     only = tuple(m.strip() for m in args.models.split(",") if m.strip())
     if (only or args.cold_runs <= 0) and args.readme:
         parser.error("--readme writes the whole table: run every model and the cold start")

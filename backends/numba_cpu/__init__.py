@@ -27,6 +27,20 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
+def _apply_target() -> None:
+    """A forced code-generation tier (``KEYDNN_CPU_TARGET``) reaches numba before any module here imports it."""
+    from keydnn.backends.numba_cpu.target import apply_to_numba
+    from keydnn.errors import BackendError
+
+    try:
+        apply_to_numba()
+    except BackendError:  # a bad value: compiling reports it, with the supported tiers
+        pass
+
+
+_apply_target()
+
 _LAZY = {
     "KERNELS": "keydnn.backends.numba_cpu.lowering",
     "NumbaCpuExecutable": "keydnn.backends.numba_cpu.executor",

@@ -54,9 +54,13 @@ def compiler() -> Optional[str]:
 def _target_machine():
     from llvmlite import binding as llvm
 
+    from keydnn.backends.numba_cpu.target import current_target
+
+    tier = current_target()  # the CPU model and features numba compiled for (the host's, unless forced)
+    cpu = tier.llvm_cpu if tier.llvm_cpu is not None else llvm.get_host_cpu_name()
+    features = tier.llvm_features if tier.llvm_features is not None else llvm.get_host_cpu_features().flatten()
     target = llvm.Target.from_triple(llvm.get_process_triple())
-    return target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
-                                        opt=3, reloc="pic", codemodel="default")
+    return target.create_target_machine(cpu=cpu, features=features, opt=3, reloc="pic", codemodel="default")
 
 
 def _emit(library) -> tuple[bytes, list[str]]:
@@ -81,8 +85,10 @@ def _thunk_object(helper: str, dtype: str, store: Path, workdir: Path) -> tuple[
     """
     from keydnn.atomic import atomic_write_bytes
     from keydnn.backends.numba_cpu.cg_thunks import sources_digest
+    from keydnn.backends.numba_cpu.cpu import cpu_identity
 
-    tag = hashlib.sha256(f"{sources_digest()}|{helper}|{dtype}".encode()).hexdigest()[:24]
+    # the CPU and code-generation tier too: an object built for AVX-512 must never be linked into an AVX2 library
+    tag = hashlib.sha256(f"{sources_digest()}|{helper}|{dtype}|{cpu_identity()}".encode()).hexdigest()[:24]
     stored = store / f"{helper}_{dtype}_{tag}.thunk"
     parsed = _read_thunk(stored)
     if parsed is None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numba
 
-from keydnn.backends.numba_cpu.cg_emit_nn import DW_LANES
+from keydnn.backends.numba_cpu.cpu import dw_lanes
 from keydnn.backends.numba_cpu.cg_kernels import _copy_run, _zero_run
 from keydnn.backends.numba_cpu.lowering import HELPER_JIT_OPTIONS
 from keydnn.backends.numba_cpu.simd import (
@@ -25,6 +25,10 @@ from keydnn.backends.numba_cpu.simd import (
 )
 
 __all__ = ["dw_conv_planes", "pad_plane_phased", "pad_rows_phased", "DW_LANES"]
+
+#: Outputs per vector (the target's float32 vector; the emitter sizes scratch with the same number).
+DW_LANES = dw_lanes()
+
 
 @numba.njit(**HELPER_JIT_OPTIONS, inline="always")
 def _phase_row(x, src, W, P, row, WQ, sw, pl, p0, q0):

@@ -34,6 +34,8 @@ import numpy as np
 
 from keydnn.backends.numba_cpu.codegen import GRAIN, Arr, EmitContext, Stage, Unsupported
 from keydnn.backends.numba_cpu.codes import LINEAR, RELU, RELU0, encode_activation
+from keydnn.backends.numba_cpu.cpu import dw_lanes
+from keydnn.backends.numba_cpu.target import current_target
 from keydnn.backends.numba_cpu.ukernel_source import (
     CHANNEL_TILES, DEPTHWISE_SHAPES, DW_ROWS, blocks_kernel_name, channel_kernel_name, depthwise_kernel_name,
     kernel_name,
@@ -50,9 +52,9 @@ PANEL_BYTES = 1 << 18
 DENSE_ROWS = 32
 #: Work items a conv stage should offer per sample at least (so that both cores get work at batch 1).
 MIN_ITEMS = 4
-#: Outputs per vector of the depthwise helper (``cg_depthwise`` takes it from here: generating code must not
-#: import numba, or a warm-cache load would).
-DW_LANES = 16
+#: Outputs per vector of the depthwise kernels: the target's float32 vector (``cpu.DW_LANES``; 16 on AVX-512,
+#: 8 on AVX2, 4 on the generic tier).
+DW_LANES = dw_lanes()
 #: The conv2d GEMM forms, and a test's override of the choice (a form that does not apply is skipped).
 CONV_FORMS = ("implicit", "channel", "im2col")
 FORCE_CONV_FORM: "str | None" = None
@@ -237,7 +239,7 @@ def _conv_gemm(ctx: EmitContext) -> None:
     c, h, wd = x.sample
     _, oh, ow = y.sample
     depth, pixels = cg * kh * kw, oh * ow
-    lanes, mr = ctx.lanes, 8
+    lanes, mr = ctx.lanes, _conv_rows()
     pointwise = (kh == kw == 1 and op.strides == (1, 1) and op.pads == (0, 0, 0, 0)
                  and (pixels % (2 * lanes) == 0 or x.array == "A"))
     form = conv_form(ow, o_ch, pixels, lanes, pointwise)
@@ -400,7 +402,7 @@ def _conv_depthwise(ctx: EmitContext) -> None:
     unrolled = (kh, kw, sw) in DEPTHWISE_SHAPES and (dh, dw) == (1, 1) and sh == sw
     if unrolled:  # taps unrolled, filter shape in the code; its last tile reads (DW_ROWS - 1) * sh rows more
         scr = ctx.scratch((hp + (DW_ROWS - 1) * sh) * sw * wq + DW_LANES)
-        body = [ctx.call(depthwise_kernel_name(kh, kw, sw), x, xo, h, wd, Arr("W"), w_off, b_off, int(b is not None),
+        body = [ctx.call(depthwise_kernel_name(kh, kw, sw, DW_LANES), x, xo, h, wd, Arr("W"), w_off, b_off, int(b is not None),
                          y, yo, oh, ow, "lo", "hi", o_ch // c, Arr("A"), scr, hp, wq, pt, pl, code, *params)]
     else:
         scr = ctx.scratch(hp * sw * wq + DW_LANES)
@@ -422,6 +424,12 @@ def emit_conv2d(ctx: EmitContext) -> None:
         _conv_depthwise(ctx)
     else:
         _conv_direct(ctx)
+
+
+def _conv_rows() -> int:
+    """Output channels per conv GEMM tile: as many as the target's vector registers hold two vectors of
+    (8 with 32 registers, 6 with 16: 8 x 2 accumulators would spill on AVX2)."""
+    return current_target().gemm_rows
 
 
 def emit_dense(ctx: EmitContext) -> None:

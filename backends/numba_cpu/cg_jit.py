@@ -10,12 +10,16 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-import numba
-import numpy as np
+from keydnn.backends.numba_cpu.target import apply_to_numba
 
-from keydnn.backends.numba_cpu import cg_aot
-from keydnn.backends.numba_cpu.cg_cache import AotHooks
-from keydnn.backends.numba_cpu.cg_thunks import helper_address
+apply_to_numba()  # before numba compiles anything: the generated code is for the target tier
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+from keydnn.backends.numba_cpu import cg_aot  # noqa: E402
+from keydnn.backends.numba_cpu.cg_cache import AotHooks  # noqa: E402
+from keydnn.backends.numba_cpu.cg_thunks import helper_address  # noqa: E402
 
 __all__ = ["entry_signature", "compile_entry_for", "thunk_addresses", "Aot"]
 

@@ -15,6 +15,7 @@ import math
 import numba
 import numpy as np
 
+from keydnn.backends.numba_cpu.cpu import dw_lanes
 from keydnn.backends.numba_cpu.conv_direct import tap_hi, tap_lo
 from keydnn.backends.numba_cpu.kernels_elementwise import LINEAR, RELU0, _act_scalar
 from keydnn.backends.numba_cpu.kernels_merge import combine
@@ -37,7 +38,7 @@ REDUCE_OPTIONS = {**JIT_OPTIONS, "fastmath": {"reassoc"}}
 
 
 #: Lanes of the explicit vectors the copy helpers use (LLVM splits them where registers are narrower).
-_COPY_LANES = 16
+_COPY_LANES = dw_lanes()  # the target's float32 vector
 
 
 @numba.njit(**JIT_OPTIONS)

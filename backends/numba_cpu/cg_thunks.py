@@ -69,7 +69,8 @@ HELPERS: dict[str, tuple[str, str]] = {
     **{kernel_name(mr, nv, lanes, True): ("ukernels", _MKP) for lanes in LANES for mr, nv in PACKED_TILES},
     **{blocks_kernel_name(mr, nv, lanes): ("ukernels", _MKP + "i") for lanes in LANES for mr, nv in PACKED_TILES},
     **{channel_kernel_name(mr, nv, lanes): ("ukernels", _MKC) for lanes in LANES for mr, nv in CHANNEL_TILES},
-    **{depthwise_kernel_name(kh, kw, sw): ("ukernels", _DWK) for kh, kw, sw in DEPTHWISE_SHAPES},
+    **{depthwise_kernel_name(kh, kw, sw, lanes): ("ukernels", _DWK) for lanes in LANES
+       for kh, kw, sw in DEPTHWISE_SHAPES},
 }
 
 THUNKS_PATH = Path(__file__).with_name("thunks_gen.py")

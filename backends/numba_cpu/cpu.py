@@ -13,7 +13,7 @@ import platform
 
 import numpy as np
 
-__all__ = ["cpu_features", "native_lanes", "cpu_identity", "thread_count"]
+__all__ = ["cpu_features", "native_lanes", "dw_lanes", "cpu_identity", "thread_count"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,15 +30,24 @@ def cpu_features() -> frozenset[str]:
 
 @functools.lru_cache(maxsize=None)
 def native_lanes(dtype: str = "float32") -> int:
-    """Lanes of one native vector register for ``dtype`` (AVX-512: 16 float32, AVX: 8, else 4)."""
-    feats = cpu_features()
-    bits = 512 if "AVX512F" in feats else 256 if "AVX" in feats else 128
-    return max(4, bits // (8 * np.dtype(dtype).itemsize))  # LLVM splits wider vectors where needed
+    """Lanes of one vector register of the code-generation target for ``dtype`` (``target.current_target``:
+    the widest tier this CPU has, or the one ``KEYDNN_CPU_TARGET`` forces; AVX-512: 16 float32, AVX2: 8,
+    generic: 4)."""
+    from keydnn.backends.numba_cpu.target import current_target
+
+    return current_target().lanes(np.dtype(dtype))
+
+
+def dw_lanes() -> int:
+    """The vector length of the helpers that serve every dtype alike (depthwise convs, copies, merges): the
+    target's float32 vector. Numba helpers read it as a module constant, frozen when they compile."""
+    return native_lanes("float32")
 
 
 @functools.lru_cache(maxsize=1)
 def cpu_identity() -> str:
-    """What compiled code is specific to: architecture, model name and instruction-set extensions."""
+    """What compiled code is specific to: architecture, model name, instruction-set extensions and the
+    code-generation tier."""
     model = platform.processor()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
@@ -48,7 +57,9 @@ def cpu_identity() -> str:
                     break
     except OSError:
         pass
-    return f"{platform.machine()}|{model}|{','.join(sorted(cpu_features()))}"
+    from keydnn.backends.numba_cpu.target import current_target
+
+    return f"{platform.machine()}|{model}|{','.join(sorted(cpu_features()))}|{current_target().identity()}"
 
 
 @functools.lru_cache(maxsize=1)

@@ -32,6 +32,9 @@ def default_mode() -> str:
 
 def load_kernels() -> None:
     """Import every per-op kernel module (each registers its lowerings in ``lowering.KERNELS``)."""
+    from keydnn.backends.numba_cpu.target import apply_to_numba
+
+    apply_to_numba()  # the kernels compile for the target tier too
     from keydnn.backends.numba_cpu import (  # noqa: F401
         kernels_conv, kernels_dense, kernels_elementwise, kernels_merge, kernels_norm, kernels_pool, kernels_shape,
         kernels_spatial,

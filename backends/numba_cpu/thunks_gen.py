@@ -34,10 +34,18 @@ from keydnn.backends.numba_cpu.cg_kernels import (  # noqa: F401
     upsample_flat,
 )
 from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
-    dwk_3x3s1,
-    dwk_3x3s2,
-    dwk_5x5s1,
-    dwk_5x5s2,
+    dwk_3x3s1_l16,
+    dwk_3x3s1_l4,
+    dwk_3x3s1_l8,
+    dwk_3x3s2_l16,
+    dwk_3x3s2_l4,
+    dwk_3x3s2_l8,
+    dwk_5x5s1_l16,
+    dwk_5x5s1_l4,
+    dwk_5x5s1_l8,
+    dwk_5x5s2_l16,
+    dwk_5x5s2_l4,
+    dwk_5x5s2_l8,
     mk_1x4_l16,
     mk_1x4_l4,
     mk_1x4_l8,
@@ -62,6 +70,9 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
     mkp_12x2_l16,
     mkp_12x2_l4,
     mkp_12x2_l8,
+    mkp_6x2_l16,
+    mkp_6x2_l4,
+    mkp_6x2_l8,
     mkp_8x2_l16,
     mkp_8x2_l4,
     mkp_8x2_l8,
@@ -71,6 +82,9 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
     mkpb_12x2_l16,
     mkpb_12x2_l4,
     mkpb_12x2_l8,
+    mkpb_6x2_l16,
+    mkpb_6x2_l4,
+    mkpb_6x2_l8,
     mkpb_8x2_l16,
     mkpb_8x2_l4,
     mkpb_8x2_l8,
@@ -80,7 +94,7 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
 )
 
 #: sha256 of simd.py, cg_kernels.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
-SOURCES_DIGEST = "f327e5beeadccd6c1b58f02ca11bd3c31b4c8c24f3161e2d3763ede399d8e788"
+SOURCES_DIGEST = "1b86990b76cea4e239d695b0c229d753b2240782a28c93d809daeb3803abab1a"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
@@ -371,6 +385,14 @@ def mkp_8x3_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, 
     mkp_8x3_l16(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
 
 
+def mkp_6x2_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_6x2_l16(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkp_6x2_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_6x2_l16(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
 def mkp_8x2_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
     mkp_8x2_l8(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
 
@@ -393,6 +415,14 @@ def mkp_8x3_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a
 
 def mkp_8x3_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
     mkp_8x3_l8(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkp_6x2_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_6x2_l8(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkp_6x2_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_6x2_l8(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
 
 
 def mkp_8x2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
@@ -419,6 +449,14 @@ def mkp_8x3_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a
     mkp_8x3_l4(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
 
 
+def mkp_6x2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_6x2_l4(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkp_6x2_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkp_6x2_l4(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
 def mkpb_8x2_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
     mkpb_8x2_l16(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21, a22)
 
@@ -441,6 +479,14 @@ def mkpb_8x3_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13,
 
 def mkpb_8x3_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
     mkpb_8x3_l16(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_6x2_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_6x2_l16(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_6x2_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_6x2_l16(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21, a22)
 
 
 def mkpb_8x2_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
@@ -467,6 +513,14 @@ def mkpb_8x3_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, 
     mkpb_8x3_l8(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21, a22)
 
 
+def mkpb_6x2_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_6x2_l8(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_6x2_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_6x2_l8(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
 def mkpb_8x2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
     mkpb_8x2_l4(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21, a22)
 
@@ -489,6 +543,14 @@ def mkpb_8x3_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, 
 
 def mkpb_8x3_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
     mkpb_8x3_l4(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_6x2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_6x2_l4(a0, farray(a1, np.float32), a2, farray(a3, np.float32), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21, a22)
+
+
+def mkpb_6x2_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22):
+    mkpb_6x2_l4(a0, farray(a1, np.float64), a2, farray(a3, np.float64), a4, farray(a5, np.int64), a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21, a22)
 
 
 def mkc_6x4_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
@@ -587,33 +649,97 @@ def mkc_8x1_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a
     mkc_8x1_l4(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
 
 
-def dwk_3x3s1_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
-    dwk_3x3s1(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, farray(a15, np.float32), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+def dwk_3x3s1_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_3x3s1_l16(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, farray(a15, np.float32), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
 
 
-def dwk_3x3s1_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
-    dwk_3x3s1(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+def dwk_3x3s1_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_3x3s1_l16(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
 
 
-def dwk_3x3s2_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
-    dwk_3x3s2(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, farray(a15, np.float32), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+def dwk_3x3s2_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_3x3s2_l16(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, farray(a15, np.float32), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
 
 
-def dwk_3x3s2_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
-    dwk_3x3s2(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+def dwk_3x3s2_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_3x3s2_l16(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
 
 
-def dwk_5x5s1_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
-    dwk_5x5s1(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, farray(a15, np.float32), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+def dwk_5x5s1_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_5x5s1_l16(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, farray(a15, np.float32), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
 
 
-def dwk_5x5s1_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
-    dwk_5x5s1(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+def dwk_5x5s1_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_5x5s1_l16(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
 
 
-def dwk_5x5s2_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
-    dwk_5x5s2(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, farray(a15, np.float32), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+def dwk_5x5s2_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_5x5s2_l16(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, farray(a15, np.float32), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
 
 
-def dwk_5x5s2_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
-    dwk_5x5s2(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+def dwk_5x5s2_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_5x5s2_l16(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+
+
+def dwk_3x3s1_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_3x3s1_l8(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, farray(a15, np.float32), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+
+
+def dwk_3x3s1_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_3x3s1_l8(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+
+
+def dwk_3x3s2_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_3x3s2_l8(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, farray(a15, np.float32), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+
+
+def dwk_3x3s2_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_3x3s2_l8(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+
+
+def dwk_5x5s1_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_5x5s1_l8(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, farray(a15, np.float32), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+
+
+def dwk_5x5s1_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_5x5s1_l8(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+
+
+def dwk_5x5s2_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_5x5s2_l8(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, farray(a15, np.float32), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+
+
+def dwk_5x5s2_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_5x5s2_l8(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+
+
+def dwk_3x3s1_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_3x3s1_l4(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, farray(a15, np.float32), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+
+
+def dwk_3x3s1_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_3x3s1_l4(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+
+
+def dwk_3x3s2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_3x3s2_l4(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, farray(a15, np.float32), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+
+
+def dwk_3x3s2_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_3x3s2_l4(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+
+
+def dwk_5x5s1_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_5x5s1_l4(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, farray(a15, np.float32), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+
+
+def dwk_5x5s1_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_5x5s1_l4(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+
+
+def dwk_5x5s2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_5x5s2_l4(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5, a6, a7, farray(a8, np.float32), a9, a10, a11, a12, a13, a14, farray(a15, np.float32), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+
+
+def dwk_5x5s2_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
+    dwk_5x5s2_l4(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)

@@ -78,8 +78,9 @@ logger = logging.getLogger(__name__)
 
 #: (MR, NV) of the dense kernels: rows (samples) x vectors of a 4L-column weight panel (NV <= 4).
 TILES: tuple[tuple[int, int], ...] = ((1, 4), (4, 2), (8, 2))
-#: Tile shapes with A packed ``[k][m]`` (conv weights).
-PACKED_TILES: tuple[tuple[int, int], ...] = ((8, 2), (12, 2), (8, 3))
+#: Tile shapes with A packed ``[k][m]`` (conv weights); (6, 2) is the conv tile of 16-register targets (AVX2:
+#: 12 accumulators, two loaded vectors and a broadcast), (8, 2) of 32-register ones.
+PACKED_TILES: tuple[tuple[int, int], ...] = ((8, 2), (12, 2), (8, 3), (6, 2))
 #: (MR, NV) of the channel-vector conv kernels: output pixels x vectors of output channels. At most 8 pixel
 #: rows: each row keeps an address in a general register, and 12 or 14 rows spilled them (55-85 GMAC/s
 #: against 105-125 for these, measured on AVX-512).
@@ -148,12 +149,12 @@ def _render_blocks(mr: int, nv: int, lanes: int) -> str:
     ]) + "\n"
 
 
-def depthwise_kernel_name(kh: int, kw: int, stride: int) -> str:
-    """The depthwise kernel of ``kh x kw`` filters at ``stride`` along both axes (one per shape, 16 lanes)."""
-    return f"dwk_{kh}x{kw}s{stride}"
+def depthwise_kernel_name(kh: int, kw: int, stride: int, lanes: int) -> str:
+    """The depthwise kernel of ``kh x kw`` filters at ``stride`` along both axes, ``lanes`` columns a vector."""
+    return f"dwk_{kh}x{kw}s{stride}_l{lanes}"
 
 
-def _render_depthwise(kh: int, kw: int, st: int, lanes: int = 16) -> str:
+def _render_depthwise(kh: int, kw: int, st: int, lanes: int) -> str:
     """A depthwise conv over output channels ``o_lo..o_hi`` of one sample, as ``cg_depthwise.dw_conv_planes``
     (same operands, less the literal filter shape and strides) with the taps unrolled: each input plane is
     copied zero-padded and phase-split (``pad_plane_phased``; the zero border is written once per call, as
@@ -165,7 +166,7 @@ def _render_depthwise(kh: int, kw: int, st: int, lanes: int = 16) -> str:
     row addresses step by the row pitch instead of one register per row (24 of them spilled). A tile past the
     last output row reads the ``(DW_ROWS - 1) * st`` zeroed rows the caller adds after the plane and stores
     nothing there. Small filters keep their weights in registers for the whole plane."""
-    name = depthwise_kernel_name(kh, kw, st)
+    name = depthwise_kernel_name(kh, kw, st, lanes)
     ind = "    "
     hoist = kh * kw <= 12
     extra = (DW_ROWS - 1) * st
@@ -348,8 +349,9 @@ def render_ukernels() -> str:
             parts.append(_render_blocks(mr, nv, lanes))
         for mr, nv in CHANNEL_TILES:
             parts.append(_render_channel(mr, nv, lanes))
-    for kh, kw, sw in DEPTHWISE_SHAPES:
-        parts.append(_render_depthwise(kh, kw, sw))
+    for lanes in LANES:
+        for kh, kw, sw in DEPTHWISE_SHAPES:
+            parts.append(_render_depthwise(kh, kw, sw, lanes))
     table = ",\n".join(f"    ({mr}, {nv}, {lanes}, False): {kernel_name(mr, nv, lanes)}"
                        for lanes in LANES for mr, nv in TILES)
     table += ",\n" + ",\n".join(f"    ({mr}, {nv}, {lanes}, True): {kernel_name(mr, nv, lanes, True)}"
@@ -358,9 +360,9 @@ def render_ukernels() -> str:
                                 for lanes in LANES for mr, nv in PACKED_TILES)
     table += ",\n" + ",\n".join(f"    ({mr}, {nv}, {lanes}, 'channel'): {channel_kernel_name(mr, nv, lanes)}"
                                 for lanes in LANES for mr, nv in CHANNEL_TILES)
-    table += ",\n" + ",\n".join(f"    ({kh}, {kw}, {sw}, 'depthwise'): {depthwise_kernel_name(kh, kw, sw)}"
-                                for kh, kw, sw in DEPTHWISE_SHAPES)
-    parts.append(f"\n\n#: (MR, NV, lanes, packed A, 'blocks' or 'channel'), or (KH, KW, stride, 'depthwise') -> kernel\n"
+    table += ",\n" + ",\n".join(f"    ({kh}, {kw}, {sw}, {lanes}, 'depthwise'): {depthwise_kernel_name(kh, kw, sw, lanes)}"
+                                for lanes in LANES for kh, kw, sw in DEPTHWISE_SHAPES)
+    parts.append(f"\n\n#: (MR, NV, lanes, packed A, 'blocks' or 'channel'), or (KH, KW, stride, lanes, 'depthwise') -> kernel\n"
                  f"UKERNELS = {{\n{table},\n}}\n")
     return "".join(parts)
 
