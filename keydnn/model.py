@@ -130,7 +130,16 @@ class Model:
             else:
                 raise ValueError(f"{label} must be a NumPy array of shape {_shape_text(expected.shape)}, "
                                  f"got {type(x).__name__}")
-        if x.dtype.kind != "f":
+        if expected.np_dtype.kind == "i":  # token ids
+            if x.dtype.kind not in "iu":
+                raise ValueError(f"{label} has dtype {x.dtype}; expected an integer array of token ids "
+                                 f"({expected.dtype}), shape {_shape_text(expected.shape)}")
+            info = np.iinfo(expected.np_dtype)
+            if x.size and (x.min() < info.min or x.max() > info.max):
+                raise ValueError(f"{label} has values outside the {expected.dtype} range")
+        elif x.dtype.kind in "iu" and self._takes_ids(index):
+            pass  # token ids into an Embedding of a float-typed Keras input: exact as floats below 2**24
+        elif x.dtype.kind != "f":
             raise ValueError(f"{label} has dtype {x.dtype}; expected a floating array "
                              f"({expected.dtype}), shape {_shape_text(expected.shape)}")
         if not expected.matches(x.shape):
@@ -139,6 +148,12 @@ class Model:
         if x.shape[0] == 0:
             raise ValueError(f"{label}: batch is empty")
         return np.ascontiguousarray(x, dtype=expected.np_dtype)
+
+    def _takes_ids(self, index: int) -> bool:
+        """Whether input ``index`` only feeds embeddings (then integer arrays are token ids, not a mistake)."""
+        name = self.graph.inputs[index].name
+        users = [n for n in self.graph.nodes if name in n.inputs]
+        return bool(users) and all(n.op.kind in ("embedding", "sequence_mask") for n in users)
 
     def _gather(self, args: tuple, named: Mapping[str, Any]) -> list[Any]:
         """One value per graph input, from positional, list, dict or keyword arguments."""

@@ -1,0 +1,226 @@
+"""numba-cpu kernels of the sequence ops: the recurrence (``rnn``), ``embedding``, ``sequence_mask``,
+``masking`` and ``repeat_vector``.
+
+The ``rnn`` kernel runs only the recurrence: the input projection of all time
+steps is the ``dense`` node before it (one matrix product, threaded by the
+dense kernel). Per batch row it keeps h, c and the gate pre-activations in
+three small arrays (a few KiB: L1-resident), fuses the gate activations and
+the state update into one pass over the units, and splits batch rows across
+threads (``prange``) when there is more than one. Shapes are read at call
+time, so one compiled kernel serves every sequence length and batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import numba
+import numpy as np
+from numba import prange
+
+from keydnn.backends.numba_cpu.codes import ACTIVATION_CODES, RELU0
+from keydnn.backends.numba_cpu.kernels_elementwise import _act_scalar
+from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, register_kernel
+
+__all__ = ["rnn_kernel", "cell_code", "CELLS", "RESULTS"]
+
+logger = logging.getLogger(__name__)
+
+#: cell kind -> kernel code; result -> kernel code.
+CELLS = {"simple": 0, "lstm": 1, "gru": 2}
+RESULTS = {"output": 0, "state_h": 1, "state_c": 2}
+
+
+def cell_code(name: str) -> int:
+    """Activation code of a cell activation name (``relu`` is plain max(x, 0))."""
+    return RELU0 if name == "relu" else ACTIVATION_CODES[name]
+
+
+@numba.njit(**JIT_OPTIONS)
+def _act(v, code):
+    return _act_scalar(v, code, 1.0, 0.0, 0.0, 0.0)
+
+
+@numba.njit(**JIT_OPTIONS)
+def _row(xp, u, rb, mask, h0, c0, out, b, cell, reset_after, act, ract, backwards, restore, zero_out, result,
+         ret_seq, has_mask, has_init, h, c, z, prev):
+    """The recurrence of batch row ``b``; h, c, z, prev are this row's scratch. ``out`` is always 3-D
+    (a last output or state is written as ``(N, 1, units)``)."""
+    steps = xp.shape[1]
+    n = u.shape[0]
+    g = u.shape[1]
+    for j in range(n):
+        h[j] = h0[b, j] if has_init else 0.0
+        c[j] = c0[b, j] if has_init and cell == 1 else 0.0
+        prev[j] = 0.0
+    for k in range(steps):
+        t = steps - 1 - k if backwards else k
+        keep = (not has_mask) or mask[b, t] != 0.0
+        if keep:
+            if cell == 2 and not reset_after:  # z, r from h; the h gate from (r * h) afterwards
+                for j in range(2 * n):
+                    z[j] = rb[j]
+                for i in range(n):
+                    hi = h[i]
+                    for j in range(2 * n):
+                        z[j] += hi * u[i, j]
+                for j in range(2 * n):
+                    z[j] = _act(xp[b, t, j] + z[j], ract)
+                for j in range(2 * n, g):
+                    z[j] = rb[j]
+                for i in range(n):
+                    rh = z[n + i] * h[i]
+                    for j in range(2 * n, g):
+                        z[j] += rh * u[i, j]
+                for j in range(n):
+                    zz = z[j]
+                    hh = _act(xp[b, t, 2 * n + j] + z[2 * n + j], act)
+                    h[j] = zz * h[j] + (1.0 - zz) * hh
+            else:
+                for j in range(g):
+                    z[j] = rb[j]
+                for i in range(n):
+                    hi = h[i]
+                    for j in range(g):
+                        z[j] += hi * u[i, j]
+                if cell == 0:
+                    for j in range(n):
+                        h[j] = _act(xp[b, t, j] + z[j], act)
+                elif cell == 1:
+                    for j in range(n):
+                        ig = _act(xp[b, t, j] + z[j], ract)
+                        fg = _act(xp[b, t, n + j] + z[n + j], ract)
+                        cc = fg * c[j] + ig * _act(xp[b, t, 2 * n + j] + z[2 * n + j], act)
+                        og = _act(xp[b, t, 3 * n + j] + z[3 * n + j], ract)
+                        c[j] = cc
+                        h[j] = og * _act(cc, act)
+                else:
+                    for j in range(n):
+                        zz = _act(xp[b, t, j] + z[j], ract)
+                        rr = _act(xp[b, t, n + j] + z[n + j], ract)
+                        hh = _act(xp[b, t, 2 * n + j] + rr * z[2 * n + j], act)
+                        h[j] = zz * h[j] + (1.0 - zz) * hh
+            for j in range(n):
+                prev[j] = h[j]
+        elif zero_out:
+            for j in range(n):
+                prev[j] = 0.0
+        if result == 0 and ret_seq:
+            slot = (steps - 1 - k) if restore else k
+            for j in range(n):
+                out[b, slot, j] = prev[j]
+    if result == 0 and not ret_seq:
+        for j in range(n):
+            out[b, 0, j] = prev[j]
+    elif result == 1:
+        for j in range(n):
+            out[b, 0, j] = h[j]
+    elif result == 2:
+        for j in range(n):
+            out[b, 0, j] = c[j]
+
+
+@numba.njit(**PARALLEL_JIT_OPTIONS)
+def rnn_kernel(xp, u, rb, mask, h0, c0, out, cell, reset_after, act, ract, backwards, restore, zero_out, result,
+               ret_seq, has_mask, has_init):
+    """Every batch row's recurrence; rows run on separate threads."""
+    rows = xp.shape[0]
+    n = u.shape[0]
+    g = u.shape[1]
+    for b in prange(rows):
+        h = np.empty(n, dtype=np.float64)
+        c = np.empty(n, dtype=np.float64)
+        z = np.empty(g, dtype=np.float64)
+        prev = np.empty(n, dtype=np.float64)
+        _row(xp, u, rb, mask, h0, c0, out, b, cell, reset_after, act, ract, backwards, restore, zero_out, result,
+             ret_seq, has_mask, has_init, h, c, z, prev)
+
+
+@numba.njit(**JIT_OPTIONS)
+def rnn_serial(xp, u, rb, mask, h0, c0, out, cell, reset_after, act, ract, backwards, restore, zero_out, result,
+               ret_seq, has_mask, has_init):
+    """``rnn_kernel`` on the calling thread (batch 1: no thread pool to wake)."""
+    n = u.shape[0]
+    g = u.shape[1]
+    h = np.empty(n, dtype=np.float64)
+    c = np.empty(n, dtype=np.float64)
+    z = np.empty(g, dtype=np.float64)
+    prev = np.empty(n, dtype=np.float64)
+    for b in range(xp.shape[0]):
+        _row(xp, u, rb, mask, h0, c0, out, b, cell, reset_after, act, ract, backwards, restore, zero_out, result,
+             ret_seq, has_mask, has_init, h, c, z, prev)
+
+
+@register_kernel("rnn")
+def lower_rnn(ctx: LowerContext) -> LoweredOp:
+    op = ctx.node.op
+    u, rb = ctx.constant(1), ctx.constant(2)
+    dtype = ctx.dtype
+    codes = (CELLS[op.cell], op.reset_after, cell_code(op.activation), cell_code(op.recurrent_activation),
+             op.go_backwards, op.restore_time_order, op.zero_output_for_mask, RESULTS[op.result],
+             op.return_sequences, op.masked, op.initial_states > 0)
+    dummy = np.zeros((1, 1), dtype=dtype)
+
+    def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
+        xp = inputs[0]
+        rest = list(inputs[3:])
+        mask = np.ascontiguousarray(rest.pop(0), dtype=dtype) if op.masked else dummy
+        h0 = rest[0] if rest else dummy
+        c0 = rest[1] if len(rest) > 1 else dummy
+        fn = rnn_kernel if xp.shape[0] > 1 else rnn_serial
+        fn(xp, u, rb, mask, h0, c0, out if out.ndim == 3 else out.reshape(out.shape[0], 1, out.shape[1]), *codes)
+        return out
+
+    return LoweredOp(run=run, description=f"rnn_{op.cell}", work_per_element=4 * op.units)
+
+
+@register_kernel("embedding")
+def lower_embedding(ctx: LowerContext) -> LoweredOp:
+    table = ctx.constant(1)
+    vocab = table.shape[0]
+
+    def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
+        x = inputs[0]
+        idx = x if x.dtype.kind in "iu" else np.trunc(x)
+        if idx.size and (idx.min() < 0 or idx.max() >= vocab):
+            bad = idx[(idx < 0) | (idx >= vocab)].flat[0]
+            raise ValueError(f"embedding {ctx.node.name!r}: index {bad} is outside the table [0, {vocab})")
+        np.take(table, idx.astype(np.intp, copy=False), axis=0, out=out)
+        return out
+
+    return LoweredOp(run=run, description="embedding")
+
+
+@register_kernel("sequence_mask")
+def lower_sequence_mask(ctx: LowerContext) -> LoweredOp:
+    value = ctx.node.op.mask_value
+
+    def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
+        keep = inputs[0] != value
+        out[...] = keep if keep.ndim == 2 else keep.any(axis=-1)
+        return out
+
+    return LoweredOp(run=run, description="sequence_mask")
+
+
+@register_kernel("masking")
+def lower_masking(ctx: LowerContext) -> LoweredOp:
+    value = ctx.node.op.mask_value
+
+    def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
+        x = inputs[0]
+        np.multiply(x, (x != value).any(axis=-1, keepdims=True), out=out)
+        return out
+
+    return LoweredOp(run=run, description="masking")
+
+
+@register_kernel("repeat_vector")
+def lower_repeat_vector(ctx: LowerContext) -> LoweredOp:
+    def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
+        out[...] = inputs[0][:, None, :]
+        return out
+
+    return LoweredOp(run=run, description="repeat_vector")
+
