@@ -43,9 +43,9 @@ def _step(op, xp: np.ndarray, h: np.ndarray, c: np.ndarray, u: np.ndarray, rb: n
         z, r = ract(xz + rz), ract(xr + rr)
         hh = act(xh + r * rh)
     else:
-        z = ract(xz + h @ u[:, :n])
-        r = ract(xr + h @ u[:, n:2 * n])
-        hh = act(xh + (r * h) @ u[:, 2 * n:])
+        z = ract(xz + h @ u[:, :n] + rb[:n])
+        r = ract(xr + h @ u[:, n:2 * n] + rb[n:2 * n])
+        hh = act(xh + (r * h) @ u[:, 2 * n:] + rb[2 * n:])
     return z * h + (1.0 - z) * hh, c
 
 
