@@ -23,7 +23,7 @@ from keydnn.backends.numba_cpu.codes import ACTIVATION_CODES, RELU0
 from keydnn.backends.numba_cpu.kernels_elementwise import _act_scalar
 from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, register_kernel
 
-__all__ = ["rnn_kernel", "cell_code", "CELLS", "RESULTS"]
+__all__ = ["rnn_kernel", "rnn_serial", "cell_code", "CELLS", "RESULTS", "ROWS"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,114 +42,121 @@ def _act(v, code):
     return _act_scalar(v, code, 1.0, 0.0, 0.0, 0.0)
 
 
+#: Batch rows one thread advances together: each row of the recurrent kernel is read once per step for all
+#: of them (a small matrix product instead of ROWS matrix-vector products), their gates fit in L1.
+ROWS = 8
+
+
 @numba.njit(**JIT_OPTIONS)
-def _row(xp, u, rb, mask, h0, c0, out, b, cell, reset_after, act, ract, backwards, restore, zero_out, result,
-         ret_seq, has_mask, has_init, h, c, z, prev):
-    """The recurrence of batch row ``b``; h, c, z, prev are this row's scratch. ``out`` is always 3-D
-    (a last output or state is written as ``(N, 1, units)``)."""
+def _block(xp, u, rb, mask, h0, c0, out, lo, hi, cell, reset_after, act, ract, backwards, restore, zero_out,
+           result, ret_seq, has_mask, has_init):
+    """The recurrence of batch rows ``lo:hi`` over all steps. ``out`` is always 3-D (a last output or a
+    state is written as ``(N, 1, units)``). State and gates are in the compute dtype, in small arrays."""
     steps = xp.shape[1]
     n = u.shape[0]
     g = u.shape[1]
-    for j in range(n):
-        h[j] = h0[b, j] if has_init else 0.0
-        c[j] = c0[b, j] if has_init and cell == 1 else 0.0
-        prev[j] = 0.0
+    rows = hi - lo
+    h = np.empty((rows, n), dtype=xp.dtype)
+    c = np.empty((rows, n), dtype=xp.dtype)
+    prev = np.zeros((rows, n), dtype=xp.dtype)
+    rh = np.empty((rows, n), dtype=xp.dtype)
+    z = np.empty((rows, g), dtype=xp.dtype)
+    for r in range(rows):
+        for j in range(n):
+            h[r, j] = h0[lo + r, j] if has_init else 0.0
+            c[r, j] = c0[lo + r, j] if has_init and cell == 1 else 0.0
+    split = cell == 2 and not reset_after  # GRU v1: the h gate multiplies (r * h), not h, by its kernel block
+    gm = 2 * n if split else g
     for k in range(steps):
         t = steps - 1 - k if backwards else k
-        keep = (not has_mask) or mask[b, t] != 0.0
-        if keep:
-            if cell == 2 and not reset_after:  # z, r from h; the h gate from (r * h) afterwards
+        for r in range(rows):  # z = rb + h @ u (the first gm columns)
+            for j in range(gm):
+                z[r, j] = rb[j]
+        for i in range(n):
+            ui = u[i]
+            for r in range(rows):
+                hv = h[r, i]
+                zr = z[r]
+                for j in range(gm):
+                    zr[j] += hv * ui[j]
+        if split:
+            for r in range(rows):
                 for j in range(2 * n):
-                    z[j] = rb[j]
+                    z[r, j] = _act(xp[lo + r, t, j] + z[r, j], ract)
                 for i in range(n):
-                    hi = h[i]
-                    for j in range(2 * n):
-                        z[j] += hi * u[i, j]
-                for j in range(2 * n):
-                    z[j] = _act(xp[b, t, j] + z[j], ract)
+                    rh[r, i] = z[r, n + i] * h[r, i]
                 for j in range(2 * n, g):
-                    z[j] = rb[j]
-                for i in range(n):
-                    rh = z[n + i] * h[i]
+                    z[r, j] = rb[j]
+            for i in range(n):
+                ui = u[i]
+                for r in range(rows):
+                    hv = rh[r, i]
+                    zr = z[r]
                     for j in range(2 * n, g):
-                        z[j] += rh * u[i, j]
-                for j in range(n):
-                    zz = z[j]
-                    hh = _act(xp[b, t, 2 * n + j] + z[2 * n + j], act)
-                    h[j] = zz * h[j] + (1.0 - zz) * hh
-            else:
-                for j in range(g):
-                    z[j] = rb[j]
-                for i in range(n):
-                    hi = h[i]
-                    for j in range(g):
-                        z[j] += hi * u[i, j]
+                        zr[j] += hv * ui[j]
+        for r in range(rows):
+            b = lo + r
+            if (not has_mask) or mask[b, t] != 0.0:
+                x = xp[b, t]
+                zr = z[r]
                 if cell == 0:
                     for j in range(n):
-                        h[j] = _act(xp[b, t, j] + z[j], act)
+                        h[r, j] = _act(x[j] + zr[j], act)
                 elif cell == 1:
                     for j in range(n):
-                        ig = _act(xp[b, t, j] + z[j], ract)
-                        fg = _act(xp[b, t, n + j] + z[n + j], ract)
-                        cc = fg * c[j] + ig * _act(xp[b, t, 2 * n + j] + z[2 * n + j], act)
-                        og = _act(xp[b, t, 3 * n + j] + z[3 * n + j], ract)
-                        c[j] = cc
-                        h[j] = og * _act(cc, act)
+                        ig = _act(x[j] + zr[j], ract)
+                        fg = _act(x[n + j] + zr[n + j], ract)
+                        cc = fg * c[r, j] + ig * _act(x[2 * n + j] + zr[2 * n + j], act)
+                        og = _act(x[3 * n + j] + zr[3 * n + j], ract)
+                        c[r, j] = cc
+                        h[r, j] = og * _act(cc, act)
+                elif split:
+                    for j in range(n):
+                        zz = zr[j]
+                        hh = _act(x[2 * n + j] + zr[2 * n + j], act)
+                        h[r, j] = zz * h[r, j] + (1.0 - zz) * hh
                 else:
                     for j in range(n):
-                        zz = _act(xp[b, t, j] + z[j], ract)
-                        rr = _act(xp[b, t, n + j] + z[n + j], ract)
-                        hh = _act(xp[b, t, 2 * n + j] + rr * z[2 * n + j], act)
-                        h[j] = zz * h[j] + (1.0 - zz) * hh
-            for j in range(n):
-                prev[j] = h[j]
-        elif zero_out:
-            for j in range(n):
-                prev[j] = 0.0
-        if result == 0 and ret_seq:
-            slot = (steps - 1 - k) if restore else k
-            for j in range(n):
-                out[b, slot, j] = prev[j]
-    if result == 0 and not ret_seq:
+                        zz = _act(x[j] + zr[j], ract)
+                        rr = _act(x[n + j] + zr[n + j], ract)
+                        hh = _act(x[2 * n + j] + rr * zr[2 * n + j], act)
+                        h[r, j] = zz * h[r, j] + (1.0 - zz) * hh
+                for j in range(n):
+                    prev[r, j] = h[r, j]
+            elif zero_out:
+                for j in range(n):
+                    prev[r, j] = 0.0
+            if result == 0 and ret_seq:
+                slot = (steps - 1 - k) if restore else k
+                for j in range(n):
+                    out[b, slot, j] = prev[r, j]
+    for r in range(rows):
         for j in range(n):
-            out[b, 0, j] = prev[j]
-    elif result == 1:
-        for j in range(n):
-            out[b, 0, j] = h[j]
-    elif result == 2:
-        for j in range(n):
-            out[b, 0, j] = c[j]
+            if result == 0 and not ret_seq:
+                out[lo + r, 0, j] = prev[r, j]
+            elif result == 1:
+                out[lo + r, 0, j] = h[r, j]
+            elif result == 2:
+                out[lo + r, 0, j] = c[r, j]
 
 
 @numba.njit(**PARALLEL_JIT_OPTIONS)
 def rnn_kernel(xp, u, rb, mask, h0, c0, out, cell, reset_after, act, ract, backwards, restore, zero_out, result,
                ret_seq, has_mask, has_init):
-    """Every batch row's recurrence; rows run on separate threads."""
-    rows = xp.shape[0]
-    n = u.shape[0]
-    g = u.shape[1]
-    for b in prange(rows):
-        h = np.empty(n, dtype=np.float64)
-        c = np.empty(n, dtype=np.float64)
-        z = np.empty(g, dtype=np.float64)
-        prev = np.empty(n, dtype=np.float64)
-        _row(xp, u, rb, mask, h0, c0, out, b, cell, reset_after, act, ract, backwards, restore, zero_out, result,
-             ret_seq, has_mask, has_init, h, c, z, prev)
+    """Every batch row's recurrence, ``ROWS`` rows per task; tasks run on separate threads."""
+    total = xp.shape[0]
+    for blk in prange((total + ROWS - 1) // ROWS):
+        lo = blk * ROWS
+        _block(xp, u, rb, mask, h0, c0, out, lo, min(lo + ROWS, total), cell, reset_after, act, ract, backwards,
+               restore, zero_out, result, ret_seq, has_mask, has_init)
 
 
 @numba.njit(**JIT_OPTIONS)
 def rnn_serial(xp, u, rb, mask, h0, c0, out, cell, reset_after, act, ract, backwards, restore, zero_out, result,
                ret_seq, has_mask, has_init):
-    """``rnn_kernel`` on the calling thread (batch 1: no thread pool to wake)."""
-    n = u.shape[0]
-    g = u.shape[1]
-    h = np.empty(n, dtype=np.float64)
-    c = np.empty(n, dtype=np.float64)
-    z = np.empty(g, dtype=np.float64)
-    prev = np.empty(n, dtype=np.float64)
-    for b in range(xp.shape[0]):
-        _row(xp, u, rb, mask, h0, c0, out, b, cell, reset_after, act, ract, backwards, restore, zero_out, result,
-             ret_seq, has_mask, has_init, h, c, z, prev)
+    """``rnn_kernel`` on the calling thread (at most ``ROWS`` rows: no thread pool to wake)."""
+    _block(xp, u, rb, mask, h0, c0, out, 0, xp.shape[0], cell, reset_after, act, ract, backwards, restore,
+           zero_out, result, ret_seq, has_mask, has_init)
 
 
 @register_kernel("rnn")
@@ -168,7 +175,7 @@ def lower_rnn(ctx: LowerContext) -> LoweredOp:
         mask = np.ascontiguousarray(rest.pop(0), dtype=dtype) if op.masked else dummy
         h0 = rest[0] if rest else dummy
         c0 = rest[1] if len(rest) > 1 else dummy
-        fn = rnn_kernel if xp.shape[0] > 1 else rnn_serial
+        fn = rnn_kernel if xp.shape[0] > ROWS else rnn_serial
         fn(xp, u, rb, mask, h0, c0, out if out.ndim == 3 else out.reshape(out.shape[0], 1, out.shape[1]), *codes)
         return out
 
