@@ -211,3 +211,31 @@ def test_artifact_round_trip(tmp_path) -> None:
     assert again.graph == model.graph
     x = _tokens(np.random.default_rng(8), 4, 6, 20)
     np.testing.assert_allclose(again(x), np.asarray(live(x)), **TOL)
+
+
+@pytest.mark.parametrize("backwards", [False, True])
+def test_generic_rnn_wrapper_and_stacked_cells(keras_sources, backwards) -> None:
+    def build(k):
+        L = k.layers
+        inp = k.Input(shape=(None,), dtype="int32")
+        x = L.Embedding(30, 4, mask_zero=True)(inp)
+        x = L.RNN(L.GRUCell(4, reset_after=False), return_sequences=True, go_backwards=backwards)(x)
+        x = L.RNN([L.SimpleRNNCell(3), L.LSTMCell(5), L.LSTMCell(2)], go_backwards=backwards)(x)
+        return k.Model(inp, x)
+
+    sources = keras_sources(f"rnn_wrapper_{backwards}", build)
+    rng = np.random.default_rng(9)
+    _check(sources, [_tokens(rng, 4, 6, 30), _tokens(rng, 4, 3, 30)])
+
+
+def test_generic_rnn_wrapper_states(keras_sources) -> None:
+    def build(k):
+        L = k.layers
+        inp = k.Input(shape=(None, 3))
+        h0 = k.Input(shape=(4,))
+        outs = L.RNN(L.SimpleRNNCell(4), return_state=True)(inp, initial_state=[h0])
+        return k.Model([inp, h0], outs)
+
+    sources = keras_sources("rnn_wrapper_states", build)
+    rng = np.random.default_rng(10)
+    _check(sources, [[rng.standard_normal((2, 5, 3)).astype("float32"), rng.standard_normal((2, 4)).astype("float32")]])

@@ -205,7 +205,7 @@ def _recurrence(ctx: LayerContext, s: _Settings, arrays: list[np.ndarray], x: st
     for result in results:
         op = Rnn(cell=s.cell, units=n, gate_order=CELL_GATES[s.cell], activation=s.activation,
                  recurrent_activation=s.recurrent_activation, reset_after=s.reset_after, go_backwards=s.go_backwards,
-                 restore_time_order=restore and s.return_sequences and result == "output",
+                 restore_time_order=restore and s.go_backwards and s.return_sequences and result == "output",
                  return_sequences=s.return_sequences, zero_output_for_mask=s.zero_output_for_mask, result=result,
                  masked=bool(ctx.in_mask), initial_states=len(states))
         out[result] = _emit_on(ctx, proj, op, u, rb, *extra, suffix=f"{p}{result}" if tag or result != "output"
@@ -407,3 +407,78 @@ def convert_time_distributed(ctx: LayerContext) -> None:
     for node in ctx.nodes[before:]:
         ctx._emitted(node.name, node.outputs[0].type)
     ctx.x, ctx.x_type = sub.x, sub.x_type
+
+
+#: Keras cell class -> the layer class with the same math.
+_CELL_LAYERS = {"SimpleRNNCell": "SimpleRNN", "LSTMCell": "LSTM", "GRUCell": "GRU"}
+_WRAPPER_FIELDS = ("return_sequences", "return_state", "go_backwards", "stateful", "time_major",
+                   "zero_output_for_mask")
+MULTI_INPUT_LAYERS.add("RNN")
+
+
+def _cell_weights(ctx: LayerContext, cells: list[tuple[str, dict]], keras2: bool) -> list[list[tuple[str, Any]]]:
+    """Each stacked cell's weights: h5 groups them by the cell's name, .keras by its class key (lstm_cell_1)."""
+    from keydnn.frontends.keras.reader import _snake_case
+
+    if len(cells) == 1:
+        return [list(ctx.layer.weights)]
+    used: dict[str, int] = {}
+    groups = []
+    for cls, cfg in cells:
+        base = _snake_case(cls, keras2)
+        used[base] = used.get(base, -1) + 1
+        keys = {cfg.get("name"), base if used[base] == 0 else f"{base}_{used[base]}"}
+        groups.append([(n, a) for n, a in ctx.layer.weights if len(n.split("/")) >= 2 and
+                       (n.split("/")[-2] in keys)])
+    return groups
+
+
+@register_converter("RNN", constraints=(
+    "over SimpleRNNCell, LSTMCell, GRUCell (their supported configs, as the matching layers) or StackedRNNCells "
+    "of them; return_sequences, go_backwards, masks; return_state and initial_state for one cell; "
+    "stateful=True and time_major=True are refused"))
+def convert_rnn_wrapper(ctx: LayerContext) -> None:
+    from keydnn.frontends.keras.reader import normalize_layer_config
+
+    check_dtype_policy(ctx)
+    ctx.ignore("unroll")
+    wrapper = {key: ctx.cfg(key) for key in _WRAPPER_FIELDS if key in ctx.layer.config}
+    entry = ctx.cfg("cell")
+    cls = entry.get("class_name") if isinstance(entry, dict) else None
+    config = normalize_layer_config(entry.get("config") or {}) if isinstance(entry, dict) else {}
+    if cls == "StackedRNNCells":
+        raw = config.get("cells") or []
+        cells = [(c.get("class_name"), normalize_layer_config(c.get("config") or {})) for c in raw
+                 if isinstance(c, dict)]
+        extra = sorted(set(config) - {"cells", "name", "trainable", "dtype"})
+        for key in extra:
+            ctx.refuse(f"StackedRNNCells config field {key!r} is not understood by keydnn", field=key)
+    else:
+        cells = [(cls, config)]
+    if not cells or any(c not in _CELL_LAYERS for c, _ in cells):
+        ctx.refuse(f"RNN over {cls!r} is not supported", field="cell", value=cls,
+                   supported="SimpleRNNCell, LSTMCell, GRUCell, StackedRNNCells of them")
+        raise Unconvertible
+    settings = []
+    for c_cls, c_cfg in cells:
+        fields = _Fields(ctx, {**c_cfg, **wrapper}, "cell")
+        settings.append(_settings(ctx, _CELL_LAYERS[c_cls], fields.get))
+        fields.refuse_unknown()
+    last = settings[-1]
+    given = list(getattr(ctx, "inputs", ())[1:])
+    if len(cells) > 1 and (last.return_state or given):
+        ctx.refuse("return_state / initial_state of stacked cells are not supported", field="return_state",
+                   value=last.return_state, supported="one cell, or StackedRNNCells without states")
+        raise Unconvertible
+    groups = _cell_weights(ctx, cells, ctx.options.keras_major < 3)
+    x = ctx.x
+    for i, (s, weights) in enumerate(zip(settings, groups)):
+        final = i == len(settings) - 1
+        if not final:  # an inner cell of a stack: its whole sequence, in input time order, feeds the next
+            s = _Settings(**{**s.__dict__, "return_sequences": True, "return_state": False})
+        states = _initial_states(ctx, s, given) if final else []
+        wanted = ("output",) + (_state_names(s) if final and s.return_state else ())
+        res = _recurrence(ctx, s, _pick(ctx, weights, s), x, states, "" if len(cells) == 1 else f"cell{i}",
+                          restore=not final, results=wanted)
+        x = res["output"]
+    _finish(ctx, x, [res[k] for k in wanted[1:]], last.return_sequences)
