@@ -116,3 +116,15 @@ def _masking(op, args):
 def _repeat_vector(op, args):
     x = np.asarray(args[0], dtype=np.float64)
     return np.repeat(x[:, None, :], op.n, axis=1)
+
+
+@kernel("fold_time")
+def _fold_time(op, args):
+    x = args[0]
+    return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+
+@kernel("unfold_time")
+def _unfold_time(op, args):
+    x, like = args
+    return x.reshape(like.shape[:2] + x.shape[1:])

@@ -192,8 +192,8 @@ def test_refusals_name_the_field() -> None:
     stateful = tf.keras.Sequential([tf.keras.Input(batch_shape=(1, 4, 2)), L.LSTM(3, stateful=True)])
     with pytest.raises(keydnn.KerasInteropError, match="stateful"):
         keydnn.from_keras(stateful)
-    td = tf.keras.Sequential([tf.keras.Input(shape=(3, 4, 4, 1)), L.TimeDistributed(L.Conv2D(2, 3))])
-    with pytest.raises(keydnn.KerasInteropError, match="TimeDistributed over 'Conv2D'"):
+    td = tf.keras.Sequential([tf.keras.Input(shape=(3, 4, 2)), L.TimeDistributed(L.LSTM(2))])
+    with pytest.raises(keydnn.KerasInteropError, match="TimeDistributed over 'LSTM'"):
         keydnn.from_keras(td)
 
 
@@ -239,3 +239,20 @@ def test_generic_rnn_wrapper_states(keras_sources) -> None:
     sources = keras_sources("rnn_wrapper_states", build)
     rng = np.random.default_rng(10)
     _check(sources, [[rng.standard_normal((2, 5, 3)).astype("float32"), rng.standard_normal((2, 4)).astype("float32")]])
+
+
+def test_time_distributed_folds_time_into_the_batch(keras_sources) -> None:
+    def build(k):
+        L = k.layers
+        inp = k.Input(shape=(None, 8, 8, 1))
+        x = L.TimeDistributed(L.Conv2D(3, 3, activation="linear"))(inp)
+        x = L.TimeDistributed(L.MaxPooling2D(2))(x)
+        x = L.TimeDistributed(L.Flatten())(x)
+        x = L.TimeDistributed(L.BatchNormalization())(x)
+        x = L.LSTM(4)(x)
+        return k.Model(inp, x)
+
+    sources = keras_sources("td_conv", build)
+    rng = np.random.default_rng(11)
+    _check(sources, [rng.standard_normal((2, 3, 8, 8, 1)).astype("float32"),
+                     rng.standard_normal((3, 5, 8, 8, 1)).astype("float32")])

@@ -231,3 +231,21 @@ def lower_repeat_vector(ctx: LowerContext) -> LoweredOp:
 
     return LoweredOp(run=run, description="repeat_vector")
 
+
+
+@register_kernel("fold_time")
+def lower_fold_time(ctx: LowerContext) -> LoweredOp:
+    def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
+        x = inputs[0]
+        return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+    return LoweredOp(run=run, allocates=False, description="fold_time (view)")
+
+
+@register_kernel("unfold_time")
+def lower_unfold_time(ctx: LowerContext) -> LoweredOp:
+    def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
+        x, like = inputs
+        return x.reshape(like.shape[:2] + x.shape[1:])
+
+    return LoweredOp(run=run, allocates=False, description="unfold_time (view)")

@@ -40,7 +40,8 @@ def load_kernels() -> None:
 
 
 #: Op kinds the whole-graph generator has no emitter for: graphs with them run on the per-op kernels.
-PER_OP_ONLY: frozenset[str] = frozenset({"rnn", "embedding", "sequence_mask", "masking", "repeat_vector"})
+PER_OP_ONLY: frozenset[str] = frozenset({"rnn", "embedding", "sequence_mask", "masking", "repeat_vector", "fold_time",
+                                      "unfold_time"})
 
 
 def _per_op_only(graph: Graph) -> str:

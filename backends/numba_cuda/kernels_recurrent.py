@@ -296,3 +296,14 @@ def lower_repeat_vector(ctx: LowerContext) -> LoweredOp:
         return Prepared(launch)
 
     return LoweredOp(prepare=prepare, description="repeat_vector")
+
+
+def _same_storage(inputs: Sequence, out, scratch):
+    return inputs[0]
+
+
+@register_kernel("fold_time", "unfold_time")
+def lower_time_view(ctx: LowerContext) -> LoweredOp:
+    """Flat row-major arrays: folding time into the batch (and back) moves nothing."""
+    return LoweredOp(prepare=lambda in_shapes, out_shape: Prepared(_same_storage), allocates=False,
+                     description=f"{ctx.node.op.kind} (view)")

@@ -24,7 +24,9 @@ from keydnn.frontends.keras.registry import (
 )
 from keydnn.frontends.keras.spec import LayerSpec
 from keydnn.ir.ops import Add, Avg, Concat, Dense, Mul
-from keydnn.ir.ops.recurrent import CELL_GATES, Embedding, Masking, RepeatVector, Rnn, SequenceMask
+from keydnn.ir.ops.recurrent import (
+    CELL_GATES, Embedding, FoldTime, Masking, RepeatVector, Rnn, SequenceMask, UnfoldTime,
+)
 
 __all__ = ["RNN_CLASSES"]
 
@@ -373,32 +375,48 @@ def convert_repeat_vector(ctx: LayerContext) -> None:
     ctx.emit(RepeatVector(n=n))
 
 
-#: Layers TimeDistributed can wrap without folding time into the batch: they act on the last axis only.
+#: Layers TimeDistributed applies directly on the (N, T, ...) tensor: they act on the last axis only.
 _PER_STEP = ("Dense", "Activation", "Dropout", "ReLU", "LeakyReLU", "ELU", "Softmax", "PReLU")
+#: Layers TimeDistributed cannot wrap: they keep state across calls or are wrappers/models themselves.
+_NOT_PER_STEP = frozenset(RNN_CLASSES) | {"Bidirectional", "TimeDistributed", "RNN", "Sequential", "Functional",
+                                         "Model", "Embedding"}
 
 
 @register_converter("TimeDistributed", constraints=(
-    "over " + ", ".join(_PER_STEP) + " (layers that act on the last axis; applied to every time step)"))
+    "over any supported layer but recurrent ones and models: " + ", ".join(_PER_STEP) + " run on the sequence "
+    "directly; any other layer (Conv2D, Flatten, pooling, ...) on time folded into the batch "
+    "(fold_time / unfold_time views); a mask passes through"))
 def convert_time_distributed(ctx: LayerContext) -> None:
-    from keydnn.frontends.keras.reader import _canonical_weight_name, normalize_layer_config
+    from keydnn.frontends.keras.reader import _canonical_weight_name, _positional_layout, normalize_layer_config
 
     check_dtype_policy(ctx)
     entry = ctx.cfg("layer")
     cls = entry.get("class_name") if isinstance(entry, dict) else None
-    if cls not in _PER_STEP or cls not in CONVERTERS:
+    if cls not in CONVERTERS or cls in _NOT_PER_STEP:
         ctx.refuse(f"TimeDistributed over {cls!r} is not supported", field="layer", value=cls,
-                   supported=", ".join(_PER_STEP))
+                   supported="a supported layer that is not recurrent, a wrapper or a model")
         raise Unconvertible
     config = normalize_layer_config(entry.get("config") or {})
+    names = (_positional_layout(cls, config) or {}).get("", [])
     weights = []
-    roles = {"var0": "kernel", "var1": "bias"} if cls == "Dense" else {"var0": "alpha"}
     for name, arr in ctx.layer.weights:
         short = name.rsplit("/", 1)[-1]
-        weights.append((_canonical_weight_name(cls, roles.get(short, short)), arr))
+        if short.startswith("var") and short[3:].isdigit() and int(short[3:]) < len(names):
+            short = names[int(short[3:])]
+        weights.append((_canonical_weight_name(cls, short), arr))
+    x_type = ctx.need_type()
+    if x_type.rank < 3:
+        ctx.refuse(f"TimeDistributed needs a (batch, time, ...) input, got {x_type}")
+        raise Unconvertible
+    seq = ctx.x
+    fold = cls not in _PER_STEP
+    if fold:
+        _emit_on(ctx, seq, FoldTime(), suffix="fold")
     inner = LayerSpec(index=ctx.layer.index, class_name=cls, name=ctx.layer.name, config=config,
                       weights=tuple(weights))
     sub = LayerContext(layer=inner, x=ctx.x, x_type=ctx.x_type, options=ctx.options, problems=ctx.problems,
                        nodes=ctx.nodes, weights=ctx.weights)
+    sub._node_name = lambda suffix: ctx._node_name("inner" if suffix is None else f"inner.{suffix}")  # type: ignore
     before = len(ctx.nodes)
     CONVERTERS[cls].fn(sub)
     for key in sub.unconsumed():
@@ -407,6 +425,10 @@ def convert_time_distributed(ctx: LayerContext) -> None:
     for node in ctx.nodes[before:]:
         ctx._emitted(node.name, node.outputs[0].type)
     ctx.x, ctx.x_type = sub.x, sub.x_type
+    if fold:
+        _emit_on(ctx, sub.x, UnfoldTime(), seq, suffix=None)
+    if isinstance(ctx, GraphLayerContext):
+        ctx.out_mask = ctx.in_mask
 
 
 #: Keras cell class -> the layer class with the same math.

@@ -34,11 +34,11 @@ from typing import ClassVar, Literal
 
 from pydantic import field_validator, model_validator
 
-from keydnn.ir.ops.base import OpBase, ShapeError, dim_eq
+from keydnn.ir.ops.base import OpBase, ShapeError, dim_eq, dim_mul
 from keydnn.ir.types import DType, TensorType
 
-__all__ = ["Rnn", "Embedding", "SequenceMask", "Masking", "RepeatVector", "CELL_GATES", "CELL_ACTIVATIONS",
-           "CELL_STATES"]
+__all__ = ["Rnn", "Embedding", "SequenceMask", "Masking", "RepeatVector", "FoldTime", "UnfoldTime", "CELL_GATES",
+           "CELL_ACTIVATIONS", "CELL_STATES"]
 
 #: cell kind -> Keras's gate order (one letter per gate block of the kernels).
 CELL_GATES: dict[str, str] = {"simple": "h", "lstm": "ifco", "gru": "zrh"}
@@ -200,3 +200,35 @@ class RepeatVector(OpBase):
         if x.rank != 2:
             raise ShapeError(f"repeat_vector takes (N, F), got {x}")
         return TensorType(shape=(x.shape[0], self.n, x.shape[1]), dtype=x.dtype)
+
+
+class FoldTime(OpBase):
+    """(N, T, ...) -> (N*T, ...): time steps become batch rows, so ``TimeDistributed`` runs any layer's ops
+    unchanged on every step (a row-major view: no data moves)."""
+
+    kind: Literal["fold_time"] = "fold_time"
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        x = inputs[0]
+        if x.rank < 3:
+            raise ShapeError(f"fold_time takes (N, T, ...), got {x}")
+        return TensorType(shape=(dim_mul(x.shape[0], x.shape[1]),) + x.shape[2:], dtype=x.dtype)
+
+
+class UnfoldTime(OpBase):
+    """(N*T, ...) -> (N, T, ...), with N and T read off ``like`` (the sequence that was folded): the inverse
+    of ``fold_time`` at any batch size and length (a view)."""
+
+    kind: Literal["unfold_time"] = "unfold_time"
+
+    operands: ClassVar[tuple[str, ...]] = ("x", "like")
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        x, like = inputs
+        if x.rank < 1 or like.rank < 2:
+            raise ShapeError(f"unfold_time takes (N*T, ...) and a (N, T, ...) sequence, got {x}, {like}")
+        n, t = like.shape[0], like.shape[1]
+        rows = x.shape[0]
+        if isinstance(n, int) and isinstance(t, int) and isinstance(rows, int) and rows != n * t:
+            raise ShapeError(f"unfold_time: {rows} rows are not {n} x {t} steps")
+        return TensorType(shape=(n, t) + x.shape[1:], dtype=x.dtype)

@@ -77,3 +77,17 @@ def test_embedding_mask_ops() -> None:
     assert_parity(graph, ids, atol=1e-6)
     with pytest.raises(ValueError, match="outside the table"):
         compile_cuda(graph)(np.array([[1, 10]], dtype="int32"))
+
+
+def test_fold_and_unfold_time() -> None:
+    from keydnn.ir.ops import Activation
+    from keydnn.ir.ops.recurrent import FoldTime, UnfoldTime
+
+    b = GraphBuilder("td", seed=3)
+    x = b.input("x", ("N", "T", 4))
+    folded = b.add(FoldTime(), x, name="fold")
+    y = b.add(Activation(function="tanh"), b.add(Dense(), folded, b.rand("w", (4, 2)), name="dense"), name="act")
+    graph = b.build(b.add(UnfoldTime(), y, x, name="unfold"))
+    rng = seeded()
+    for steps in (3, 6):
+        assert_parity(graph, rng.standard_normal((2, steps, 4)).astype("float32"), atol=1e-5)
