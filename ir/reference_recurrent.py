@@ -128,3 +128,47 @@ def _fold_time(op, args):
 def _unfold_time(op, args):
     x, like = args
     return x.reshape(like.shape[:2] + x.shape[1:])
+
+
+def _same_conv_nhwc(h: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Stride-1 'same' convolution of (N, H, W, C) by (kh, kw, C, O), TensorFlow's padding rule."""
+    kh, kw = w.shape[:2]
+    top, left = (kh - 1) // 2, (kw - 1) // 2
+    hp = np.pad(h, ((0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))
+    win = np.lib.stride_tricks.sliding_window_view(hp, (kh, kw), axis=(1, 2))  # N, H, W, C, kh, kw
+    return np.einsum("nhwcij,ijco->nhwo", win, w, optimize=True)
+
+
+@kernel("conv_lstm")
+def _conv_lstm(op, args):
+    xp, rk = (np.asarray(a, dtype=np.float64) for a in args[:2])
+    rest = list(args[2:])
+    mask = np.asarray(rest.pop(0), dtype=np.float64) if op.masked else None
+    n_batch, steps, hh, ww, _ = xp.shape
+    f = op.filters
+    h = np.zeros((n_batch, hh, ww, f))
+    c = np.zeros((n_batch, hh, ww, f))
+    if op.initial_states:
+        h, c = (np.asarray(s, dtype=np.float64).copy() for s in rest[:2])
+    out = np.zeros_like(h)
+    seq = np.zeros((n_batch, steps, hh, ww, f))
+    act = lambda v: cell_activation(op.activation, v)  # noqa: E731
+    ract = lambda v: cell_activation(op.recurrent_activation, v)  # noqa: E731
+    order = range(steps - 1, -1, -1) if op.go_backwards else range(steps)
+    for k, t in enumerate(order):
+        z = xp[:, t] + _same_conv_nhwc(h, rk)
+        i, fg, g, o = (z[..., q * f:(q + 1) * f] for q in range(4))
+        c_new = ract(fg) * c + ract(i) * act(g)
+        h_new = ract(o) * act(c_new)
+        if mask is None:
+            h, c, out = h_new, c_new, h_new
+        else:
+            m = (mask[:, t] != 0)[:, None, None, None]
+            h, c = np.where(m, h_new, h), np.where(m, c_new, c)
+            out = np.where(m, h_new, 0.0 if op.zero_output_for_mask else out)
+        seq[:, k] = out
+    if op.result == "state_h":
+        return h
+    if op.result == "state_c":
+        return c
+    return seq if op.return_sequences else out

@@ -256,3 +256,24 @@ def test_time_distributed_folds_time_into_the_batch(keras_sources) -> None:
     rng = np.random.default_rng(11)
     _check(sources, [rng.standard_normal((2, 3, 8, 8, 1)).astype("float32"),
                      rng.standard_normal((3, 5, 8, 8, 1)).astype("float32")])
+
+
+def test_conv_lstm_2d_and_1d(keras_sources) -> None:
+    def build(k):
+        L = k.layers
+        inp = k.Input(shape=(None, 6, 5, 2))
+        x = L.ConvLSTM2D(3, (3, 2), padding="same", return_sequences=True)(inp)
+        x = L.ConvLSTM2D(2, 3, strides=1, go_backwards=True, activation="relu")(x)
+        return k.Model(inp, x)
+
+    def build1(k):
+        L = k.layers
+        inp = k.Input(shape=(None, 7, 2))
+        y, h, c = L.ConvLSTM1D(3, 3, strides=2, return_sequences=True, return_state=True)(inp)
+        return k.Model(inp, [y, h, c])
+
+    rng = np.random.default_rng(12)
+    _check(keras_sources("conv_lstm2d", build), [rng.standard_normal((2, 4, 6, 5, 2)).astype("float32"),
+                                                  rng.standard_normal((1, 2, 6, 5, 2)).astype("float32")])
+    _check(keras_sources("conv_lstm1d", build1), [rng.standard_normal((2, 4, 7, 2)).astype("float32"),
+                                                   rng.standard_normal((3, 6, 7, 2)).astype("float32")])

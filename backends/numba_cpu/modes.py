@@ -36,12 +36,12 @@ def load_kernels() -> None:
         kernels_conv, kernels_dense, kernels_elementwise, kernels_merge, kernels_norm, kernels_pool, kernels_shape,
         kernels_spatial,
     )
-    from keydnn.backends.numba_cpu import kernels_recurrent  # noqa: F401
+    from keydnn.backends.numba_cpu import kernels_conv_recurrent, kernels_recurrent  # noqa: F401
 
 
 #: Op kinds the whole-graph generator has no emitter for: graphs with them run on the per-op kernels.
 PER_OP_ONLY: frozenset[str] = frozenset({"rnn", "embedding", "sequence_mask", "masking", "repeat_vector", "fold_time",
-                                      "unfold_time"})
+                                      "unfold_time", "conv_lstm"})
 
 
 def _per_op_only(graph: Graph) -> str:

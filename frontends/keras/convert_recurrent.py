@@ -204,7 +204,13 @@ def _recurrence(ctx: LayerContext, s: _Settings, arrays: list[np.ndarray], x: st
     rb = ctx.add_constant(f"{p}recurrent_bias", rec_bias)
     extra = ([ctx.in_mask] if ctx.in_mask else []) + list(states)
     out: dict[str, str] = {}
+    # The last output is the final h unless padding can make them differ (a zeroed output after trailing
+    # padding, or an all-padding row whose h is a given initial state): then one node serves both.
+    same_h = not s.return_sequences and (not ctx.in_mask or (not s.zero_output_for_mask and not states))
     for result in results:
+        if result == "state_h" and same_h and "output" in out:
+            out[result] = out["output"]
+            continue
         op = Rnn(cell=s.cell, units=n, gate_order=CELL_GATES[s.cell], activation=s.activation,
                  recurrent_activation=s.recurrent_activation, reset_after=s.reset_after, go_backwards=s.go_backwards,
                  restore_time_order=restore and s.go_backwards and s.return_sequences and result == "output",

@@ -11,7 +11,7 @@ upsample2d, global_max_pool2d), ``norm`` (batch_norm, scale_shift),
 reshape, transpose, expand_dims, squeeze, opaque), ``merge`` (add, sub, mul,
 avg, max, min, concat: the multi-operand ops of DAGs), ``recurrent``
 (rnn, embedding, sequence_mask, masking, repeat_vector, fold_time, unfold_time:
-sequence models). 1-D layers are 2-D ops
+sequence models; ``conv_recurrent``: conv_lstm). 1-D layers are 2-D ops
 between ``expand_dims`` and ``squeeze``; see ``keydnn.ir.ops.shape``.
 """
 
@@ -25,6 +25,7 @@ from keydnn.ir.ops.base import OpBase, ShapeError
 from keydnn.ir.ops.elementwise import ACTIVATION_FUNCTIONS, Activation, PRelu, Relu, Softmax
 from keydnn.ir.ops.merge import Add, Avg, Concat, Max, Min, Mul, Sub
 from keydnn.ir.ops.nn import AvgPool2d, Conv2d, Dense, Epilogue, GlobalAvgPool2d, MaxPool2d
+from keydnn.ir.ops.conv_recurrent import ConvLstm
 from keydnn.ir.ops.norm import BatchNorm, ScaleShift
 from keydnn.ir.ops.recurrent import Embedding, FoldTime, Masking, RepeatVector, Rnn, SequenceMask, UnfoldTime
 from keydnn.ir.ops.shape import ExpandDims, Flatten, Opaque, Reshape, Squeeze, Transpose
@@ -36,7 +37,7 @@ __all__ = [
     "Transpose", "Relu", "Softmax", "Activation", "Opaque",
     "BatchNorm", "ScaleShift", "PRelu", "Pad2d", "Crop2d", "Upsample2d", "GlobalMaxPool2d",
     "ExpandDims", "Squeeze", "Add", "Sub", "Mul", "Avg", "Max", "Min", "Concat",
-    "Rnn", "Embedding", "SequenceMask", "Masking", "RepeatVector", "FoldTime", "UnfoldTime",
+    "Rnn", "Embedding", "SequenceMask", "Masking", "RepeatVector", "FoldTime", "UnfoldTime", "ConvLstm",
 ]
 
 _CLASSES = (
@@ -44,7 +45,7 @@ _CLASSES = (
     Relu, Softmax, Activation, Opaque,
     BatchNorm, ScaleShift, PRelu, Pad2d, Crop2d, Upsample2d, GlobalMaxPool2d, ExpandDims, Squeeze,
     Add, Sub, Mul, Avg, Max, Min, Concat,
-    Rnn, Embedding, SequenceMask, Masking, RepeatVector, FoldTime, UnfoldTime,
+    Rnn, Embedding, SequenceMask, Masking, RepeatVector, FoldTime, UnfoldTime, ConvLstm,
 )
 
 Op = Annotated[
@@ -53,7 +54,7 @@ Op = Annotated[
         Relu, Softmax, Activation, Opaque,
         BatchNorm, ScaleShift, PRelu, Pad2d, Crop2d, Upsample2d, GlobalMaxPool2d, ExpandDims, Squeeze,
         Add, Sub, Mul, Avg, Max, Min, Concat,
-        Rnn, Embedding, SequenceMask, Masking, RepeatVector, FoldTime, UnfoldTime,
+        Rnn, Embedding, SequenceMask, Masking, RepeatVector, FoldTime, UnfoldTime, ConvLstm,
     ],
     Field(discriminator="kind"),
 ]

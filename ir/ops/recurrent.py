@@ -24,8 +24,9 @@ initial states ``(N, units)`` (h, then c for an LSTM; zeros when absent).
 An IR node has one result, so ``result`` says which one this node yields:
 ``output`` (the sequence ``(N, T, units)`` when ``return_sequences``, else
 the last output ``(N, units)``), ``state_h`` or ``state_c``. A Keras layer
-with ``return_state`` becomes one node per result used (each runs the
-recurrence; a multi-result node is future work).
+with ``return_state`` becomes one node per distinct result (each runs the
+recurrence; the frontend reuses the output node for ``state_h`` where the two
+are equal; a multi-result node is future work).
 """
 
 from __future__ import annotations

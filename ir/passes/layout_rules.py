@@ -266,5 +266,5 @@ LAYOUT_RULES: dict[str, Rule] = {
     "add": merge, "sub": merge, "mul": merge, "avg": merge, "max": merge, "min": merge, "concat": merge,
     # sequences: the time axis is not an image axis; operands and results stay in Keras order
     "rnn": guard, "embedding": guard, "sequence_mask": guard, "masking": guard, "repeat_vector": guard,
-    "fold_time": guard, "unfold_time": guard,
+    "fold_time": guard, "unfold_time": guard, "conv_lstm": guard,
 }
