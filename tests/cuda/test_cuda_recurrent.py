@@ -91,3 +91,28 @@ def test_fold_and_unfold_time() -> None:
     rng = seeded()
     for steps in (3, 6):
         assert_parity(graph, rng.standard_normal((2, steps, 4)).astype("float32"), atol=1e-5)
+
+
+@pytest.mark.parametrize("case", [
+    dict(),
+    dict(go_backwards=True, return_sequences=True, masked=True, zero_output_for_mask=True),
+    dict(result="state_c", initial_states=2, masked=True),
+], ids=["last", "backwards-seq-masked", "state_c-init"])
+def test_conv_lstm(case) -> None:
+    from keydnn.ir.ops.conv_recurrent import ConvLstm
+
+    b = GraphBuilder("clstm", seed=4)
+    x = b.input("x", ("N", "T", 4, 3, 8))
+    extra = [b.input("m", ("N", "T"))] if case.get("masked") else []
+    extra += [b.input(f"s{k}", ("N", 4, 3, 2)) for k in range(case.get("initial_states", 0))]
+    op = ConvLstm(filters=2, kernel=(3, 2), **case)
+    graph = b.build(b.add(op, x, b.rand("rk", (3, 2, 2, 8), 0.5), *extra, name="clstm"))
+    rng = seeded()
+    for steps in (3, 5):
+        feed = [rng.standard_normal((2, steps, 4, 3, 8)).astype("float32")]
+        if case.get("masked"):
+            m = np.ones((2, steps), "float32")
+            m[0, 1:] = 0
+            feed.append(m)
+        feed += [rng.standard_normal((2, 4, 3, 2)).astype("float32") for _ in range(case.get("initial_states", 0))]
+        assert_parity(graph, *feed, atol=1e-5)
