@@ -277,3 +277,33 @@ def test_conv_lstm_2d_and_1d(keras_sources) -> None:
                                                   rng.standard_normal((1, 2, 6, 5, 2)).astype("float32")])
     _check(keras_sources("conv_lstm1d", build1), [rng.standard_normal((2, 4, 7, 2)).astype("float32"),
                                                    rng.standard_normal((3, 6, 7, 2)).astype("float32")])
+
+
+def test_functional_masking_and_dense_between(keras_sources) -> None:
+    def build(k):
+        L = k.layers
+        inp = k.Input(shape=(None, 3))
+        x = L.Masking(mask_value=-1.0)(inp)
+        x = L.Dense(4)(x)  # passes the mask on
+        x = L.Dropout(0.2)(x)
+        x = L.SimpleRNN(3, return_sequences=True)(x)
+        return k.Model(inp, L.LSTM(2)(x))
+
+    sources = keras_sources("functional_masking", build)
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((3, 5, 3)).astype("float32")
+    x[0, 3:] = -1.0
+    x[1, :] = -1.0
+    x[2, 0] = -1.0
+    _check(sources, [x, x[:, :4].copy()])
+
+
+def test_keras2_time_major_and_bad_activation_are_refused() -> None:
+    tf_keras = pytest.importorskip("tf_keras")
+    L = tf_keras.layers
+    tm = tf_keras.Sequential([tf_keras.Input(shape=(4, 2)), L.LSTM(3, time_major=True)])
+    with pytest.raises(keydnn.KerasInteropError, match="time_major"):
+        keydnn.from_keras(tm)
+    bad = tf_keras.Sequential([tf_keras.Input(shape=(4, 2)), L.GRU(3, activation="softmax")])
+    with pytest.raises(keydnn.KerasInteropError, match="unsupported activation 'softmax'"):
+        keydnn.from_keras(bad)
