@@ -307,3 +307,17 @@ def test_keras2_time_major_and_bad_activation_are_refused() -> None:
     bad = tf_keras.Sequential([tf_keras.Input(shape=(4, 2)), L.GRU(3, activation="softmax")])
     with pytest.raises(keydnn.KerasInteropError, match="unsupported activation 'softmax'"):
         keydnn.from_keras(bad)
+
+
+def test_conv1d_then_lstm_keeps_the_time_axis(keras_sources) -> None:
+    """canonicalize-layout runs the Conv1D channels-first, and hands the LSTM its (batch, time, features) order."""
+    def build(k):
+        L = k.layers
+        return k.Sequential([k.Input(shape=(12, 3)), L.Conv1D(4, 3, padding="same"), L.MaxPooling1D(2),
+                             L.LSTM(5, return_sequences=True), L.Conv1D(2, 2), L.GlobalMaxPooling1D()])
+
+    sources = keras_sources("conv1d_lstm", build)
+    _check(sources, [np.random.default_rng(14).standard_normal((2, 12, 3)).astype("float32")])
+    graph = keydnn.from_keras(sources[0][1]).graph
+    rnn = next(n for n in graph.nodes if n.op.kind == "rnn")
+    assert graph.value_types()[rnn.inputs[0]].shape == ("N", 6, 20)
