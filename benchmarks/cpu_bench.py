@@ -5,8 +5,10 @@
 
 Models (random weights, fixed seeds): the seed CNN (1x28x28 channels_first),
 a channels_last CIFAR-style CNN (32x32x3), an MLP (784-512-512-10), a small
-channels_last Functional ResNet (32x32x3, three residual stages) and a small
-depthwise-separable CNN (64x64x3, MobileNet-style), at batch 1 and 64. The
+channels_last Functional ResNet (32x32x3, three residual stages), a small
+depthwise-separable CNN (64x64x3, MobileNet-style), an LSTM text classifier
+(Embedding 20000x128, LSTM 128, Dense; length 100) and a GRU forecaster
+(64 steps x 8 features, GRU 64 x2), at batch 1 and 64. The
 last two are not in issue 4's list: they check that the speed holds for other
 shapes (strides, 8x8 images, residual adds, depthwise filters). Every framework runs the same Keras model:
 
@@ -78,7 +80,32 @@ def build_models():
         L.Input((784,)), L.Dense(512, activation="relu"), L.Dense(512, activation="relu"), L.Dense(10), L.Softmax(),
     ], name="mlp")
     return {"seed CNN": seed, "CIFAR CNN": cifar, "MLP": mlp, "ResNet-8": resnet(keras, rng),
-            "MobileNet-style": mobilenet(keras)}
+            "MobileNet-style": mobilenet(keras), **sequence_models(keras)}
+
+
+def sequence_models(keras):
+    """Issue 17's sequence rows: an LSTM text classifier (Embedding 20000x128, LSTM 128, Dense; int32 token
+    ids of any length, measured at 100) and a GRU forecaster (64 steps x 8 features, two GRU 64)."""
+    L = keras.layers
+    text = keras.Sequential([
+        L.Input((None,), dtype="int32"), L.Embedding(20000, 128), L.LSTM(128), L.Dense(2), L.Softmax(),
+    ], name="lstm_text")
+    forecast = keras.Sequential([
+        L.Input((64, 8)), L.GRU(64, return_sequences=True), L.GRU(64), L.Dense(1),
+    ], name="gru_forecast")
+    return {"LSTM text": text, "GRU forecast": forecast}
+
+
+#: Per-sample input shape of models whose Keras input has a variable length.
+SAMPLE_SHAPES = {"LSTM text": (100,)}
+
+
+def sample_input(name: str, model, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """A batch for ``model``: token ids below the vocabulary for integer inputs, normal floats otherwise."""
+    shape = (batch,) + SAMPLE_SHAPES.get(name, tuple(model.inputs[0].shape[1:]))
+    if "int" in str(model.inputs[0].dtype):
+        return rng.integers(1, 20000, size=shape).astype(np.int32)
+    return rng.standard_normal(shape).astype(np.float32)
 
 
 def mobilenet(keras):
@@ -137,7 +164,7 @@ def tf_runner(model, x: np.ndarray | None = None, seconds: float = 0.3) -> tuple
     """
     import tensorflow as tf
 
-    spec = (tf.TensorSpec((None,) + tuple(model.inputs[0].shape[1:]), tf.float32, name="x"),)
+    spec = (tf.TensorSpec((None,) + tuple(model.inputs[0].shape[1:]), model.inputs[0].dtype, name="x"),)
     fn = tf.function(lambda x: model(x, training=False), input_signature=spec)
     xla = tf.function(lambda x: model(x, training=False), input_signature=spec, jit_compile=True)
     candidates = {"tf.function": lambda x: fn(x).numpy(), "XLA": lambda x: xla(x).numpy()}
@@ -273,8 +300,7 @@ def run(seconds: float, cold_runs: int, only: tuple[str, ...] = ()) -> tuple[str
         ort_call = None
         artifacts[name] = km
         for batch in BATCHES:
-            rng = np.random.default_rng(batch)
-            x = rng.standard_normal((batch,) + tuple(model.inputs[0].shape[1:])).astype(np.float32)
+            x = sample_input(name, model, batch, np.random.default_rng(batch))
             tf_call, fn_spec, tf_how = tf_runner(model, x)
             data.setdefault("tensorflow_mode", {})[f"{name}/{batch}"] = tf_how
             ort_call = ort_call or ort_runner(fn_spec)

@@ -16,15 +16,16 @@ __all__ = ["Dim", "DType", "Layout", "TensorType", "Value", "DTYPES", "LAYOUTS"]
 #: A dimension is a known size, or a symbol (the batch, ``"N"``).
 Dim = Union[int, str]
 
-DType = Literal["float32", "float64"]
-DTYPES: tuple[str, ...] = ("float32", "float64")
+#: Integer types appear only on integer-typed values (token ids feeding an ``embedding``).
+DType = Literal["float32", "float64", "int32", "int64"]
+DTYPES: tuple[str, ...] = ("float32", "float64", "int32", "int64")
 
 #: How the axes of an activation are to be read. ``NC`` is a feature
 #: vector, ``ANY`` a tensor whose axes carry no image meaning.
 Layout = Literal["NCHW", "NHWC", "NCW", "NWC", "NC", "ANY"]
 LAYOUTS: tuple[str, ...] = ("NCHW", "NHWC", "NCW", "NWC", "NC", "ANY")
 
-_SHORT_DTYPE = {"float32": "f32", "float64": "f64"}
+_SHORT_DTYPE = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64"}
 
 
 class TensorType(BaseModel):

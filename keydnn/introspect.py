@@ -134,7 +134,7 @@ def profile_rows(model: "Model", batch: int = 1, repeat: int = 20, warmup: int =
                          "profile needs the generated code")
     if model.threads is not None:
         exe.set_threads(model.threads)
-    xs = [np.ascontiguousarray(x, dtype=t.np_dtype) for x, t in zip(sample_inputs(model.input_types, n=batch),
+    xs = [np.ascontiguousarray(x, dtype=t.np_dtype) for x, t in zip(sample_inputs(model.input_types, n=batch, graph=model.graph),
                                                                        model.input_types)]
     for _ in range(warmup):
         exe(*xs)

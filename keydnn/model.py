@@ -93,6 +93,10 @@ class Model:
 
     @property
     def dtype(self) -> np.dtype:
+        """The floating-point type the model computes in (its outputs'; token-id inputs are integers)."""
+        for value in [*self.graph.outputs, *self.graph.inputs]:
+            if value.type is not None and value.type.np_dtype.kind == "f":
+                return value.type.np_dtype
         return self.graph.inputs[0].type.np_dtype  # type: ignore[union-attr]
 
     def __repr__(self) -> str:
@@ -148,7 +152,15 @@ class Model:
             else:
                 raise ValueError(f"{label} must be a NumPy array of shape {_shape_text(expected.shape)}, "
                                  f"got {type(x).__name__}")
-        _check_dtype(x, expected, label)
+        if expected.np_dtype.kind == "i":  # token ids
+            if x.dtype.kind not in "iu":
+                raise ValueError(f"{label} has dtype {x.dtype}; expected an integer array of token ids "
+                                 f"({expected.dtype}), shape {_shape_text(expected.shape)}")
+            info = np.iinfo(expected.np_dtype)
+            if x.size and (x.min() < info.min or x.max() > info.max):
+                raise ValueError(f"{label} has values outside the {expected.dtype} range")
+        else:  # integer token ids into an Embedding of a float-typed input are cast like any integer input
+            _check_dtype(x, expected, label)
         if not expected.matches(x.shape):
             raise ValueError(f"{label} has shape {tuple(x.shape)}; expected {_shape_text(expected.shape)} "
                              f"({expected.layout if expected.layout != 'ANY' else 'Keras layout'}, batch first)")

@@ -145,14 +145,33 @@ def _safe_mode(keras_model: Any) -> Any:
     return SafeModeScope(True)
 
 
-def sample_inputs(input_types: Any, n: int = 8, seed: int = 0) -> list[np.ndarray]:
-    """Reproducible inputs (standard normal), one array per model input, batch ``n``."""
+def sample_inputs(input_types: Any, n: int = 8, seed: int = 0, graph: Any = None) -> list[np.ndarray]:
+    """Reproducible inputs, one array per model input, batch ``n`` (and ``n`` steps on a symbolic time axis).
+
+    Inputs that feed an embedding (token ids, of an integer or a float type) get ids drawn from
+    ``[0, rows)`` of the smallest table they index (``graph`` names the tables; without it, ids 0 and 1);
+    every other input is standard normal.
+    """
     rng = np.random.default_rng(seed)
     arrays = []
-    for t in input_types:
+    for index, t in enumerate(input_types):
         shape = tuple(n if isinstance(d, str) else d for d in t.shape)
-        arrays.append(rng.standard_normal(shape).astype(t.dtype))
+        rows = _vocabulary(graph, index) if graph is not None else None
+        if rows is None and np.dtype(t.dtype).kind in "iu":
+            rows = 2
+        if rows is not None:
+            arrays.append(rng.integers(0, rows, size=shape).astype(t.dtype))
+        else:
+            arrays.append(rng.standard_normal(shape).astype(t.dtype))
     return arrays
+
+
+def _vocabulary(graph: Any, index: int) -> int | None:
+    """Rows of the smallest embedding table input ``index`` of ``graph`` indexes directly, or None."""
+    name = graph.inputs[index].name
+    rows = [int(np.shape(graph.weights[node.inputs[1]])[0]) for node in graph.nodes
+            if node.op.kind == "embedding" and node.inputs[0] == name and node.inputs[1] in graph.weights]
+    return min(rows) if rows else None
 
 
 def _as_list(value: Any) -> list[np.ndarray]:

@@ -109,13 +109,13 @@ def test_unsupported_model_exits_1_and_names_layers(tmp_path):
     tf = pytest.importorskip("tensorflow")
     model = tf.keras.Sequential([tf.keras.layers.Input(shape=(4,)),
                                  tf.keras.layers.Dense(3, activation="relu", name="hidden"),
-                                 tf.keras.layers.Embedding(3, 2, name="emb")])
+                                 tf.keras.layers.CategoryEncoding(num_tokens=3, name="emb")])
     src = tmp_path / "m.keras"
     model.save(src)
     proc = run("convert", "--src", str(src), "--dst", str(tmp_path / "out.json"))
-    assert_clean_failure(proc, 1, "'hidden' (Dense)", "activation", "'emb' (Embedding)")
+    assert_clean_failure(proc, 1, "'hidden' (Dense)", "activation", "'emb' (CategoryEncoding)")
     assert not (tmp_path / "out.json").exists()
     proc = run("convert", "--src", str(src), "--dst", str(tmp_path / "out.json"), "--allow-non-linear-activation")
-    assert_clean_failure(proc, 1, "'emb' (Embedding)")
+    assert_clean_failure(proc, 1, "'emb' (CategoryEncoding)")
     proc = run("inspect-ir", str(src))
-    assert proc.returncode == 0 and "opaque(%" in proc.stdout and "keras_class=Embedding" in proc.stdout
+    assert proc.returncode == 0 and "opaque(%" in proc.stdout and "keras_class=CategoryEncoding" in proc.stdout

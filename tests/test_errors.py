@@ -24,7 +24,7 @@ def _bad_model():
         L.Conv2D(4, 3, activation="relu", data_format="channels_first", name="conv_relu"),
         L.Conv2D(4, 3, padding="same", data_format="channels_first", name="ok_conv"),
         L.Reshape((4, 36), name="reshape"),
-        L.LSTM(3, name="lstm"),
+        L.AlphaDropout(0.1, name="alpha"),  # a layer class keydnn has no converter for
         L.Dense(2, activation="softmax", name="dense_softmax"),
     ], name="bad")
 
@@ -34,13 +34,14 @@ def test_strict_mode_reports_every_problem_at_once():
         keydnn.from_keras(_bad_model())
     err = info.value
     by_layer = {p.layer_name: p for p in err.problems}
-    assert set(by_layer) >= {"conv_relu", "lstm", "dense_softmax"}
+    assert set(by_layer) >= {"conv_relu", "alpha", "dense_softmax"}
     relu = by_layer["conv_relu"]
     assert (relu.layer_index, relu.layer_class, relu.field, relu.value) == (0, "Conv2D", "activation", "relu")
     assert "allow_non_linear_activation" in relu.supported
-    assert by_layer["lstm"].layer_class == "LSTM" and "Dense" in by_layer["lstm"].supported
+    assert by_layer["alpha"].layer_class == "AlphaDropout" and "Dense" in by_layer["alpha"].supported
     text = str(err)
-    assert "layer 0 'conv_relu' (Conv2D)" in text and "'lstm' (LSTM)" in text and "'dense_softmax' (Dense)" in text
+    assert "layer 0 'conv_relu' (Conv2D)" in text and "'alpha' (AlphaDropout)" in text
+    assert "'dense_softmax' (Dense)" in text
 
 
 def test_fused_activation_is_lowered_when_allowed_never_dropped():
@@ -58,8 +59,8 @@ def test_non_strict_keeps_placeholders_warns_and_refuses_to_run():
     kinds = [n.op.kind for n in model.graph.nodes]
     assert kinds.count("opaque") >= 2
     text = str(model.graph)
-    assert "opaque(" in text and "keras_class=LSTM" in text
-    with pytest.raises(BackendError, match=r"conv_relu \(Conv2D\).*lstm \(LSTM\)"):
+    assert "opaque(" in text and "keras_class=AlphaDropout" in text
+    with pytest.raises(BackendError, match=r"conv_relu \(Conv2D\).*alpha \(AlphaDropout\)"):
         model(np.zeros((1, 1, 8, 8), "f4"))
 
 

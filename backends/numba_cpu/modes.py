@@ -39,6 +39,24 @@ def load_kernels() -> None:
         kernels_conv, kernels_dense, kernels_elementwise, kernels_merge, kernels_norm, kernels_pool, kernels_shape,
         kernels_spatial,
     )
+    from keydnn.backends.numba_cpu import kernels_conv_recurrent, kernels_recurrent  # noqa: F401
+
+
+#: Op kinds the whole-graph generator has no emitter for: graphs with them run on the per-op kernels.
+PER_OP_ONLY: frozenset[str] = frozenset({"rnn", "embedding", "sequence_mask", "masking", "repeat_vector", "fold_time",
+                                      "unfold_time", "conv_lstm"})
+
+
+def _per_op_only(graph: Graph) -> str:
+    """Why ``graph`` must run on the per-op kernels ('' when codegen may take it): an op kind without an
+    emitter, or a symbolic non-batch input axis (the per-op kernels read shapes at call time, so every
+    sequence length runs without compiling again)."""
+    kinds = sorted({n.op.kind for n in graph.nodes} & PER_OP_ONLY)
+    if kinds:
+        return f"ops {', '.join(kinds)} have per-op kernels only"
+    if any(isinstance(d, str) for v in graph.inputs if v.type is not None for d in v.type.shape[1:]):
+        return "an input has a symbolic non-batch axis (variable sequence length)"
+    return ""
 
 
 def compile_graph(graph: Graph, mode: Optional[str] = None):
@@ -53,6 +71,9 @@ def compile_graph(graph: Graph, mode: Optional[str] = None):
     mode = default_mode() if mode is None else mode
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "codegen" and _per_op_only(graph):
+        logger.info("graph %r runs on the per-op kernels: %s", graph.name, _per_op_only(graph))
+        mode = "ops"
     if mode == "codegen":
         from keydnn.backends.numba_cpu.cg_exec import try_codegen
 

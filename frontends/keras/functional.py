@@ -53,6 +53,8 @@ class Call:
 
     refs: list[Ref] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: The call passed a mask tensor (Keras 3 records the mask it propagated): keydnn's own mask must exist.
+    mask_tensor: bool = False
 
 
 # --------------------------------------------------------------------------- #
@@ -91,13 +93,21 @@ def _tensors(value: Any, out: list[Ref], others: list[Any]) -> None:
         others.append(value)
 
 
+#: Call keywords whose tensors are wired as further inputs (a recurrent layer's initial_state).
+_WIRED_KWARGS = ("initial_state",)
+
+
 def _check_kwargs(kwargs: Any, call: Call) -> None:
     if not isinstance(kwargs, dict):
         return
     for key, value in kwargs.items():
         found: list[Ref] = []
         _tensors(value, found, [])
-        if found:
+        if found and key in _WIRED_KWARGS:
+            call.refs.extend(found)
+        elif found and key == "mask":
+            call.mask_tensor = True  # keydnn propagates masks itself; _walk checks that one reaches this call
+        elif found:
             call.problems.append(f"call argument {key!r} is a tensor ({found[0][0]}); keydnn only wires "
                                  "a layer's main inputs")
         elif key not in _HARMLESS_KWARGS or value not in _HARMLESS_KWARGS[key]:
@@ -234,9 +244,13 @@ def _walk(low: Lowering, graph: _Graph, bound: dict[Ref, str], outputs: list[Ref
                     raise graph._broken(f"reads tensor {list(ref)}, which no layer produces")
                 env[ref] = placeholder
             inputs.append(env[ref])
-        if call.problems and not _unsupported_class(layer):
+        problems = list(call.problems)
+        if call.mask_tensor and inputs and inputs[0] not in low.masks:
+            problems.append("is called with a mask tensor that does not come from Embedding(mask_zero=True) or "
+                            "Masking upstream; keydnn only propagates those masks")
+        if problems and not _unsupported_class(layer):
             low.placeholder(layer, inputs, node_name,
-                            [Problem(p, layer.index, layer.name, layer.class_name) for p in call.problems])
+                            [Problem(p, layer.index, layer.name, layer.class_name) for p in problems])
             results = [low.nodes[-1].outputs[0].name]
         else:
             results = low.call(layer, inputs, name=node_name)

@@ -44,6 +44,17 @@ IGNORED_AT_INFERENCE: frozenset[str] = frozenset()
 
 #: Layer classes whose converters take several input tensors (``GraphLayerContext.inputs``).
 MULTI_INPUT_LAYERS: set[str] = set()
+#: Layer classes through which Keras passes a sequence mask on unchanged (``supports_masking`` without a
+#: ``compute_mask`` of their own). Converters of mask-making or mask-using layers set ``out_mask`` themselves.
+MASK_PASSING: set[str] = {
+    "Dense", "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "ActivityRegularization", "Activation",
+    "ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax", "BatchNormalization", "LayerNormalization",
+}
+#: Layer classes that would compute with a mask in a way keydnn does not: refused when a mask reaches them.
+MASK_REFUSED: set[str] = {
+    "GlobalAveragePooling1D", "GlobalMaxPooling1D", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
+    "Concatenate", "Attention", "AdditiveAttention", "MultiHeadAttention",
+}
 #: Layer classes that are whole models: inlined, never converted as one layer.
 NESTED_MODEL_CLASSES: frozenset[str] = frozenset({"Sequential", "Functional", "Model"})
 
@@ -99,6 +110,9 @@ def unchecked_note(names: Sequence[str]) -> str:
 
 
 _LAYOUT_BY_RANK = {2: "NC"}
+#: Integer Keras input dtypes (token ids for an Embedding) -> the IR input dtype.
+_INTEGER_INPUTS = {"int32": "int32", "int64": "int64", "int16": "int32", "int8": "int32", "uint8": "int32",
+                   "uint16": "int32", "uint32": "int64", "uint64": "int64"}
 _SPATIAL_LAYOUTS = {4: ("NCHW", "NHWC"), 3: ("NCW", "NWC")}
 
 
@@ -132,6 +146,12 @@ class GraphLayerContext(LayerContext):
     node_name: str | None = None
     known_types: dict[str, TensorType | None] = field(default_factory=dict)
     taken: set[str] = field(default_factory=set)
+    #: The Keras mask (a (N, T) value) of the main input, if any; a converter that makes or keeps a mask
+    #: sets ``out_mask`` (``MASK_PASSING`` layers keep theirs without one).
+    in_mask: str | None = None
+    out_mask: str | None = None
+    #: Results after the first (``return_state``, ``Bidirectional(merge_mode=None)``), in Keras's order.
+    extra_results: list[str] = field(default_factory=list)
 
     def _node_name(self, suffix: str | None) -> str:
         base = self.node_name or self.layer.name
@@ -176,6 +196,8 @@ class Lowering:
         #: Layers not checked because an earlier unsupported layer left their input shape unknown.
         self.unchecked: list[str] = []
         self._records: dict[str, dict] = {}
+        #: value -> its Keras mask value (sequence models).
+        self.masks: dict[str, str] = {}
 
     # -- values -------------------------------------------------------------------
     def input_value(self, name: str, shape: Sequence[int | None], where: str = "input_shape") -> Value:
@@ -186,17 +208,29 @@ class Lowering:
             shape = [None]
         dims: list[int | str] = ["N"]
         for i, d in enumerate(shape[1:], start=1):
-            if d is None:
+            if d is None and i == 1 and len(shape) >= 2:
+                dims.append("T")  # a variable-length sequence: the symbolic time axis
+            elif d is None:
                 self.problems.append(Problem(f"input dimension {i} is dynamic (None)", field=where,
                                              value=list(shape), supported="static non-batch dimensions"))
                 dims.append(f"D{i}")
             else:
                 dims.append(int(d))
         layout = _LAYOUT_BY_RANK.get(len(dims), "ANY")
-        value = Value(name=name, type=TensorType(shape=tuple(dims), dtype=self.options.dtype, layout=layout))
+        dtype = _INTEGER_INPUTS.get(str(self._keras_input_dtype(name)), self.options.dtype)
+        if dtype != self.options.dtype:
+            layout = "ANY"  # token ids, not features
+        value = Value(name=name, type=TensorType(shape=tuple(dims), dtype=dtype, layout=layout))
         self.types[name] = value.type
         self.taken.add(name)
         return value
+
+    def _keras_input_dtype(self, name: str) -> object:
+        """The dtype the Keras input layer ``name`` declares (the model's input dtype for a stack)."""
+        for entry in self.spec.input_layer_configs:
+            if entry.get("name") == name:
+                return (entry.get("config") or {}).get("dtype")
+        return self.spec.input_dtype if name == "input" or len(self.spec.input_layer_configs) <= 1 else None
 
     def node_name(self, base: str) -> str:
         """``base``, or ``base_1``... when a node or value already has that name."""
@@ -226,7 +260,7 @@ class Lowering:
         ctx = GraphLayerContext(layer=layer, x=x, x_type=x_type, options=self.options, problems=self.problems,
                                 nodes=self.nodes, weights=self.weights, inputs=tuple(inputs),
                                 input_types=tuple(self.types.get(i) for i in inputs), node_name=name,
-                                known_types=self.types, taken=self.taken)
+                                known_types=self.types, taken=self.taken, in_mask=self.masks.get(x))
         entry = CONVERTERS.get(layer.class_name)
         failed = False
         custom = _custom_class(layer)
@@ -245,6 +279,11 @@ class Lowering:
                 self._record(layer, [])
                 return [x]
             ctx.refuse(f"unsupported layer class {layer.class_name!r}", supported=", ".join(sorted(CONVERTERS)))
+            failed = True
+        elif ctx.in_mask is not None and layer.class_name in MASK_REFUSED:
+            ctx.refuse("receives a sequence mask (from Embedding(mask_zero=True) or Masking), which this layer "
+                       "would use; keydnn does not compute its masked form", field="mask",
+                       supported="masks into recurrent layers, through Dense/Dropout/activations/normalization")
             failed = True
         elif len(inputs) != 1 and layer.class_name not in MULTI_INPUT_LAYERS:
             ctx.refuse(f"takes one input tensor, but is called on {len(inputs)}", field="inputs",
@@ -291,8 +330,13 @@ class Lowering:
             for node in self.nodes[first_node:]:  # also nodes a converter appended by hand
                 self.taken.add(node.name)
                 self.types.setdefault(node.outputs[0].name, node.outputs[0].type)
+            mask = ctx.out_mask
+            if mask is None and ctx.in_mask is not None and layer.class_name in MASK_PASSING:
+                mask = ctx.in_mask
+            if mask is not None:
+                self.masks[result] = mask
         self._record(layer, [n.name for n in self.nodes[first_node:]])
-        return [result]
+        return [result] + ([] if failed else list(ctx.extra_results))
 
     def placeholder(self, layer: LayerSpec, inputs: Sequence[str], name: str, problems: Sequence[Problem]) -> str:
         """Record ``problems`` for a call that cannot be converted; an ``opaque`` node stands in for it."""

@@ -9,7 +9,9 @@ Families: ``nn`` (conv2d, dense, windowed pools), ``spatial`` (pad2d, crop2d,
 upsample2d, global_max_pool2d), ``norm`` (batch_norm, scale_shift),
 ``elementwise`` (relu, prelu, softmax, activation), ``shape`` (flatten,
 reshape, transpose, expand_dims, squeeze, opaque), ``merge`` (add, sub, mul,
-avg, max, min, concat: the multi-operand ops of DAGs). 1-D layers are 2-D ops
+avg, max, min, concat: the multi-operand ops of DAGs), ``recurrent``
+(rnn, embedding, sequence_mask, masking, repeat_vector, fold_time, unfold_time:
+sequence models; ``conv_recurrent``: conv_lstm). 1-D layers are 2-D ops
 between ``expand_dims`` and ``squeeze``; see ``keydnn.ir.ops.shape``.
 """
 
@@ -23,7 +25,9 @@ from keydnn.ir.ops.base import OpBase, ShapeError
 from keydnn.ir.ops.elementwise import ACTIVATION_FUNCTIONS, Activation, PRelu, Relu, Softmax
 from keydnn.ir.ops.merge import Add, Avg, Concat, Max, Min, Mul, Sub
 from keydnn.ir.ops.nn import AvgPool2d, Conv2d, Dense, Epilogue, GlobalAvgPool2d, MaxPool2d
+from keydnn.ir.ops.conv_recurrent import ConvLstm
 from keydnn.ir.ops.norm import BatchNorm, ScaleShift
+from keydnn.ir.ops.recurrent import Embedding, FoldTime, Masking, RepeatVector, Rnn, SequenceMask, UnfoldTime
 from keydnn.ir.ops.shape import ExpandDims, Flatten, Opaque, Reshape, Squeeze, Transpose
 from keydnn.ir.ops.spatial import Crop2d, GlobalMaxPool2d, Pad2d, Upsample2d
 
@@ -33,6 +37,7 @@ __all__ = [
     "Transpose", "Relu", "Softmax", "Activation", "Opaque",
     "BatchNorm", "ScaleShift", "PRelu", "Pad2d", "Crop2d", "Upsample2d", "GlobalMaxPool2d",
     "ExpandDims", "Squeeze", "Add", "Sub", "Mul", "Avg", "Max", "Min", "Concat",
+    "Rnn", "Embedding", "SequenceMask", "Masking", "RepeatVector", "FoldTime", "UnfoldTime", "ConvLstm",
 ]
 
 _CLASSES = (
@@ -40,6 +45,7 @@ _CLASSES = (
     Relu, Softmax, Activation, Opaque,
     BatchNorm, ScaleShift, PRelu, Pad2d, Crop2d, Upsample2d, GlobalMaxPool2d, ExpandDims, Squeeze,
     Add, Sub, Mul, Avg, Max, Min, Concat,
+    Rnn, Embedding, SequenceMask, Masking, RepeatVector, FoldTime, UnfoldTime, ConvLstm,
 )
 
 Op = Annotated[
@@ -48,6 +54,7 @@ Op = Annotated[
         Relu, Softmax, Activation, Opaque,
         BatchNorm, ScaleShift, PRelu, Pad2d, Crop2d, Upsample2d, GlobalMaxPool2d, ExpandDims, Squeeze,
         Add, Sub, Mul, Avg, Max, Min, Concat,
+        Rnn, Embedding, SequenceMask, Masking, RepeatVector, FoldTime, UnfoldTime, ConvLstm,
     ],
     Field(discriminator="kind"),
 ]

@@ -264,4 +264,7 @@ LAYOUT_RULES: dict[str, Rule] = {
     "dense": dense, "reshape": guard, "opaque": guard,
     # several operands: one common order for all of them
     "add": merge, "sub": merge, "mul": merge, "avg": merge, "max": merge, "min": merge, "concat": merge,
+    # sequences: the time axis is not an image axis; operands and results stay in Keras order
+    "rnn": guard, "embedding": guard, "sequence_mask": guard, "masking": guard, "repeat_vector": guard,
+    "fold_time": guard, "unfold_time": guard, "conv_lstm": guard,
 }

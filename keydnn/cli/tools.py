@@ -191,7 +191,7 @@ def bench(artifact: str, batch_text: str, repeat: int, warmup: int, device: str,
         load_s = time.perf_counter() - start
         rows = []
         for batch in batches:
-            xs = sample_inputs(model.input_types, n=batch)
+            xs = sample_inputs(model.input_types, n=batch, graph=model.graph)
             start = time.perf_counter()
             model(*xs)
             first_s = time.perf_counter() - start
