@@ -49,6 +49,17 @@ def test_tiers_describe_their_registers_and_lanes():
         assert 2 * tier.gemm_rows + 3 <= tier.registers
 
 
+def test_every_tile_a_tier_asks_for_is_generated():
+    from keydnn.backends.numba_cpu.ukernel_source import CHANNEL_TILES, PACKED_TILES, TILES
+
+    for tier in TIERS.values():
+        assert (tier.gemm_rows, 2) in TILES and (tier.gemm_rows, 2) in PACKED_TILES
+        for nv in (1, 2, 3, 4):
+            rows = tier.channel_rows(nv)
+            assert (rows, nv) in CHANNEL_TILES
+            assert rows * nv + 4 <= tier.registers  # accumulators, the loaded vector, pixel broadcasts
+
+
 def test_native_is_the_widest_tier_the_cpu_has(tier_env):
     tier_env(None, frozenset({"AVX", "AVX2", "FMA3"}))
     assert native_tier() == "avx2" and current_target().name == "avx2"

@@ -37,7 +37,7 @@ from keydnn.backends.numba_cpu.codes import LINEAR, RELU, RELU0, encode_activati
 from keydnn.backends.numba_cpu.cpu import dw_lanes
 from keydnn.backends.numba_cpu.target import current_target
 from keydnn.backends.numba_cpu.ukernel_source import (
-    CHANNEL_TILES, DEPTHWISE_SHAPES, DW_ROWS, blocks_kernel_name, channel_kernel_name, depthwise_kernel_name,
+    DEPTHWISE_SHAPES, DW_ROWS, blocks_kernel_name, channel_kernel_name, depthwise_kernel_name,
     kernel_name,
 )
 
@@ -64,7 +64,7 @@ L1_WAY_BYTES, L1_WAYS = 4096, 12
 #: Bytes of a channel-vector tile's staging block (the tile stores land there, then whole lines go out).
 STAGING_BYTES = 24 << 10
 #: Vectors of output channels -> pixel rows of the channel-vector tile.
-_CHANNEL_ROWS = {nv: mr for mr, nv in CHANNEL_TILES}
+_CHANNEL_ROWS = {nv: current_target().channel_rows(nv) for nv in (1, 2, 3, 4)}
 
 
 def kernel_activation(op) -> tuple[int, tuple, tuple]:
@@ -455,6 +455,9 @@ def emit_dense(ctx: EmitContext) -> None:
     half = 2 * lanes
     xb, yb = x.base(), y.base()
 
+    tile = _conv_rows()  # two-vector tile rows: as many as the registers hold (8 on AVX-512, 6 on AVX2)
+    dense_rows = tile * (DENSE_ROWS // tile)
+
     def call(mr: int, nv: int, off: int) -> str:
         return ctx.call(kernel_name(mr, nv, lanes), k, x, f"{xb} + r * {k}", k, Arr("W"), f"wp + {off}", y,
                         f"{yb} + r * {m} + col0 + {off}", m, mr, f"cols - {off}", Arr("W"), f"{b_off} + col0 + {off}",
@@ -463,16 +466,16 @@ def emit_dense(ctx: EmitContext) -> None:
     body = [
         f"rb = it // {panels}",
         f"jb = it - rb * {panels}",
-        f"r = rb * {DENSE_ROWS}",
-        f"r1 = min(rows, r + {DENSE_ROWS})",
+        f"r = rb * {dense_rows}",
+        f"r1 = min(rows, r + {dense_rows})",
         f"col0 = jb * {nb}",
         f"cols = min({nb}, {m} - col0)",
         f"wp = {w_off} + jb * {k * nb}",
-        "while r + 8 <= r1:",
-        f"    {call(8, 2, 0)}",
+        f"while r + {tile} <= r1:",
+        f"    {call(tile, 2, 0)}",
         f"    if cols > {half}:",
-        f"        {call(8, 2, half)}",
-        "    r += 8",
+        f"        {call(tile, 2, half)}",
+        f"    r += {tile}",
         "if r + 4 <= r1:",
         f"    {call(4, 2, 0)}",
         f"    if cols > {half}:",
@@ -483,12 +486,12 @@ def emit_dense(ctx: EmitContext) -> None:
         "    r += 1",
     ]
     if post_activation(act):
-        body += [f"for rr in range(rb * {DENSE_ROWS}, r1):",
+        body += [f"for rr in range(rb * {dense_rows}, r1):",
                  "    " + ctx.call("act_copy", y, f"{yb} + rr * {m} + col0", y, f"{yb} + rr * {m} + col0", "cols",
                                    *_act_args(act))]
     work = 2.0 * k * m * per_sample_rows
     ctx.stage(Stage(f"dense {k}->{m} panels={panels}", body, batched=y.batched, setup=[f"rows = {rows}"],
-                    items=f"((rows + {DENSE_ROWS - 1}) // {DENSE_ROWS}) * {panels}", work=work))
+                    items=f"((rows + {dense_rows - 1}) // {dense_rows}) * {panels}", work=work))
 
 
 def _emit_window(ctx: EmitContext, helper: str) -> None:

@@ -72,6 +72,14 @@ class Target:
         vectors and a broadcast fit the register file (8 x 2 + 3 = 19 of 32; 6 x 2 + 3 = 15 of 16)."""
         return 8 if self.registers >= 32 else 6
 
+    def channel_rows(self, nv: int) -> int:
+        """Output pixels of a channel-vector conv tile with ``nv`` vectors of output channels: ``rows * nv``
+        accumulators plus the loaded vector and pixel broadcasts fit the registers (with 32 registers the
+        measured 6x4 / 8x3 / 8x2 / 8x1 tiles; with 16, 3x4 / 4x3 / 6x2 / 8x1, at most 12 accumulators)."""
+        if self.registers >= 32:
+            return {4: 6, 3: 8, 2: 8, 1: 8}[nv]
+        return {4: 3, 3: 4, 2: 6, 1: 8}[nv]
+
     def identity(self) -> str:
         """What compiled code depends on: the tier and, for the native tier, nothing more than the host CPU."""
         return f"{self.name}|{self.llvm_cpu or 'host'}|{self.llvm_features if self.llvm_features is not None else 'host'}"

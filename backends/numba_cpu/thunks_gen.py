@@ -52,9 +52,21 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
     mk_4x2_l16,
     mk_4x2_l4,
     mk_4x2_l8,
+    mk_6x2_l16,
+    mk_6x2_l4,
+    mk_6x2_l8,
     mk_8x2_l16,
     mk_8x2_l4,
     mk_8x2_l8,
+    mkc_3x4_l16,
+    mkc_3x4_l4,
+    mkc_3x4_l8,
+    mkc_4x3_l16,
+    mkc_4x3_l4,
+    mkc_4x3_l8,
+    mkc_6x2_l16,
+    mkc_6x2_l4,
+    mkc_6x2_l8,
     mkc_6x4_l16,
     mkc_6x4_l4,
     mkc_6x4_l8,
@@ -94,7 +106,7 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
 )
 
 #: sha256 of simd.py, cg_kernels.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
-SOURCES_DIGEST = "1b86990b76cea4e239d695b0c229d753b2240782a28c93d809daeb3803abab1a"
+SOURCES_DIGEST = "36c60f775d4b936450e0ffad9834f2857e7918f2d945e0f868b857980b2cfe69"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
@@ -313,6 +325,14 @@ def mk_8x2_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a
     mk_8x2_l16(a0, farray(a1, np.float64), a2, a3, farray(a4, np.float64), a5, farray(a6, np.float64), a7, a8, a9, a10, farray(a11, np.float64), a12, a13, a14, a15, a16, a17, a18)
 
 
+def mk_6x2_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_6x2_l16(a0, farray(a1, np.float32), a2, a3, farray(a4, np.float32), a5, farray(a6, np.float32), a7, a8, a9, a10, farray(a11, np.float32), a12, a13, a14, a15, a16, a17, a18)
+
+
+def mk_6x2_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_6x2_l16(a0, farray(a1, np.float64), a2, a3, farray(a4, np.float64), a5, farray(a6, np.float64), a7, a8, a9, a10, farray(a11, np.float64), a12, a13, a14, a15, a16, a17, a18)
+
+
 def mk_1x4_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
     mk_1x4_l8(a0, farray(a1, np.float32), a2, a3, farray(a4, np.float32), a5, farray(a6, np.float32), a7, a8, a9, a10, farray(a11, np.float32), a12, a13, a14, a15, a16, a17, a18)
 
@@ -337,6 +357,14 @@ def mk_8x2_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a1
     mk_8x2_l8(a0, farray(a1, np.float64), a2, a3, farray(a4, np.float64), a5, farray(a6, np.float64), a7, a8, a9, a10, farray(a11, np.float64), a12, a13, a14, a15, a16, a17, a18)
 
 
+def mk_6x2_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_6x2_l8(a0, farray(a1, np.float32), a2, a3, farray(a4, np.float32), a5, farray(a6, np.float32), a7, a8, a9, a10, farray(a11, np.float32), a12, a13, a14, a15, a16, a17, a18)
+
+
+def mk_6x2_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_6x2_l8(a0, farray(a1, np.float64), a2, a3, farray(a4, np.float64), a5, farray(a6, np.float64), a7, a8, a9, a10, farray(a11, np.float64), a12, a13, a14, a15, a16, a17, a18)
+
+
 def mk_1x4_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
     mk_1x4_l4(a0, farray(a1, np.float32), a2, a3, farray(a4, np.float32), a5, farray(a6, np.float32), a7, a8, a9, a10, farray(a11, np.float32), a12, a13, a14, a15, a16, a17, a18)
 
@@ -359,6 +387,14 @@ def mk_8x2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a1
 
 def mk_8x2_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
     mk_8x2_l4(a0, farray(a1, np.float64), a2, a3, farray(a4, np.float64), a5, farray(a6, np.float64), a7, a8, a9, a10, farray(a11, np.float64), a12, a13, a14, a15, a16, a17, a18)
+
+
+def mk_6x2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_6x2_l4(a0, farray(a1, np.float32), a2, a3, farray(a4, np.float32), a5, farray(a6, np.float32), a7, a8, a9, a10, farray(a11, np.float32), a12, a13, a14, a15, a16, a17, a18)
+
+
+def mk_6x2_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    mk_6x2_l4(a0, farray(a1, np.float64), a2, a3, farray(a4, np.float64), a5, farray(a6, np.float64), a7, a8, a9, a10, farray(a11, np.float64), a12, a13, a14, a15, a16, a17, a18)
 
 
 def mkp_8x2_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
@@ -585,6 +621,30 @@ def mkc_8x1_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, 
     mkc_8x1_l16(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
 
 
+def mkc_3x4_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_3x4_l16(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_3x4_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_3x4_l16(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_4x3_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_4x3_l16(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_4x3_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_4x3_l16(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_6x2_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_6x2_l16(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_6x2_l16_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_6x2_l16(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
 def mkc_6x4_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
     mkc_6x4_l8(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
 
@@ -617,6 +677,30 @@ def mkc_8x1_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a
     mkc_8x1_l8(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
 
 
+def mkc_3x4_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_3x4_l8(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_3x4_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_3x4_l8(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_4x3_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_4x3_l8(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_4x3_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_4x3_l8(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_6x2_l8_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_6x2_l8(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_6x2_l8_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_6x2_l8(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
 def mkc_6x4_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
     mkc_6x4_l4(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
 
@@ -647,6 +731,30 @@ def mkc_8x1_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a
 
 def mkc_8x1_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
     mkc_8x1_l4(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_3x4_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_3x4_l4(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_3x4_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_3x4_l4(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_4x3_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_4x3_l4(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_4x3_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_4x3_l4(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_6x2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_6x2_l4(a0, farray(a1, np.float32), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float32), a8, farray(a9, np.float32), a10, a11, a12, a13, farray(a14, np.float32), a15, a16, a17, a18, a19, a20, a21)
+
+
+def mkc_6x2_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21):
+    mkc_6x2_l4(a0, farray(a1, np.float64), a2, farray(a3, np.int64), a4, farray(a5, np.int64), a6, farray(a7, np.float64), a8, farray(a9, np.float64), a10, a11, a12, a13, farray(a14, np.float64), a15, a16, a17, a18, a19, a20, a21)
 
 
 def dwk_3x3s1_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):

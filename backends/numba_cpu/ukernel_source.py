@@ -76,15 +76,17 @@ __all__ = ["TILES", "PACKED_TILES", "CHANNEL_TILES", "DEPTHWISE_SHAPES", "LANES"
 
 logger = logging.getLogger(__name__)
 
-#: (MR, NV) of the dense kernels: rows (samples) x vectors of a 4L-column weight panel (NV <= 4).
-TILES: tuple[tuple[int, int], ...] = ((1, 4), (4, 2), (8, 2))
+#: (MR, NV) of the dense kernels: rows (samples) x vectors of a 4L-column weight panel (NV <= 4); the
+#: two-vector tile has ``Target.gemm_rows`` rows (8 with 32 vector registers, 6 with 16).
+TILES: tuple[tuple[int, int], ...] = ((1, 4), (4, 2), (8, 2), (6, 2))
 #: Tile shapes with A packed ``[k][m]`` (conv weights); (6, 2) is the conv tile of 16-register targets (AVX2:
 #: 12 accumulators, two loaded vectors and a broadcast), (8, 2) of 32-register ones.
 PACKED_TILES: tuple[tuple[int, int], ...] = ((8, 2), (12, 2), (8, 3), (6, 2))
 #: (MR, NV) of the channel-vector conv kernels: output pixels x vectors of output channels. At most 8 pixel
 #: rows: each row keeps an address in a general register, and 12 or 14 rows spilled them (55-85 GMAC/s
-#: against 105-125 for these, measured on AVX-512).
-CHANNEL_TILES: tuple[tuple[int, int], ...] = ((6, 4), (8, 3), (8, 2), (8, 1))
+#: against 105-125 for these, measured on AVX-512). The last three are the tiles of 16-register targets
+#: (``Target.channel_rows``: at most 12 accumulators).
+CHANNEL_TILES: tuple[tuple[int, int], ...] = ((6, 4), (8, 3), (8, 2), (8, 1), (3, 4), (4, 3), (6, 2))
 #: (KH, KW, stride) of the depthwise kernels with every tap unrolled (dilation 1, the same stride along both
 #: axes); other depthwise filters run the general ``cg_depthwise.dw_conv_planes``.
 DEPTHWISE_SHAPES: tuple[tuple[int, int, int], ...] = ((3, 3, 1), (3, 3, 2), (5, 5, 1), (5, 5, 2))

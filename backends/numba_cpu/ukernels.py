@@ -257,6 +257,103 @@ def mk_8x2_l16(K, A, a_off, a_rs, B, b_off, C, c_off, c_rs, rows, cols, bias, bi
         if rows > 7: vstore_n(C, c_off + 7 * c_rs + 0 * 16, c7_0, n0); vstore_n(C, c_off + 7 * c_rs + 1 * 16, c7_1, n1)
 
 
+@numba.njit(**JIT_OPTIONS)
+def mk_6x2_l16(K, A, a_off, a_rs, B, b_off, C, c_off, c_rs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
+    z = vzero(C, 16)
+    c0_0 = c0_1 = z
+    c1_0 = c1_1 = z
+    c2_0 = c2_1 = z
+    c3_0 = c3_1 = z
+    c4_0 = c4_1 = z
+    c5_0 = c5_1 = z
+    ar0 = a_off + min(0, rows - 1) * a_rs
+    ar1 = a_off + min(1, rows - 1) * a_rs
+    ar2 = a_off + min(2, rows - 1) * a_rs
+    ar3 = a_off + min(3, rows - 1) * a_rs
+    ar4 = a_off + min(4, rows - 1) * a_rs
+    ar5 = a_off + min(5, rows - 1) * a_rs
+    n0 = min(16, max(0, cols - 0))
+    n1 = min(16, max(0, cols - 16))
+    for k in range(K):
+        bo = b_off + k * 64
+        b0 = vload(B, bo + 0, 16)
+        b1 = vload(B, bo + 16, 16)
+        a = vbroadcast(A, ar0 + k, z)
+        c0_0 = vfma(a, b0, c0_0)
+        c0_1 = vfma(a, b1, c0_1)
+        a = vbroadcast(A, ar1 + k, z)
+        c1_0 = vfma(a, b0, c1_0)
+        c1_1 = vfma(a, b1, c1_1)
+        a = vbroadcast(A, ar2 + k, z)
+        c2_0 = vfma(a, b0, c2_0)
+        c2_1 = vfma(a, b1, c2_1)
+        a = vbroadcast(A, ar3 + k, z)
+        c3_0 = vfma(a, b0, c3_0)
+        c3_1 = vfma(a, b1, c3_1)
+        a = vbroadcast(A, ar4 + k, z)
+        c4_0 = vfma(a, b0, c4_0)
+        c4_1 = vfma(a, b1, c4_1)
+        a = vbroadcast(A, ar5 + k, z)
+        c5_0 = vfma(a, b0, c5_0)
+        c5_1 = vfma(a, b1, c5_1)
+    if bias_mode == 2:
+        bv = vload_n(bias, bias_off + 0, n0, 16)
+        c0_0 = vadd(c0_0, bv)
+        c1_0 = vadd(c1_0, bv)
+        c2_0 = vadd(c2_0, bv)
+        c3_0 = vadd(c3_0, bv)
+        c4_0 = vadd(c4_0, bv)
+        c5_0 = vadd(c5_0, bv)
+        bv = vload_n(bias, bias_off + 16, n1, 16)
+        c0_1 = vadd(c0_1, bv)
+        c1_1 = vadd(c1_1, bv)
+        c2_1 = vadd(c2_1, bv)
+        c3_1 = vadd(c3_1, bv)
+        c4_1 = vadd(c4_1, bv)
+        c5_1 = vadd(c5_1, bv)
+    if act == 1:
+        c0_0 = vmax_zero(c0_0)
+        c0_1 = vmax_zero(c0_1)
+        c1_0 = vmax_zero(c1_0)
+        c1_1 = vmax_zero(c1_1)
+        c2_0 = vmax_zero(c2_0)
+        c2_1 = vmax_zero(c2_1)
+        c3_0 = vmax_zero(c3_0)
+        c3_1 = vmax_zero(c3_1)
+        c4_0 = vmax_zero(c4_0)
+        c4_1 = vmax_zero(c4_1)
+        c5_0 = vmax_zero(c5_0)
+        c5_1 = vmax_zero(c5_1)
+    elif act == 2:
+        c0_0 = vrelu_general(c0_0, p0, p1, p2, p3)
+        c0_1 = vrelu_general(c0_1, p0, p1, p2, p3)
+        c1_0 = vrelu_general(c1_0, p0, p1, p2, p3)
+        c1_1 = vrelu_general(c1_1, p0, p1, p2, p3)
+        c2_0 = vrelu_general(c2_0, p0, p1, p2, p3)
+        c2_1 = vrelu_general(c2_1, p0, p1, p2, p3)
+        c3_0 = vrelu_general(c3_0, p0, p1, p2, p3)
+        c3_1 = vrelu_general(c3_1, p0, p1, p2, p3)
+        c4_0 = vrelu_general(c4_0, p0, p1, p2, p3)
+        c4_1 = vrelu_general(c4_1, p0, p1, p2, p3)
+        c5_0 = vrelu_general(c5_0, p0, p1, p2, p3)
+        c5_1 = vrelu_general(c5_1, p0, p1, p2, p3)
+    if n0 == 16 and n1 == 16:
+        vstore(C, c_off + 0 * c_rs + 0 * 16, c0_0); vstore(C, c_off + 0 * c_rs + 1 * 16, c0_1)
+        if rows > 1: vstore(C, c_off + 1 * c_rs + 0 * 16, c1_0); vstore(C, c_off + 1 * c_rs + 1 * 16, c1_1)
+        if rows > 2: vstore(C, c_off + 2 * c_rs + 0 * 16, c2_0); vstore(C, c_off + 2 * c_rs + 1 * 16, c2_1)
+        if rows > 3: vstore(C, c_off + 3 * c_rs + 0 * 16, c3_0); vstore(C, c_off + 3 * c_rs + 1 * 16, c3_1)
+        if rows > 4: vstore(C, c_off + 4 * c_rs + 0 * 16, c4_0); vstore(C, c_off + 4 * c_rs + 1 * 16, c4_1)
+        if rows > 5: vstore(C, c_off + 5 * c_rs + 0 * 16, c5_0); vstore(C, c_off + 5 * c_rs + 1 * 16, c5_1)
+    else:
+        vstore_n(C, c_off + 0 * c_rs + 0 * 16, c0_0, n0); vstore_n(C, c_off + 0 * c_rs + 1 * 16, c0_1, n1)
+        if rows > 1: vstore_n(C, c_off + 1 * c_rs + 0 * 16, c1_0, n0); vstore_n(C, c_off + 1 * c_rs + 1 * 16, c1_1, n1)
+        if rows > 2: vstore_n(C, c_off + 2 * c_rs + 0 * 16, c2_0, n0); vstore_n(C, c_off + 2 * c_rs + 1 * 16, c2_1, n1)
+        if rows > 3: vstore_n(C, c_off + 3 * c_rs + 0 * 16, c3_0, n0); vstore_n(C, c_off + 3 * c_rs + 1 * 16, c3_1, n1)
+        if rows > 4: vstore_n(C, c_off + 4 * c_rs + 0 * 16, c4_0, n0); vstore_n(C, c_off + 4 * c_rs + 1 * 16, c4_1, n1)
+        if rows > 5: vstore_n(C, c_off + 5 * c_rs + 0 * 16, c5_0, n0); vstore_n(C, c_off + 5 * c_rs + 1 * 16, c5_1, n1)
+
+
 @numba.njit(**JIT_OPTIONS, inline="always")
 def mkp_8x2_l16(K, A, a_off, B, b_off, T, t_off, b_vs, C, c_off, c_rs, c_vs, rows, cols, bias, bias_off,
         bias_mode, act, p0, p1, p2, p3):
@@ -1304,6 +1401,261 @@ def mkc_8x1_l16(K, A, a_off, P, p_off, T, t_off, B, b_off, C, c_off, c_cs, rows,
 
 
 @numba.njit(**JIT_OPTIONS)
+def mkc_3x4_l16(K, A, a_off, P, p_off, T, t_off, B, b_off, C, c_off, c_cs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
+    z = vzero(C, 16)
+    c0_0 = c0_1 = c0_2 = c0_3 = z
+    c1_0 = c1_1 = c1_2 = c1_3 = z
+    c2_0 = c2_1 = c2_2 = c2_3 = z
+    ar0 = a_off + load_at(P, p_off + min(0, rows - 1))
+    ar1 = a_off + load_at(P, p_off + min(1, rows - 1))
+    ar2 = a_off + load_at(P, p_off + min(2, rows - 1))
+    n0 = min(16, max(0, cols - 0))
+    n1 = min(16, max(0, cols - 16))
+    n2 = min(16, max(0, cols - 32))
+    n3 = min(16, max(0, cols - 48))
+    for k in range(K):
+        tk = load_at(T, t_off + k)
+        bo = b_off + k * 64
+        b0 = vload(B, bo + 0, 16)
+        b1 = vload(B, bo + 16, 16)
+        b2 = vload(B, bo + 32, 16)
+        b3 = vload(B, bo + 48, 16)
+        a = vbroadcast(A, ar0 + tk, z)
+        c0_0 = vfma(a, b0, c0_0)
+        c0_1 = vfma(a, b1, c0_1)
+        c0_2 = vfma(a, b2, c0_2)
+        c0_3 = vfma(a, b3, c0_3)
+        a = vbroadcast(A, ar1 + tk, z)
+        c1_0 = vfma(a, b0, c1_0)
+        c1_1 = vfma(a, b1, c1_1)
+        c1_2 = vfma(a, b2, c1_2)
+        c1_3 = vfma(a, b3, c1_3)
+        a = vbroadcast(A, ar2 + tk, z)
+        c2_0 = vfma(a, b0, c2_0)
+        c2_1 = vfma(a, b1, c2_1)
+        c2_2 = vfma(a, b2, c2_2)
+        c2_3 = vfma(a, b3, c2_3)
+    if bias_mode == 2:
+        bv = vload_n(bias, bias_off + 0, n0, 16)
+        c0_0 = vadd(c0_0, bv)
+        c1_0 = vadd(c1_0, bv)
+        c2_0 = vadd(c2_0, bv)
+        bv = vload_n(bias, bias_off + 16, n1, 16)
+        c0_1 = vadd(c0_1, bv)
+        c1_1 = vadd(c1_1, bv)
+        c2_1 = vadd(c2_1, bv)
+        bv = vload_n(bias, bias_off + 32, n2, 16)
+        c0_2 = vadd(c0_2, bv)
+        c1_2 = vadd(c1_2, bv)
+        c2_2 = vadd(c2_2, bv)
+        bv = vload_n(bias, bias_off + 48, n3, 16)
+        c0_3 = vadd(c0_3, bv)
+        c1_3 = vadd(c1_3, bv)
+        c2_3 = vadd(c2_3, bv)
+    if act == 1:
+        c0_0 = vmax_zero(c0_0)
+        c0_1 = vmax_zero(c0_1)
+        c0_2 = vmax_zero(c0_2)
+        c0_3 = vmax_zero(c0_3)
+        c1_0 = vmax_zero(c1_0)
+        c1_1 = vmax_zero(c1_1)
+        c1_2 = vmax_zero(c1_2)
+        c1_3 = vmax_zero(c1_3)
+        c2_0 = vmax_zero(c2_0)
+        c2_1 = vmax_zero(c2_1)
+        c2_2 = vmax_zero(c2_2)
+        c2_3 = vmax_zero(c2_3)
+    elif act == 2:
+        c0_0 = vrelu_general(c0_0, p0, p1, p2, p3)
+        c0_1 = vrelu_general(c0_1, p0, p1, p2, p3)
+        c0_2 = vrelu_general(c0_2, p0, p1, p2, p3)
+        c0_3 = vrelu_general(c0_3, p0, p1, p2, p3)
+        c1_0 = vrelu_general(c1_0, p0, p1, p2, p3)
+        c1_1 = vrelu_general(c1_1, p0, p1, p2, p3)
+        c1_2 = vrelu_general(c1_2, p0, p1, p2, p3)
+        c1_3 = vrelu_general(c1_3, p0, p1, p2, p3)
+        c2_0 = vrelu_general(c2_0, p0, p1, p2, p3)
+        c2_1 = vrelu_general(c2_1, p0, p1, p2, p3)
+        c2_2 = vrelu_general(c2_2, p0, p1, p2, p3)
+        c2_3 = vrelu_general(c2_3, p0, p1, p2, p3)
+    vstore_transposed(C, c_off + 0 * c_cs, c_cs, rows, n0, c0_0, c1_0, c2_0)
+    vstore_transposed(C, c_off + 16 * c_cs, c_cs, rows, n1, c0_1, c1_1, c2_1)
+    vstore_transposed(C, c_off + 32 * c_cs, c_cs, rows, n2, c0_2, c1_2, c2_2)
+    vstore_transposed(C, c_off + 48 * c_cs, c_cs, rows, n3, c0_3, c1_3, c2_3)
+
+
+@numba.njit(**JIT_OPTIONS)
+def mkc_4x3_l16(K, A, a_off, P, p_off, T, t_off, B, b_off, C, c_off, c_cs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
+    z = vzero(C, 16)
+    c0_0 = c0_1 = c0_2 = z
+    c1_0 = c1_1 = c1_2 = z
+    c2_0 = c2_1 = c2_2 = z
+    c3_0 = c3_1 = c3_2 = z
+    ar0 = a_off + load_at(P, p_off + min(0, rows - 1))
+    ar1 = a_off + load_at(P, p_off + min(1, rows - 1))
+    ar2 = a_off + load_at(P, p_off + min(2, rows - 1))
+    ar3 = a_off + load_at(P, p_off + min(3, rows - 1))
+    n0 = min(16, max(0, cols - 0))
+    n1 = min(16, max(0, cols - 16))
+    n2 = min(16, max(0, cols - 32))
+    for k in range(K):
+        tk = load_at(T, t_off + k)
+        bo = b_off + k * 48
+        b0 = vload(B, bo + 0, 16)
+        b1 = vload(B, bo + 16, 16)
+        b2 = vload(B, bo + 32, 16)
+        a = vbroadcast(A, ar0 + tk, z)
+        c0_0 = vfma(a, b0, c0_0)
+        c0_1 = vfma(a, b1, c0_1)
+        c0_2 = vfma(a, b2, c0_2)
+        a = vbroadcast(A, ar1 + tk, z)
+        c1_0 = vfma(a, b0, c1_0)
+        c1_1 = vfma(a, b1, c1_1)
+        c1_2 = vfma(a, b2, c1_2)
+        a = vbroadcast(A, ar2 + tk, z)
+        c2_0 = vfma(a, b0, c2_0)
+        c2_1 = vfma(a, b1, c2_1)
+        c2_2 = vfma(a, b2, c2_2)
+        a = vbroadcast(A, ar3 + tk, z)
+        c3_0 = vfma(a, b0, c3_0)
+        c3_1 = vfma(a, b1, c3_1)
+        c3_2 = vfma(a, b2, c3_2)
+    if bias_mode == 2:
+        bv = vload_n(bias, bias_off + 0, n0, 16)
+        c0_0 = vadd(c0_0, bv)
+        c1_0 = vadd(c1_0, bv)
+        c2_0 = vadd(c2_0, bv)
+        c3_0 = vadd(c3_0, bv)
+        bv = vload_n(bias, bias_off + 16, n1, 16)
+        c0_1 = vadd(c0_1, bv)
+        c1_1 = vadd(c1_1, bv)
+        c2_1 = vadd(c2_1, bv)
+        c3_1 = vadd(c3_1, bv)
+        bv = vload_n(bias, bias_off + 32, n2, 16)
+        c0_2 = vadd(c0_2, bv)
+        c1_2 = vadd(c1_2, bv)
+        c2_2 = vadd(c2_2, bv)
+        c3_2 = vadd(c3_2, bv)
+    if act == 1:
+        c0_0 = vmax_zero(c0_0)
+        c0_1 = vmax_zero(c0_1)
+        c0_2 = vmax_zero(c0_2)
+        c1_0 = vmax_zero(c1_0)
+        c1_1 = vmax_zero(c1_1)
+        c1_2 = vmax_zero(c1_2)
+        c2_0 = vmax_zero(c2_0)
+        c2_1 = vmax_zero(c2_1)
+        c2_2 = vmax_zero(c2_2)
+        c3_0 = vmax_zero(c3_0)
+        c3_1 = vmax_zero(c3_1)
+        c3_2 = vmax_zero(c3_2)
+    elif act == 2:
+        c0_0 = vrelu_general(c0_0, p0, p1, p2, p3)
+        c0_1 = vrelu_general(c0_1, p0, p1, p2, p3)
+        c0_2 = vrelu_general(c0_2, p0, p1, p2, p3)
+        c1_0 = vrelu_general(c1_0, p0, p1, p2, p3)
+        c1_1 = vrelu_general(c1_1, p0, p1, p2, p3)
+        c1_2 = vrelu_general(c1_2, p0, p1, p2, p3)
+        c2_0 = vrelu_general(c2_0, p0, p1, p2, p3)
+        c2_1 = vrelu_general(c2_1, p0, p1, p2, p3)
+        c2_2 = vrelu_general(c2_2, p0, p1, p2, p3)
+        c3_0 = vrelu_general(c3_0, p0, p1, p2, p3)
+        c3_1 = vrelu_general(c3_1, p0, p1, p2, p3)
+        c3_2 = vrelu_general(c3_2, p0, p1, p2, p3)
+    vstore_transposed(C, c_off + 0 * c_cs, c_cs, rows, n0, c0_0, c1_0, c2_0, c3_0)
+    vstore_transposed(C, c_off + 16 * c_cs, c_cs, rows, n1, c0_1, c1_1, c2_1, c3_1)
+    vstore_transposed(C, c_off + 32 * c_cs, c_cs, rows, n2, c0_2, c1_2, c2_2, c3_2)
+
+
+@numba.njit(**JIT_OPTIONS)
+def mkc_6x2_l16(K, A, a_off, P, p_off, T, t_off, B, b_off, C, c_off, c_cs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
+    z = vzero(C, 16)
+    c0_0 = c0_1 = z
+    c1_0 = c1_1 = z
+    c2_0 = c2_1 = z
+    c3_0 = c3_1 = z
+    c4_0 = c4_1 = z
+    c5_0 = c5_1 = z
+    ar0 = a_off + load_at(P, p_off + min(0, rows - 1))
+    ar1 = a_off + load_at(P, p_off + min(1, rows - 1))
+    ar2 = a_off + load_at(P, p_off + min(2, rows - 1))
+    ar3 = a_off + load_at(P, p_off + min(3, rows - 1))
+    ar4 = a_off + load_at(P, p_off + min(4, rows - 1))
+    ar5 = a_off + load_at(P, p_off + min(5, rows - 1))
+    n0 = min(16, max(0, cols - 0))
+    n1 = min(16, max(0, cols - 16))
+    for k in range(K):
+        tk = load_at(T, t_off + k)
+        bo = b_off + k * 32
+        b0 = vload(B, bo + 0, 16)
+        b1 = vload(B, bo + 16, 16)
+        a = vbroadcast(A, ar0 + tk, z)
+        c0_0 = vfma(a, b0, c0_0)
+        c0_1 = vfma(a, b1, c0_1)
+        a = vbroadcast(A, ar1 + tk, z)
+        c1_0 = vfma(a, b0, c1_0)
+        c1_1 = vfma(a, b1, c1_1)
+        a = vbroadcast(A, ar2 + tk, z)
+        c2_0 = vfma(a, b0, c2_0)
+        c2_1 = vfma(a, b1, c2_1)
+        a = vbroadcast(A, ar3 + tk, z)
+        c3_0 = vfma(a, b0, c3_0)
+        c3_1 = vfma(a, b1, c3_1)
+        a = vbroadcast(A, ar4 + tk, z)
+        c4_0 = vfma(a, b0, c4_0)
+        c4_1 = vfma(a, b1, c4_1)
+        a = vbroadcast(A, ar5 + tk, z)
+        c5_0 = vfma(a, b0, c5_0)
+        c5_1 = vfma(a, b1, c5_1)
+    if bias_mode == 2:
+        bv = vload_n(bias, bias_off + 0, n0, 16)
+        c0_0 = vadd(c0_0, bv)
+        c1_0 = vadd(c1_0, bv)
+        c2_0 = vadd(c2_0, bv)
+        c3_0 = vadd(c3_0, bv)
+        c4_0 = vadd(c4_0, bv)
+        c5_0 = vadd(c5_0, bv)
+        bv = vload_n(bias, bias_off + 16, n1, 16)
+        c0_1 = vadd(c0_1, bv)
+        c1_1 = vadd(c1_1, bv)
+        c2_1 = vadd(c2_1, bv)
+        c3_1 = vadd(c3_1, bv)
+        c4_1 = vadd(c4_1, bv)
+        c5_1 = vadd(c5_1, bv)
+    if act == 1:
+        c0_0 = vmax_zero(c0_0)
+        c0_1 = vmax_zero(c0_1)
+        c1_0 = vmax_zero(c1_0)
+        c1_1 = vmax_zero(c1_1)
+        c2_0 = vmax_zero(c2_0)
+        c2_1 = vmax_zero(c2_1)
+        c3_0 = vmax_zero(c3_0)
+        c3_1 = vmax_zero(c3_1)
+        c4_0 = vmax_zero(c4_0)
+        c4_1 = vmax_zero(c4_1)
+        c5_0 = vmax_zero(c5_0)
+        c5_1 = vmax_zero(c5_1)
+    elif act == 2:
+        c0_0 = vrelu_general(c0_0, p0, p1, p2, p3)
+        c0_1 = vrelu_general(c0_1, p0, p1, p2, p3)
+        c1_0 = vrelu_general(c1_0, p0, p1, p2, p3)
+        c1_1 = vrelu_general(c1_1, p0, p1, p2, p3)
+        c2_0 = vrelu_general(c2_0, p0, p1, p2, p3)
+        c2_1 = vrelu_general(c2_1, p0, p1, p2, p3)
+        c3_0 = vrelu_general(c3_0, p0, p1, p2, p3)
+        c3_1 = vrelu_general(c3_1, p0, p1, p2, p3)
+        c4_0 = vrelu_general(c4_0, p0, p1, p2, p3)
+        c4_1 = vrelu_general(c4_1, p0, p1, p2, p3)
+        c5_0 = vrelu_general(c5_0, p0, p1, p2, p3)
+        c5_1 = vrelu_general(c5_1, p0, p1, p2, p3)
+    vstore_transposed(C, c_off + 0 * c_cs, c_cs, rows, n0, c0_0, c1_0, c2_0, c3_0, c4_0, c5_0)
+    vstore_transposed(C, c_off + 16 * c_cs, c_cs, rows, n1, c0_1, c1_1, c2_1, c3_1, c4_1, c5_1)
+
+
+@numba.njit(**JIT_OPTIONS)
 def mk_1x4_l8(K, A, a_off, a_rs, B, b_off, C, c_off, c_rs, rows, cols, bias, bias_off,
         bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 8)
@@ -1541,6 +1893,103 @@ def mk_8x2_l8(K, A, a_off, a_rs, B, b_off, C, c_off, c_rs, rows, cols, bias, bia
         if rows > 5: vstore_n(C, c_off + 5 * c_rs + 0 * 8, c5_0, n0); vstore_n(C, c_off + 5 * c_rs + 1 * 8, c5_1, n1)
         if rows > 6: vstore_n(C, c_off + 6 * c_rs + 0 * 8, c6_0, n0); vstore_n(C, c_off + 6 * c_rs + 1 * 8, c6_1, n1)
         if rows > 7: vstore_n(C, c_off + 7 * c_rs + 0 * 8, c7_0, n0); vstore_n(C, c_off + 7 * c_rs + 1 * 8, c7_1, n1)
+
+
+@numba.njit(**JIT_OPTIONS)
+def mk_6x2_l8(K, A, a_off, a_rs, B, b_off, C, c_off, c_rs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
+    z = vzero(C, 8)
+    c0_0 = c0_1 = z
+    c1_0 = c1_1 = z
+    c2_0 = c2_1 = z
+    c3_0 = c3_1 = z
+    c4_0 = c4_1 = z
+    c5_0 = c5_1 = z
+    ar0 = a_off + min(0, rows - 1) * a_rs
+    ar1 = a_off + min(1, rows - 1) * a_rs
+    ar2 = a_off + min(2, rows - 1) * a_rs
+    ar3 = a_off + min(3, rows - 1) * a_rs
+    ar4 = a_off + min(4, rows - 1) * a_rs
+    ar5 = a_off + min(5, rows - 1) * a_rs
+    n0 = min(8, max(0, cols - 0))
+    n1 = min(8, max(0, cols - 8))
+    for k in range(K):
+        bo = b_off + k * 32
+        b0 = vload(B, bo + 0, 8)
+        b1 = vload(B, bo + 8, 8)
+        a = vbroadcast(A, ar0 + k, z)
+        c0_0 = vfma(a, b0, c0_0)
+        c0_1 = vfma(a, b1, c0_1)
+        a = vbroadcast(A, ar1 + k, z)
+        c1_0 = vfma(a, b0, c1_0)
+        c1_1 = vfma(a, b1, c1_1)
+        a = vbroadcast(A, ar2 + k, z)
+        c2_0 = vfma(a, b0, c2_0)
+        c2_1 = vfma(a, b1, c2_1)
+        a = vbroadcast(A, ar3 + k, z)
+        c3_0 = vfma(a, b0, c3_0)
+        c3_1 = vfma(a, b1, c3_1)
+        a = vbroadcast(A, ar4 + k, z)
+        c4_0 = vfma(a, b0, c4_0)
+        c4_1 = vfma(a, b1, c4_1)
+        a = vbroadcast(A, ar5 + k, z)
+        c5_0 = vfma(a, b0, c5_0)
+        c5_1 = vfma(a, b1, c5_1)
+    if bias_mode == 2:
+        bv = vload_n(bias, bias_off + 0, n0, 8)
+        c0_0 = vadd(c0_0, bv)
+        c1_0 = vadd(c1_0, bv)
+        c2_0 = vadd(c2_0, bv)
+        c3_0 = vadd(c3_0, bv)
+        c4_0 = vadd(c4_0, bv)
+        c5_0 = vadd(c5_0, bv)
+        bv = vload_n(bias, bias_off + 8, n1, 8)
+        c0_1 = vadd(c0_1, bv)
+        c1_1 = vadd(c1_1, bv)
+        c2_1 = vadd(c2_1, bv)
+        c3_1 = vadd(c3_1, bv)
+        c4_1 = vadd(c4_1, bv)
+        c5_1 = vadd(c5_1, bv)
+    if act == 1:
+        c0_0 = vmax_zero(c0_0)
+        c0_1 = vmax_zero(c0_1)
+        c1_0 = vmax_zero(c1_0)
+        c1_1 = vmax_zero(c1_1)
+        c2_0 = vmax_zero(c2_0)
+        c2_1 = vmax_zero(c2_1)
+        c3_0 = vmax_zero(c3_0)
+        c3_1 = vmax_zero(c3_1)
+        c4_0 = vmax_zero(c4_0)
+        c4_1 = vmax_zero(c4_1)
+        c5_0 = vmax_zero(c5_0)
+        c5_1 = vmax_zero(c5_1)
+    elif act == 2:
+        c0_0 = vrelu_general(c0_0, p0, p1, p2, p3)
+        c0_1 = vrelu_general(c0_1, p0, p1, p2, p3)
+        c1_0 = vrelu_general(c1_0, p0, p1, p2, p3)
+        c1_1 = vrelu_general(c1_1, p0, p1, p2, p3)
+        c2_0 = vrelu_general(c2_0, p0, p1, p2, p3)
+        c2_1 = vrelu_general(c2_1, p0, p1, p2, p3)
+        c3_0 = vrelu_general(c3_0, p0, p1, p2, p3)
+        c3_1 = vrelu_general(c3_1, p0, p1, p2, p3)
+        c4_0 = vrelu_general(c4_0, p0, p1, p2, p3)
+        c4_1 = vrelu_general(c4_1, p0, p1, p2, p3)
+        c5_0 = vrelu_general(c5_0, p0, p1, p2, p3)
+        c5_1 = vrelu_general(c5_1, p0, p1, p2, p3)
+    if n0 == 8 and n1 == 8:
+        vstore(C, c_off + 0 * c_rs + 0 * 8, c0_0); vstore(C, c_off + 0 * c_rs + 1 * 8, c0_1)
+        if rows > 1: vstore(C, c_off + 1 * c_rs + 0 * 8, c1_0); vstore(C, c_off + 1 * c_rs + 1 * 8, c1_1)
+        if rows > 2: vstore(C, c_off + 2 * c_rs + 0 * 8, c2_0); vstore(C, c_off + 2 * c_rs + 1 * 8, c2_1)
+        if rows > 3: vstore(C, c_off + 3 * c_rs + 0 * 8, c3_0); vstore(C, c_off + 3 * c_rs + 1 * 8, c3_1)
+        if rows > 4: vstore(C, c_off + 4 * c_rs + 0 * 8, c4_0); vstore(C, c_off + 4 * c_rs + 1 * 8, c4_1)
+        if rows > 5: vstore(C, c_off + 5 * c_rs + 0 * 8, c5_0); vstore(C, c_off + 5 * c_rs + 1 * 8, c5_1)
+    else:
+        vstore_n(C, c_off + 0 * c_rs + 0 * 8, c0_0, n0); vstore_n(C, c_off + 0 * c_rs + 1 * 8, c0_1, n1)
+        if rows > 1: vstore_n(C, c_off + 1 * c_rs + 0 * 8, c1_0, n0); vstore_n(C, c_off + 1 * c_rs + 1 * 8, c1_1, n1)
+        if rows > 2: vstore_n(C, c_off + 2 * c_rs + 0 * 8, c2_0, n0); vstore_n(C, c_off + 2 * c_rs + 1 * 8, c2_1, n1)
+        if rows > 3: vstore_n(C, c_off + 3 * c_rs + 0 * 8, c3_0, n0); vstore_n(C, c_off + 3 * c_rs + 1 * 8, c3_1, n1)
+        if rows > 4: vstore_n(C, c_off + 4 * c_rs + 0 * 8, c4_0, n0); vstore_n(C, c_off + 4 * c_rs + 1 * 8, c4_1, n1)
+        if rows > 5: vstore_n(C, c_off + 5 * c_rs + 0 * 8, c5_0, n0); vstore_n(C, c_off + 5 * c_rs + 1 * 8, c5_1, n1)
 
 
 @numba.njit(**JIT_OPTIONS, inline="always")
@@ -2590,6 +3039,261 @@ def mkc_8x1_l8(K, A, a_off, P, p_off, T, t_off, B, b_off, C, c_off, c_cs, rows, 
 
 
 @numba.njit(**JIT_OPTIONS)
+def mkc_3x4_l8(K, A, a_off, P, p_off, T, t_off, B, b_off, C, c_off, c_cs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
+    z = vzero(C, 8)
+    c0_0 = c0_1 = c0_2 = c0_3 = z
+    c1_0 = c1_1 = c1_2 = c1_3 = z
+    c2_0 = c2_1 = c2_2 = c2_3 = z
+    ar0 = a_off + load_at(P, p_off + min(0, rows - 1))
+    ar1 = a_off + load_at(P, p_off + min(1, rows - 1))
+    ar2 = a_off + load_at(P, p_off + min(2, rows - 1))
+    n0 = min(8, max(0, cols - 0))
+    n1 = min(8, max(0, cols - 8))
+    n2 = min(8, max(0, cols - 16))
+    n3 = min(8, max(0, cols - 24))
+    for k in range(K):
+        tk = load_at(T, t_off + k)
+        bo = b_off + k * 32
+        b0 = vload(B, bo + 0, 8)
+        b1 = vload(B, bo + 8, 8)
+        b2 = vload(B, bo + 16, 8)
+        b3 = vload(B, bo + 24, 8)
+        a = vbroadcast(A, ar0 + tk, z)
+        c0_0 = vfma(a, b0, c0_0)
+        c0_1 = vfma(a, b1, c0_1)
+        c0_2 = vfma(a, b2, c0_2)
+        c0_3 = vfma(a, b3, c0_3)
+        a = vbroadcast(A, ar1 + tk, z)
+        c1_0 = vfma(a, b0, c1_0)
+        c1_1 = vfma(a, b1, c1_1)
+        c1_2 = vfma(a, b2, c1_2)
+        c1_3 = vfma(a, b3, c1_3)
+        a = vbroadcast(A, ar2 + tk, z)
+        c2_0 = vfma(a, b0, c2_0)
+        c2_1 = vfma(a, b1, c2_1)
+        c2_2 = vfma(a, b2, c2_2)
+        c2_3 = vfma(a, b3, c2_3)
+    if bias_mode == 2:
+        bv = vload_n(bias, bias_off + 0, n0, 8)
+        c0_0 = vadd(c0_0, bv)
+        c1_0 = vadd(c1_0, bv)
+        c2_0 = vadd(c2_0, bv)
+        bv = vload_n(bias, bias_off + 8, n1, 8)
+        c0_1 = vadd(c0_1, bv)
+        c1_1 = vadd(c1_1, bv)
+        c2_1 = vadd(c2_1, bv)
+        bv = vload_n(bias, bias_off + 16, n2, 8)
+        c0_2 = vadd(c0_2, bv)
+        c1_2 = vadd(c1_2, bv)
+        c2_2 = vadd(c2_2, bv)
+        bv = vload_n(bias, bias_off + 24, n3, 8)
+        c0_3 = vadd(c0_3, bv)
+        c1_3 = vadd(c1_3, bv)
+        c2_3 = vadd(c2_3, bv)
+    if act == 1:
+        c0_0 = vmax_zero(c0_0)
+        c0_1 = vmax_zero(c0_1)
+        c0_2 = vmax_zero(c0_2)
+        c0_3 = vmax_zero(c0_3)
+        c1_0 = vmax_zero(c1_0)
+        c1_1 = vmax_zero(c1_1)
+        c1_2 = vmax_zero(c1_2)
+        c1_3 = vmax_zero(c1_3)
+        c2_0 = vmax_zero(c2_0)
+        c2_1 = vmax_zero(c2_1)
+        c2_2 = vmax_zero(c2_2)
+        c2_3 = vmax_zero(c2_3)
+    elif act == 2:
+        c0_0 = vrelu_general(c0_0, p0, p1, p2, p3)
+        c0_1 = vrelu_general(c0_1, p0, p1, p2, p3)
+        c0_2 = vrelu_general(c0_2, p0, p1, p2, p3)
+        c0_3 = vrelu_general(c0_3, p0, p1, p2, p3)
+        c1_0 = vrelu_general(c1_0, p0, p1, p2, p3)
+        c1_1 = vrelu_general(c1_1, p0, p1, p2, p3)
+        c1_2 = vrelu_general(c1_2, p0, p1, p2, p3)
+        c1_3 = vrelu_general(c1_3, p0, p1, p2, p3)
+        c2_0 = vrelu_general(c2_0, p0, p1, p2, p3)
+        c2_1 = vrelu_general(c2_1, p0, p1, p2, p3)
+        c2_2 = vrelu_general(c2_2, p0, p1, p2, p3)
+        c2_3 = vrelu_general(c2_3, p0, p1, p2, p3)
+    vstore_transposed(C, c_off + 0 * c_cs, c_cs, rows, n0, c0_0, c1_0, c2_0)
+    vstore_transposed(C, c_off + 8 * c_cs, c_cs, rows, n1, c0_1, c1_1, c2_1)
+    vstore_transposed(C, c_off + 16 * c_cs, c_cs, rows, n2, c0_2, c1_2, c2_2)
+    vstore_transposed(C, c_off + 24 * c_cs, c_cs, rows, n3, c0_3, c1_3, c2_3)
+
+
+@numba.njit(**JIT_OPTIONS)
+def mkc_4x3_l8(K, A, a_off, P, p_off, T, t_off, B, b_off, C, c_off, c_cs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
+    z = vzero(C, 8)
+    c0_0 = c0_1 = c0_2 = z
+    c1_0 = c1_1 = c1_2 = z
+    c2_0 = c2_1 = c2_2 = z
+    c3_0 = c3_1 = c3_2 = z
+    ar0 = a_off + load_at(P, p_off + min(0, rows - 1))
+    ar1 = a_off + load_at(P, p_off + min(1, rows - 1))
+    ar2 = a_off + load_at(P, p_off + min(2, rows - 1))
+    ar3 = a_off + load_at(P, p_off + min(3, rows - 1))
+    n0 = min(8, max(0, cols - 0))
+    n1 = min(8, max(0, cols - 8))
+    n2 = min(8, max(0, cols - 16))
+    for k in range(K):
+        tk = load_at(T, t_off + k)
+        bo = b_off + k * 24
+        b0 = vload(B, bo + 0, 8)
+        b1 = vload(B, bo + 8, 8)
+        b2 = vload(B, bo + 16, 8)
+        a = vbroadcast(A, ar0 + tk, z)
+        c0_0 = vfma(a, b0, c0_0)
+        c0_1 = vfma(a, b1, c0_1)
+        c0_2 = vfma(a, b2, c0_2)
+        a = vbroadcast(A, ar1 + tk, z)
+        c1_0 = vfma(a, b0, c1_0)
+        c1_1 = vfma(a, b1, c1_1)
+        c1_2 = vfma(a, b2, c1_2)
+        a = vbroadcast(A, ar2 + tk, z)
+        c2_0 = vfma(a, b0, c2_0)
+        c2_1 = vfma(a, b1, c2_1)
+        c2_2 = vfma(a, b2, c2_2)
+        a = vbroadcast(A, ar3 + tk, z)
+        c3_0 = vfma(a, b0, c3_0)
+        c3_1 = vfma(a, b1, c3_1)
+        c3_2 = vfma(a, b2, c3_2)
+    if bias_mode == 2:
+        bv = vload_n(bias, bias_off + 0, n0, 8)
+        c0_0 = vadd(c0_0, bv)
+        c1_0 = vadd(c1_0, bv)
+        c2_0 = vadd(c2_0, bv)
+        c3_0 = vadd(c3_0, bv)
+        bv = vload_n(bias, bias_off + 8, n1, 8)
+        c0_1 = vadd(c0_1, bv)
+        c1_1 = vadd(c1_1, bv)
+        c2_1 = vadd(c2_1, bv)
+        c3_1 = vadd(c3_1, bv)
+        bv = vload_n(bias, bias_off + 16, n2, 8)
+        c0_2 = vadd(c0_2, bv)
+        c1_2 = vadd(c1_2, bv)
+        c2_2 = vadd(c2_2, bv)
+        c3_2 = vadd(c3_2, bv)
+    if act == 1:
+        c0_0 = vmax_zero(c0_0)
+        c0_1 = vmax_zero(c0_1)
+        c0_2 = vmax_zero(c0_2)
+        c1_0 = vmax_zero(c1_0)
+        c1_1 = vmax_zero(c1_1)
+        c1_2 = vmax_zero(c1_2)
+        c2_0 = vmax_zero(c2_0)
+        c2_1 = vmax_zero(c2_1)
+        c2_2 = vmax_zero(c2_2)
+        c3_0 = vmax_zero(c3_0)
+        c3_1 = vmax_zero(c3_1)
+        c3_2 = vmax_zero(c3_2)
+    elif act == 2:
+        c0_0 = vrelu_general(c0_0, p0, p1, p2, p3)
+        c0_1 = vrelu_general(c0_1, p0, p1, p2, p3)
+        c0_2 = vrelu_general(c0_2, p0, p1, p2, p3)
+        c1_0 = vrelu_general(c1_0, p0, p1, p2, p3)
+        c1_1 = vrelu_general(c1_1, p0, p1, p2, p3)
+        c1_2 = vrelu_general(c1_2, p0, p1, p2, p3)
+        c2_0 = vrelu_general(c2_0, p0, p1, p2, p3)
+        c2_1 = vrelu_general(c2_1, p0, p1, p2, p3)
+        c2_2 = vrelu_general(c2_2, p0, p1, p2, p3)
+        c3_0 = vrelu_general(c3_0, p0, p1, p2, p3)
+        c3_1 = vrelu_general(c3_1, p0, p1, p2, p3)
+        c3_2 = vrelu_general(c3_2, p0, p1, p2, p3)
+    vstore_transposed(C, c_off + 0 * c_cs, c_cs, rows, n0, c0_0, c1_0, c2_0, c3_0)
+    vstore_transposed(C, c_off + 8 * c_cs, c_cs, rows, n1, c0_1, c1_1, c2_1, c3_1)
+    vstore_transposed(C, c_off + 16 * c_cs, c_cs, rows, n2, c0_2, c1_2, c2_2, c3_2)
+
+
+@numba.njit(**JIT_OPTIONS)
+def mkc_6x2_l8(K, A, a_off, P, p_off, T, t_off, B, b_off, C, c_off, c_cs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
+    z = vzero(C, 8)
+    c0_0 = c0_1 = z
+    c1_0 = c1_1 = z
+    c2_0 = c2_1 = z
+    c3_0 = c3_1 = z
+    c4_0 = c4_1 = z
+    c5_0 = c5_1 = z
+    ar0 = a_off + load_at(P, p_off + min(0, rows - 1))
+    ar1 = a_off + load_at(P, p_off + min(1, rows - 1))
+    ar2 = a_off + load_at(P, p_off + min(2, rows - 1))
+    ar3 = a_off + load_at(P, p_off + min(3, rows - 1))
+    ar4 = a_off + load_at(P, p_off + min(4, rows - 1))
+    ar5 = a_off + load_at(P, p_off + min(5, rows - 1))
+    n0 = min(8, max(0, cols - 0))
+    n1 = min(8, max(0, cols - 8))
+    for k in range(K):
+        tk = load_at(T, t_off + k)
+        bo = b_off + k * 16
+        b0 = vload(B, bo + 0, 8)
+        b1 = vload(B, bo + 8, 8)
+        a = vbroadcast(A, ar0 + tk, z)
+        c0_0 = vfma(a, b0, c0_0)
+        c0_1 = vfma(a, b1, c0_1)
+        a = vbroadcast(A, ar1 + tk, z)
+        c1_0 = vfma(a, b0, c1_0)
+        c1_1 = vfma(a, b1, c1_1)
+        a = vbroadcast(A, ar2 + tk, z)
+        c2_0 = vfma(a, b0, c2_0)
+        c2_1 = vfma(a, b1, c2_1)
+        a = vbroadcast(A, ar3 + tk, z)
+        c3_0 = vfma(a, b0, c3_0)
+        c3_1 = vfma(a, b1, c3_1)
+        a = vbroadcast(A, ar4 + tk, z)
+        c4_0 = vfma(a, b0, c4_0)
+        c4_1 = vfma(a, b1, c4_1)
+        a = vbroadcast(A, ar5 + tk, z)
+        c5_0 = vfma(a, b0, c5_0)
+        c5_1 = vfma(a, b1, c5_1)
+    if bias_mode == 2:
+        bv = vload_n(bias, bias_off + 0, n0, 8)
+        c0_0 = vadd(c0_0, bv)
+        c1_0 = vadd(c1_0, bv)
+        c2_0 = vadd(c2_0, bv)
+        c3_0 = vadd(c3_0, bv)
+        c4_0 = vadd(c4_0, bv)
+        c5_0 = vadd(c5_0, bv)
+        bv = vload_n(bias, bias_off + 8, n1, 8)
+        c0_1 = vadd(c0_1, bv)
+        c1_1 = vadd(c1_1, bv)
+        c2_1 = vadd(c2_1, bv)
+        c3_1 = vadd(c3_1, bv)
+        c4_1 = vadd(c4_1, bv)
+        c5_1 = vadd(c5_1, bv)
+    if act == 1:
+        c0_0 = vmax_zero(c0_0)
+        c0_1 = vmax_zero(c0_1)
+        c1_0 = vmax_zero(c1_0)
+        c1_1 = vmax_zero(c1_1)
+        c2_0 = vmax_zero(c2_0)
+        c2_1 = vmax_zero(c2_1)
+        c3_0 = vmax_zero(c3_0)
+        c3_1 = vmax_zero(c3_1)
+        c4_0 = vmax_zero(c4_0)
+        c4_1 = vmax_zero(c4_1)
+        c5_0 = vmax_zero(c5_0)
+        c5_1 = vmax_zero(c5_1)
+    elif act == 2:
+        c0_0 = vrelu_general(c0_0, p0, p1, p2, p3)
+        c0_1 = vrelu_general(c0_1, p0, p1, p2, p3)
+        c1_0 = vrelu_general(c1_0, p0, p1, p2, p3)
+        c1_1 = vrelu_general(c1_1, p0, p1, p2, p3)
+        c2_0 = vrelu_general(c2_0, p0, p1, p2, p3)
+        c2_1 = vrelu_general(c2_1, p0, p1, p2, p3)
+        c3_0 = vrelu_general(c3_0, p0, p1, p2, p3)
+        c3_1 = vrelu_general(c3_1, p0, p1, p2, p3)
+        c4_0 = vrelu_general(c4_0, p0, p1, p2, p3)
+        c4_1 = vrelu_general(c4_1, p0, p1, p2, p3)
+        c5_0 = vrelu_general(c5_0, p0, p1, p2, p3)
+        c5_1 = vrelu_general(c5_1, p0, p1, p2, p3)
+    vstore_transposed(C, c_off + 0 * c_cs, c_cs, rows, n0, c0_0, c1_0, c2_0, c3_0, c4_0, c5_0)
+    vstore_transposed(C, c_off + 8 * c_cs, c_cs, rows, n1, c0_1, c1_1, c2_1, c3_1, c4_1, c5_1)
+
+
+@numba.njit(**JIT_OPTIONS)
 def mk_1x4_l4(K, A, a_off, a_rs, B, b_off, C, c_off, c_rs, rows, cols, bias, bias_off,
         bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 4)
@@ -2827,6 +3531,103 @@ def mk_8x2_l4(K, A, a_off, a_rs, B, b_off, C, c_off, c_rs, rows, cols, bias, bia
         if rows > 5: vstore_n(C, c_off + 5 * c_rs + 0 * 4, c5_0, n0); vstore_n(C, c_off + 5 * c_rs + 1 * 4, c5_1, n1)
         if rows > 6: vstore_n(C, c_off + 6 * c_rs + 0 * 4, c6_0, n0); vstore_n(C, c_off + 6 * c_rs + 1 * 4, c6_1, n1)
         if rows > 7: vstore_n(C, c_off + 7 * c_rs + 0 * 4, c7_0, n0); vstore_n(C, c_off + 7 * c_rs + 1 * 4, c7_1, n1)
+
+
+@numba.njit(**JIT_OPTIONS)
+def mk_6x2_l4(K, A, a_off, a_rs, B, b_off, C, c_off, c_rs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
+    z = vzero(C, 4)
+    c0_0 = c0_1 = z
+    c1_0 = c1_1 = z
+    c2_0 = c2_1 = z
+    c3_0 = c3_1 = z
+    c4_0 = c4_1 = z
+    c5_0 = c5_1 = z
+    ar0 = a_off + min(0, rows - 1) * a_rs
+    ar1 = a_off + min(1, rows - 1) * a_rs
+    ar2 = a_off + min(2, rows - 1) * a_rs
+    ar3 = a_off + min(3, rows - 1) * a_rs
+    ar4 = a_off + min(4, rows - 1) * a_rs
+    ar5 = a_off + min(5, rows - 1) * a_rs
+    n0 = min(4, max(0, cols - 0))
+    n1 = min(4, max(0, cols - 4))
+    for k in range(K):
+        bo = b_off + k * 16
+        b0 = vload(B, bo + 0, 4)
+        b1 = vload(B, bo + 4, 4)
+        a = vbroadcast(A, ar0 + k, z)
+        c0_0 = vfma(a, b0, c0_0)
+        c0_1 = vfma(a, b1, c0_1)
+        a = vbroadcast(A, ar1 + k, z)
+        c1_0 = vfma(a, b0, c1_0)
+        c1_1 = vfma(a, b1, c1_1)
+        a = vbroadcast(A, ar2 + k, z)
+        c2_0 = vfma(a, b0, c2_0)
+        c2_1 = vfma(a, b1, c2_1)
+        a = vbroadcast(A, ar3 + k, z)
+        c3_0 = vfma(a, b0, c3_0)
+        c3_1 = vfma(a, b1, c3_1)
+        a = vbroadcast(A, ar4 + k, z)
+        c4_0 = vfma(a, b0, c4_0)
+        c4_1 = vfma(a, b1, c4_1)
+        a = vbroadcast(A, ar5 + k, z)
+        c5_0 = vfma(a, b0, c5_0)
+        c5_1 = vfma(a, b1, c5_1)
+    if bias_mode == 2:
+        bv = vload_n(bias, bias_off + 0, n0, 4)
+        c0_0 = vadd(c0_0, bv)
+        c1_0 = vadd(c1_0, bv)
+        c2_0 = vadd(c2_0, bv)
+        c3_0 = vadd(c3_0, bv)
+        c4_0 = vadd(c4_0, bv)
+        c5_0 = vadd(c5_0, bv)
+        bv = vload_n(bias, bias_off + 4, n1, 4)
+        c0_1 = vadd(c0_1, bv)
+        c1_1 = vadd(c1_1, bv)
+        c2_1 = vadd(c2_1, bv)
+        c3_1 = vadd(c3_1, bv)
+        c4_1 = vadd(c4_1, bv)
+        c5_1 = vadd(c5_1, bv)
+    if act == 1:
+        c0_0 = vmax_zero(c0_0)
+        c0_1 = vmax_zero(c0_1)
+        c1_0 = vmax_zero(c1_0)
+        c1_1 = vmax_zero(c1_1)
+        c2_0 = vmax_zero(c2_0)
+        c2_1 = vmax_zero(c2_1)
+        c3_0 = vmax_zero(c3_0)
+        c3_1 = vmax_zero(c3_1)
+        c4_0 = vmax_zero(c4_0)
+        c4_1 = vmax_zero(c4_1)
+        c5_0 = vmax_zero(c5_0)
+        c5_1 = vmax_zero(c5_1)
+    elif act == 2:
+        c0_0 = vrelu_general(c0_0, p0, p1, p2, p3)
+        c0_1 = vrelu_general(c0_1, p0, p1, p2, p3)
+        c1_0 = vrelu_general(c1_0, p0, p1, p2, p3)
+        c1_1 = vrelu_general(c1_1, p0, p1, p2, p3)
+        c2_0 = vrelu_general(c2_0, p0, p1, p2, p3)
+        c2_1 = vrelu_general(c2_1, p0, p1, p2, p3)
+        c3_0 = vrelu_general(c3_0, p0, p1, p2, p3)
+        c3_1 = vrelu_general(c3_1, p0, p1, p2, p3)
+        c4_0 = vrelu_general(c4_0, p0, p1, p2, p3)
+        c4_1 = vrelu_general(c4_1, p0, p1, p2, p3)
+        c5_0 = vrelu_general(c5_0, p0, p1, p2, p3)
+        c5_1 = vrelu_general(c5_1, p0, p1, p2, p3)
+    if n0 == 4 and n1 == 4:
+        vstore(C, c_off + 0 * c_rs + 0 * 4, c0_0); vstore(C, c_off + 0 * c_rs + 1 * 4, c0_1)
+        if rows > 1: vstore(C, c_off + 1 * c_rs + 0 * 4, c1_0); vstore(C, c_off + 1 * c_rs + 1 * 4, c1_1)
+        if rows > 2: vstore(C, c_off + 2 * c_rs + 0 * 4, c2_0); vstore(C, c_off + 2 * c_rs + 1 * 4, c2_1)
+        if rows > 3: vstore(C, c_off + 3 * c_rs + 0 * 4, c3_0); vstore(C, c_off + 3 * c_rs + 1 * 4, c3_1)
+        if rows > 4: vstore(C, c_off + 4 * c_rs + 0 * 4, c4_0); vstore(C, c_off + 4 * c_rs + 1 * 4, c4_1)
+        if rows > 5: vstore(C, c_off + 5 * c_rs + 0 * 4, c5_0); vstore(C, c_off + 5 * c_rs + 1 * 4, c5_1)
+    else:
+        vstore_n(C, c_off + 0 * c_rs + 0 * 4, c0_0, n0); vstore_n(C, c_off + 0 * c_rs + 1 * 4, c0_1, n1)
+        if rows > 1: vstore_n(C, c_off + 1 * c_rs + 0 * 4, c1_0, n0); vstore_n(C, c_off + 1 * c_rs + 1 * 4, c1_1, n1)
+        if rows > 2: vstore_n(C, c_off + 2 * c_rs + 0 * 4, c2_0, n0); vstore_n(C, c_off + 2 * c_rs + 1 * 4, c2_1, n1)
+        if rows > 3: vstore_n(C, c_off + 3 * c_rs + 0 * 4, c3_0, n0); vstore_n(C, c_off + 3 * c_rs + 1 * 4, c3_1, n1)
+        if rows > 4: vstore_n(C, c_off + 4 * c_rs + 0 * 4, c4_0, n0); vstore_n(C, c_off + 4 * c_rs + 1 * 4, c4_1, n1)
+        if rows > 5: vstore_n(C, c_off + 5 * c_rs + 0 * 4, c5_0, n0); vstore_n(C, c_off + 5 * c_rs + 1 * 4, c5_1, n1)
 
 
 @numba.njit(**JIT_OPTIONS, inline="always")
@@ -3873,6 +4674,261 @@ def mkc_8x1_l4(K, A, a_off, P, p_off, T, t_off, B, b_off, C, c_off, c_cs, rows, 
         c6_0 = vrelu_general(c6_0, p0, p1, p2, p3)
         c7_0 = vrelu_general(c7_0, p0, p1, p2, p3)
     vstore_transposed(C, c_off + 0 * c_cs, c_cs, rows, n0, c0_0, c1_0, c2_0, c3_0, c4_0, c5_0, c6_0, c7_0)
+
+
+@numba.njit(**JIT_OPTIONS)
+def mkc_3x4_l4(K, A, a_off, P, p_off, T, t_off, B, b_off, C, c_off, c_cs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
+    z = vzero(C, 4)
+    c0_0 = c0_1 = c0_2 = c0_3 = z
+    c1_0 = c1_1 = c1_2 = c1_3 = z
+    c2_0 = c2_1 = c2_2 = c2_3 = z
+    ar0 = a_off + load_at(P, p_off + min(0, rows - 1))
+    ar1 = a_off + load_at(P, p_off + min(1, rows - 1))
+    ar2 = a_off + load_at(P, p_off + min(2, rows - 1))
+    n0 = min(4, max(0, cols - 0))
+    n1 = min(4, max(0, cols - 4))
+    n2 = min(4, max(0, cols - 8))
+    n3 = min(4, max(0, cols - 12))
+    for k in range(K):
+        tk = load_at(T, t_off + k)
+        bo = b_off + k * 16
+        b0 = vload(B, bo + 0, 4)
+        b1 = vload(B, bo + 4, 4)
+        b2 = vload(B, bo + 8, 4)
+        b3 = vload(B, bo + 12, 4)
+        a = vbroadcast(A, ar0 + tk, z)
+        c0_0 = vfma(a, b0, c0_0)
+        c0_1 = vfma(a, b1, c0_1)
+        c0_2 = vfma(a, b2, c0_2)
+        c0_3 = vfma(a, b3, c0_3)
+        a = vbroadcast(A, ar1 + tk, z)
+        c1_0 = vfma(a, b0, c1_0)
+        c1_1 = vfma(a, b1, c1_1)
+        c1_2 = vfma(a, b2, c1_2)
+        c1_3 = vfma(a, b3, c1_3)
+        a = vbroadcast(A, ar2 + tk, z)
+        c2_0 = vfma(a, b0, c2_0)
+        c2_1 = vfma(a, b1, c2_1)
+        c2_2 = vfma(a, b2, c2_2)
+        c2_3 = vfma(a, b3, c2_3)
+    if bias_mode == 2:
+        bv = vload_n(bias, bias_off + 0, n0, 4)
+        c0_0 = vadd(c0_0, bv)
+        c1_0 = vadd(c1_0, bv)
+        c2_0 = vadd(c2_0, bv)
+        bv = vload_n(bias, bias_off + 4, n1, 4)
+        c0_1 = vadd(c0_1, bv)
+        c1_1 = vadd(c1_1, bv)
+        c2_1 = vadd(c2_1, bv)
+        bv = vload_n(bias, bias_off + 8, n2, 4)
+        c0_2 = vadd(c0_2, bv)
+        c1_2 = vadd(c1_2, bv)
+        c2_2 = vadd(c2_2, bv)
+        bv = vload_n(bias, bias_off + 12, n3, 4)
+        c0_3 = vadd(c0_3, bv)
+        c1_3 = vadd(c1_3, bv)
+        c2_3 = vadd(c2_3, bv)
+    if act == 1:
+        c0_0 = vmax_zero(c0_0)
+        c0_1 = vmax_zero(c0_1)
+        c0_2 = vmax_zero(c0_2)
+        c0_3 = vmax_zero(c0_3)
+        c1_0 = vmax_zero(c1_0)
+        c1_1 = vmax_zero(c1_1)
+        c1_2 = vmax_zero(c1_2)
+        c1_3 = vmax_zero(c1_3)
+        c2_0 = vmax_zero(c2_0)
+        c2_1 = vmax_zero(c2_1)
+        c2_2 = vmax_zero(c2_2)
+        c2_3 = vmax_zero(c2_3)
+    elif act == 2:
+        c0_0 = vrelu_general(c0_0, p0, p1, p2, p3)
+        c0_1 = vrelu_general(c0_1, p0, p1, p2, p3)
+        c0_2 = vrelu_general(c0_2, p0, p1, p2, p3)
+        c0_3 = vrelu_general(c0_3, p0, p1, p2, p3)
+        c1_0 = vrelu_general(c1_0, p0, p1, p2, p3)
+        c1_1 = vrelu_general(c1_1, p0, p1, p2, p3)
+        c1_2 = vrelu_general(c1_2, p0, p1, p2, p3)
+        c1_3 = vrelu_general(c1_3, p0, p1, p2, p3)
+        c2_0 = vrelu_general(c2_0, p0, p1, p2, p3)
+        c2_1 = vrelu_general(c2_1, p0, p1, p2, p3)
+        c2_2 = vrelu_general(c2_2, p0, p1, p2, p3)
+        c2_3 = vrelu_general(c2_3, p0, p1, p2, p3)
+    vstore_transposed(C, c_off + 0 * c_cs, c_cs, rows, n0, c0_0, c1_0, c2_0)
+    vstore_transposed(C, c_off + 4 * c_cs, c_cs, rows, n1, c0_1, c1_1, c2_1)
+    vstore_transposed(C, c_off + 8 * c_cs, c_cs, rows, n2, c0_2, c1_2, c2_2)
+    vstore_transposed(C, c_off + 12 * c_cs, c_cs, rows, n3, c0_3, c1_3, c2_3)
+
+
+@numba.njit(**JIT_OPTIONS)
+def mkc_4x3_l4(K, A, a_off, P, p_off, T, t_off, B, b_off, C, c_off, c_cs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
+    z = vzero(C, 4)
+    c0_0 = c0_1 = c0_2 = z
+    c1_0 = c1_1 = c1_2 = z
+    c2_0 = c2_1 = c2_2 = z
+    c3_0 = c3_1 = c3_2 = z
+    ar0 = a_off + load_at(P, p_off + min(0, rows - 1))
+    ar1 = a_off + load_at(P, p_off + min(1, rows - 1))
+    ar2 = a_off + load_at(P, p_off + min(2, rows - 1))
+    ar3 = a_off + load_at(P, p_off + min(3, rows - 1))
+    n0 = min(4, max(0, cols - 0))
+    n1 = min(4, max(0, cols - 4))
+    n2 = min(4, max(0, cols - 8))
+    for k in range(K):
+        tk = load_at(T, t_off + k)
+        bo = b_off + k * 12
+        b0 = vload(B, bo + 0, 4)
+        b1 = vload(B, bo + 4, 4)
+        b2 = vload(B, bo + 8, 4)
+        a = vbroadcast(A, ar0 + tk, z)
+        c0_0 = vfma(a, b0, c0_0)
+        c0_1 = vfma(a, b1, c0_1)
+        c0_2 = vfma(a, b2, c0_2)
+        a = vbroadcast(A, ar1 + tk, z)
+        c1_0 = vfma(a, b0, c1_0)
+        c1_1 = vfma(a, b1, c1_1)
+        c1_2 = vfma(a, b2, c1_2)
+        a = vbroadcast(A, ar2 + tk, z)
+        c2_0 = vfma(a, b0, c2_0)
+        c2_1 = vfma(a, b1, c2_1)
+        c2_2 = vfma(a, b2, c2_2)
+        a = vbroadcast(A, ar3 + tk, z)
+        c3_0 = vfma(a, b0, c3_0)
+        c3_1 = vfma(a, b1, c3_1)
+        c3_2 = vfma(a, b2, c3_2)
+    if bias_mode == 2:
+        bv = vload_n(bias, bias_off + 0, n0, 4)
+        c0_0 = vadd(c0_0, bv)
+        c1_0 = vadd(c1_0, bv)
+        c2_0 = vadd(c2_0, bv)
+        c3_0 = vadd(c3_0, bv)
+        bv = vload_n(bias, bias_off + 4, n1, 4)
+        c0_1 = vadd(c0_1, bv)
+        c1_1 = vadd(c1_1, bv)
+        c2_1 = vadd(c2_1, bv)
+        c3_1 = vadd(c3_1, bv)
+        bv = vload_n(bias, bias_off + 8, n2, 4)
+        c0_2 = vadd(c0_2, bv)
+        c1_2 = vadd(c1_2, bv)
+        c2_2 = vadd(c2_2, bv)
+        c3_2 = vadd(c3_2, bv)
+    if act == 1:
+        c0_0 = vmax_zero(c0_0)
+        c0_1 = vmax_zero(c0_1)
+        c0_2 = vmax_zero(c0_2)
+        c1_0 = vmax_zero(c1_0)
+        c1_1 = vmax_zero(c1_1)
+        c1_2 = vmax_zero(c1_2)
+        c2_0 = vmax_zero(c2_0)
+        c2_1 = vmax_zero(c2_1)
+        c2_2 = vmax_zero(c2_2)
+        c3_0 = vmax_zero(c3_0)
+        c3_1 = vmax_zero(c3_1)
+        c3_2 = vmax_zero(c3_2)
+    elif act == 2:
+        c0_0 = vrelu_general(c0_0, p0, p1, p2, p3)
+        c0_1 = vrelu_general(c0_1, p0, p1, p2, p3)
+        c0_2 = vrelu_general(c0_2, p0, p1, p2, p3)
+        c1_0 = vrelu_general(c1_0, p0, p1, p2, p3)
+        c1_1 = vrelu_general(c1_1, p0, p1, p2, p3)
+        c1_2 = vrelu_general(c1_2, p0, p1, p2, p3)
+        c2_0 = vrelu_general(c2_0, p0, p1, p2, p3)
+        c2_1 = vrelu_general(c2_1, p0, p1, p2, p3)
+        c2_2 = vrelu_general(c2_2, p0, p1, p2, p3)
+        c3_0 = vrelu_general(c3_0, p0, p1, p2, p3)
+        c3_1 = vrelu_general(c3_1, p0, p1, p2, p3)
+        c3_2 = vrelu_general(c3_2, p0, p1, p2, p3)
+    vstore_transposed(C, c_off + 0 * c_cs, c_cs, rows, n0, c0_0, c1_0, c2_0, c3_0)
+    vstore_transposed(C, c_off + 4 * c_cs, c_cs, rows, n1, c0_1, c1_1, c2_1, c3_1)
+    vstore_transposed(C, c_off + 8 * c_cs, c_cs, rows, n2, c0_2, c1_2, c2_2, c3_2)
+
+
+@numba.njit(**JIT_OPTIONS)
+def mkc_6x2_l4(K, A, a_off, P, p_off, T, t_off, B, b_off, C, c_off, c_cs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
+    z = vzero(C, 4)
+    c0_0 = c0_1 = z
+    c1_0 = c1_1 = z
+    c2_0 = c2_1 = z
+    c3_0 = c3_1 = z
+    c4_0 = c4_1 = z
+    c5_0 = c5_1 = z
+    ar0 = a_off + load_at(P, p_off + min(0, rows - 1))
+    ar1 = a_off + load_at(P, p_off + min(1, rows - 1))
+    ar2 = a_off + load_at(P, p_off + min(2, rows - 1))
+    ar3 = a_off + load_at(P, p_off + min(3, rows - 1))
+    ar4 = a_off + load_at(P, p_off + min(4, rows - 1))
+    ar5 = a_off + load_at(P, p_off + min(5, rows - 1))
+    n0 = min(4, max(0, cols - 0))
+    n1 = min(4, max(0, cols - 4))
+    for k in range(K):
+        tk = load_at(T, t_off + k)
+        bo = b_off + k * 8
+        b0 = vload(B, bo + 0, 4)
+        b1 = vload(B, bo + 4, 4)
+        a = vbroadcast(A, ar0 + tk, z)
+        c0_0 = vfma(a, b0, c0_0)
+        c0_1 = vfma(a, b1, c0_1)
+        a = vbroadcast(A, ar1 + tk, z)
+        c1_0 = vfma(a, b0, c1_0)
+        c1_1 = vfma(a, b1, c1_1)
+        a = vbroadcast(A, ar2 + tk, z)
+        c2_0 = vfma(a, b0, c2_0)
+        c2_1 = vfma(a, b1, c2_1)
+        a = vbroadcast(A, ar3 + tk, z)
+        c3_0 = vfma(a, b0, c3_0)
+        c3_1 = vfma(a, b1, c3_1)
+        a = vbroadcast(A, ar4 + tk, z)
+        c4_0 = vfma(a, b0, c4_0)
+        c4_1 = vfma(a, b1, c4_1)
+        a = vbroadcast(A, ar5 + tk, z)
+        c5_0 = vfma(a, b0, c5_0)
+        c5_1 = vfma(a, b1, c5_1)
+    if bias_mode == 2:
+        bv = vload_n(bias, bias_off + 0, n0, 4)
+        c0_0 = vadd(c0_0, bv)
+        c1_0 = vadd(c1_0, bv)
+        c2_0 = vadd(c2_0, bv)
+        c3_0 = vadd(c3_0, bv)
+        c4_0 = vadd(c4_0, bv)
+        c5_0 = vadd(c5_0, bv)
+        bv = vload_n(bias, bias_off + 4, n1, 4)
+        c0_1 = vadd(c0_1, bv)
+        c1_1 = vadd(c1_1, bv)
+        c2_1 = vadd(c2_1, bv)
+        c3_1 = vadd(c3_1, bv)
+        c4_1 = vadd(c4_1, bv)
+        c5_1 = vadd(c5_1, bv)
+    if act == 1:
+        c0_0 = vmax_zero(c0_0)
+        c0_1 = vmax_zero(c0_1)
+        c1_0 = vmax_zero(c1_0)
+        c1_1 = vmax_zero(c1_1)
+        c2_0 = vmax_zero(c2_0)
+        c2_1 = vmax_zero(c2_1)
+        c3_0 = vmax_zero(c3_0)
+        c3_1 = vmax_zero(c3_1)
+        c4_0 = vmax_zero(c4_0)
+        c4_1 = vmax_zero(c4_1)
+        c5_0 = vmax_zero(c5_0)
+        c5_1 = vmax_zero(c5_1)
+    elif act == 2:
+        c0_0 = vrelu_general(c0_0, p0, p1, p2, p3)
+        c0_1 = vrelu_general(c0_1, p0, p1, p2, p3)
+        c1_0 = vrelu_general(c1_0, p0, p1, p2, p3)
+        c1_1 = vrelu_general(c1_1, p0, p1, p2, p3)
+        c2_0 = vrelu_general(c2_0, p0, p1, p2, p3)
+        c2_1 = vrelu_general(c2_1, p0, p1, p2, p3)
+        c3_0 = vrelu_general(c3_0, p0, p1, p2, p3)
+        c3_1 = vrelu_general(c3_1, p0, p1, p2, p3)
+        c4_0 = vrelu_general(c4_0, p0, p1, p2, p3)
+        c4_1 = vrelu_general(c4_1, p0, p1, p2, p3)
+        c5_0 = vrelu_general(c5_0, p0, p1, p2, p3)
+        c5_1 = vrelu_general(c5_1, p0, p1, p2, p3)
+    vstore_transposed(C, c_off + 0 * c_cs, c_cs, rows, n0, c0_0, c1_0, c2_0, c3_0, c4_0, c5_0)
+    vstore_transposed(C, c_off + 4 * c_cs, c_cs, rows, n1, c0_1, c1_1, c2_1, c3_1, c4_1, c5_1)
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -7144,12 +8200,15 @@ UKERNELS = {
     (1, 4, 16, False): mk_1x4_l16,
     (4, 2, 16, False): mk_4x2_l16,
     (8, 2, 16, False): mk_8x2_l16,
+    (6, 2, 16, False): mk_6x2_l16,
     (1, 4, 8, False): mk_1x4_l8,
     (4, 2, 8, False): mk_4x2_l8,
     (8, 2, 8, False): mk_8x2_l8,
+    (6, 2, 8, False): mk_6x2_l8,
     (1, 4, 4, False): mk_1x4_l4,
     (4, 2, 4, False): mk_4x2_l4,
     (8, 2, 4, False): mk_8x2_l4,
+    (6, 2, 4, False): mk_6x2_l4,
     (8, 2, 16, True): mkp_8x2_l16,
     (12, 2, 16, True): mkp_12x2_l16,
     (8, 3, 16, True): mkp_8x3_l16,
@@ -7178,14 +8237,23 @@ UKERNELS = {
     (8, 3, 16, 'channel'): mkc_8x3_l16,
     (8, 2, 16, 'channel'): mkc_8x2_l16,
     (8, 1, 16, 'channel'): mkc_8x1_l16,
+    (3, 4, 16, 'channel'): mkc_3x4_l16,
+    (4, 3, 16, 'channel'): mkc_4x3_l16,
+    (6, 2, 16, 'channel'): mkc_6x2_l16,
     (6, 4, 8, 'channel'): mkc_6x4_l8,
     (8, 3, 8, 'channel'): mkc_8x3_l8,
     (8, 2, 8, 'channel'): mkc_8x2_l8,
     (8, 1, 8, 'channel'): mkc_8x1_l8,
+    (3, 4, 8, 'channel'): mkc_3x4_l8,
+    (4, 3, 8, 'channel'): mkc_4x3_l8,
+    (6, 2, 8, 'channel'): mkc_6x2_l8,
     (6, 4, 4, 'channel'): mkc_6x4_l4,
     (8, 3, 4, 'channel'): mkc_8x3_l4,
     (8, 2, 4, 'channel'): mkc_8x2_l4,
     (8, 1, 4, 'channel'): mkc_8x1_l4,
+    (3, 4, 4, 'channel'): mkc_3x4_l4,
+    (4, 3, 4, 'channel'): mkc_4x3_l4,
+    (6, 2, 4, 'channel'): mkc_6x2_l4,
     (3, 3, 1, 16, 'depthwise'): dwk_3x3s1_l16,
     (3, 3, 2, 16, 'depthwise'): dwk_3x3s2_l16,
     (5, 5, 1, 16, 'depthwise'): dwk_5x5s1_l16,
