@@ -328,3 +328,6 @@ def _min(op, args):
 @kernel("concat")
 def _concat(op, args):
     return np.concatenate(_f64(args), axis=op.axis)
+
+
+from keydnn.ir import reference_ext as _reference_ext  # noqa: E402,F401  (registers the issue-18 kernels)

@@ -493,6 +493,13 @@ def _positional_layout(class_name: str, config: Mapping[str, Any]) -> dict[str, 
         if config.get("center", True) is not False and not rms:
             names.append("beta")
         return {"": names}
+    if class_name == "GroupNormalization":
+        return {"": (["gamma"] if config.get("scale", True) is not False else [])
+                + (["beta"] if config.get("center", True) is not False else [])}
+    if class_name == "RMSNormalization":
+        return {"": ["scale"]}
+    if class_name == "UnitNormalization":
+        return {"": []}
     if class_name == "PReLU":
         return {"": ["alpha"]}
     if class_name == "Normalization":

@@ -265,3 +265,7 @@ LAYOUT_RULES: dict[str, Rule] = {
     # several operands: one common order for all of them
     "add": merge, "sub": merge, "mul": merge, "avg": merge, "max": merge, "min": merge, "concat": merge,
 }
+
+from keydnn.ir.passes import layout_rules_reduce as _reduce_rules  # noqa: E402  (issue 18's reducing ops)
+
+LAYOUT_RULES.update({"layer_norm": _reduce_rules.layer_norm, "reduce": _reduce_rules.reduce})
