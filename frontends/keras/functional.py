@@ -33,6 +33,7 @@ import numpy as np
 
 from keydnn.errors import KerasInteropError, Problem
 from keydnn.frontends.keras.lower import NESTED_MODEL_CLASSES, FrontendResult, Lowering
+from keydnn.frontends.keras.operations import is_operation
 from keydnn.frontends.keras.registry import ConversionOptions
 from keydnn.frontends.keras.spec import LayerSpec, ModelSpec
 
@@ -109,7 +110,13 @@ def parse_calls(layer: LayerSpec) -> list[Call]:
     calls: list[Call] = []
     for raw in layer.inbound_nodes or []:
         call = Call()
-        if isinstance(raw, dict):  # Keras 3
+        if isinstance(raw, dict) and is_operation(layer):  # a Keras 3 operation: its converter reads the args
+            for arg in raw.get("args", []) or []:
+                _tensors(arg, call.refs, [])
+            kwargs = raw.get("kwargs", {})
+            for key in kwargs if isinstance(kwargs, dict) else []:
+                _tensors(kwargs[key], call.refs, [])
+        elif isinstance(raw, dict):  # Keras 3
             others: list[Any] = []
             for arg in raw.get("args", []) or []:
                 _tensors(arg, call.refs, others)
@@ -236,7 +243,8 @@ def _walk(low: Lowering, graph: _Graph, bound: dict[Ref, str], outputs: list[Ref
                             [Problem(p, layer.index, layer.name, layer.class_name) for p in call.problems])
             results = [low.nodes[-1].outputs[0].name]
         else:
-            results = low.call(layer, inputs, name=node_name)
+            raw = layer.inbound_nodes[index] if layer.inbound_nodes and index < len(layer.inbound_nodes) else None
+            results = low.call(layer, inputs, name=node_name, raw_call=raw)
         node = index + graph.offsets[name]
         for t, value in enumerate(results):
             env[(name, node, t)] = value

@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from keydnn.errors import KerasInteropError, KeydnnError, Problem
+from keydnn.frontends.keras.operations import OPERATION_MODULES, is_operation
 from keydnn.frontends.keras.registry import CONVERTERS, ConversionOptions, LayerContext, Unconvertible
 from keydnn.frontends.keras.spec import LayerSpec, ModelSpec
 from keydnn.ir.graph import Graph, Node
@@ -44,7 +45,7 @@ MULTI_INPUT_LAYERS: set[str] = set()
 NESTED_MODEL_CLASSES: frozenset[str] = frozenset({"Sequential", "Functional", "Model"})
 
 _SEQUENTIAL = ("Sequential",)
-_OPS_MODULES = ("keras.src.ops", "keras.ops")
+_OPS_MODULES = OPERATION_MODULES
 _BUILTIN_MODULES = ("keras.layers", "keras.src.layers", "keras.src.models", "keras.models", "keras",
                     "tf_keras.layers", "tf_keras.src.layers")
 
@@ -187,7 +188,8 @@ class Lowering:
         return name
 
     # -- one call of one layer ------------------------------------------------------
-    def call(self, layer: LayerSpec, inputs: Sequence[str], *, name: str | None = None) -> list[str]:
+    def call(self, layer: LayerSpec, inputs: Sequence[str], *, name: str | None = None,
+             raw_call: object = None) -> list[str]:
         """Convert one application of ``layer`` to ``inputs``; its result values (several for a model).
 
         ``name`` names the call's nodes (default: the layer's name). Failures
@@ -215,11 +217,20 @@ class Lowering:
                        "loads or runs code from a model file", field="registered_name", value=layer.registered_name,
                        supported="built-in Keras layers (module keras.layers)")
             failed = True
-        elif layer.module is not None and layer.module.startswith(_OPS_MODULES):
-            ctx.refuse(f"is a Keras operation ({layer.module}.{layer.class_name}: a keras.ops call or a Python "
-                       "operator on tensors), not a layer", field="module", value=layer.module,
-                       supported="Keras layers, e.g. keras.layers.Add / Multiply / Concatenate")
-            failed = True
+        elif is_operation(layer):
+            from keydnn.frontends.keras.convert_ops import convert_operation
+
+            try:
+                convert_operation(ctx, raw_call, tuple(inputs))
+            except Unconvertible:
+                failed = True
+            except ValidationError as exc:
+                ctx.refuse("invalid configuration: " + "; ".join(e["msg"] for e in exc.errors()))
+                failed = True
+            if not failed:
+                for key in ctx.unconsumed():
+                    ctx.refuse(f"config field {key!r} is not understood by keydnn", field=key,
+                               value=layer.config.get(key), supported="the fields documented for this operation")
         elif entry is None:
             if layer.class_name in IGNORED_AT_INFERENCE and len(inputs) == 1:
                 self._record(layer, [])

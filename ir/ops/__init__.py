@@ -24,6 +24,7 @@ from keydnn.ir.ops.elementwise import ACTIVATION_FUNCTIONS, Activation, PRelu, R
 from keydnn.ir.ops.merge import Add, Avg, Concat, Max, Min, Mul, Sub
 from keydnn.ir.ops.nn import AvgPool2d, Conv2d, Dense, Epilogue, GlobalAvgPool2d, MaxPool2d
 from keydnn.ir.ops.norm import BatchNorm, ScaleShift
+from keydnn.ir.ops.math import Binary, MatMul, Slice, Unary
 from keydnn.ir.ops.reduce import LayerNorm, Reduce
 from keydnn.ir.ops.shape import ExpandDims, Flatten, Opaque, Reshape, Squeeze, Transpose
 from keydnn.ir.ops.spatial import Crop2d, GlobalMaxPool2d, Pad2d, Upsample2d
@@ -34,7 +35,7 @@ __all__ = [
     "Transpose", "Relu", "Softmax", "Activation", "Opaque",
     "BatchNorm", "ScaleShift", "PRelu", "Pad2d", "Crop2d", "Upsample2d", "GlobalMaxPool2d",
     "ExpandDims", "Squeeze", "Add", "Sub", "Mul", "Avg", "Max", "Min", "Concat",
-    "LayerNorm", "Reduce",
+    "LayerNorm", "Reduce", "Unary", "Binary", "MatMul", "Slice",
 ]
 
 _CLASSES = (
@@ -42,7 +43,7 @@ _CLASSES = (
     Relu, Softmax, Activation, Opaque,
     BatchNorm, ScaleShift, PRelu, Pad2d, Crop2d, Upsample2d, GlobalMaxPool2d, ExpandDims, Squeeze,
     Add, Sub, Mul, Avg, Max, Min, Concat,
-    LayerNorm, Reduce,
+    LayerNorm, Reduce, Unary, Binary, MatMul, Slice,
 )
 
 Op = Annotated[
@@ -51,7 +52,7 @@ Op = Annotated[
         Relu, Softmax, Activation, Opaque,
         BatchNorm, ScaleShift, PRelu, Pad2d, Crop2d, Upsample2d, GlobalMaxPool2d, ExpandDims, Squeeze,
         Add, Sub, Mul, Avg, Max, Min, Concat,
-        LayerNorm, Reduce,
+        LayerNorm, Reduce, Unary, Binary, MatMul, Slice,
     ],
     Field(discriminator="kind"),
 ]

@@ -1,4 +1,4 @@
-"""Layout rules of the reducing ops (``layer_norm``, ``reduce``): their ``axes`` follow the data.
+"""Layout rules of issue 18's ops: ``layer_norm`` and ``reduce`` (their ``axes`` follow the data), ``binary``.
 
 A permuted operand (``new == logical.transpose(perm)``) keeps its order: each
 logical axis ``a`` is at ``perm.index(a)`` in the new tensor, so the op's axes
@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 from keydnn.ir.graph import Node
 from keydnn.ir.ops.reduce import norm_axes
-from keydnn.ir.passes.layout_rules import guard, is_identity, layout_for
+from keydnn.ir.passes.layout_rules import guard, is_identity, layout_for, merge
 
 if TYPE_CHECKING:  # pragma: no cover
     from keydnn.ir.passes.layout_context import LayoutContext
 
-__all__ = ["layer_norm", "reduce"]
+__all__ = ["layer_norm", "reduce", "binary"]
 
 
 def layer_norm(ctx: "LayoutContext", node: Node) -> None:
@@ -53,3 +53,23 @@ def reduce(ctx: "LayoutContext", node: Node) -> None:
         kept = [a for a in f.perm if a not in logical_axes]
         out_perm = tuple(sorted(kept).index(a) for a in kept)
     ctx.emit(node, op, [f.src], perm=out_perm)
+
+
+def binary(ctx: "LayoutContext", node: Node) -> None:
+    """A tensor with a scalar constant keeps its form (elementwise); two tensors of one rank meet in one order
+    (as merges do); anything else (a constant of another shape) runs in the logical layout."""
+    consts = [ctx.is_constant(i) for i in node.inputs]
+    if any(consts):
+        if all(consts):
+            return guard(ctx, node)
+        k = consts.index(False)
+        c = node.inputs[1 - k]
+        if ctx.weights[c].size != 1:
+            return guard(ctx, node)
+        f = ctx.form(node.inputs[k])
+        if f.rows is not None:
+            return guard(ctx, node)
+        ins = [f.src, c] if k == 0 else [c, f.src]
+        ctx.emit(node, node.op, ins, perm=f.perm)
+        return None
+    return merge(ctx, node)

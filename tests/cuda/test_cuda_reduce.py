@@ -38,3 +38,67 @@ def test_reduce(mode, axes, keep):
     rng = seeded()
     graph = single_op_graph(lambda b, x: b.add(Reduce(mode=mode, axes=axes, keepdims=keep), x), ("N", 3, 4, 5))
     assert_parity(graph, rng.normal(size=(2, 3, 4, 5)).astype("f4"))
+
+
+# -- general math (Keras operations, attention) ----------------------------------------------------------
+from keydnn.ir.ops import Binary, MatMul, Slice, Unary  # noqa: E402
+from keydnn.ir.ops.math import BINARY_FUNCTIONS, UNARY_FUNCTIONS  # noqa: E402
+
+
+@pytest.mark.parametrize("function", sorted(UNARY_FUNCTIONS))
+def test_unary(function):
+    a, b = {"clip": (-0.5, 0.7), "celu": (1.5, 0), "squareplus": (2.0, 0), "soft_shrink": (0.3, 0),
+            "hard_shrink": (0.3, 0), "threshold": (0.1, -2.0)}.get(function, (0.0, 0.0))
+    x = seeded().normal(size=(2, 3, 4)).astype("f4") * 2
+    if function in ("sqrt", "rsqrt", "log", "reciprocal"):
+        x = np.abs(x) + 0.1
+    if function == "log1p":
+        x = np.abs(x)
+    graph = single_op_graph(lambda b_, v: b_.add(Unary(function=function, a=a, b=b), v), ("N", 3, 4))
+    assert_parity(graph, x, atol=1e-4)
+
+
+@pytest.mark.parametrize("function", BINARY_FUNCTIONS)
+def test_binary_broadcast(function):
+    rng = seeded()
+    y = (np.abs(rng.normal(size=(1, 4))) + 0.5).astype("f4") if function in ("div", "pow") else \
+        np.round(rng.normal(size=(1, 4)), 1).astype("f4")
+    x = np.abs(rng.normal(size=(2, 3, 4))).astype("f4") if function == "pow" else \
+        np.round(rng.normal(size=(2, 3, 4)), 1).astype("f4")
+
+    def build(b, v):
+        return b.add(Binary(function=function), v, b.const("y", y))
+
+    assert_parity(single_op_graph(build, ("N", 3, 4)), x, atol=1e-4)
+
+
+def test_binary_two_tensors():
+    from passes.builders import GraphBuilder
+    b = GraphBuilder("two")
+    x, y = b.input("x", ("N", 3, 4)), b.input("y", ("N", 1, 4))
+    graph = b.build(b.add(Binary(function="sub"), x, y))
+    rng = seeded()
+    assert_parity(graph, rng.normal(size=(2, 3, 4)).astype("f4"), rng.normal(size=(2, 1, 4)).astype("f4"))
+
+
+@pytest.mark.parametrize("transpose_b", [False, True])
+def test_matmul(transpose_b):
+    from passes.builders import GraphBuilder
+    b = GraphBuilder("mm")
+    x = b.input("x", ("N", 2, 3, 5))
+    y = b.input("y", ("N", 2, 4, 5) if transpose_b else ("N", 2, 5, 4))
+    graph = b.build(b.add(MatMul(transpose_b=transpose_b, scale=0.5), x, y))
+    rng = seeded()
+    assert_parity(graph, rng.normal(size=(2, 2, 3, 5)).astype("f4"),
+                  rng.normal(size=(2, 2, 4, 5) if transpose_b else (2, 2, 5, 4)).astype("f4"))
+
+
+def test_matmul_constant_matrix():
+    w = seeded().normal(size=(5, 3)).astype("f4")
+    graph = single_op_graph(lambda b, v: b.add(MatMul(), v, b.const("w", w)), ("N", 4, 5))
+    assert_parity(graph, seeded().normal(size=(2, 4, 5)).astype("f4"))
+
+
+def test_slice():
+    graph = single_op_graph(lambda b, v: b.add(Slice(starts=(1, 0, 2), stops=(3, 4, 6), steps=(1, 2, 3)), v))
+    assert_parity(graph, seeded().normal(size=(2, 3, 6, 6)).astype("f4"))
