@@ -37,7 +37,7 @@ from keydnn.frontends.keras.operations import is_operation
 from keydnn.frontends.keras.registry import ConversionOptions
 from keydnn.frontends.keras.spec import LayerSpec, ModelSpec
 
-__all__ = ["lower_functional", "inline_model", "parse_calls", "Ref", "Call", "nested_layers"]
+__all__ = ["lower_functional", "inline_model", "parse_calls", "Ref", "Call", "nested_layers", "TENSOR_KWARGS"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,37 @@ class Call:
 
     refs: list[Ref] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: Layers of ``TENSOR_KWARGS``: keyword arguments that are not tensors, and the names of those that are
+    #: (their tensors are the last ``len(tensor_kwargs)`` refs, in this order).
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    tensor_kwargs: list[str] = field(default_factory=list)
+
+
+#: Layers whose calls take tensors as keyword arguments (MultiHeadAttention's value, key, attention_mask), by
+#: class: the keyword names, in the order their tensors follow the positional ones. Their converters read
+#: ``GraphLayerContext.call_kwargs`` and check the other keyword arguments themselves.
+TENSOR_KWARGS: dict[str, tuple[str, ...]] = {}
+
+
+def _layer_kwargs(kwargs: Any, call: Call, names: tuple[str, ...], keras2: bool) -> None:
+    if not isinstance(kwargs, dict):
+        return
+    as_ref = _as_ref if keras2 else _keras_tensor
+    for key, value in kwargs.items():
+        found: list[Ref] = []
+        if not keras2:
+            _tensors(value, found, [])
+        if key in names and as_ref(value) is not None:
+            continue
+        if found or (keras2 and as_ref(value) is not None):
+            call.problems.append(f"call argument {key!r} is a tensor; keydnn wires {', '.join(names)} only")
+        else:
+            call.kwargs[key] = value
+    for key in names:
+        ref = as_ref(kwargs.get(key))
+        if ref is not None:
+            call.refs.append(ref)
+            call.tensor_kwargs.append(key)
 
 
 # --------------------------------------------------------------------------- #
@@ -123,7 +154,10 @@ def parse_calls(layer: LayerSpec) -> list[Call]:
             if any(o is not None for o in others):
                 call.problems.append(f"non-tensor call arguments {[o for o in others if o is not None]!r} "
                                      "are not supported")
-            _check_kwargs(raw.get("kwargs", {}), call)
+            if layer.class_name in TENSOR_KWARGS:
+                _layer_kwargs(raw.get("kwargs", {}), call, TENSOR_KWARGS[layer.class_name], keras2=False)
+            else:
+                _check_kwargs(raw.get("kwargs", {}), call)
         elif isinstance(raw, list):  # Keras 2
             for entry in raw:
                 ref = _as_ref(entry)
@@ -132,7 +166,9 @@ def parse_calls(layer: LayerSpec) -> list[Call]:
                         Problem("malformed inbound node", layer.index, layer.name, layer.class_name,
                                 field="inbound_nodes", value=entry)])
                 call.refs.append(ref)
-                if len(entry) == 4:
+                if len(entry) == 4 and layer.class_name in TENSOR_KWARGS:
+                    _layer_kwargs(entry[3], call, TENSOR_KWARGS[layer.class_name], keras2=True)
+                elif len(entry) == 4:
                     _check_kwargs(entry[3], call)
         else:
             raise KerasInteropError(f"layer {layer.name!r}: malformed inbound node {raw!r}", [
@@ -244,7 +280,10 @@ def _walk(low: Lowering, graph: _Graph, bound: dict[Ref, str], outputs: list[Ref
             results = [low.nodes[-1].outputs[0].name]
         else:
             raw = layer.inbound_nodes[index] if layer.inbound_nodes and index < len(layer.inbound_nodes) else None
-            results = low.call(layer, inputs, name=node_name, raw_call=raw)
+            kwargs = dict(call.kwargs)
+            if call.tensor_kwargs:
+                kwargs.update(zip(call.tensor_kwargs, inputs[len(inputs) - len(call.tensor_kwargs):]))
+            results = low.call(layer, inputs, name=node_name, raw_call=raw, call_kwargs=kwargs)
         node = index + graph.offsets[name]
         for t, value in enumerate(results):
             env[(name, node, t)] = value

@@ -115,6 +115,8 @@ class GraphLayerContext(LayerContext):
     node_name: str | None = None
     known_types: dict[str, TensorType | None] = field(default_factory=dict)
     taken: set[str] = field(default_factory=set)
+    #: Keyword arguments of the call, for layers of ``functional.TENSOR_KWARGS`` (tensors as value names).
+    call_kwargs: dict = field(default_factory=dict)
 
     def _node_name(self, suffix: str | None) -> str:
         base = self.node_name or self.layer.name
@@ -189,7 +191,7 @@ class Lowering:
 
     # -- one call of one layer ------------------------------------------------------
     def call(self, layer: LayerSpec, inputs: Sequence[str], *, name: str | None = None,
-             raw_call: object = None) -> list[str]:
+             raw_call: object = None, call_kwargs: dict | None = None) -> list[str]:
         """Convert one application of ``layer`` to ``inputs``; its result values (several for a model).
 
         ``name`` names the call's nodes (default: the layer's name). Failures
@@ -208,7 +210,7 @@ class Lowering:
         ctx = GraphLayerContext(layer=layer, x=x, x_type=x_type, options=self.options, problems=self.problems,
                                 nodes=self.nodes, weights=self.weights, inputs=tuple(inputs),
                                 input_types=tuple(self.types.get(i) for i in inputs), node_name=name,
-                                known_types=self.types, taken=self.taken)
+                                known_types=self.types, taken=self.taken, call_kwargs=dict(call_kwargs or {}))
         entry = CONVERTERS.get(layer.class_name)
         failed = False
         custom = _custom_class(layer)

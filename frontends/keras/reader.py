@@ -496,6 +496,13 @@ def _positional_layout(class_name: str, config: Mapping[str, Any]) -> dict[str, 
     if class_name == "GroupNormalization":
         return {"": (["gamma"] if config.get("scale", True) is not False else [])
                 + (["beta"] if config.get("center", True) is not False else [])}
+    if class_name == "EinsumDense":
+        return {"": ["kernel"] + (["bias"] if config.get("bias_axes") else [])}
+    if class_name == "Attention":
+        return {"": (["scale"] if config.get("use_scale") else [])
+                + (["concat_score_weight"] if config.get("score_mode") == "concat" else [])}
+    if class_name == "AdditiveAttention":
+        return {"": ["scale"] if config.get("use_scale", True) is not False else []}
     if class_name == "RMSNormalization":
         return {"": ["scale"]}
     if class_name == "UnitNormalization":
