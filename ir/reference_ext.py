@@ -111,3 +111,38 @@ def _matmul(op, args):
 def _slice(op, args):
     index = (slice(None),) + tuple(slice(a, b, c) for a, b, c in zip(op.starts, op.stops, op.steps))
     return np.asarray(args[0])[index].astype(np.float64)
+
+
+def _nchw(x: np.ndarray, layout: str) -> np.ndarray:
+    return x if layout == "NCHW" else x.transpose(0, 3, 1, 2)
+
+
+def _back(x: np.ndarray, layout: str) -> np.ndarray:
+    return x if layout == "NCHW" else x.transpose(0, 2, 3, 1)
+
+
+@kernel("dilate_pad2d")
+def _dilate_pad2d(op, args):
+    x = _nchw(np.asarray(args[0], np.float64), op.layout)
+    n, c, h, w = x.shape
+    (fh, fw), (t, b, left, r) = op.factors, op.pads
+    y = np.zeros((n, c, (h - 1) * fh + 1 + t + b, (w - 1) * fw + 1 + left + r))
+    y[:, :, t: t + (h - 1) * fh + 1: fh, left: left + (w - 1) * fw + 1: fw] = x
+    return _back(y, op.layout)
+
+
+@kernel("resize2d")
+def _resize2d(op, args):
+    from keydnn.ir.ops.resize import resize_taps
+
+    x = _nchw(np.asarray(args[0], np.float64), op.layout)
+    _, _, h, w = x.shape
+    mats = []
+    for size_in, size_out in ((h, op.size[0]), (w, op.size[1])):
+        idx, wt = resize_taps(size_in, size_out, op.method, op.half_pixel)
+        m = np.zeros((size_out, size_in))
+        for o in range(size_out):
+            for i, v in zip(idx[o], wt[o]):
+                m[o, i] += v
+        mats.append(m)
+    return _back(np.einsum("oh,nchw,pw->ncop", mats[0], x, mats[1]), op.layout)

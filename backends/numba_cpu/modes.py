@@ -36,7 +36,7 @@ def load_kernels() -> None:
         kernels_conv, kernels_dense, kernels_elementwise, kernels_merge, kernels_norm, kernels_pool, kernels_shape,
         kernels_spatial,
     )
-    from keydnn.backends.numba_cpu import kernels_math, kernels_reduce  # noqa: F401  (issue 18's ops)
+    from keydnn.backends.numba_cpu import kernels_math, kernels_reduce, kernels_resize  # noqa: F401  (issue 18)
 
 
 def compile_graph(graph: Graph, mode: Optional[str] = None):

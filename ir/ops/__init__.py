@@ -26,6 +26,7 @@ from keydnn.ir.ops.nn import AvgPool2d, Conv2d, Dense, Epilogue, GlobalAvgPool2d
 from keydnn.ir.ops.norm import BatchNorm, ScaleShift
 from keydnn.ir.ops.math import Binary, MatMul, Slice, Unary
 from keydnn.ir.ops.reduce import LayerNorm, Reduce
+from keydnn.ir.ops.resize import DilatePad2d, Resize2d
 from keydnn.ir.ops.shape import ExpandDims, Flatten, Opaque, Reshape, Squeeze, Transpose
 from keydnn.ir.ops.spatial import Crop2d, GlobalMaxPool2d, Pad2d, Upsample2d
 
@@ -35,7 +36,7 @@ __all__ = [
     "Transpose", "Relu", "Softmax", "Activation", "Opaque",
     "BatchNorm", "ScaleShift", "PRelu", "Pad2d", "Crop2d", "Upsample2d", "GlobalMaxPool2d",
     "ExpandDims", "Squeeze", "Add", "Sub", "Mul", "Avg", "Max", "Min", "Concat",
-    "LayerNorm", "Reduce", "Unary", "Binary", "MatMul", "Slice",
+    "LayerNorm", "Reduce", "Unary", "Binary", "MatMul", "Slice", "DilatePad2d", "Resize2d",
 ]
 
 _CLASSES = (
@@ -43,7 +44,7 @@ _CLASSES = (
     Relu, Softmax, Activation, Opaque,
     BatchNorm, ScaleShift, PRelu, Pad2d, Crop2d, Upsample2d, GlobalMaxPool2d, ExpandDims, Squeeze,
     Add, Sub, Mul, Avg, Max, Min, Concat,
-    LayerNorm, Reduce, Unary, Binary, MatMul, Slice,
+    LayerNorm, Reduce, Unary, Binary, MatMul, Slice, DilatePad2d, Resize2d,
 )
 
 Op = Annotated[
@@ -52,7 +53,7 @@ Op = Annotated[
         Relu, Softmax, Activation, Opaque,
         BatchNorm, ScaleShift, PRelu, Pad2d, Crop2d, Upsample2d, GlobalMaxPool2d, ExpandDims, Squeeze,
         Add, Sub, Mul, Avg, Max, Min, Concat,
-        LayerNorm, Reduce, Unary, Binary, MatMul, Slice,
+        LayerNorm, Reduce, Unary, Binary, MatMul, Slice, DilatePad2d, Resize2d,
     ],
     Field(discriminator="kind"),
 ]

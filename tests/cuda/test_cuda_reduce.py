@@ -102,3 +102,22 @@ def test_matmul_constant_matrix():
 def test_slice():
     graph = single_op_graph(lambda b, v: b.add(Slice(starts=(1, 0, 2), stops=(3, 4, 6), steps=(1, 2, 3)), v))
     assert_parity(graph, seeded().normal(size=(2, 3, 6, 6)).astype("f4"))
+
+
+# -- transposed convolution input, interpolating resize ----------------------------------------------------
+from keydnn.ir.ops import DilatePad2d, Resize2d  # noqa: E402
+
+
+@pytest.mark.parametrize("factors,pads", [((2, 2), (1, 2, 1, 2)), ((1, 3), (0, 0, 2, 1)), ((2, 1), (0, 1, 0, 0))])
+def test_dilate_pad2d(factors, pads):
+    graph = single_op_graph(lambda b, v: b.add(DilatePad2d(factors=factors, pads=pads), v), ("N", 3, 4, 5))
+    assert_parity(graph, seeded().normal(size=(2, 3, 4, 5)).astype("f4"))
+
+
+@pytest.mark.parametrize("method,half", [("bilinear", True), ("bicubic", True), ("nearest", True),
+                                         ("nearest", False)])
+@pytest.mark.parametrize("size", [(8, 10), (3, 2)])
+def test_resize2d(method, half, size):
+    graph = single_op_graph(lambda b, v: b.add(Resize2d(size=size, method=method, half_pixel=half), v),
+                            ("N", 2, 4, 5))
+    assert_parity(graph, seeded().normal(size=(2, 2, 4, 5)).astype("f4"), atol=1e-4)
