@@ -3,6 +3,7 @@ form, and the U-Net of the done-when list (Conv2DTranspose + skip concatenations
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from issue18_helpers import all_sources, check_parity, k3_sources
 
@@ -90,3 +91,73 @@ def test_refusals_are_named():
     with pytest.raises(keydnn.KerasInteropError) as info:
         keydnn.from_keras(model)
     assert {(p.layer_class, p.field) for p in info.value.problems} >= {("UpSampling2D", "interpolation")}
+
+
+PREPROCESSING = {
+    "resizing": _seq((9, 7, 3), lambda L: L.Resizing(5, 6), lambda L: L.Resizing(8, 8, interpolation="nearest"),
+                     lambda L: L.Resizing(6, 9, interpolation="bicubic"),
+                     lambda L: L.Resizing(4, 4, crop_to_aspect_ratio=True), lambda L: L.CenterCrop(3, 2)),
+}
+K3_PREPROCESSING = {
+    "resizing_pad": _seq((9, 7, 3), lambda L: L.Resizing(6, 9, pad_to_aspect_ratio=True, fill_value=0.5),
+                         lambda L: L.Resizing(5, 5, interpolation="nearest", crop_to_aspect_ratio=True),
+                         lambda L: L.CenterCrop(4, 3, data_format="channels_last")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PREPROCESSING))
+def test_preprocessing_every_source_form(case, keras_sources):
+    check_parity(keras_sources(f"i18_{case}", PREPROCESSING[case]))
+
+
+@pytest.mark.parametrize("case", sorted(K3_PREPROCESSING))
+def test_preprocessing_keras3(case, tmp_path):
+    check_parity(k3_sources(tmp_path, case, K3_PREPROCESSING[case]))
+
+
+def _random_layers(k):
+    L = k.layers
+    x = k.Input((8, 8, 3))
+    y = x
+    for make in (lambda: L.RandomFlip(), lambda: L.RandomRotation(0.2), lambda: L.RandomZoom(0.3),
+                 lambda: L.RandomTranslation(0.1, 0.2), lambda: L.RandomContrast(0.5),
+                 lambda: L.RandomCrop(8, 8)):  # (RandomBrightness: Keras 3 cannot save it to .h5)
+        y = make()(y)
+    return k.Model(x, L.Conv2D(2, 3)(y))
+
+
+def test_random_layers_are_identities(keras_sources):
+    sources = keras_sources("i18_random", _random_layers)
+    check_parity(sources)
+    kinds = [n.op.kind for n in keydnn.from_keras(sources[1][1]).graph.nodes]
+    assert kinds.count("conv2d") == 1 and len(kinds) <= 3, kinds  # the conv and at most two boundary transposes
+
+
+def test_every_keras3_random_layer_is_an_identity(tmp_path):
+    """Each layer of RANDOM_IDENTITIES that Keras 3 has: Keras itself returns the input at inference."""
+    import tensorflow as tf
+
+    from keydnn.frontends.keras.convert_preprocessing import RANDOM_IDENTITIES
+    k = tf.keras
+    args = {"RandomRotation": (0.2,), "RandomZoom": (0.2,), "RandomTranslation": (0.1, 0.1),
+            "RandomContrast": (0.2,), "RandomBrightness": (0.2,), "RandomHeight": (0.2,), "RandomWidth": (0.2,),
+            "RandomHue": (0.2, (0, 1)), "RandomSaturation": (0.2,), "RandomSharpness": (0.2,),
+            "RandomShear": (0.2,), "RandomColorJitter": ((0, 1),), "RandomColorDegeneration": (0.2,),
+            "RandomPosterization": ((0, 255),), "RandomInvert": (), "RandomGaussianBlur": (),
+            "RandomPerspective": (), "RandomElasticTransform": ()}
+    x = np.random.default_rng(0).random((2, 8, 8, 3)).astype("f4")
+    checked = 0
+    for name in RANDOM_IDENTITIES:
+        cls = getattr(k.layers, name, None)
+        if cls is None:
+            continue
+        try:
+            layer = cls(*args.get(name, ()))
+        except (TypeError, ValueError):
+            layer = cls()
+        inp = k.Input((8, 8, 3))
+        model = k.Model(inp, layer(inp))
+        np.testing.assert_array_equal(np.asarray(model(x, training=False)), x, err_msg=name)
+        np.testing.assert_array_equal(keydnn.from_keras(model)(x), x, err_msg=name)
+        checked += 1
+    assert checked >= 20
