@@ -227,14 +227,14 @@ def test_refused_configs_are_named():
     tf = pytest.importorskip("tensorflow")
     L = tf.keras.layers
     model = tf.keras.Sequential([
-        L.Input(shape=(6, 6, 3)), L.Activation("mish"), L.Activation("hard_swish"), L.Activation("log_softmax"),
+        L.Input(shape=(6, 6, 4)), L.Activation("sparsemax"), L.Activation("glu"), L.Activation("sparsemax"),
         L.UpSampling2D(interpolation="lanczos3"), L.Dropout(0.2), L.DepthwiseConv2D(3, depth_multiplier=2)])
     with pytest.raises(keydnn.KerasInteropError) as info:
         keydnn.from_keras(model)
     problems = {(p.layer_index, p.field): p for p in info.value.problems}
-    assert problems[(0, "activation")].value == "mish"
-    assert problems[(1, "activation")].value == "hard_silu"  # Keras 3's name for hard_swish
-    assert problems[(2, "activation")].value == "log_softmax"
+    assert problems[(0, "activation")].value == "sparsemax"  # (mish, hard_swish, log_softmax convert: issue 18)
+    assert problems[(1, "activation")].value == "glu"
+    assert problems[(2, "activation")].value == "sparsemax"
     assert problems[(3, "interpolation")].value == "lanczos3"  # bilinear and bicubic convert (issue 18)
     assert "input shape is unknown" in problems[(5, None)].message
     assert len(info.value.problems) == 5  # no spurious "field not understood" after a refused layer
