@@ -496,6 +496,8 @@ def _positional_layout(class_name: str, config: Mapping[str, Any]) -> dict[str, 
     if class_name == "GroupNormalization":
         return {"": (["gamma"] if config.get("scale", True) is not False else [])
                 + (["beta"] if config.get("center", True) is not False else [])}
+    if class_name == "LayerScale":
+        return {"": ["gamma"]}
     if class_name == "EinsumDense":
         return {"": ["kernel"] + (["bias"] if config.get("bias_axes") else [])}
     if class_name == "Attention":
