@@ -107,3 +107,35 @@ def test_lambda_stays_refused():
     model = k.Sequential([k.Input((3,)), k.layers.Lambda(lambda t: t * 2)])
     with pytest.raises(keydnn.KerasInteropError, match="Lambda"):
         keydnn.from_keras(model)
+
+
+def _keras2_ops_model():
+    import tensorflow as tf
+    import tf_keras as k
+    x = k.Input((4, 6))
+    a = k.layers.Dense(6)(x)
+    outs = [a * 0.5 + 3.0, tf.nn.relu(a), tf.nn.softmax(a, axis=1), tf.reduce_mean(a, axis=-1, keepdims=True),
+            a[:, 1:3, ::2], tf.concat([a, x], axis=-1), tf.matmul(a, a, transpose_b=True), tf.maximum(a, 0.0),
+            2.0 - a, tf.math.sqrt(tf.abs(a)), tf.reshape(a, (-1, 24)), tf.transpose(a, (0, 2, 1)),
+            tf.expand_dims(a, 1), tf.cast(a > 0.1, tf.float32), tf.nn.sigmoid(a), tf.square(a), a / 3.0,
+            tf.stack([a, a], axis=1), tf.clip_by_value(a, -1.0, 1.0), tf.squeeze(tf.expand_dims(a, -1), -1), a[:, 0]]
+    return k.Model(x, outs)
+
+
+def test_keras2_tf_op_layers(tmp_path):
+    """Keras 2's TFOpLambda / SlicingOpLambda, from the live tf_keras model and its .h5."""
+    from fixtures.make_fixtures import _quiet_save, randomize_weights
+    live = _keras2_ops_model()
+    randomize_weights(live, 0)
+    path = tmp_path / "k2ops.h5"
+    _quiet_save(live, path)
+    check_parity([("live-tf_keras", live, live), ("keras2-h5", path, live)])
+
+
+def test_unsupported_tf_function_is_named():
+    import tensorflow as tf
+    import tf_keras as k
+    x = k.Input((4, 6))
+    model = k.Model(x, tf.math.cumsum(x, axis=1))
+    with pytest.raises(keydnn.KerasInteropError, match="math.cumsum"):
+        keydnn.from_keras(model)

@@ -37,7 +37,7 @@ from keydnn.frontends.keras.operations import is_operation
 from keydnn.frontends.keras.registry import ConversionOptions
 from keydnn.frontends.keras.spec import LayerSpec, ModelSpec
 
-__all__ = ["lower_functional", "inline_model", "parse_calls", "Ref", "Call", "nested_layers", "TENSOR_KWARGS"]
+__all__ = ["lower_functional", "inline_model", "parse_calls", "Ref", "Call", "nested_layers", "TENSOR_KWARGS", "TF_OP_LAYERS"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,16 @@ class Call:
     #: (their tensors are the last ``len(tensor_kwargs)`` refs, in this order).
     kwargs: dict[str, Any] = field(default_factory=dict)
     tensor_kwargs: list[str] = field(default_factory=list)
+
+
+#: Keras 2's layers wrapping a TensorFlow function call (``x * 0.5``, ``tf.reduce_mean``, ``x[:, 1:]``): their
+#: calls carry constants and tensors among the keyword arguments (``frontends.keras.convert_tfop``).
+TF_OP_LAYERS: frozenset[str] = frozenset({"TFOpLambda", "SlicingOpLambda"})
+
+def tf_op_entries(raw: list) -> list:
+    """A TFOpLambda call as a list of entries: Keras 2 writes a one-tensor call as the bare entry
+    ``[layer, node, index, kwargs]`` and a call on a list (concat, stack) as a list of entries."""
+    return [raw] if raw and isinstance(raw[0], str) else raw
 
 
 #: Layers whose calls take tensors as keyword arguments (MultiHeadAttention's value, key, attention_mask), by
@@ -158,6 +168,20 @@ def parse_calls(layer: LayerSpec) -> list[Call]:
                 _layer_kwargs(raw.get("kwargs", {}), call, TENSOR_KWARGS[layer.class_name], keras2=False)
             else:
                 _check_kwargs(raw.get("kwargs", {}), call)
+        elif isinstance(raw, list) and layer.class_name in TF_OP_LAYERS:  # Keras 2 TFOpLambda / SlicingOpLambda
+            raw = tf_op_entries(raw)
+            for entry in raw:
+                if isinstance(entry, list) and entry and entry[0] == "_CONSTANT_VALUE":
+                    pass  # a constant first argument; its converter reads it
+                elif _as_ref(entry) is not None:
+                    call.refs.append(_as_ref(entry))  # type: ignore[arg-type]
+                else:
+                    call.problems.append(f"unreadable call argument {entry!r}")
+            kwargs = raw[0][3] if raw and isinstance(raw[0], list) and len(raw[0]) == 4 else {}
+            for key in kwargs if isinstance(kwargs, dict) else []:
+                ref = _as_ref(kwargs[key])
+                if ref is not None and len(kwargs[key]) == 3:
+                    call.refs.append(ref)
         elif isinstance(raw, list):  # Keras 2
             for entry in raw:
                 ref = _as_ref(entry)

@@ -117,6 +117,8 @@ class GraphLayerContext(LayerContext):
     taken: set[str] = field(default_factory=set)
     #: Keyword arguments of the call, for layers of ``functional.TENSOR_KWARGS`` (tensors as value names).
     call_kwargs: dict = field(default_factory=dict)
+    #: The call's raw inbound-node entry (Keras 2 TFOpLambda converters read their arguments from it).
+    raw_call: object = None
 
     def _node_name(self, suffix: str | None) -> str:
         base = self.node_name or self.layer.name
@@ -210,7 +212,8 @@ class Lowering:
         ctx = GraphLayerContext(layer=layer, x=x, x_type=x_type, options=self.options, problems=self.problems,
                                 nodes=self.nodes, weights=self.weights, inputs=tuple(inputs),
                                 input_types=tuple(self.types.get(i) for i in inputs), node_name=name,
-                                known_types=self.types, taken=self.taken, call_kwargs=dict(call_kwargs or {}))
+                                known_types=self.types, taken=self.taken, call_kwargs=dict(call_kwargs or {}),
+                                raw_call=raw_call)
         entry = CONVERTERS.get(layer.class_name)
         failed = False
         custom = _custom_class(layer)
