@@ -146,3 +146,13 @@ def _resize2d(op, args):
                 m[o, i] += v
         mats.append(m)
     return _back(np.einsum("oh,nchw,pw->ncop", mats[0], x, mats[1]), op.layout)
+
+
+@kernel("bias_softmax")
+def _bias_softmax(op, args):
+    z = np.asarray(args[0], np.float64)
+    for b in args[1:]:
+        z = z + np.asarray(b, np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)

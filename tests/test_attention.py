@@ -64,8 +64,28 @@ def test_causal_mask_changes_the_result(tmp_path):
 def test_mha_lowering_is_visible_to_passes(keras_sources):
     (_, live, _), *_ = keras_sources("i18_encoder", _encoder)
     kinds = [n.op.kind for n in keydnn.from_keras(live, allow_non_linear_activation=True).graph.nodes]
-    assert kinds.count("matmul") == 2 and kinds.count("softmax") == 1 and kinds.count("layer_norm") == 2
-    assert "opaque" not in kinds
+    assert kinds.count("matmul") == 2 and kinds.count("layer_norm") == 2 and "opaque" not in kinds
+    # the causal mask's add and the softmax are one node after fuse-masked-softmax (the scale is on the matmul)
+    assert kinds.count("bias_softmax") == 1 and "softmax" not in kinds and "binary" not in kinds, kinds
+    unfused = keydnn.from_keras(live, allow_non_linear_activation=True,
+                                passes="infer-shapes,canonicalize-layout,fuse-activation")
+    assert [n.op.kind for n in unfused.graph.nodes].count("softmax") == 1
+
+
+def test_masked_softmax_fusion_keeps_numerics(keras_sources):
+    """Cross attention with an attention_mask input and a causal self-attention: two biases fused."""
+    import tensorflow as tf
+    k = tf.keras
+    x, m = k.Input((5, 8)), k.Input((5, 5))
+    y = k.layers.MultiHeadAttention(2, 4)(x, x, attention_mask=m, use_causal_mask=True)
+    model = k.Model([x, m], y)
+    ours = keydnn.from_keras(model)
+    node = next(n for n in ours.graph.nodes if n.op.kind == "bias_softmax")
+    assert len(node.inputs) == 3  # scores, causal bias, attention_mask bias
+    xs = inputs_for(model, 2)
+    xs[1] = (np.random.default_rng(0).random(xs[1].shape) > 0.3).astype("f4")
+    xs[1][:, :, 0] = 1.0
+    np.testing.assert_allclose(ours(*xs), np.asarray(model(xs)), rtol=1e-4, atol=1e-4)
 
 
 def _attention_layers(k):

@@ -238,3 +238,59 @@ def lower_slice(ctx: LowerContext) -> LoweredOp:
         return out
 
     return LoweredOp(run=run, description="slice")
+
+
+def bias_lane_table(x_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
+    """For each lane (all axes but the last) of ``x``, the offset of its row of the broadcast bias, and the
+    bias's step along the last axis (0 when it is broadcast there)."""
+    strides = broadcast_strides(b_shape, x_shape)
+    lead = x_shape[:-1]
+    idx = np.indices(lead).reshape(len(lead), -1) if lead else np.zeros((0, 1), dtype=np.int64)
+    base = (strides[:-1, None] * idx).sum(axis=0) if lead else np.zeros(1, dtype=np.int64)
+    return np.ascontiguousarray(base, dtype=np.int64), int(strides[-1])
+
+
+@numba.njit(**PARALLEL_JIT_OPTIONS)
+def bias_softmax_kernel(x, out, length, b1, base1, step1, b2, base2, step2, nb):
+    """softmax over rows of ``length`` of x + b1 (+ b2): the biased row is built once, in ``out``."""
+    lanes = x.size // length
+    for t in prange(lanes):
+        o = t * length
+        m = -np.inf
+        for k in range(length):
+            v = np.float64(x[o + k]) + b1[base1[t] + k * step1]
+            if nb == 2:
+                v += b2[base2[t] + k * step2]
+            out[o + k] = v
+            if v > m:
+                m = v
+        s = 0.0
+        for k in range(length):
+            e = math.exp(np.float64(out[o + k]) - m)
+            out[o + k] = e
+            s += e
+        inv = 1.0 / s
+        for k in range(length):
+            out[o + k] = out[o + k] * inv
+
+
+@register_kernel("bias_softmax")
+def lower_bias_softmax(ctx: LowerContext) -> LoweredOp:
+    """Attention's scores + mask biases + softmax in one kernel (fuse-masked-softmax)."""
+    consts: dict[int, np.ndarray] = {}
+    tables: dict[tuple, tuple] = {}
+    nb = len(ctx.node.inputs) - 1
+
+    def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
+        x = inputs[0]
+        biases = [np.ascontiguousarray(_operand(ctx, inputs, p, consts), dtype=np.float64) for p in range(1, nb + 1)]
+        key = (x.shape,) + tuple(b.shape for b in biases)
+        if key not in tables:
+            tables[key] = tuple(bias_lane_table(x.shape, b.shape) for b in biases)
+        t = tables[key]
+        b2, (base2, step2) = (biases[1], t[1]) if nb == 2 else (biases[0], t[0])
+        bias_softmax_kernel(x.reshape(-1), out.reshape(-1), x.shape[-1], biases[0].reshape(-1), t[0][0], t[0][1],
+                            b2.reshape(-1), base2, step2, nb)
+        return out
+
+    return LoweredOp(run=run, inplace=True, description=f"bias_softmax ({nb} bias)", work_per_element=8)

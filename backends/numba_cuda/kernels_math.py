@@ -308,3 +308,57 @@ def lower_slice(ctx: LowerContext) -> LoweredOp:
         return Prepared(launch)
 
     return LoweredOp(prepare=prepare, description="slice")
+
+
+@functools.lru_cache(maxsize=None)
+def _bias_softmax_kernel(dtype_name: str) -> Callable:
+    @cuda.jit
+    def bias_softmax(x, out, lanes, length, b1, base1, step1, b2, base2, step2, nb):  # pragma: no cover
+        for t in range(cuda.grid(1), lanes, cuda.gridsize(1)):
+            o = t * length
+            m = -math.inf
+            for k in range(length):
+                v = np.float64(x[o + k]) + b1[base1[t] + k * step1]
+                if nb == 2:
+                    v += b2[base2[t] + k * step2]
+                if v > m:
+                    m = v
+            s = 0.0
+            for k in range(length):
+                v = np.float64(x[o + k]) + b1[base1[t] + k * step1]
+                if nb == 2:
+                    v += b2[base2[t] + k * step2]
+                e = math.exp(v - m)
+                out[o + k] = e
+                s += e
+            for k in range(length):
+                out[o + k] = out[o + k] / s
+
+    return bias_softmax
+
+
+@register_kernel("bias_softmax")
+def lower_bias_softmax(ctx: LowerContext) -> LoweredOp:
+    from keydnn.backends.numba_cpu.kernels_math import bias_lane_table
+
+    kernel_of = _bias_softmax_kernel(ctx.dtype.name)
+    nb = len(ctx.node.inputs) - 1
+
+    def prepare(in_shapes: tuple[Shape, ...], out_shape: Shape) -> Prepared:
+        length = out_shape[-1]
+        lanes = math.prod(out_shape) // max(length, 1)
+        tabs = [bias_lane_table(tuple(out_shape), tuple(s)) for s in in_shapes[1:]]
+        dev = [(cuda.to_device(base), step) for base, step in tabs]
+        if nb == 1:
+            dev.append(dev[0])
+        kernel = configure(kernel_of, grid_1d(lanes), THREADS)
+
+        def launch(inputs: Sequence, out, scratch):
+            b2 = inputs[2] if nb == 2 else inputs[1]
+            if lanes:
+                kernel(inputs[0], out, lanes, length, inputs[1], dev[0][0], dev[0][1], b2, dev[1][0], dev[1][1], nb)
+            return out
+
+        return Prepared(launch)
+
+    return LoweredOp(prepare=prepare, description=f"bias_softmax ({nb} bias)")

@@ -24,7 +24,7 @@ from keydnn.ir.ops.elementwise import ACTIVATION_FUNCTIONS, Activation, PRelu, R
 from keydnn.ir.ops.merge import Add, Avg, Concat, Max, Min, Mul, Sub
 from keydnn.ir.ops.nn import AvgPool2d, Conv2d, Dense, Epilogue, GlobalAvgPool2d, MaxPool2d
 from keydnn.ir.ops.norm import BatchNorm, ScaleShift
-from keydnn.ir.ops.math import Binary, MatMul, Slice, Unary
+from keydnn.ir.ops.math import BiasSoftmax, Binary, MatMul, Slice, Unary
 from keydnn.ir.ops.reduce import LayerNorm, Reduce
 from keydnn.ir.ops.resize import DilatePad2d, Resize2d
 from keydnn.ir.ops.shape import ExpandDims, Flatten, Opaque, Reshape, Squeeze, Transpose
@@ -37,6 +37,7 @@ __all__ = [
     "BatchNorm", "ScaleShift", "PRelu", "Pad2d", "Crop2d", "Upsample2d", "GlobalMaxPool2d",
     "ExpandDims", "Squeeze", "Add", "Sub", "Mul", "Avg", "Max", "Min", "Concat",
     "LayerNorm", "Reduce", "Unary", "Binary", "MatMul", "Slice", "DilatePad2d", "Resize2d",
+    "BiasSoftmax",
 ]
 
 _CLASSES = (
@@ -44,7 +45,7 @@ _CLASSES = (
     Relu, Softmax, Activation, Opaque,
     BatchNorm, ScaleShift, PRelu, Pad2d, Crop2d, Upsample2d, GlobalMaxPool2d, ExpandDims, Squeeze,
     Add, Sub, Mul, Avg, Max, Min, Concat,
-    LayerNorm, Reduce, Unary, Binary, MatMul, Slice, DilatePad2d, Resize2d,
+    LayerNorm, Reduce, Unary, Binary, MatMul, Slice, DilatePad2d, Resize2d, BiasSoftmax,
 )
 
 Op = Annotated[
@@ -53,7 +54,7 @@ Op = Annotated[
         Relu, Softmax, Activation, Opaque,
         BatchNorm, ScaleShift, PRelu, Pad2d, Crop2d, Upsample2d, GlobalMaxPool2d, ExpandDims, Squeeze,
         Add, Sub, Mul, Avg, Max, Min, Concat,
-        LayerNorm, Reduce, Unary, Binary, MatMul, Slice, DilatePad2d, Resize2d,
+        LayerNorm, Reduce, Unary, Binary, MatMul, Slice, DilatePad2d, Resize2d, BiasSoftmax,
     ],
     Field(discriminator="kind"),
 ]

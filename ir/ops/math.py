@@ -20,7 +20,7 @@ from pydantic import field_validator
 from keydnn.ir.ops.base import OpBase, ShapeError, dim_eq
 from keydnn.ir.types import Dim, TensorType
 
-__all__ = ["Unary", "Binary", "MatMul", "Slice", "UNARY_FUNCTIONS", "BINARY_FUNCTIONS", "broadcast_shapes"]
+__all__ = ["Unary", "Binary", "MatMul", "Slice", "BiasSoftmax", "UNARY_FUNCTIONS", "BINARY_FUNCTIONS", "broadcast_shapes"]
 
 #: Elementwise functions of ``unary``, with their meaning (a, b: the op's parameters).
 UNARY_FUNCTIONS: dict[str, str] = {
@@ -154,3 +154,27 @@ class Slice(OpBase):
                 raise ShapeError(f"slice {lo}:{hi} does not fit axis of size {d} of {x}")
             shape.append(max(0, -(-(hi - lo) // st)))
         return TensorType(shape=tuple(shape), dtype=x.dtype)
+
+
+class BiasSoftmax(OpBase):
+    """``softmax(x + bias [+ bias2])`` over the last axis, each bias broadcasting (NumPy rules) to ``x``.
+
+    What ``fuse-masked-softmax`` makes of attention's ``scores + mask`` followed by a softmax (the
+    ``1/sqrt(d)`` scale already rides on the ``matmul``): one pass over the scores instead of three.
+    """
+
+    kind: Literal["bias_softmax"] = "bias_softmax"
+
+    operands: ClassVar[tuple[str, ...]] = ("x", "bias", "bias2?")
+    may_be_constant: ClassVar[tuple[str, ...]] = ("bias", "bias2")
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        x = inputs[0]
+        if x.rank < 2:
+            raise ShapeError(f"bias_softmax needs rank >= 2, got {x}")
+        for b in inputs[1:]:
+            if b.rank > x.rank or broadcast_shapes(x.shape, b.shape) != tuple(x.shape):
+                if b.rank > x.rank or any(not (d == 1 or dim_eq(d, s)) for d, s in
+                                          zip(b.shape[::-1], x.shape[::-1])):
+                    raise ShapeError(f"bias {b} does not broadcast to {x} without growing it")
+        return x

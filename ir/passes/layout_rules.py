@@ -270,4 +270,4 @@ from keydnn.ir.passes import layout_rules_reduce as _reduce_rules  # noqa: E402 
 
 LAYOUT_RULES.update({"layer_norm": _reduce_rules.layer_norm, "reduce": _reduce_rules.reduce,
                      "unary": agnostic, "binary": _reduce_rules.binary, "matmul": guard, "slice": guard,
-                     "dilate_pad2d": spatial, "resize2d": spatial})
+                     "dilate_pad2d": spatial, "resize2d": spatial, "bias_softmax": guard})

@@ -121,3 +121,18 @@ def test_resize2d(method, half, size):
     graph = single_op_graph(lambda b, v: b.add(Resize2d(size=size, method=method, half_pixel=half), v),
                             ("N", 2, 4, 5))
     assert_parity(graph, seeded().normal(size=(2, 2, 4, 5)).astype("f4"), atol=1e-4)
+
+
+# -- attention's fused scale + mask + softmax -------------------------------------------------------------
+from keydnn.ir.ops import BiasSoftmax  # noqa: E402
+
+
+@pytest.mark.parametrize("bias_shapes", [[(1, 5)], [(5, 5), (1, 3, 1, 5)], [(1,)]])
+def test_bias_softmax(bias_shapes):
+    rng = seeded()
+    from passes.builders import GraphBuilder
+    b = GraphBuilder("bs")
+    x = b.input("x", ("N", 3, 5, 5))
+    biases = [b.const(f"b{i}", (rng.normal(size=s) * 3).astype("f4")) for i, s in enumerate(bias_shapes)]
+    graph = b.build(b.add(BiasSoftmax(), x, *biases))
+    assert_parity(graph, rng.normal(size=(2, 3, 5, 5)).astype("f4"))
