@@ -79,8 +79,11 @@ def test_unet_every_source_form(tmp_path):
     """Issue 18's done-when U-Net (CPU), from every source form; no transposes inside (channels-first)."""
     sources = all_sources(tmp_path, "unet", unet)
     check_parity(sources, allow_non_linear_activation=True)
-    kinds = [n.op.kind for n in keydnn.from_keras(sources[0][1], allow_non_linear_activation=True).graph.nodes]
+    model = keydnn.from_keras(sources[0][1], allow_non_linear_activation=True)
+    kinds = [n.op.kind for n in model.graph.nodes]
     assert kinds.count("transpose") == 2 and kinds.count("dilate_pad2d") == 2, kinds
+    from keydnn.backends.numba_cpu.cg_exec import try_codegen
+    assert try_codegen(model.graph) is not None  # the whole U-Net runs as generated code
 
 
 def test_refusals_are_named():
