@@ -79,8 +79,11 @@ def build_models():
     mlp = keras.Sequential([
         L.Input((784,)), L.Dense(512, activation="relu"), L.Dense(512, activation="relu"), L.Dense(10), L.Softmax(),
     ], name="mlp")
+    from bench_models18 import unet64, vit_encoder  # issue 18's rows
+
     return {"seed CNN": seed, "CIFAR CNN": cifar, "MLP": mlp, "ResNet-8": resnet(keras, rng),
-            "MobileNet-style": mobilenet(keras), **sequence_models(keras)}
+            "MobileNet-style": mobilenet(keras), "ViT encoder": vit_encoder(keras), "U-Net 64": unet64(keras),
+            **sequence_models(keras)}
 
 
 def sequence_models(keras):

@@ -329,3 +329,6 @@ def _min(op, args):
 def _concat(op, args):
     return np.concatenate(_f64(args), axis=op.axis)
 from keydnn.ir import reference_recurrent  # noqa: E402,F401  (registers the sequence ops)
+
+
+from keydnn.ir import reference_ext as _reference_ext  # noqa: E402,F401  (registers the issue-18 kernels)

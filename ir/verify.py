@@ -61,7 +61,8 @@ def collect_problems(graph: Graph, *, require_types: bool = False) -> list[str]:
             is_const = name in const_names
             if operand in node.op.constant_operands and not is_const:
                 problems.append(f"{where}: operand {operand} (%{name}) must be a constant")
-            if operand not in node.op.constant_operands and is_const:
+            if operand not in node.op.constant_operands and is_const and operand not in getattr(
+                    node.op, "may_be_constant", ()):
                 problems.append(f"{where}: operand {operand} (%{name}) must not be a constant")
         out_type = node.outputs[0].type if node.outputs else None
         if require_types and out_type is None and node.op.kind != "opaque":

@@ -228,15 +228,15 @@ def test_refused_configs_are_named():
     tf = pytest.importorskip("tensorflow")
     L = tf.keras.layers
     model = tf.keras.Sequential([
-        L.Input(shape=(6, 6, 3)), L.Activation("mish"), L.Activation("hard_swish"), L.Activation("log_softmax"),
-        L.UpSampling2D(interpolation="bilinear"), L.Dropout(0.2), L.DepthwiseConv2D(3, depth_multiplier=2)])
+        L.Input(shape=(6, 6, 4)), L.Activation("sparsemax"), L.Activation("glu"), L.Activation("sparsemax"),
+        L.UpSampling2D(interpolation="lanczos3"), L.Dropout(0.2), L.DepthwiseConv2D(3, depth_multiplier=2)])
     with pytest.raises(keydnn.KerasInteropError) as info:
         keydnn.from_keras(model)
     problems = {(p.layer_index, p.field): p for p in info.value.problems}
-    assert problems[(0, "activation")].value == "mish"
-    assert problems[(1, "activation")].value == "hard_silu"  # Keras 3's name for hard_swish
-    assert problems[(2, "activation")].value == "log_softmax"
-    assert problems[(3, "interpolation")].value == "bilinear"
+    assert problems[(0, "activation")].value == "sparsemax"  # (mish, hard_swish, log_softmax convert: issue 18)
+    assert problems[(1, "activation")].value == "glu"
+    assert problems[(2, "activation")].value == "sparsemax"
+    assert problems[(3, "interpolation")].value == "lanczos3"  # bilinear and bicubic convert (issue 18)
     # the depthwise conv only follows a refused layer: one note that it was not checked, not a problem
     assert (5, None) not in problems and len(info.value.notes) == 1 and "not checked" in info.value.notes[0]
     assert len(info.value.problems) == 4  # no spurious "field not understood" after a refused layer

@@ -95,6 +95,15 @@ def emit_pad2d(ctx: EmitContext) -> None:
     ctx.stage(Stage(f"pad2d {list(op.pads)}", body, batched=y.batched, work=float(y.size)))
 
 
+def emit_dilate_pad2d(ctx: EmitContext) -> None:
+    op, x, y = ctx.op, ctx.ins[0], ctx.out
+    a, h, w, b = _ahwb(x.sample, op.layout)
+    _, oh, ow, _ = _ahwb(y.sample, op.layout)
+    (fh, fw), (top, _, left, _) = op.factors, op.pads
+    body = [ctx.call("dilate_flat", x, x.at(), y, y.at(), a, h, w, b, oh, ow, fh, fw, top, left)]
+    ctx.stage(Stage(f"dilate_pad2d {list(op.factors)} {list(op.pads)}", body, batched=y.batched, work=float(y.size)))
+
+
 def emit_crop2d(ctx: EmitContext) -> None:
     op, x, y = ctx.op, ctx.ins[0], ctx.out
     a, h, w, b = _ahwb(x.sample, op.layout)
@@ -200,6 +209,7 @@ EMITTERS_MISC = {
     "pad2d": emit_pad2d,
     "crop2d": emit_crop2d,
     "upsample2d": emit_upsample2d,
+    "dilate_pad2d": emit_dilate_pad2d,
     "transpose": emit_transpose,
     "add": emit_merge, "sub": emit_merge, "mul": emit_merge, "avg": emit_merge, "max": emit_merge, "min": emit_merge,
     "concat": emit_concat,

@@ -28,6 +28,7 @@ from keydnn.backends.numba_cpu.simd import (
 __all__ = [
     "im2col_panel", "pad_rows", "act_copy", "copy_flat", "copy_rows", "max_pool_planes", "avg_pool_planes", "mean_rows_flat", "max_rows_flat",
     "max_cols_flat", "softmax_flat", "affine_flat", "prelu_flat", "pad_flat", "crop_flat", "upsample_flat",
+    "dilate_flat",
     "transpose_flat", "merge_flat", "merge_span", "conv_direct_planes", "add_bias_act_planes", "concat_rows",
 ]
 
@@ -346,6 +347,23 @@ def pad_flat(x, x_off, y, y_off, planes, H, WB, OH, OWB, top, left, value):
                 store_at(y, row + left + j, load_at(x, src + j))
             for j in range(left + WB, OWB):
                 store_at(y, row + j, value)
+
+
+@numba.njit(**JIT_OPTIONS)
+def dilate_flat(x, x_off, y, y_off, planes, H, W, B, OH, OW, fh, fw, top, left):
+    """Each (H, W, B) plane stuffed into a zeroed (OH, OW, B) plane: pixel (i, j) lands at
+    (top + i * fh, left + j * fw) (a transposed convolution's input, issue 18's dilate_pad2d)."""
+    for a in range(planes):
+        xb = x_off + a * H * W * B
+        yb = y_off + a * OH * OW * B
+        for k in range(OH * OW * B):
+            store_at(y, yb + k, 0.0)
+        for i in range(H):
+            for j in range(W):
+                src = xb + (i * W + j) * B
+                dst = yb + ((top + i * fh) * OW + left + j * fw) * B
+                for k in range(B):
+                    store_at(y, dst + k, load_at(x, src + k))
 
 
 @numba.njit(**JIT_OPTIONS)

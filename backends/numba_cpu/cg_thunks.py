@@ -58,6 +58,7 @@ HELPERS: dict[str, tuple[str, str]] = {
     "pad_flat": ("cg_kernels", "aiai" + "i" * 7 + "f"),
     "crop_flat": ("cg_kernels", "aiai" + "i" * 7),
     "upsample_flat": ("cg_kernels", "aiai" + "i" * 6),
+    "dilate_flat": ("cg_kernels", "aiai" + "i" * 10),
     "transpose_flat": ("cg_kernels", "aiai" + "t" + "iii" + "ii"),
     "merge_flat": ("cg_kernels", "aiai" + "t" + "iiii" + "f"),
     "merge_span": ("cg_kernels", "aiaiii" + "f" + "i" + "ffff"),

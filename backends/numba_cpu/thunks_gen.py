@@ -19,6 +19,7 @@ from keydnn.backends.numba_cpu.cg_kernels import (  # noqa: F401
     copy_flat,
     copy_rows,
     crop_flat,
+    dilate_flat,
     im2col_panel,
     max_cols_flat,
     max_pool_planes,
@@ -106,7 +107,7 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
 )
 
 #: sha256 of simd.py, cg_kernels.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
-SOURCES_DIGEST = "36c60f775d4b936450e0ffad9834f2857e7918f2d945e0f868b857980b2cfe69"
+SOURCES_DIGEST = "115f196ee47da399f7eef72252b5d1ff44cd0af7d4d684ddb199cf1841af9441"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
@@ -243,6 +244,14 @@ def upsample_flat_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9):
 
 def upsample_flat_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9):
     upsample_flat(farray(a0, np.float64), a1, farray(a2, np.float64), a3, a4, a5, a6, a7, a8, a9)
+
+
+def dilate_flat_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13):
+    dilate_flat(farray(a0, np.float32), a1, farray(a2, np.float32), a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13)
+
+
+def dilate_flat_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13):
+    dilate_flat(farray(a0, np.float64), a1, farray(a2, np.float64), a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13)
 
 
 def transpose_flat_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9):

@@ -21,6 +21,9 @@ from keydnn.backends.numba_cuda import kernels_pool as _kernels_pool  # noqa: F4
 from keydnn.backends.numba_cuda import kernels_shape as _kernels_shape  # noqa: F401  (registers)
 from keydnn.backends.numba_cuda import kernels_recurrent as _kernels_recurrent  # noqa: F401  (registers)
 from keydnn.backends.numba_cuda import kernels_conv_recurrent as _kernels_conv_recurrent  # noqa: F401  (registers)
+from keydnn.backends.numba_cuda import kernels_reduce as _kernels_reduce  # noqa: F401  (registers)
+from keydnn.backends.numba_cuda import kernels_math as _kernels_math  # noqa: F401  (registers)
+from keydnn.backends.numba_cuda import kernels_resize as _kernels_resize  # noqa: F401  (registers)
 from keydnn.backends.numba_cuda.device import device_count, require_device, simulator_enabled
 from keydnn.backends.numba_cuda.executor import CudaExecutable, compile_graph
 from keydnn.backends.numba_cuda.lowering import KERNELS, LowerContext, LoweredOp, Prepared, Unsupported, register_kernel

@@ -21,6 +21,12 @@ from keydnn.frontends.keras import convert_recurrent as _convert_recurrent  # no
 from keydnn.frontends.keras import convert_rnn_wrappers as _convert_rnn_wrappers  # noqa: F401  (registers)
 from keydnn.frontends.keras import convert_sequence as _convert_sequence  # noqa: F401  (registers converters)
 from keydnn.frontends.keras import convert_conv_recurrent as _convert_conv_recurrent  # noqa: F401  (registers)
+from keydnn.frontends.keras import convert_layernorm as _convert_layernorm  # noqa: F401  (registers converters)
+from keydnn.frontends.keras import convert_attention as _convert_attention  # noqa: F401  (registers converters)
+from keydnn.frontends.keras import convert_transposed as _convert_transposed  # noqa: F401  (registers converters)
+from keydnn.frontends.keras import convert_preprocessing as _convert_preprocessing  # noqa: F401  (registers converters)
+from keydnn.frontends.keras import convert_applications as _convert_applications  # noqa: F401  (registers converters)
+from keydnn.frontends.keras import convert_tfop as _convert_tfop  # noqa: F401  (registers converters)
 from keydnn.frontends.keras.lower import FrontendResult, lower_model
 from keydnn.frontends.keras.registry import CONVERTERS, ConversionOptions, LayerContext, register_converter
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keydnn.frontends.keras.activations import SUPPORTED_ACTIVATIONS, activation_op
+from keydnn.frontends.keras.activations import SUPPORTED_ACTIVATIONS, activation_op, emit_activation
 from keydnn.frontends.keras.convert_core import check_dtype_policy
 from keydnn.frontends.keras.convert_phase2 import finite_number, is_int
 from keydnn.frontends.keras.registry import LayerContext, Unconvertible, register_converter
@@ -16,7 +16,8 @@ __all__: list[str] = []
 @register_converter("Activation", constraints=(
     "activation 'linear' (no node), " + ", ".join(repr(a) for a in SUPPORTED_ACTIVATIONS)
     + " (Keras semantics: 'gelu' exact, 'hard_sigmoid' as the Keras version that wrote the model, "
-      "'leaky_relu' slope 0.2, 'softmax' over the last axis)"))
+      "'leaky_relu' slope 0.2, 'softmax' and 'log_softmax' over the last axis, Keras's default parameters for "
+      "celu, squareplus and the shrinks); 'glu', 'sparsemax' and 'threshold' are refused by name"))
 def convert_activation(ctx: LayerContext) -> None:
     check_dtype_policy(ctx)
     name = ctx.cfg("activation")
@@ -28,7 +29,7 @@ def convert_activation(ctx: LayerContext) -> None:
                    supported="'linear', " + ", ".join(repr(s) for s in SUPPORTED_ACTIVATIONS))
         raise Unconvertible
     if op is not None:
-        ctx.emit(op)
+        emit_activation(ctx, op)
 
 
 @register_converter("LeakyReLU", constraints=(

@@ -62,15 +62,25 @@ def convert_cropping2d(ctx: LayerContext) -> None:
 
 
 @register_converter("UpSampling2D", constraints=(
-    "size (int or pair), interpolation 'nearest' only (bilinear and others are refused); " + _BOTH))
+    "size (int or pair), interpolation 'nearest' (repeat), 'bilinear' and 'bicubic' (TensorFlow 2's "
+    "half-pixel resize, a resize2d node); lanczos and area are refused; " + _BOTH))
 def convert_upsampling2d(ctx: LayerContext) -> None:
     check_dtype_policy(ctx)
     layout = data_format(ctx, 4)
     size = pair(ctx, "size", ctx.cfg("size", 2))
-    ctx.check_in("interpolation", ("nearest",), "nearest",
-                 supported="'nearest' (bilinear, bicubic, ... interpolate, which keydnn has no op for)")
-    require_rank(ctx, 4)
-    ctx.emit(Upsample2d(factors=size, layout=layout))
+    method = ctx.check_in("interpolation", ("nearest", "bilinear", "bicubic"), "nearest",
+                          supported="'nearest', 'bilinear', 'bicubic'")
+    x = require_rank(ctx, 4)
+    if method == "nearest":
+        ctx.emit(Upsample2d(factors=size, layout=layout))
+        return
+    from keydnn.ir.ops import Resize2d
+
+    h, w = spatial_sizes(x, layout)
+    if not (isinstance(h, int) and isinstance(w, int)):
+        ctx.refuse(f"interpolation {method!r} needs static spatial dimensions, got {x}", field="interpolation")
+        raise Unconvertible
+    ctx.emit(Resize2d(size=(h * size[0], w * size[1]), method=method, layout=layout))
 
 
 # -- 1-D: the 2-D op on a size-1 H axis -------------------------------------------------

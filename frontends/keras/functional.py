@@ -33,10 +33,11 @@ import numpy as np
 
 from keydnn.errors import KerasInteropError, Problem
 from keydnn.frontends.keras.lower import NESTED_MODEL_CLASSES, FrontendResult, Lowering
+from keydnn.frontends.keras.operations import is_operation
 from keydnn.frontends.keras.registry import ConversionOptions
 from keydnn.frontends.keras.spec import LayerSpec, ModelSpec
 
-__all__ = ["lower_functional", "inline_model", "parse_calls", "Ref", "Call", "nested_layers"]
+__all__ = ["lower_functional", "inline_model", "parse_calls", "Ref", "Call", "nested_layers", "TENSOR_KWARGS", "TF_OP_LAYERS"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,47 @@ class Call:
     problems: list[str] = field(default_factory=list)
     #: The call passed a mask tensor (Keras 3 records the mask it propagated): keydnn's own mask must exist.
     mask_tensor: bool = False
+    #: Layers of ``TENSOR_KWARGS``: keyword arguments that are not tensors, and the names of those that are
+    #: (their tensors are the last ``len(tensor_kwargs)`` refs, in this order).
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    tensor_kwargs: list[str] = field(default_factory=list)
+
+
+#: Keras 2's layers wrapping a TensorFlow function call (``x * 0.5``, ``tf.reduce_mean``, ``x[:, 1:]``): their
+#: calls carry constants and tensors among the keyword arguments (``frontends.keras.convert_tfop``).
+TF_OP_LAYERS: frozenset[str] = frozenset({"TFOpLambda", "SlicingOpLambda"})
+
+def tf_op_entries(raw: list) -> list:
+    """A TFOpLambda call as a list of entries: Keras 2 writes a one-tensor call as the bare entry
+    ``[layer, node, index, kwargs]`` and a call on a list (concat, stack) as a list of entries."""
+    return [raw] if raw and isinstance(raw[0], str) else raw
+
+
+#: Layers whose calls take tensors as keyword arguments (MultiHeadAttention's value, key, attention_mask), by
+#: class: the keyword names, in the order their tensors follow the positional ones. Their converters read
+#: ``GraphLayerContext.call_kwargs`` and check the other keyword arguments themselves.
+TENSOR_KWARGS: dict[str, tuple[str, ...]] = {}
+
+
+def _layer_kwargs(kwargs: Any, call: Call, names: tuple[str, ...], keras2: bool) -> None:
+    if not isinstance(kwargs, dict):
+        return
+    as_ref = _as_ref if keras2 else _keras_tensor
+    for key, value in kwargs.items():
+        found: list[Ref] = []
+        if not keras2:
+            _tensors(value, found, [])
+        if key in names and as_ref(value) is not None:
+            continue
+        if found or (keras2 and as_ref(value) is not None):
+            call.problems.append(f"call argument {key!r} is a tensor; keydnn wires {', '.join(names)} only")
+        else:
+            call.kwargs[key] = value
+    for key in names:
+        ref = as_ref(kwargs.get(key))
+        if ref is not None:
+            call.refs.append(ref)
+            call.tensor_kwargs.append(key)
 
 
 # --------------------------------------------------------------------------- #
@@ -119,14 +161,37 @@ def parse_calls(layer: LayerSpec) -> list[Call]:
     calls: list[Call] = []
     for raw in layer.inbound_nodes or []:
         call = Call()
-        if isinstance(raw, dict):  # Keras 3
+        if isinstance(raw, dict) and is_operation(layer):  # a Keras 3 operation: its converter reads the args
+            for arg in raw.get("args", []) or []:
+                _tensors(arg, call.refs, [])
+            kwargs = raw.get("kwargs", {})
+            for key in kwargs if isinstance(kwargs, dict) else []:
+                _tensors(kwargs[key], call.refs, [])
+        elif isinstance(raw, dict):  # Keras 3
             others: list[Any] = []
             for arg in raw.get("args", []) or []:
                 _tensors(arg, call.refs, others)
             if any(o is not None for o in others):
                 call.problems.append(f"non-tensor call arguments {[o for o in others if o is not None]!r} "
                                      "are not supported")
-            _check_kwargs(raw.get("kwargs", {}), call)
+            if layer.class_name in TENSOR_KWARGS:
+                _layer_kwargs(raw.get("kwargs", {}), call, TENSOR_KWARGS[layer.class_name], keras2=False)
+            else:
+                _check_kwargs(raw.get("kwargs", {}), call)
+        elif isinstance(raw, list) and layer.class_name in TF_OP_LAYERS:  # Keras 2 TFOpLambda / SlicingOpLambda
+            raw = tf_op_entries(raw)
+            for entry in raw:
+                if isinstance(entry, list) and entry and entry[0] == "_CONSTANT_VALUE":
+                    pass  # a constant first argument; its converter reads it
+                elif _as_ref(entry) is not None:
+                    call.refs.append(_as_ref(entry))  # type: ignore[arg-type]
+                else:
+                    call.problems.append(f"unreadable call argument {entry!r}")
+            kwargs = raw[0][3] if raw and isinstance(raw[0], list) and len(raw[0]) == 4 else {}
+            for key in kwargs if isinstance(kwargs, dict) else []:
+                ref = _as_ref(kwargs[key])
+                if ref is not None and len(kwargs[key]) == 3:
+                    call.refs.append(ref)
         elif isinstance(raw, list):  # Keras 2
             for entry in raw:
                 ref = _as_ref(entry)
@@ -135,7 +200,9 @@ def parse_calls(layer: LayerSpec) -> list[Call]:
                         Problem("malformed inbound node", layer.index, layer.name, layer.class_name,
                                 field="inbound_nodes", value=entry)])
                 call.refs.append(ref)
-                if len(entry) == 4:
+                if len(entry) == 4 and layer.class_name in TENSOR_KWARGS:
+                    _layer_kwargs(entry[3], call, TENSOR_KWARGS[layer.class_name], keras2=True)
+                elif len(entry) == 4:
                     _check_kwargs(entry[3], call)
         else:
             raise KerasInteropError(f"layer {layer.name!r}: malformed inbound node {raw!r}", [
@@ -253,7 +320,11 @@ def _walk(low: Lowering, graph: _Graph, bound: dict[Ref, str], outputs: list[Ref
                             [Problem(p, layer.index, layer.name, layer.class_name) for p in problems])
             results = [low.nodes[-1].outputs[0].name]
         else:
-            results = low.call(layer, inputs, name=node_name)
+            raw = layer.inbound_nodes[index] if layer.inbound_nodes and index < len(layer.inbound_nodes) else None
+            kwargs = dict(call.kwargs)
+            if call.tensor_kwargs:
+                kwargs.update(zip(call.tensor_kwargs, inputs[len(inputs) - len(call.tensor_kwargs):]))
+            results = low.call(layer, inputs, name=node_name, raw_call=raw, call_kwargs=kwargs)
         node = index + graph.offsets[name]
         for t, value in enumerate(results):
             env[(name, node, t)] = value

@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from keydnn.errors import KerasInteropError, KeydnnError, Problem
+from keydnn.frontends.keras.operations import OPERATION_MODULES, is_operation
 from keydnn.frontends.keras.registry import CONVERTERS, ConversionOptions, LayerContext, Unconvertible
 from keydnn.frontends.keras.spec import LayerSpec, ModelSpec
 from keydnn.ir.graph import Graph, Node
@@ -59,7 +60,7 @@ MASK_REFUSED: set[str] = {
 NESTED_MODEL_CLASSES: frozenset[str] = frozenset({"Sequential", "Functional", "Model"})
 
 _SEQUENTIAL = ("Sequential",)
-_OPS_MODULES = ("keras.src.ops", "keras.ops")
+_OPS_MODULES = OPERATION_MODULES
 _BUILTIN_MODULES = ("keras.layers", "keras.src.layers", "keras.src.models", "keras.models", "keras",
                     "tf_keras.layers", "tf_keras.src.layers")
 
@@ -152,6 +153,10 @@ class GraphLayerContext(LayerContext):
     out_mask: str | None = None
     #: Results after the first (``return_state``, ``Bidirectional(merge_mode=None)``), in Keras's order.
     extra_results: list[str] = field(default_factory=list)
+    #: Keyword arguments of the call, for layers of ``functional.TENSOR_KWARGS`` (tensors as value names).
+    call_kwargs: dict = field(default_factory=dict)
+    #: The call's raw inbound-node entry (Keras 2 TFOpLambda converters read their arguments from it).
+    raw_call: object = None
 
     def _node_name(self, suffix: str | None) -> str:
         base = self.node_name or self.layer.name
@@ -241,7 +246,8 @@ class Lowering:
         return name
 
     # -- one call of one layer ------------------------------------------------------
-    def call(self, layer: LayerSpec, inputs: Sequence[str], *, name: str | None = None) -> list[str]:
+    def call(self, layer: LayerSpec, inputs: Sequence[str], *, name: str | None = None,
+             raw_call: object = None, call_kwargs: dict | None = None) -> list[str]:
         """Convert one application of ``layer`` to ``inputs``; its result values (several for a model).
 
         ``name`` names the call's nodes (default: the layer's name). Failures
@@ -260,7 +266,8 @@ class Lowering:
         ctx = GraphLayerContext(layer=layer, x=x, x_type=x_type, options=self.options, problems=self.problems,
                                 nodes=self.nodes, weights=self.weights, inputs=tuple(inputs),
                                 input_types=tuple(self.types.get(i) for i in inputs), node_name=name,
-                                known_types=self.types, taken=self.taken, in_mask=self.masks.get(x))
+                                known_types=self.types, taken=self.taken, in_mask=self.masks.get(x),
+                                call_kwargs=dict(call_kwargs or {}), raw_call=raw_call)
         entry = CONVERTERS.get(layer.class_name)
         failed = False
         custom = _custom_class(layer)
@@ -269,11 +276,20 @@ class Lowering:
                        "loads or runs code from a model file", field="registered_name", value=layer.registered_name,
                        supported="built-in Keras layers (module keras.layers)")
             failed = True
-        elif layer.module is not None and layer.module.startswith(_OPS_MODULES):
-            ctx.refuse(f"is a Keras operation ({layer.module}.{layer.class_name}: a keras.ops call or a Python "
-                       "operator on tensors), not a layer", field="module", value=layer.module,
-                       supported="Keras layers, e.g. keras.layers.Add / Multiply / Concatenate")
-            failed = True
+        elif is_operation(layer):
+            from keydnn.frontends.keras.convert_ops import convert_operation
+
+            try:
+                convert_operation(ctx, raw_call, tuple(inputs))
+            except Unconvertible:
+                failed = True
+            except ValidationError as exc:
+                ctx.refuse("invalid configuration: " + "; ".join(e["msg"] for e in exc.errors()))
+                failed = True
+            if not failed:
+                for key in ctx.unconsumed():
+                    ctx.refuse(f"config field {key!r} is not understood by keydnn", field=key,
+                               value=layer.config.get(key), supported="the fields documented for this operation")
         elif entry is None:
             if layer.class_name in IGNORED_AT_INFERENCE and len(inputs) == 1:
                 self._record(layer, [])

@@ -493,6 +493,22 @@ def _positional_layout(class_name: str, config: Mapping[str, Any]) -> dict[str, 
         if config.get("center", True) is not False and not rms:
             names.append("beta")
         return {"": names}
+    if class_name == "GroupNormalization":
+        return {"": (["gamma"] if config.get("scale", True) is not False else [])
+                + (["beta"] if config.get("center", True) is not False else [])}
+    if class_name == "LayerScale":
+        return {"": ["gamma"]}
+    if class_name == "EinsumDense":
+        return {"": ["kernel"] + (["bias"] if config.get("bias_axes") else [])}
+    if class_name == "Attention":
+        return {"": (["scale"] if config.get("use_scale") else [])
+                + (["concat_score_weight"] if config.get("score_mode") == "concat" else [])}
+    if class_name == "AdditiveAttention":
+        return {"": ["scale"] if config.get("use_scale", True) is not False else []}
+    if class_name == "RMSNormalization":
+        return {"": ["scale"]}
+    if class_name == "UnitNormalization":
+        return {"": []}
     if class_name == "PReLU":
         return {"": ["alpha"]}
     if class_name == "Normalization":
@@ -842,13 +858,19 @@ class _H5Weights:
 # --------------------------------------------------------------------------- #
 
 
+from keydnn.frontends.keras.operations import H5_OPERATION_MODULE, looks_like_operation  # noqa: E402
+
+
 def _build_spec(
     parsed: _ParsedModel,
     read_weights: Any,
     source_format: str,
     keras_version: str | None,
     where: str,
+    layer_names: frozenset[str] | None = None,
 ) -> ModelSpec:
+    """``layer_names``: a Keras 3 ``.h5`` file's ``model.layers`` names; config entries outside it that look
+    like operations (``looks_like_operation``) get the operation module the file does not record."""
     layers: list[LayerSpec] = []
     for index, entry in parsed.indexed():
         if entry.is_input:
@@ -866,6 +888,10 @@ def _build_spec(
                 layer_name=entry.name,
                 layer_class=entry.class_name,
             )
+        module = entry.module
+        if (module is None and layer_names is not None and entry.name not in layer_names
+                and looks_like_operation(entry.config)):
+            module = H5_OPERATION_MODULE  # Keras 3's .h5 records no module; see keydnn.frontends.keras.operations
         layers.append(
             LayerSpec(
                 index=index,
@@ -873,7 +899,7 @@ def _build_spec(
                 name=entry.name,
                 config=entry.config,
                 weights=tuple(weights),
-                module=entry.module,
+                module=module,
                 registered_name=entry.registered_name,
                 inbound_nodes=entry.inbound_nodes,
             )
@@ -1261,7 +1287,11 @@ def _read_h5(path: Path, where: str) -> ModelSpec:
                 "keras3-h5" if '"batch_shape"' in raw or "DTypePolicy" in raw else "keras2-h5"
             )
         store = _H5Weights(h5, where)
-        return _build_spec(parsed, store.read, source_format, keras_version, where)
+        layer_names = None
+        if source_format == "keras3-h5" and "model_weights" in h5:
+            layer_names = _attr_str_list(h5["model_weights"], "layer_names", where)
+        return _build_spec(parsed, store.read, source_format, keras_version, where,
+                           layer_names=None if layer_names is None else frozenset(layer_names))
 
 
 # --------------------------------------------------------------------------- #
@@ -1481,6 +1511,16 @@ def _read_live(model: Any, source_format: str, keras_version: str | None, where:
                 inbound_nodes=entry.inbound_nodes if entry is not None else None,
             )
         )
+    # Keras 3 operations (``x + y``, keras.ops calls) are nodes of the config but not in ``model.layers``;
+    # they hold no weights, so their config entry is all there is to read.
+    from keydnn.frontends.keras.operations import OPERATION_MODULES
+
+    seen = {spec.name for spec in layers}
+    for position, e in enumerate(parsed.entries):
+        if e.name not in seen and not e.is_input and (e.module or "").startswith(OPERATION_MODULES):
+            layers.append(LayerSpec(index=len(model_layers) + position, class_name=e.class_name, name=e.name,
+                                    config=e.config, weights=(), module=e.module, registered_name=e.registered_name,
+                                    inbound_nodes=e.inbound_nodes))
     return ModelSpec(
         model_class=type(model).__name__,
         name=str(getattr(model, "name", parsed.name)),

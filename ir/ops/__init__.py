@@ -28,6 +28,9 @@ from keydnn.ir.ops.nn import AvgPool2d, Conv2d, Dense, Epilogue, GlobalAvgPool2d
 from keydnn.ir.ops.conv_recurrent import ConvLstm
 from keydnn.ir.ops.norm import BatchNorm, ScaleShift
 from keydnn.ir.ops.recurrent import Embedding, FoldTime, Masking, RepeatVector, Rnn, SequenceMask, UnfoldTime
+from keydnn.ir.ops.math import BiasSoftmax, Binary, MatMul, Slice, Unary
+from keydnn.ir.ops.reduce import LayerNorm, Reduce
+from keydnn.ir.ops.resize import DilatePad2d, Resize2d
 from keydnn.ir.ops.shape import ExpandDims, Flatten, Opaque, Reshape, Squeeze, Transpose
 from keydnn.ir.ops.spatial import Crop2d, GlobalMaxPool2d, Pad2d, Upsample2d
 
@@ -38,6 +41,8 @@ __all__ = [
     "BatchNorm", "ScaleShift", "PRelu", "Pad2d", "Crop2d", "Upsample2d", "GlobalMaxPool2d",
     "ExpandDims", "Squeeze", "Add", "Sub", "Mul", "Avg", "Max", "Min", "Concat",
     "Rnn", "Embedding", "SequenceMask", "Masking", "RepeatVector", "FoldTime", "UnfoldTime", "ConvLstm",
+    "LayerNorm", "Reduce", "Unary", "Binary", "MatMul", "Slice", "DilatePad2d", "Resize2d",
+    "BiasSoftmax",
 ]
 
 _CLASSES = (
@@ -46,6 +51,7 @@ _CLASSES = (
     BatchNorm, ScaleShift, PRelu, Pad2d, Crop2d, Upsample2d, GlobalMaxPool2d, ExpandDims, Squeeze,
     Add, Sub, Mul, Avg, Max, Min, Concat,
     Rnn, Embedding, SequenceMask, Masking, RepeatVector, FoldTime, UnfoldTime, ConvLstm,
+    LayerNorm, Reduce, Unary, Binary, MatMul, Slice, DilatePad2d, Resize2d, BiasSoftmax,
 )
 
 Op = Annotated[
@@ -55,6 +61,7 @@ Op = Annotated[
         BatchNorm, ScaleShift, PRelu, Pad2d, Crop2d, Upsample2d, GlobalMaxPool2d, ExpandDims, Squeeze,
         Add, Sub, Mul, Avg, Max, Min, Concat,
         Rnn, Embedding, SequenceMask, Masking, RepeatVector, FoldTime, UnfoldTime, ConvLstm,
+        LayerNorm, Reduce, Unary, Binary, MatMul, Slice, DilatePad2d, Resize2d, BiasSoftmax,
     ],
     Field(discriminator="kind"),
 ]

@@ -15,6 +15,7 @@ from keydnn.ir.passes import fold_batchnorm as _fold_batchnorm  # noqa: F401  (r
 from keydnn.ir.passes import fold_constants as _fold_constants  # noqa: F401  (registers)
 from keydnn.ir.passes import fuse_activation as _fuse_activation  # noqa: F401  (registers)
 from keydnn.ir.passes import sink_squeeze as _sink_squeeze  # noqa: F401  (registers)
+from keydnn.ir.passes import fuse_softmax as _fuse_softmax  # noqa: F401  (registers)
 
 __all__ = [
     "Pass", "PassResult", "PASS_REGISTRY", "PROPERTIES", "register_pass", "PassManager",

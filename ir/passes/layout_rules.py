@@ -268,3 +268,9 @@ LAYOUT_RULES: dict[str, Rule] = {
     "rnn": guard, "embedding": guard, "sequence_mask": guard, "masking": guard, "repeat_vector": guard,
     "fold_time": guard, "unfold_time": guard, "conv_lstm": guard,
 }
+
+from keydnn.ir.passes import layout_rules_reduce as _reduce_rules  # noqa: E402  (issue 18's reducing ops)
+
+LAYOUT_RULES.update({"layer_norm": _reduce_rules.layer_norm, "reduce": _reduce_rules.reduce,
+                     "unary": agnostic, "binary": _reduce_rules.binary, "matmul": guard, "slice": guard,
+                     "dilate_pad2d": spatial, "resize2d": spatial, "bias_softmax": guard})

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 #: idempotent, so is the pipeline, and a channels_first graph is left to the folding passes.
 DEFAULT_PIPELINE = (
     "infer-shapes,eliminate-identity,canonicalize-layout,sink-squeeze,fold-batchnorm,eliminate-identity,"
-    "fold-constants,fuse-activation,eliminate-identity,eliminate-dead-code,infer-shapes"
+    "fold-constants,fuse-activation,fuse-masked-softmax,eliminate-identity,eliminate-dead-code,infer-shapes"
 )
 
 

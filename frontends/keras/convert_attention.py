@@ -1,0 +1,453 @@
+"""Attention layers lowered to ops the passes see: MultiHeadAttention, GroupQueryAttention, Attention,
+AdditiveAttention, Dot and EinsumDense.
+
+MultiHeadAttention (rank-3 query/value, Keras's default attention axis)
+becomes: three ``dense`` projections (Keras's EinsumDense kernels
+``(dim, heads, key_dim)`` flattened to ``(dim, heads * key_dim)``), a
+``reshape`` + ``transpose`` to ``(B, heads, T, key_dim)``, ``matmul`` with
+``transpose_b`` and the ``1/sqrt(key_dim)`` scale folded in, the masks as an
+additive bias (-1e9 where Keras masks), ``softmax`` over the key axis,
+``matmul`` with the values, and the output projection as one ``dense``. Weight
+names differ by source: ``query_dense/var0`` in ``.keras`` archives,
+``query/kernel`` in ``.h5`` files and live models.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from keydnn.frontends.keras.convert_core import check_dtype_policy
+from keydnn.frontends.keras.convert_phase2 import is_int
+from keydnn.frontends.keras.functional import TENSOR_KWARGS
+from keydnn.frontends.keras.lower import MULTI_INPUT_LAYERS
+from keydnn.frontends.keras.registry import LayerContext, Unconvertible, register_converter
+from keydnn.ir.ops import (
+    Activation, Binary, Dense, ExpandDims, LayerNorm, MatMul, OpBase, Reduce, Reshape, Softmax, Transpose,
+)
+
+__all__ = ["MASK_VALUE"]
+
+#: What Keras adds where attention is masked (its ``_large_negative_number`` for float32).
+MASK_VALUE = -1e9
+
+TENSOR_KWARGS.update({"MultiHeadAttention": ("value", "key", "attention_mask"),
+                      "GroupedQueryAttention": ("value", "key", "attention_mask"),
+                      "GroupQueryAttention": ("value", "key", "attention_mask"),
+                      "Attention": (), "AdditiveAttention": ()})
+MULTI_INPUT_LAYERS.update({"MultiHeadAttention", "GroupedQueryAttention", "GroupQueryAttention", "Attention", "AdditiveAttention", "Dot"})
+
+
+def node(ctx: LayerContext, op: OpBase, *inputs: str, suffix: str | None) -> str:
+    """Emit ``op`` on ``inputs`` (any values, not only the current one)."""
+    ctx.x, ctx.x_type = inputs[0], ctx._type_of(inputs[0])
+    return ctx.emit(op, *inputs[1:], suffix=suffix)
+
+
+def _weight(ctx: LayerContext, subs: tuple[str, ...], var: str, index: int) -> np.ndarray:
+    for sub in subs:
+        for name in (f"{sub}/{var}", f"{sub}/var{index}"):
+            w = ctx.layer.weight(name)
+            if w is not None:
+                return np.asarray(w, dtype=np.float64)
+    ctx.refuse(f"missing weight {subs[0]}/{var} (layer has {list(ctx.layer.weight_names)})")
+    raise Unconvertible
+
+
+_SUBS = {"query": ("query", "query_dense", "_query_dense"), "key": ("key", "key_dense", "_key_dense"),
+         "value": ("value", "value_dense", "_value_dense"),
+         "output": ("attention_output", "output_dense", "_output_dense")}
+
+
+def _project(ctx: LayerContext, x: str, part: str, heads: int, size: int, use_bias: bool, tag: str) -> str:
+    """``x`` (B, T, D) through Keras's EinsumDense ``abc,cde->abde``, as (B, heads, T, size)."""
+    kernel = _weight(ctx, _SUBS[part], "kernel", 0)
+    dim = ctx._type_of(x).shape[-1]
+    if kernel.shape != (dim, heads, size):
+        ctx.refuse(f"{part} kernel has shape {list(kernel.shape)}, expected {[dim, heads, size]}")
+        raise Unconvertible
+    ins = [ctx.add_constant(f"{tag}.kernel", kernel.reshape(dim, heads * size))]
+    if use_bias:
+        ins.append(ctx.add_constant(f"{tag}.bias", _weight(ctx, _SUBS[part], "bias", 1).reshape(heads * size)))
+    y = node(ctx, Dense(), x, *ins, suffix=tag)
+    t = ctx._type_of(x).shape[1]
+    y = node(ctx, Reshape(shape=(t, heads, size)), y, suffix=f"{tag}.heads")
+    return node(ctx, Transpose(perm=(0, 2, 1, 3)), y, suffix=f"{tag}.bhtd")
+
+
+def _check_rank3(ctx: LayerContext, names: dict[str, str]) -> None:
+    for what, name in names.items():
+        t = ctx._type_of(name)
+        if t is None:
+            ctx._input_unknown = True
+            raise Unconvertible
+        if t.rank != 3 or not all(isinstance(d, int) for d in t.shape[1:]):
+            ctx.refuse(f"{what} has shape {list(t.shape)}; keydnn supports (batch, steps, features) with static "
+                       "steps and features", field="attention_axes", supported="rank-3 query/key/value")
+            raise Unconvertible
+
+
+def _kwargs(ctx: LayerContext, allowed: dict[str, tuple]) -> dict:
+    """The call's plain keyword arguments, each checked against its allowed values."""
+    out = {}
+    for key, value in ctx.call_kwargs.items():  # type: ignore[attr-defined]
+        if key in ("value", "key", "attention_mask") and isinstance(value, str):
+            continue
+        if key not in allowed or value not in allowed[key]:
+            ctx.refuse(f"unsupported call argument {key}={value!r}", field=key, value=value,
+                       supported=", ".join(f"{k} in {list(v)}" for k, v in allowed.items()))
+            raise Unconvertible
+        out[key] = value
+    return out
+
+
+def _mask_bias(ctx: LayerContext, scores: str, mask: str | None, causal: bool, tq: int, tk: int) -> str:
+    """scores (B, H, Tq, Tk) + MASK_VALUE where the attention_mask is 0 or the causal mask hides a key."""
+    if causal:
+        bias = np.where(np.tril(np.ones((tq, tk), dtype=bool)), 0.0, MASK_VALUE)
+        scores = node(ctx, Binary(function="add"), scores, ctx.add_constant("causal_bias", bias), suffix="causal")
+    if mask is not None:
+        mt = ctx._type_of(mask)
+        if mt is None or tuple(mt.shape[1:]) != (tq, tk):
+            ctx.refuse(f"attention_mask has shape {None if mt is None else list(mt.shape)}, expected "
+                       f"[batch, {tq}, {tk}]", field="attention_mask")
+            raise Unconvertible
+        keep = node(ctx, Binary(function="not_equal"), mask, ctx.add_constant("mask_zero", np.zeros(1)), suffix="keep")
+        off = node(ctx, Binary(function="sub"), keep, ctx.add_constant("mask_one", np.ones(1)), suffix="masked")
+        bias = node(ctx, Binary(function="mul"), off, ctx.add_constant("mask_large", np.array([-MASK_VALUE])),
+                    suffix="mask_bias")
+        bias = node(ctx, ExpandDims(axis=1), bias, suffix="mask_heads")
+        scores = node(ctx, Binary(function="add"), scores, bias, suffix="mask")
+    return scores
+
+
+def _attend(ctx: LayerContext, q: str, k: str, v: str, scale: float, mask: str | None, causal: bool) -> str:
+    """softmax(q @ k^T * scale + masks) @ v over (B, H, T, d) operands; (B, H, Tq, dv)."""
+    tq, tk = ctx._type_of(q).shape[2], ctx._type_of(k).shape[2]
+    scores = node(ctx, MatMul(transpose_b=True, scale=scale), q, k, suffix="scores")
+    scores = _mask_bias(ctx, scores, mask, causal, tq, tk)
+    probs = node(ctx, Softmax(axis=-1), scores, suffix="probs")
+    return node(ctx, MatMul(), probs, v, suffix="context")
+
+
+def _heads_out(ctx: LayerContext, context: str, heads: int, vdim: int, out_dims: tuple[int, ...],
+               use_bias: bool) -> None:
+    """(B, H, T, vdim) -> (B, T, H * vdim) -> output EinsumDense ``abcd,cde->abe``."""
+    t = ctx._type_of(context).shape[2]
+    y = node(ctx, Transpose(perm=(0, 2, 1, 3)), context, suffix="bthd")
+    y = node(ctx, Reshape(shape=(t, heads * vdim)), y, suffix="merge_heads")
+    kernel = _weight(ctx, _SUBS["output"], "kernel", 0)
+    width = int(np.prod(out_dims))
+    if kernel.shape != (heads, vdim) + out_dims:
+        ctx.refuse(f"output kernel has shape {list(kernel.shape)}, expected {[heads, vdim, *out_dims]}")
+        raise Unconvertible
+    ins = [ctx.add_constant("output.kernel", kernel.reshape(heads * vdim, width))]
+    if use_bias:
+        ins.append(ctx.add_constant("output.bias", _weight(ctx, _SUBS["output"], "bias", 1).reshape(width)))
+    y = node(ctx, Dense(), y, *ins, suffix=None if len(out_dims) == 1 else "output")
+    if len(out_dims) > 1:
+        node(ctx, Reshape(shape=(t,) + out_dims), y, suffix=None)
+
+
+def _common_config(ctx: LayerContext) -> bool:
+    check_dtype_policy(ctx)
+    ctx.ignore("dropout")  # training only
+    use_gate = ctx.check_in("use_gate", (False, True), False)
+    if use_gate:
+        ctx.refuse("unsupported use_gate True", field="use_gate", value=True, supported="False")
+    window = ctx.cfg("sliding_window")
+    if window is not None:
+        ctx.refuse(f"unsupported sliding_window {window!r}", field="sliding_window", value=window, supported="None")
+    ctx.ignore("query_shape", "key_shape", "value_shape", "softmax_robust_masking", "flash_attention")
+    return bool(ctx.check_in("use_bias", (True, False), True))
+
+
+@register_converter("MultiHeadAttention", constraints=(
+    "self and cross attention on (batch, steps, features) tensors: num_heads, key_dim, value_dim, output_shape, "
+    "use_bias, attention_axes default ([1]), key, attention_mask input (0 masks), use_causal_mask; lowered to "
+    "dense projections, matmul, softmax and matmul"))
+def convert_mha(ctx: LayerContext) -> None:
+    use_bias = _common_config(ctx)
+    heads, kdim = ctx.cfg("num_heads"), ctx.cfg("key_dim")
+    vdim = ctx.cfg("value_dim") or kdim
+    axes = ctx.cfg("attention_axes")
+    out_cfg = ctx.cfg("output_shape")
+    if axes not in (None, [1], [-2]):
+        ctx.refuse(f"unsupported attention_axes {axes!r}", field="attention_axes", value=axes,
+                   supported="None or [1] (attention over the steps of a rank-3 input)")
+        raise Unconvertible
+    if not all(is_int(v) and v > 0 for v in (heads, kdim, vdim)):
+        ctx.refuse(f"invalid num_heads/key_dim/value_dim {heads!r}/{kdim!r}/{vdim!r}", field="num_heads")
+        raise Unconvertible
+    kw = ctx.call_kwargs  # type: ignore[attr-defined]
+    inputs = ctx.inputs  # type: ignore[attr-defined]
+    n_kw = sum(1 for k in ("value", "key", "attention_mask") if isinstance(kw.get(k), str))
+    positional = list(inputs[: len(inputs) - n_kw])
+    query = positional[0]
+    value = kw.get("value") if isinstance(kw.get("value"), str) else (positional[1] if len(positional) > 1 else None)
+    key = kw.get("key") if isinstance(kw.get("key"), str) else (positional[2] if len(positional) > 2 else value)
+    mask = kw.get("attention_mask") if isinstance(kw.get("attention_mask"), str) else None
+    if value is None:
+        ctx.refuse("called without a value tensor", field="inputs")
+        raise Unconvertible
+    opts = _kwargs(ctx, {"use_causal_mask": (True, False), "training": (None, False),
+                         "return_attention_scores": (False,), "query_mask": (None,), "value_mask": (None,),
+                         "key_mask": (None,)})
+    _check_rank3(ctx, {"query": query, "value": value, "key": key})
+    dim = ctx._type_of(query).shape[-1]
+    out_dims = (dim,) if out_cfg is None else (out_cfg,) if is_int(out_cfg) else tuple(out_cfg)
+    if not all(is_int(d) and d > 0 for d in out_dims):
+        ctx.refuse(f"unsupported output_shape {out_cfg!r}", field="output_shape", value=out_cfg)
+        raise Unconvertible
+    q = _project(ctx, query, "query", heads, kdim, use_bias, "query")
+    k = _project(ctx, key, "key", heads, kdim, use_bias, "key")
+    v = _project(ctx, value, "value", heads, vdim, use_bias, "value")
+    context = _attend(ctx, q, k, v, 1.0 / math.sqrt(kdim), mask, bool(opts.get("use_causal_mask", False)))
+    _heads_out(ctx, context, heads, vdim, out_dims, use_bias)
+
+
+@register_converter("GroupQueryAttention", constraints=(
+    "(batch, steps, features) tensors: head_dim, num_query_heads, num_key_value_heads (key/value heads repeated "
+    "across query groups), use_bias, attention_mask input, use_causal_mask"))
+def convert_gqa(ctx: LayerContext) -> None:
+    """(Its class is GroupedQueryAttention; ``.keras`` archives record the export name GroupQueryAttention.)"""
+    use_bias = _common_config(ctx)
+    hd, nq, nkv = ctx.cfg("head_dim"), ctx.cfg("num_query_heads"), ctx.cfg("num_key_value_heads")
+    if not all(is_int(v) and v > 0 for v in (hd, nq, nkv)) or nq % nkv:
+        ctx.refuse(f"invalid head_dim/num_query_heads/num_key_value_heads {hd!r}/{nq!r}/{nkv!r}",
+                   field="num_key_value_heads")
+        raise Unconvertible
+    kw = ctx.call_kwargs  # type: ignore[attr-defined]
+    inputs = ctx.inputs  # type: ignore[attr-defined]
+    n_kw = sum(1 for k in ("value", "key", "attention_mask") if isinstance(kw.get(k), str))
+    positional = list(inputs[: len(inputs) - n_kw])
+    query = positional[0]
+    value = kw.get("value") if isinstance(kw.get("value"), str) else (positional[1] if len(positional) > 1 else None)
+    key = kw.get("key") if isinstance(kw.get("key"), str) else (positional[2] if len(positional) > 2 else value)
+    mask = kw.get("attention_mask") if isinstance(kw.get("attention_mask"), str) else None
+    if value is None:
+        ctx.refuse("called without a value tensor", field="inputs")
+        raise Unconvertible
+    opts = _kwargs(ctx, {"use_causal_mask": (True, False), "training": (None, False),
+                         "return_attention_scores": (False,), "query_mask": (None,), "value_mask": (None,),
+                         "key_mask": (None,)})
+    _check_rank3(ctx, {"query": query, "value": value, "key": key})
+    q = _project(ctx, query, "query", nq, hd, use_bias, "query")
+    k = _project(ctx, key, "key", nkv, hd, use_bias, "key")
+    v = _project(ctx, value, "value", nkv, hd, use_bias, "value")
+    if nq != nkv:  # repeat each key/value head for its group of query heads: (B, nkv, S, d) -> (B, nq, S, d)
+        s = ctx._type_of(k).shape[2]
+        rep = nq // nkv
+        ones = ctx.add_constant("repeat", np.ones((1, 1, rep, 1, 1)))
+        k = node(ctx, ExpandDims(axis=2), k, suffix="key.group")
+        k = node(ctx, Binary(function="mul"), k, ones, suffix="key.repeat")
+        k = node(ctx, Reshape(shape=(nq, s, hd)), k, suffix="key.heads_q")
+        v = node(ctx, ExpandDims(axis=2), v, suffix="value.group")
+        v = node(ctx, Binary(function="mul"), v, ones, suffix="value.repeat")
+        v = node(ctx, Reshape(shape=(nq, s, hd)), v, suffix="value.heads_q")
+    context = _attend(ctx, q, k, v, 1.0 / math.sqrt(hd), mask, bool(opts.get("use_causal_mask", False)))
+    _heads_out(ctx, context, nq, hd, (ctx._type_of(query).shape[-1],), use_bias)
+
+
+def _attention_call_kwargs(ctx: LayerContext) -> dict:
+    return _kwargs(ctx, {"use_causal_mask": (True, False), "training": (None, False),
+                         "return_attention_scores": (False,), "mask": (None, [None, None], [None, None, None])})
+
+
+register_converter("GroupedQueryAttention", constraints="as GroupQueryAttention (the class's own name, which "
+                   "live models and .h5 files record)")(convert_gqa)
+
+
+def _qvk(ctx: LayerContext) -> tuple[str, str, str]:
+    inputs = list(ctx.inputs)  # type: ignore[attr-defined]
+    if len(inputs) not in (2, 3):
+        ctx.refuse(f"takes [query, value] or [query, value, key], got {len(inputs)} tensors", field="inputs")
+        raise Unconvertible
+    _check_rank3(ctx, dict(zip(("query", "value", "key"), inputs)))
+    return inputs[0], inputs[1], inputs[2] if len(inputs) == 3 else inputs[1]
+
+
+@register_converter("Attention", constraints=(
+    "[query, value(, key)] of rank 3: score_mode 'dot' / 'concat', use_scale (its learned scale), "
+    "use_causal_mask; no masks"))
+def convert_attention(ctx: LayerContext) -> None:
+    check_dtype_policy(ctx)
+    ctx.ignore("dropout")
+    mode = ctx.check_in("score_mode", ("dot", "concat"), "dot")
+    use_scale = ctx.check_in("use_scale", (False, True), False)
+    causal = ctx.check_in("causal", (False, True), False)  # Keras 2's constructor flag
+    causal = bool(_attention_call_kwargs(ctx).get("use_causal_mask", False)) or causal
+    q, v, k = _qvk(ctx)
+    tq, tk = ctx._type_of(q).shape[1], ctx._type_of(k).shape[1]
+    weights = dict(ctx.layer.weights)
+    pos = iter(("var0", "var1"))
+    scale = float(np.asarray(weights.get("scale", weights.get(next(pos)))).reshape(-1)[0]) if use_scale else None
+    if mode == "dot":
+        scores = node(ctx, MatMul(transpose_b=True, scale=1.0 if scale is None else scale), q, k, suffix="scores")
+    else:
+        outer = float(np.asarray(weights.get("concat_score_weight", weights.get(next(pos)))).reshape(-1)[0])
+        scores = _additive_scores(ctx, q, k, inner=scale, per_feature=None, outer=outer)
+    if causal:
+        scores = _mask_bias(ctx, scores, None, True, tq, tk)
+    probs = node(ctx, Softmax(axis=-1), scores, suffix="probs")
+    node(ctx, MatMul(), probs, v, suffix=None)
+
+
+def _additive_scores(ctx: LayerContext, q: str, k: str, *, inner: float | None, per_feature: np.ndarray | None,
+                     outer: float) -> str:
+    """outer * sum(per_feature * tanh(inner * (q[:, :, None] + k[:, None])), -1): Keras's Attention 'concat'
+    (inner, outer) and AdditiveAttention (per_feature) scores."""
+    qe = node(ctx, ExpandDims(axis=2), q, suffix="q_rows")
+    ke = node(ctx, ExpandDims(axis=1), k, suffix="k_cols")
+    s = node(ctx, Binary(function="add"), qe, ke, suffix="pairs")
+    if inner is not None:
+        s = node(ctx, Binary(function="mul"), s, ctx.add_constant("scale", np.array([inner])), suffix="scaled")
+    s = node(ctx, Activation(function="tanh"), s, suffix="tanh")
+    if per_feature is not None:
+        s = node(ctx, Binary(function="mul"), s, ctx.add_constant("scale", per_feature.reshape(-1)),
+                 suffix="weighted")
+    s = node(ctx, Reduce(mode="sum", axes=(3,)), s, suffix="scores")
+    if outer != 1.0:
+        s = node(ctx, Binary(function="mul"), s, ctx.add_constant("concat_score", np.array([outer])),
+                 suffix="score_weight")
+    return s
+
+
+@register_converter("AdditiveAttention", constraints=(
+    "[query, value(, key)] of rank 3: use_scale (its learned per-feature scale), use_causal_mask; no masks"))
+def convert_additive(ctx: LayerContext) -> None:
+    check_dtype_policy(ctx)
+    ctx.ignore("dropout")
+    use_scale = ctx.check_in("use_scale", (True, False), True)
+    causal = ctx.check_in("causal", (False, True), False)
+    causal = bool(_attention_call_kwargs(ctx).get("use_causal_mask", False)) or causal
+    q, v, k = _qvk(ctx)
+    tq, tk = ctx._type_of(q).shape[1], ctx._type_of(k).shape[1]
+    weights = dict(ctx.layer.weights)
+    scale = np.asarray(weights.get("scale", weights.get("var0")), dtype=np.float64) if use_scale else None
+    scores = _additive_scores(ctx, q, k, inner=None, per_feature=scale, outer=1.0)
+    if causal:
+        scores = _mask_bias(ctx, scores, None, True, tq, tk)
+    probs = node(ctx, Softmax(axis=-1), scores, suffix="probs")
+    node(ctx, MatMul(), probs, v, suffix=None)
+
+
+@register_converter("Dot", constraints=(
+    "two inputs of rank 2 or 3, axes an int or a pair (not the batch axis), normalize (L2 along the axes first)"))
+def convert_dot(ctx: LayerContext) -> None:
+    check_dtype_policy(ctx)
+    inputs = list(ctx.inputs)  # type: ignore[attr-defined]
+    if len(inputs) != 2:
+        ctx.refuse(f"takes two tensors, got {len(inputs)}", field="inputs")
+        raise Unconvertible
+    types = [ctx._type_of(i) for i in inputs]
+    if any(t is None for t in types):
+        ctx._input_unknown = True
+        raise Unconvertible
+    axes_cfg = ctx.cfg("axes")
+    normalize = ctx.check_in("normalize", (False, True), False)
+    axes = [axes_cfg, axes_cfg] if is_int(axes_cfg) else axes_cfg
+    ranks = [t.rank for t in types]
+    if not (isinstance(axes, list) and len(axes) == 2 and all(is_int(a) for a in axes)
+            and all(r in (2, 3) for r in ranks) and all(-r <= a < r and a % r for a, r in zip(axes, ranks))):
+        ctx.refuse(f"unsupported axes {axes_cfg!r} for inputs of rank {ranks}", field="axes", value=axes_cfg,
+                   supported="an int or a pair of non-batch axes; inputs of rank 2 or 3")
+        raise Unconvertible
+    a, b = (int(ax) % r for ax, r in zip(axes, ranks))
+    x, y = inputs
+    if normalize:
+        one, zero = ctx.add_constant("ones", np.ones(1)), ctx.add_constant("zeros", np.zeros(1))
+        unit = LayerNorm(axes=(a,), epsilon=1e-24 if ctx.options.keras_major >= 3 else 1e-12, center=False,
+                         statistic="sum_square", eps_mode="max")
+        x = node(ctx, unit, x, one, zero, suffix="x_unit")
+        unit = unit.model_copy(update={"axes": (b,)})
+        y = node(ctx, unit, y, one, zero, suffix="y_unit")
+    if ranks == [2, 2]:  # (B, n) . (B, n) -> (B, 1)
+        prod = node(ctx, Binary(function="mul"), x, y, suffix="products")
+        node(ctx, Reduce(mode="sum", axes=(1,), keepdims=True), prod, suffix=None)
+        return
+    if 2 in ranks:
+        ctx.refuse(f"inputs of ranks {ranks}: keydnn supports two rank-2 or two rank-3 inputs", field="inputs")
+        raise Unconvertible
+    # rank 3: batched matmul with the contracted axes innermost
+    if a == 1:
+        x = node(ctx, Transpose(perm=(0, 2, 1)), x, suffix="x_t")
+    if b == 2:
+        node(ctx, MatMul(transpose_b=True), x, y, suffix=None)
+    else:
+        node(ctx, MatMul(), x, y, suffix=None)
+
+
+
+def _einsum_parts(equation: object) -> tuple[str, str, str] | None:
+    """(x, w, y) letters of an ``x,w->y`` equation, or None for anything else (ellipses, repeats)."""
+    if not isinstance(equation, str) or "->" not in equation or "," not in equation or "." in equation:
+        return None
+    lhs, y = equation.replace(" ", "").split("->")
+    parts = lhs.split(",")
+    if len(parts) != 2:
+        return None
+    x, w = parts
+    if any(len(set(s)) != len(s) or not s.isalpha() for s in (x, w, y)):
+        return None
+    return x, w, y
+
+
+@register_converter("EinsumDense", constraints=(
+    "equations x,w->y where w = (contracted trailing axes of x) + (new axes) and y = (kept leading axes of x) + "
+    "(new axes), as Keras layers use them ('ab,bc->ac', 'abc,cd->abd', 'abc,cde->abde', 'abcd,cde->abe'); "
+    "bias_axes among the new axes; fused activation 'linear' (others with allow_non_linear_activation); "
+    "lowered to reshape + dense + reshape"))
+def convert_einsum_dense(ctx: LayerContext) -> None:
+    from keydnn.frontends.keras.activations import emit_fused_activation
+
+    check_dtype_policy(ctx)
+    equation = ctx.cfg("equation")
+    bias_axes = ctx.cfg("bias_axes")
+    ctx.cfg("activation")  # read again (and checked) by emit_fused_activation
+    ctx.ignore("output_shape")  # implied by the equation and the kernel
+    for key in ("quantization_config", "lora_rank", "lora_alpha"):
+        value = ctx.cfg(key)
+        if value not in (None, 0):
+            ctx.refuse(f"unsupported {key} {value!r}", field=key, value=value, supported="None")
+    x = ctx.need_type()
+    parts = _einsum_parts(equation)
+    ok = parts is not None
+    if ok:
+        xs, ws, ys = parts  # type: ignore[misc]
+        contracted = "".join(c for c in xs if c not in ys)
+        new = "".join(c for c in ws if c not in xs)
+        kept = xs[: len(xs) - len(contracted)]
+        ok = (len(xs) == x.rank and xs.endswith(contracted) and bool(contracted) and ws == contracted + new
+              and ys == kept + new and len(kept) >= 1)
+    if not ok:
+        ctx.refuse(f"unsupported equation {equation!r}", field="equation", value=equation,
+                   supported="x,w->y with w = contracted trailing axes of x + new axes, y = kept axes + new axes")
+        raise Unconvertible
+    kernel = np.asarray(ctx.weight("kernel"), dtype=np.float64)
+    k_in = int(np.prod(kernel.shape[: len(contracted)]))
+    out_dims = tuple(int(d) for d in kernel.shape[len(contracted):])
+    width = int(np.prod(out_dims))
+    if not all(isinstance(d, int) for d in x.shape[len(kept):]) or int(np.prod(x.shape[len(kept):])) != k_in:
+        ctx.refuse(f"kernel {list(kernel.shape)} does not fit the input {x} under {equation!r}")
+        raise Unconvertible
+    operands = [ctx.add_constant("kernel", kernel.reshape(k_in, width))]
+    if bias_axes:
+        if not (isinstance(bias_axes, str) and all(c in new for c in bias_axes)):
+            ctx.refuse(f"unsupported bias_axes {bias_axes!r}", field="bias_axes", value=bias_axes,
+                       supported=f"letters among the new axes {new!r}")
+            raise Unconvertible
+        first = min(ys.index(c) for c in bias_axes)
+        tail = ys[first:]
+        bias = np.asarray(ctx.weight("bias"), dtype=np.float64)
+        shape = [out_dims[new.index(c)] if c in bias_axes else 1 for c in tail]
+        full = np.broadcast_to(bias.reshape(shape), out_dims[len(out_dims) - len(tail):])
+        operands.append(ctx.add_constant("bias", np.broadcast_to(full, out_dims).reshape(width)))
+    if len(contracted) > 1:
+        ctx.emit(Reshape(shape=tuple(x.shape[1: len(kept)]) + (k_in,)), suffix="flat_in")
+    last_reshape = len(out_dims) != 1
+    ctx.emit(Dense(), *operands, suffix="dense" if last_reshape else None)
+    if last_reshape:
+        ctx.emit(Reshape(shape=tuple(x.shape[1: len(kept)]) + out_dims))
+    emit_fused_activation(ctx)
