@@ -285,13 +285,17 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def run(seconds: float, cold_runs: int, only: tuple[str, ...] = ()) -> tuple[str, dict]:
+def run(seconds: float, cold_runs: int, only: tuple[str, ...] = (), applications: bool = True) -> tuple[str, dict]:
     import keydnn
     import numba
     import onnxruntime
     import tensorflow as tf
 
+    from app_models import APP_BATCHES, application_models, fma_peak_gflops, graph_flops
+
     models = build_models()
+    apps = application_models(tf.keras) if applications else {}
+    models.update(apps)
     only = select(only, models)
     rows, data = [], {"machine": machine(), "latency": {}, "cold": {}}
     tmp = Path(tempfile.mkdtemp(prefix="keydnn-bench-"))
@@ -302,7 +306,14 @@ def run(seconds: float, cold_runs: int, only: tuple[str, ...] = ()) -> tuple[str
         km = keydnn.from_keras(model, allow_non_linear_activation=True)
         ort_call = None
         artifacts[name] = km
-        for batch in BATCHES:
+        if name in apps:  # cold compile: a fresh process, an empty compile cache, one inference
+            art, xin = tmp / f"{_key(name)}.json", tmp / f"{_key(name)}.x.npy"
+            km.save(art)
+            np.save(xin, sample_input(name, model, 1, np.random.default_rng(0)))
+            data.setdefault("compile", {})[name] = cold_start(art, xin, tmp / f"cache-{_key(name)}", runs=1)
+            print(f"{name}: cold compile + first call {data['compile'][name][0]:.1f} s, "
+                  f"peak RSS {data['compile'][name][1]:.0f} MiB", flush=True)
+        for batch in (APP_BATCHES if name in apps else BATCHES):
             x = sample_input(name, model, batch, np.random.default_rng(batch))
             tf_call, fn_spec, tf_how = tf_runner(model, x)
             data.setdefault("tensorflow_mode", {})[f"{name}/{batch}"] = tf_how
@@ -314,6 +325,8 @@ def run(seconds: float, cold_runs: int, only: tuple[str, ...] = ()) -> tuple[str
                     raise AssertionError(f"{who} disagrees with TensorFlow on {name} batch {batch}: {err:.2e}")
             t = measure({"keydnn": km, "onnxruntime": ort_call, "tensorflow": tf_call}, x, seconds)
             data["latency"][f"{name}/{batch}"] = t
+            if name in apps:
+                data.setdefault("gflops", {})[f"{name}/{batch}"] = graph_flops(km.graph, batch) / (t["keydnn"] * 1e6)
             rows.append((name, batch, t))
             print(f"{name:10s} batch {batch:3d}: keydnn {t['keydnn']:.4f} ms  ORT {t['onnxruntime']:.4f} ms  "
                   f"TF {t['tensorflow']:.4f} ms ({tf_how})", flush=True)
@@ -322,6 +335,7 @@ def run(seconds: float, cold_runs: int, only: tuple[str, ...] = ()) -> tuple[str
 
     tier = current_target().name + (" (forced)" if os.environ.get("KEYDNN_CPU_TARGET", "native") != "native" else "")
     data["target"] = tier
+    data["fma_peak_gflops"] = fma_peak_gflops(current_target().lanes("float32"))
     versions = (f"keydnn {keydnn.__version__} (code-generation tier {tier}), numba {numba.__version__}, "
                 f"onnxruntime {onnxruntime.__version__}, TensorFlow {tf.__version__}")
     if cold_runs <= 0:  # --cold-runs 0: latency only
@@ -388,6 +402,21 @@ def render(rows, data, versions: str) -> str:
     for name, batch, t in rows:
         k, o, f = t["keydnn"], t["onnxruntime"], t["tensorflow"]
         lines.append(f"| {name} | {batch} | {k:.3f} | {o:.3f} | {f:.3f} | {k / o:.2f} | {k / f:.2f} |")
+    if data.get("compile"):
+        peak = data.get("fma_peak_gflops")
+        lines += [
+            "",
+            "Application models (224x224x3, random weights): cold compile (a fresh process with an empty compile "
+            "cache loads the artifact and runs once; wall time, peak RSS) and keydnn's GFLOP/s per row"
+            + (f" (nominal FMA peak of this machine: {peak:.0f} GFLOP/s)" if peak else "") + ":",
+            "",
+            "| model | cold compile (s) | peak RSS (MiB) | GFLOP/s batch 1 | GFLOP/s batch 8 |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, (t, r) in data["compile"].items():
+            g = data.get("gflops", {})
+            lines.append(f"| {name} | {t:.1f} | {r:.0f} | {g.get(f'{name}/1', float('nan')):.1f} | "
+                         f"{g.get(f'{name}/8', float('nan')):.1f} |")
     cold = data["cold"]
     if not cold:
         return "\n".join(lines)
@@ -418,6 +447,8 @@ def main() -> None:
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--models", default="", help="comma-separated subset of the models (default: all)")
+    parser.add_argument("--no-applications", action="store_true",
+                        help="skip the keras.applications models (MobileNetV2, ResNet50, EfficientNetB0 at 224x224)")
     parser.add_argument("--target", choices=("native", "avx512", "avx2", "generic"), default=None,
                         help="keydnn's code-generation tier (KEYDNN_CPU_TARGET; default: the widest this CPU has)")
     args = parser.parse_args()
@@ -426,7 +457,7 @@ def main() -> None:
     only = tuple(m.strip() for m in args.models.split(",") if m.strip())
     if (only or args.cold_runs <= 0) and args.readme:
         parser.error("--readme writes the whole table: run every model and the cold start")
-    table, data = run(args.seconds, args.cold_runs, only)
+    table, data = run(args.seconds, args.cold_runs, only, applications=not args.no_applications)
     print()
     print(table)
     if args.json:
