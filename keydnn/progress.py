@@ -108,7 +108,8 @@ class _CompileReporter:
     """Listens to the CPU backend's compile events (``cg_cache.add_compile_listener``).
 
     It says nothing when the compiled code comes from the cache (a fraction of a second); when it is
-    compiled now, a bar with the elapsed time on a terminal, else one line at the start and the end.
+    compiled now, a line on a terminal with the part that runs (helpers k/n, the graph entry, the prebuilt
+    library) and the elapsed time, else one line at the start and the end.
     """
 
     def __init__(self) -> None:
@@ -129,6 +130,11 @@ class _CompileReporter:
             else:
                 print("keydnn: compiling graph for numba-cpu (first time on this machine; later runs load it "
                       "from the cache)...", file=sys.stderr, flush=True)
+        elif kind == "step" and self.active:
+            step, done, total = event.get("step", ""), event.get("done"), event.get("total")
+            text = f"{step} {done + 1}/{total}" if done is not None and total else str(step)
+            if self._bar is not None:
+                self._bar.set_description_str(f"{self._desc()}: {text}", refresh=True)
         elif kind == "end" and self.active:
             self.active = False
             self._close_bar()
@@ -136,11 +142,13 @@ class _CompileReporter:
                   "(cached for later runs)", file=sys.stderr, flush=True)
 
     def _open_bar(self) -> None:
-        self._bar = bar(desc=f"keydnn: compiling graph {self.graph!r} (first time on this machine)", enabled=True,
-                        bar_format="{desc}: {elapsed}")
+        self._bar = bar(desc=self._desc(), enabled=True, bar_format="{desc} [{elapsed}]")
         self._stop = threading.Event()
         threading.Thread(target=self._tick, args=(self._bar, self._stop), daemon=True,
                          name="keydnn-progress").start()
+
+    def _desc(self) -> str:
+        return f"keydnn: compiling graph {self.graph!r} (first time on this machine)"
 
     @staticmethod
     def _tick(b: Any, stop: threading.Event) -> None:

@@ -139,9 +139,11 @@ def build_library(module, thunks: list[str], dtype: str, directory: Path) -> Opt
         return None
     import numba
 
+    from keydnn.backends.numba_cpu.cg_cache import compile_step
     from keydnn.backends.numba_cpu.cg_source import entry_c_signature
 
     try:
+        compile_step("library entry")
         if not _has_ir(module.entry):
             module = _fresh_module(module)
         entry = numba.cfunc(entry_c_signature(module), cache=False, nogil=True, error_model="numpy")(module.entry_c)
@@ -153,7 +155,8 @@ def build_library(module, thunks: list[str], dtype: str, directory: Path) -> Opt
             objects = [tmpdir / "entry.o"]
             objects[0].write_bytes(data)
             names = []
-            for helper in thunks:
+            for i, helper in enumerate(thunks):
+                compile_step("library helpers", i, len(thunks))
                 obj, name, more = _thunk_object(helper, dtype, store, tmpdir)
                 objects.append(obj)
                 names.append(name)
@@ -162,6 +165,7 @@ def build_library(module, thunks: list[str], dtype: str, directory: Path) -> Opt
             stubs.write_text("#include <stdlib.h>\n" + "".join(
                 f"void {name}(void) {{ abort(); }}\n" for name in sorted(set(undefined))))
             out = tmpdir / LIBRARY
+            compile_step("linking the library")
             subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(out), *map(str, objects), str(stubs), "-lm"],
                            check=True, capture_output=True, timeout=120)
             target = directory / LIBRARY

@@ -64,8 +64,9 @@ _listeners: list[Callable[["CompileEvent"], None]] = []
 
 
 class CompileEvent(dict):
-    """``{"event": "start" | "stage" | "end", "graph": name, "key": ..., "cached": bool, "seconds": float}``;
-    a "stage" event (``"stage": "compile"``) says that the code is compiled now, not loaded from the cache."""
+    """``{"event": "start" | "stage" | "step" | "end", "graph": name, "key": ..., "cached": bool, "seconds": float}``;
+    a "stage" event (``"stage": "compile"``) says that the code is compiled now, not loaded from the cache;
+    "step" events (``compile_step``) name the part of the compile that runs now."""
 
 
 def add_compile_listener(callback: Callable[[CompileEvent], None]) -> None:
@@ -76,6 +77,12 @@ def add_compile_listener(callback: Callable[[CompileEvent], None]) -> None:
 def remove_compile_listener(callback: Callable[[CompileEvent], None]) -> None:
     with contextlib.suppress(ValueError):
         _listeners.remove(callback)
+
+
+def compile_step(step: str, done: Optional[int] = None, total: Optional[int] = None) -> None:
+    """Tell listeners which part of a compile runs now (``helpers`` 3 of 14, ``graph entry``, ``library``):
+    a ``{"event": "step", "step": ..., "done": ..., "total": ...}`` event, for progress displays."""
+    _notify(event="step", step=step, done=done, total=total)
 
 
 def _notify(**info) -> None:

@@ -18,7 +18,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keydnn.backends.numba_cpu import cg_aot  # noqa: E402
-from keydnn.backends.numba_cpu.cg_cache import AotHooks  # noqa: E402
+from keydnn.backends.numba_cpu.cg_cache import AotHooks, compile_step  # noqa: E402
 from keydnn.backends.numba_cpu.cg_thunks import helper_address  # noqa: E402
 
 __all__ = ["entry_signature", "compile_entry_for", "thunk_addresses", "Aot"]
@@ -39,6 +39,7 @@ def compile_entry_for(n_in: int, n_out: int, dtype: np.dtype):
     sig = entry_signature(n_in, n_out, dtype)
 
     def compile_entry(module) -> None:
+        compile_step("graph entry")
         module.entry.compile(sig)
 
     return compile_entry
@@ -46,7 +47,11 @@ def compile_entry_for(n_in: int, n_out: int, dtype: np.dtype):
 
 def thunk_addresses(thunks: list[str], dtype: np.dtype) -> list[int]:
     """Addresses of the thunks a program calls (slot 0, the OS's yield, is the caller's)."""
-    return [helper_address(h, str(dtype)) for h in thunks]
+    addresses = []
+    for i, h in enumerate(thunks):
+        compile_step("helpers", i, len(thunks))  # compiled once per machine, then loaded from numba's cache
+        addresses.append(helper_address(h, str(dtype)))
+    return addresses
 
 
 class Aot(AotHooks):
