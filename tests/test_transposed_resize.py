@@ -55,7 +55,8 @@ def test_parity_every_source_form(case, keras_sources):
 
 @pytest.mark.parametrize("case", sorted(CF_CASES))
 def test_channels_first_keras3(case, tmp_path):
-    """tf_keras cannot run channels_first convolutions on the CPU; Keras 3 runs these (XLA-free) kernels."""
+    """Keras 3 only (tf_keras's channels_first transposed convolutions have no CPU kernel); Keras's output comes
+    through keydnn.keras_runner (XLA), as on every CPU."""
     check_parity(k3_sources(tmp_path, case, CF_CASES[case]))
 
 
