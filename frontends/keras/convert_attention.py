@@ -163,6 +163,27 @@ def _common_config(ctx: LayerContext) -> bool:
     return bool(ctx.check_in("use_bias", (True, False), True))
 
 
+def _attention_call(ctx: LayerContext) -> tuple[str, str, str, str | None, dict]:
+    """The query, value, key and attention-mask values of a MultiHeadAttention / GroupQueryAttention call
+    (positional or keyword; key defaults to value), and its checked keyword options."""
+    kw = ctx.call_kwargs  # type: ignore[attr-defined]
+    inputs = ctx.inputs  # type: ignore[attr-defined]
+    n_kw = sum(1 for k in ("value", "key", "attention_mask") if isinstance(kw.get(k), str))
+    positional = list(inputs[: len(inputs) - n_kw])
+    query = positional[0]
+    value = kw.get("value") if isinstance(kw.get("value"), str) else (positional[1] if len(positional) > 1 else None)
+    key = kw.get("key") if isinstance(kw.get("key"), str) else (positional[2] if len(positional) > 2 else value)
+    mask = kw.get("attention_mask") if isinstance(kw.get("attention_mask"), str) else None
+    if value is None:
+        ctx.refuse("called without a value tensor", field="inputs")
+        raise Unconvertible
+    opts = _kwargs(ctx, {"use_causal_mask": (True, False), "training": (None, False),
+                         "return_attention_scores": (False,), "query_mask": (None,), "value_mask": (None,),
+                         "key_mask": (None,)})
+    _check_rank3(ctx, {"query": query, "value": value, "key": key})
+    return query, value, key, mask, opts
+
+
 @register_converter("MultiHeadAttention", constraints=(
     "self and cross attention on (batch, steps, features) tensors: num_heads, key_dim, value_dim, output_shape, "
     "use_bias, attention_axes default ([1]), key, attention_mask input (0 masks), use_causal_mask; lowered to "
@@ -180,21 +201,7 @@ def convert_mha(ctx: LayerContext) -> None:
     if not all(is_int(v) and v > 0 for v in (heads, kdim, vdim)):
         ctx.refuse(f"invalid num_heads/key_dim/value_dim {heads!r}/{kdim!r}/{vdim!r}", field="num_heads")
         raise Unconvertible
-    kw = ctx.call_kwargs  # type: ignore[attr-defined]
-    inputs = ctx.inputs  # type: ignore[attr-defined]
-    n_kw = sum(1 for k in ("value", "key", "attention_mask") if isinstance(kw.get(k), str))
-    positional = list(inputs[: len(inputs) - n_kw])
-    query = positional[0]
-    value = kw.get("value") if isinstance(kw.get("value"), str) else (positional[1] if len(positional) > 1 else None)
-    key = kw.get("key") if isinstance(kw.get("key"), str) else (positional[2] if len(positional) > 2 else value)
-    mask = kw.get("attention_mask") if isinstance(kw.get("attention_mask"), str) else None
-    if value is None:
-        ctx.refuse("called without a value tensor", field="inputs")
-        raise Unconvertible
-    opts = _kwargs(ctx, {"use_causal_mask": (True, False), "training": (None, False),
-                         "return_attention_scores": (False,), "query_mask": (None,), "value_mask": (None,),
-                         "key_mask": (None,)})
-    _check_rank3(ctx, {"query": query, "value": value, "key": key})
+    query, value, key, mask, opts = _attention_call(ctx)
     dim = ctx._type_of(query).shape[-1]
     out_dims = (dim,) if out_cfg is None else (out_cfg,) if is_int(out_cfg) else tuple(out_cfg)
     if not all(is_int(d) and d > 0 for d in out_dims):
@@ -218,21 +225,7 @@ def convert_gqa(ctx: LayerContext) -> None:
         ctx.refuse(f"invalid head_dim/num_query_heads/num_key_value_heads {hd!r}/{nq!r}/{nkv!r}",
                    field="num_key_value_heads")
         raise Unconvertible
-    kw = ctx.call_kwargs  # type: ignore[attr-defined]
-    inputs = ctx.inputs  # type: ignore[attr-defined]
-    n_kw = sum(1 for k in ("value", "key", "attention_mask") if isinstance(kw.get(k), str))
-    positional = list(inputs[: len(inputs) - n_kw])
-    query = positional[0]
-    value = kw.get("value") if isinstance(kw.get("value"), str) else (positional[1] if len(positional) > 1 else None)
-    key = kw.get("key") if isinstance(kw.get("key"), str) else (positional[2] if len(positional) > 2 else value)
-    mask = kw.get("attention_mask") if isinstance(kw.get("attention_mask"), str) else None
-    if value is None:
-        ctx.refuse("called without a value tensor", field="inputs")
-        raise Unconvertible
-    opts = _kwargs(ctx, {"use_causal_mask": (True, False), "training": (None, False),
-                         "return_attention_scores": (False,), "query_mask": (None,), "value_mask": (None,),
-                         "key_mask": (None,)})
-    _check_rank3(ctx, {"query": query, "value": value, "key": key})
+    query, value, key, mask, opts = _attention_call(ctx)
     q = _project(ctx, query, "query", nq, hd, use_bias, "query")
     k = _project(ctx, key, "key", nkv, hd, use_bias, "key")
     v = _project(ctx, value, "value", nkv, hd, use_bias, "value")

@@ -59,6 +59,13 @@ def _params_ok(param: TensorType, what: str, x: TensorType, axes: tuple[int, ...
             raise ShapeError(f"{what} {param} must vary only along the normalized axes {list(axes)} of {x}")
 
 
+
+def _check_axes(v: tuple[int, ...]) -> tuple[int, ...]:
+    """Reduction axes: distinct, at least one, never the batch axis 0."""
+    if not v or 0 in v or len(set(v)) != len(v):
+        raise ValueError(f"axes must be distinct, non-empty and never the batch axis 0, got {list(v)}")
+    return v
+
 class LayerNorm(OpBase):
     """``y = (x - mean) * rsqrt(stat + epsilon) * gamma + beta`` over ``axes``, per lane.
 
@@ -94,9 +101,7 @@ class LayerNorm(OpBase):
     @field_validator("axes")
     @classmethod
     def _axes_ok(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or 0 in v or len(set(v)) != len(v):
-            raise ValueError(f"axes must be distinct, non-empty and never the batch axis 0, got {list(v)}")
-        return v
+        return _check_axes(v)
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
         x = inputs[0]
@@ -120,9 +125,7 @@ class Reduce(OpBase):
     @field_validator("axes")
     @classmethod
     def _axes_ok(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or 0 in v or len(set(v)) != len(v):
-            raise ValueError(f"axes must be distinct, non-empty and never the batch axis 0, got {list(v)}")
-        return v
+        return _check_axes(v)
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
         x = inputs[0]
