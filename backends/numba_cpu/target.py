@@ -82,7 +82,8 @@ class Target:
 
     def identity(self) -> str:
         """What compiled code depends on: the tier and, for the native tier, nothing more than the host CPU."""
-        return f"{self.name}|{self.llvm_cpu or 'host'}|{self.llvm_features if self.llvm_features is not None else 'host'}"
+        features = "host" if self.llvm_features is None else self.llvm_features
+        return f"{self.name}|{self.llvm_cpu or 'host'}|{features}"
 
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")

@@ -91,7 +91,10 @@ def convert(src_arg: str | None, dst_arg: str | None, src: str | None, dst: str 
 
             if input_layout != "keras":
                 fail("--verify compares in the Keras layout; drop --input-layout to verify", EXIT_USAGE)
-            xs = model.arrange_inputs(samples) if samples is not None else sample_inputs(model.input_types, graph=model.graph)
+            if samples is not None:
+                xs = model.arrange_inputs(samples)
+            else:
+                xs = sample_inputs(model.input_types, graph=model.graph)
             xs = [np.asarray(x, dtype=t.np_dtype) for x, t in zip(xs, model.input_types)]  # token ids stay ids
             frontend = lower(spec, ConversionOptions(dtype=dtype, strict=strict,
                                                      allow_non_linear_activation=allow_non_linear_activation)).graph
@@ -101,8 +104,8 @@ def convert(src_arg: str | None, dst_arg: str | None, src: str | None, dst: str 
             click.echo(report.text(), err=True)
             if not report.ok:
                 fail(f"verification failed; {dst} was not written", EXIT_FAILED)
-            model.verification = {"inputs": xs, "outputs": [np.asarray(e, dtype=t.np_dtype) for e, t in zip(expected, model.output_types)],
-                                  "rtol": rtol, "atol": atol, "source": "keras"}
+            outputs = [np.asarray(e, dtype=t.np_dtype) for e, t in zip(expected, model.output_types)]
+            model.verification = {"inputs": xs, "outputs": outputs, "rtol": rtol, "atol": atol, "source": "keras"}
         stages.next("writing " + Path(dst).name)
         written = model.save(dst, sidecar=sidecar)
         n_params = sum(int(a.size) for a in model.graph.weights.values())
