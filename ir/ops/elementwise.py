@@ -18,6 +18,8 @@ class Relu(OpBase):
     minus ``negative_slope * relu(threshold - x)`` (keras.activations.relu, both Keras 2 and 3)."""
 
     kind: Literal["relu"] = "relu"
+    is_activation: ClassVar[bool] = True
+    writes_in_place: ClassVar[bool] = True
     max_value: Optional[float] = None
     negative_slope: float = 0.0
     threshold: float = 0.0
@@ -50,6 +52,7 @@ class PRelu(OpBase):
     """
 
     kind: Literal["prelu"] = "prelu"
+    writes_in_place: ClassVar[bool] = True
 
     operands: ClassVar[tuple[str, ...]] = ("x", "alpha")
     constant_operands: ClassVar[tuple[str, ...]] = ("alpha",)
@@ -69,6 +72,7 @@ class Softmax(OpBase):
     """Softmax along one axis, computed with the max subtracted for stability."""
 
     kind: Literal["softmax"] = "softmax"
+    writes_in_place: ClassVar[bool] = True
     axis: int = -1
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
@@ -84,6 +88,8 @@ class Activation(OpBase):
     """A named elementwise function; ``alpha`` parameterizes elu."""
 
     kind: Literal["activation"] = "activation"
+    is_activation: ClassVar[bool] = True
+    writes_in_place: ClassVar[bool] = True
     function: ActivationFunction
     alpha: float = 1.0
 
