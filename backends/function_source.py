@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from keydnn.ir.functions import FUNCTIONS
+from keydnn.ir.functions import BINARY, FUNCTIONS
 
 __all__ = ["render_numpy", "render_cpu", "render_cuda", "OUTPUTS", "main"]
 
@@ -45,7 +45,7 @@ class _Rewriter:
         if isinstance(node, ast.Expression):
             return self(node.body)
         if isinstance(node, ast.Name):
-            if node.id not in ("x",) + _PARAMS:
+            if node.id not in ("x", "y") + _PARAMS:
                 raise ValueError(f"unknown name {node.id!r} in a function formula")
             return node.id
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
@@ -56,7 +56,7 @@ class _Rewriter:
             left, right = self(node.left), self(node.right)
             if isinstance(node.op, ast.Div):
                 return self.div(left, right)
-            ops = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*"}
+            ops = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Pow: "**"}
             return f"({left} {ops[type(node.op)]} {right})"
         if isinstance(node, ast.Compare) and len(node.ops) == 1:
             ops = {ast.Gt: ">", ast.GtE: ">=", ast.Lt: "<", ast.LtE: "<=", ast.Eq: "==", ast.NotEq: "!="}
@@ -87,14 +87,26 @@ def render_numpy() -> str:
                         div=lambda p, q: f"({p} / {q})")
     lines = [_HEADER.format(doc="Every elementwise scalar function, on NumPy arrays in float64 (the reference)."),
              "from __future__ import annotations", "", "import math", "", "import numpy as np", "",
-             '__all__ = ["NUMPY_FUNCTIONS", "apply_numpy"]', "",
+             '__all__ = ["NUMPY_FUNCTIONS", "NUMPY_BINARY", "apply_numpy", "apply_binary_numpy"]', "",
              "_erf_scalar = np.vectorize(math.erf, otypes=[np.float64])", "", "",
              "def _erf(x):", "    return _erf_scalar(x) if np.size(x) else np.asarray(x, dtype=np.float64)", "", ""]
     names = []
     for i, fn in enumerate(FUNCTIONS):
         names.append(f"    {fn.name!r}: _f{i},")
         lines += [f"def _f{i}(x, a, b, c, d):  # {fn.name}", f"    return {rewrite(_parse(fn.formula))}", "", ""]
-    lines += ["#: name -> f(x, a, b, c, d) on float64 arrays.", "NUMPY_FUNCTIONS = {", *names, "}", "", "",
+    binary = []
+    for i, fn in enumerate(BINARY):
+        binary.append(f"    {fn.name!r}: _g{i},")
+        lines += [f"def _g{i}(x, y):  # {fn.name}", f"    return {rewrite(_parse(fn.formula))}", "", ""]
+    lines += ["#: name -> f(x, a, b, c, d) on float64 arrays.", "NUMPY_FUNCTIONS = {", *names, "}",
+              "#: binary function name -> f(x, y) on float64 arrays (NumPy broadcasting).",
+              "NUMPY_BINARY = {", *binary, "}", "", "",
+              "def apply_binary_numpy(name, x, y):",
+              '    """Binary function ``name`` of ``x`` and ``y`` (float64, broadcast), IEEE results, no warnings."""',
+              "    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)",
+              "    with np.errstate(all=\"ignore\"):",
+              "        return np.asarray(NUMPY_BINARY[name](x, y), dtype=np.float64) + np.zeros(np.broadcast(x, y).shape)",
+              "", "",
               "def apply_numpy(name, x, a=0.0, b=0.0, c=0.0, d=0.0):",
               '    """Function ``name`` of ``x`` (float64), IEEE inf/nan outside its domain, without warnings."""',
               "    x = np.asarray(x, dtype=np.float64)",
@@ -118,7 +130,7 @@ def render_cpu() -> str:
                                 " in float64."),
              "from __future__ import annotations", "", "import math", "", "import numba", "import numpy as np", "",
              "from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS", "",
-             '__all__ = ["apply_function"]', "", "",
+             '__all__ = ["apply_function", "apply_binary"]', "", "",
              "@numba.njit(**JIT_OPTIONS)", "def _sqrt(v):", "    return math.sqrt(v) if v >= 0.0 else math.nan", "", "",
              "@numba.njit(**JIT_OPTIONS)", "def _log(v):",
              "    return math.log(v) if v > 0.0 else (-math.inf if v == 0.0 else math.nan)", "", "",
@@ -128,6 +140,11 @@ def render_cpu() -> str:
              "def apply_function(x, code, a, b, c, d):  # noqa: C901 - one branch per function",
              '    """Function number ``code`` (``keydnn.ir.functions.FUNCTION_CODES``) of ``x`` in float64."""']
     for i, fn in enumerate(FUNCTIONS):
+        lines += [f"    if code == {i}:  # {fn.name}", f"        return {rewrite(_parse(fn.formula))}"]
+    lines += ["    return x", "", "",
+              "@numba.njit(**JIT_OPTIONS)", "def apply_binary(x, y, code):",
+              '    """Binary function number ``code`` (``keydnn.ir.functions.BINARY_CODES``) of ``x`` and ``y``."""']
+    for i, fn in enumerate(BINARY):
         lines += [f"    if code == {i}:  # {fn.name}", f"        return {rewrite(_parse(fn.formula))}"]
     lines += ["    return x", ""]
     return "\n".join(lines)
@@ -139,7 +156,8 @@ _CUDA_NAMES = {"sqrt": "_sqrt", "log": "_log", "log1p": "_log1p", "floor": "math
                "rint": "_rint", "max": "_max", "min": "_min", "abs": "abs"}
 
 
-def render_cuda() -> str:
+def _cuda_factory(name: str, rows, params: str, doc: str) -> list[str]:
+    """A factory ``name(dtype_name, code)`` returning the device function of row ``code``."""
     constants: dict[float, str] = {}
 
     def const(value: float) -> str:
@@ -150,19 +168,13 @@ def render_cuda() -> str:
     rewrite = _Rewriter(call=lambda f, a: f"{_CUDA_NAMES.get(f, 'math.' + f)}({', '.join(a)})",
                         const=const, where=lambda c, p, q: f"({p} if {c} else {q})",
                         div=lambda p, q: f"_div({p}, {q})")
-    bodies = [rewrite(_parse(fn.formula)) for fn in FUNCTIONS]
-    lines = [_HEADER.format(doc="Every elementwise scalar function as a CUDA device function, one per code and "
-                                "dtype: the code is\ncompiled in (a kernel carries only its formula) and every "
-                                "literal is a constant of the dtype, so\nfloat32 kernels never promote to float64."),
-             "from __future__ import annotations", "", "import functools", "import math", "",
-             "import numpy as np", "", "from keydnn.backends.numba_cuda.device import cuda", "",
-             '__all__ = ["make_function"]', "", "",
-             "@functools.lru_cache(maxsize=None)",
-             "def make_function(dtype_name, code):  # noqa: C901 - one branch per function",
-             '    """``f(x, a, b, c, d)`` computing function ``code`` in ``dtype_name`` on the device."""',
+    bodies = [rewrite(_parse(fn.formula)) for fn in rows]
+    lines = ["@functools.lru_cache(maxsize=None)",
+             f"def {name}(dtype_name, code):  # noqa: C901 - one branch per function",
+             f'    """{doc}"""',
              "    f = np.dtype(dtype_name).type",
              "    zero, nan, inf, half = f(0.0), f(math.nan), f(math.inf), f(0.5)"]
-    lines += [f"    {name} = f({value!r})" for value, name in constants.items()]
+    lines += [f"    {k} = f({value!r})" for value, k in constants.items()]
     lines += ["",
               "    @cuda.jit(device=True)", "    def _max(p, q):  # pragma: no cover - device code",
               "        return p if p > q else q", "",
@@ -181,12 +193,26 @@ def render_cuda() -> str:
               "    @cuda.jit(device=True)", "    def _rint(v):  # pragma: no cover - device code (half to even)",
               "        r = math.floor(v + half)", "        if r - v == half and r % 2.0 != 0.0:", "            r -= 1.0",
               "        return f(r)", ""]
-    for i, (fn, body) in enumerate(zip(FUNCTIONS, bodies)):
+    for i, (fn, body) in enumerate(zip(rows, bodies)):
         lines += [f"    if code == {i}:  # {fn.name}", "        @cuda.jit(device=True)",
-                  "        def fn(x, a, b, c, d):  # pragma: no cover - device code", f"            return {body}", "",
+                  f"        def fn({params}):  # pragma: no cover - device code", f"            return {body}", "",
                   "        return fn"]
-    lines += ["    raise ValueError(f\"no scalar function with code {code}\")", ""]
-    return "\n".join(lines)
+    lines += ["    raise ValueError(f\"no function with code {code}\")", "", ""]
+    return lines
+
+
+def render_cuda() -> str:
+    lines = [_HEADER.format(doc="Every elementwise scalar function as a CUDA device function, one per code and "
+                                "dtype: the code is\ncompiled in (a kernel carries only its formula) and every "
+                                "literal is a constant of the dtype, so\nfloat32 kernels never promote to float64."),
+             "from __future__ import annotations", "", "import functools", "import math", "",
+             "import numpy as np", "", "from keydnn.backends.numba_cuda.device import cuda", "",
+             '__all__ = ["make_function", "make_binary"]', "", ""]
+    lines += _cuda_factory("make_function", FUNCTIONS, "x, a, b, c, d",
+                           "``f(x, a, b, c, d)`` computing function ``code`` in ``dtype_name`` on the device.")
+    lines += _cuda_factory("make_binary", BINARY, "x, y",
+                           "``f(x, y)`` computing binary function ``code`` in ``dtype_name`` on the device.")
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 #: Generated module path (relative to the package root) -> its renderer.

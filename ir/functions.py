@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = ["ScalarFunction", "FUNCTIONS", "FUNCTION_CODES", "ACTIVATION_FUNCTIONS", "UNARY_FUNCTIONS",
-           "ACTIVATION_NAMES", "UNARY_NAMES", "function_code"]
+           "ACTIVATION_NAMES", "UNARY_NAMES", "function_code", "BinaryFunction", "BINARY", "BINARY_CODES",
+           "BINARY_NAMES"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,36 @@ ACTIVATION_FUNCTIONS: dict[str, str] = {f.name: f.description for f in FUNCTIONS
 UNARY_FUNCTIONS: dict[str, str] = {f.name: f.description for f in FUNCTIONS if f.family == "unary"}
 ACTIVATION_NAMES: tuple[str, ...] = tuple(ACTIVATION_FUNCTIONS)
 UNARY_NAMES: tuple[str, ...] = tuple(UNARY_FUNCTIONS)
+
+
+@dataclass(frozen=True)
+class BinaryFunction:
+    """One function of two elements ``x`` and ``y`` (the ``binary`` op), as a formula in the same language."""
+
+    name: str
+    formula: str
+
+
+#: The ``binary`` op's functions, in code order: NumPy broadcasting semantics, comparisons give 1.0 / 0.0
+#: (Keras gives booleans, which a model casts back to float), max/min propagate nan from either side.
+BINARY: tuple[BinaryFunction, ...] = (
+    BinaryFunction("add", "x + y"),
+    BinaryFunction("sub", "x - y"),
+    BinaryFunction("mul", "x * y"),
+    BinaryFunction("div", "x / y"),
+    BinaryFunction("pow", "x ** y"),
+    BinaryFunction("max", "where(x != x, x, where(x > y, x, y))"),
+    BinaryFunction("min", "where(x != x, x, where(x < y, x, y))"),
+    BinaryFunction("greater", "where(x > y, 1, 0)"),
+    BinaryFunction("greater_equal", "where(x >= y, 1, 0)"),
+    BinaryFunction("less", "where(x < y, 1, 0)"),
+    BinaryFunction("less_equal", "where(x <= y, 1, 0)"),
+    BinaryFunction("equal", "where(x == y, 1, 0)"),
+    BinaryFunction("not_equal", "where(x != y, 1, 0)"),
+)
+#: binary function name -> code (its position).
+BINARY_CODES: dict[str, int] = {f.name: i for i, f in enumerate(BINARY)}
+BINARY_NAMES: tuple[str, ...] = tuple(BINARY_CODES)
 
 
 def function_code(name: str) -> int:

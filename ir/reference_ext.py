@@ -12,7 +12,7 @@ import numpy as np
 
 from keydnn.ir.ops.reduce import norm_axes
 from keydnn.ir.reference import kernel
-from keydnn.ir.reference_functions import apply_numpy
+from keydnn.ir.reference_functions import apply_binary_numpy, apply_numpy
 
 __all__: list[str] = []
 
@@ -50,11 +50,6 @@ def _reduce(op, args):
     return fn(x, axis=axes, keepdims=op.keepdims)
 
 
-_BINARY = {
-    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power,
-    "max": np.maximum, "min": np.minimum, "greater": np.greater, "greater_equal": np.greater_equal,
-    "less": np.less, "less_equal": np.less_equal, "equal": np.equal, "not_equal": np.not_equal,
-}
 
 
 @kernel("unary")
@@ -67,8 +62,7 @@ def _unary(op, args):
 @kernel("binary")
 def _binary(op, args):
     x, y = _f64(args)
-    with np.errstate(all="ignore"):
-        return _BINARY[op.function](x, y).astype(np.float64)
+    return apply_binary_numpy(op.function, x, y)
 
 
 @kernel("matmul")

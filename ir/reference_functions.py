@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-__all__ = ["NUMPY_FUNCTIONS", "apply_numpy"]
+__all__ = ["NUMPY_FUNCTIONS", "NUMPY_BINARY", "apply_numpy", "apply_binary_numpy"]
 
 _erf_scalar = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -197,6 +197,58 @@ def _f44(x, a, b, c, d):  # sparse_sigmoid
     return np.minimum(np.maximum(((x + 1.0) / 2.0), 0.0), 1.0)
 
 
+def _g0(x, y):  # add
+    return (x + y)
+
+
+def _g1(x, y):  # sub
+    return (x - y)
+
+
+def _g2(x, y):  # mul
+    return (x * y)
+
+
+def _g3(x, y):  # div
+    return (x / y)
+
+
+def _g4(x, y):  # pow
+    return (x ** y)
+
+
+def _g5(x, y):  # max
+    return np.where((x != x), x, np.where((x > y), x, y))
+
+
+def _g6(x, y):  # min
+    return np.where((x != x), x, np.where((x < y), x, y))
+
+
+def _g7(x, y):  # greater
+    return np.where((x > y), 1.0, 0.0)
+
+
+def _g8(x, y):  # greater_equal
+    return np.where((x >= y), 1.0, 0.0)
+
+
+def _g9(x, y):  # less
+    return np.where((x < y), 1.0, 0.0)
+
+
+def _g10(x, y):  # less_equal
+    return np.where((x <= y), 1.0, 0.0)
+
+
+def _g11(x, y):  # equal
+    return np.where((x == y), 1.0, 0.0)
+
+
+def _g12(x, y):  # not_equal
+    return np.where((x != y), 1.0, 0.0)
+
+
 #: name -> f(x, a, b, c, d) on float64 arrays.
 NUMPY_FUNCTIONS = {
     'linear': _f0,
@@ -245,6 +297,29 @@ NUMPY_FUNCTIONS = {
     'threshold': _f43,
     'sparse_sigmoid': _f44,
 }
+#: binary function name -> f(x, y) on float64 arrays (NumPy broadcasting).
+NUMPY_BINARY = {
+    'add': _g0,
+    'sub': _g1,
+    'mul': _g2,
+    'div': _g3,
+    'pow': _g4,
+    'max': _g5,
+    'min': _g6,
+    'greater': _g7,
+    'greater_equal': _g8,
+    'less': _g9,
+    'less_equal': _g10,
+    'equal': _g11,
+    'not_equal': _g12,
+}
+
+
+def apply_binary_numpy(name, x, y):
+    """Binary function ``name`` of ``x`` and ``y`` (float64, broadcast), IEEE results, no warnings."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        return np.asarray(NUMPY_BINARY[name](x, y), dtype=np.float64) + np.zeros(np.broadcast(x, y).shape)
 
 
 def apply_numpy(name, x, a=0.0, b=0.0, c=0.0, d=0.0):

@@ -130,3 +130,61 @@ def test_cuda_rendering_matches_reference_on_the_simulator():
     code = CUDA_SIM.format(points=POINTS.tolist(), params=PARAMS)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+BINARY_POINTS = [(x, y) for x in (-2.0, -0.0, 0.0, 0.5, 3.0, math.inf, math.nan) for y in (-2.0, 0.0, 0.5, 3.0, math.nan)]
+
+
+def test_binary_renderings_match_reference():
+    from keydnn.backends.numba_cpu.functions import apply_binary
+    from keydnn.ir.functions import BINARY, BINARY_CODES
+    from keydnn.ir.reference_functions import apply_binary_numpy
+
+    xs = np.array([p[0] for p in BINARY_POINTS])
+    ys = np.array([p[1] for p in BINARY_POINTS])
+    for fn in BINARY:
+        want = apply_binary_numpy(fn.name, xs, ys)
+        got = np.array([apply_binary(x, y, BINARY_CODES[fn.name]) for x, y in BINARY_POINTS])
+        np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True, err_msg=fn.name)
+    # NumPy's own semantics are the contract: nan propagates through max/min, x / 0 is signed inf.
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(apply_binary_numpy("max", xs, ys), np.maximum(xs, ys))
+        np.testing.assert_array_equal(apply_binary_numpy("min", xs, ys), np.minimum(xs, ys))
+        np.testing.assert_array_equal(apply_binary_numpy("div", xs, ys), xs / ys)
+        np.testing.assert_array_equal(apply_binary_numpy("greater", xs, ys), (xs > ys).astype(float))
+
+
+CUDA_BINARY_SIM = """
+import numpy as np
+from keydnn.backends.numba_cuda.device import cuda
+from keydnn.backends.numba_cuda.functions import make_binary
+from keydnn.ir.functions import BINARY, BINARY_CODES
+from keydnn.ir.reference_functions import apply_binary_numpy
+nan, inf = float("nan"), float("inf")
+pts = {points!r}
+bad = []
+for fn in BINARY:
+    f = make_binary("float64", BINARY_CODES[fn.name])
+
+    @cuda.jit
+    def k(x, y, out):
+        i = cuda.grid(1)
+        if i < x.size:
+            out[i] = f(x[i], y[i])
+
+    x = np.array([p[0] for p in pts]); y = np.array([p[1] for p in pts]); out = np.zeros_like(x)
+    with np.errstate(all="ignore"):
+        k[1, 64](x, y, out)
+    want = apply_binary_numpy(fn.name, x, y)
+    if not np.allclose(out, want, rtol=1e-12, equal_nan=True):
+        bad.append((fn.name, out.tolist(), want.tolist()))
+print("BAD", bad)
+assert not bad
+"""
+
+
+def test_cuda_binary_matches_reference_on_the_simulator():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    out = subprocess.run([sys.executable, "-c", CUDA_BINARY_SIM.format(points=BINARY_POINTS)],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

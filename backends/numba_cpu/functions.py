@@ -11,7 +11,7 @@ import numpy as np
 
 from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS
 
-__all__ = ["apply_function"]
+__all__ = ["apply_function", "apply_binary"]
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -122,4 +122,36 @@ def apply_function(x, code, a, b, c, d):  # noqa: C901 - one branch per function
         return (x if (x > a) else b)
     if code == 44:  # sparse_sigmoid
         return min(max(((x + 1.0) / 2.0), 0.0), 1.0)
+    return x
+
+
+@numba.njit(**JIT_OPTIONS)
+def apply_binary(x, y, code):
+    """Binary function number ``code`` (``keydnn.ir.functions.BINARY_CODES``) of ``x`` and ``y``."""
+    if code == 0:  # add
+        return (x + y)
+    if code == 1:  # sub
+        return (x - y)
+    if code == 2:  # mul
+        return (x * y)
+    if code == 3:  # div
+        return (x / y)
+    if code == 4:  # pow
+        return (x ** y)
+    if code == 5:  # max
+        return (x if (x != x) else (x if (x > y) else y))
+    if code == 6:  # min
+        return (x if (x != x) else (x if (x < y) else y))
+    if code == 7:  # greater
+        return (1.0 if (x > y) else 0.0)
+    if code == 8:  # greater_equal
+        return (1.0 if (x >= y) else 0.0)
+    if code == 9:  # less
+        return (1.0 if (x < y) else 0.0)
+    if code == 10:  # less_equal
+        return (1.0 if (x <= y) else 0.0)
+    if code == 11:  # equal
+        return (1.0 if (x == y) else 0.0)
+    if code == 12:  # not_equal
+        return (1.0 if (x != y) else 0.0)
     return x

@@ -17,18 +17,19 @@ import numba
 import numpy as np
 from numba import prange
 
-from keydnn.backends.numba_cpu.functions import apply_function
+from keydnn.backends.numba_cpu.functions import apply_binary, apply_function
 from keydnn.backends.numba_cpu.lowering import (
     JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, register_kernel,
 )
+from keydnn.ir.functions import BINARY_CODES as TABLE_BINARY_CODES
 from keydnn.ir.functions import FUNCTION_CODES
-from keydnn.ir.ops.math import BINARY_FUNCTIONS, UNARY_FUNCTIONS
+from keydnn.ir.ops.math import UNARY_FUNCTIONS
 
 __all__ = ["UNARY_CODES", "BINARY_CODES", "unary_scalar", "binary_scalar", "broadcast_strides"]
 
 #: unary function name -> its code in the one table of scalar functions (``keydnn.ir.functions``).
 UNARY_CODES = {name: FUNCTION_CODES[name] for name in UNARY_FUNCTIONS}
-BINARY_CODES = {name: i for i, name in enumerate(BINARY_FUNCTIONS)}
+BINARY_CODES = dict(TABLE_BINARY_CODES)
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -39,33 +40,8 @@ def unary_scalar(v, code, a, b):
 
 @numba.njit(**JIT_OPTIONS)
 def binary_scalar(x, y, code):
-    """One ``binary`` function in float64 (comparisons give 1.0 / 0.0)."""
-    if code == 0:
-        return x + y
-    if code == 1:
-        return x - y
-    if code == 2:
-        return x * y
-    if code == 3:
-        return x / y if y != 0.0 else (math.nan if x == 0.0 or x != x else math.copysign(math.inf, x) *
-                                       math.copysign(1.0, y))
-    if code == 4:
-        return x ** y
-    if code == 5:
-        return x if x > y or x != x else y
-    if code == 6:
-        return x if x < y or x != x else y
-    if code == 7:
-        return 1.0 if x > y else 0.0
-    if code == 8:
-        return 1.0 if x >= y else 0.0
-    if code == 9:
-        return 1.0 if x < y else 0.0
-    if code == 10:
-        return 1.0 if x <= y else 0.0
-    if code == 11:
-        return 1.0 if x == y else 0.0
-    return 1.0 if x != y else 0.0
+    """One ``binary`` function (``BINARY_CODES``) in float64: the shared formula of ``keydnn.ir.functions``."""
+    return apply_binary(x, y, code)
 
 
 _CHUNK = 1 << 14

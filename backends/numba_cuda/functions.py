@@ -13,7 +13,7 @@ import numpy as np
 
 from keydnn.backends.numba_cuda.device import cuda
 
-__all__ = ["make_function"]
+__all__ = ["make_function", "make_binary"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -340,4 +340,128 @@ def make_function(dtype_name, code):  # noqa: C901 - one branch per function
             return _min(_max(_div((x + k1), k12), k0), k1)
 
         return fn
-    raise ValueError(f"no scalar function with code {code}")
+    raise ValueError(f"no function with code {code}")
+
+
+@functools.lru_cache(maxsize=None)
+def make_binary(dtype_name, code):  # noqa: C901 - one branch per function
+    """``f(x, y)`` computing binary function ``code`` in ``dtype_name`` on the device."""
+    f = np.dtype(dtype_name).type
+    zero, nan, inf, half = f(0.0), f(math.nan), f(math.inf), f(0.5)
+    k0 = f(1.0)
+    k1 = f(0.0)
+
+    @cuda.jit(device=True)
+    def _max(p, q):  # pragma: no cover - device code
+        return p if p > q else q
+
+    @cuda.jit(device=True)
+    def _min(p, q):  # pragma: no cover - device code
+        return p if p < q else q
+
+    @cuda.jit(device=True)
+    def _div(p, q):  # pragma: no cover - device code
+        if q != zero:
+            return p / q
+        if p == zero or p != p:
+            return nan
+        return math.copysign(inf, p) * math.copysign(f(1.0), q)
+
+    @cuda.jit(device=True)
+    def _sqrt(v):  # pragma: no cover - device code
+        return math.sqrt(v) if v >= zero else nan
+
+    @cuda.jit(device=True)
+    def _log(v):  # pragma: no cover - device code
+        return math.log(v) if v > zero else (-inf if v == zero else nan)
+
+    @cuda.jit(device=True)
+    def _log1p(v):  # pragma: no cover - device code
+        return math.log1p(v) if v > -f(1.0) else (-inf if v == -f(1.0) else nan)
+
+    @cuda.jit(device=True)
+    def _rint(v):  # pragma: no cover - device code (half to even)
+        r = math.floor(v + half)
+        if r - v == half and r % 2.0 != 0.0:
+            r -= 1.0
+        return f(r)
+
+    if code == 0:  # add
+        @cuda.jit(device=True)
+        def fn(x, y):  # pragma: no cover - device code
+            return (x + y)
+
+        return fn
+    if code == 1:  # sub
+        @cuda.jit(device=True)
+        def fn(x, y):  # pragma: no cover - device code
+            return (x - y)
+
+        return fn
+    if code == 2:  # mul
+        @cuda.jit(device=True)
+        def fn(x, y):  # pragma: no cover - device code
+            return (x * y)
+
+        return fn
+    if code == 3:  # div
+        @cuda.jit(device=True)
+        def fn(x, y):  # pragma: no cover - device code
+            return _div(x, y)
+
+        return fn
+    if code == 4:  # pow
+        @cuda.jit(device=True)
+        def fn(x, y):  # pragma: no cover - device code
+            return (x ** y)
+
+        return fn
+    if code == 5:  # max
+        @cuda.jit(device=True)
+        def fn(x, y):  # pragma: no cover - device code
+            return (x if (x != x) else (x if (x > y) else y))
+
+        return fn
+    if code == 6:  # min
+        @cuda.jit(device=True)
+        def fn(x, y):  # pragma: no cover - device code
+            return (x if (x != x) else (x if (x < y) else y))
+
+        return fn
+    if code == 7:  # greater
+        @cuda.jit(device=True)
+        def fn(x, y):  # pragma: no cover - device code
+            return (k0 if (x > y) else k1)
+
+        return fn
+    if code == 8:  # greater_equal
+        @cuda.jit(device=True)
+        def fn(x, y):  # pragma: no cover - device code
+            return (k0 if (x >= y) else k1)
+
+        return fn
+    if code == 9:  # less
+        @cuda.jit(device=True)
+        def fn(x, y):  # pragma: no cover - device code
+            return (k0 if (x < y) else k1)
+
+        return fn
+    if code == 10:  # less_equal
+        @cuda.jit(device=True)
+        def fn(x, y):  # pragma: no cover - device code
+            return (k0 if (x <= y) else k1)
+
+        return fn
+    if code == 11:  # equal
+        @cuda.jit(device=True)
+        def fn(x, y):  # pragma: no cover - device code
+            return (k0 if (x == y) else k1)
+
+        return fn
+    if code == 12:  # not_equal
+        @cuda.jit(device=True)
+        def fn(x, y):  # pragma: no cover - device code
+            return (k0 if (x != y) else k1)
+
+        return fn
+    raise ValueError(f"no function with code {code}")

@@ -17,46 +17,17 @@ from typing import Callable, Sequence
 import numpy as np
 
 from keydnn.backends.numba_cuda.device import cuda
-from keydnn.backends.numba_cuda.functions import make_function
+from keydnn.backends.numba_cuda.functions import make_binary, make_function
 from keydnn.backends.numba_cuda.lowering import (
     THREADS, LowerContext, LoweredOp, Prepared, Shape, configure, grid_1d, register_kernel,
 )
-from keydnn.ir.functions import FUNCTION_CODES
-from keydnn.ir.ops.math import BINARY_FUNCTIONS, UNARY_FUNCTIONS
+from keydnn.ir.functions import BINARY_CODES, FUNCTION_CODES
+from keydnn.ir.ops.math import UNARY_FUNCTIONS
 
 __all__ = ["lower_unary", "lower_binary", "lower_matmul", "lower_slice"]
 
 _UNARY_CODES = {name: FUNCTION_CODES[name] for name in UNARY_FUNCTIONS}
-_BINARY_CODES = {name: i for i, name in enumerate(BINARY_FUNCTIONS)}
-
-
-@cuda.jit(device=True)
-def _binary(x, y, code):  # pragma: no cover - device code
-    if code == 0:
-        return x + y
-    if code == 1:
-        return x - y
-    if code == 2:
-        return x * y
-    if code == 3:
-        return x / y
-    if code == 4:
-        return x ** y
-    if code == 5:
-        return x if x > y or x != x else y
-    if code == 6:
-        return x if x < y or x != x else y
-    if code == 7:
-        return 1.0 if x > y else 0.0
-    if code == 8:
-        return 1.0 if x >= y else 0.0
-    if code == 9:
-        return 1.0 if x < y else 0.0
-    if code == 10:
-        return 1.0 if x <= y else 0.0
-    if code == 11:
-        return 1.0 if x == y else 0.0
-    return 1.0 if x != y else 0.0
+_BINARY_CODES = BINARY_CODES
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,9 +43,11 @@ def _unary_kernel(dtype_name: str, code: int) -> Callable:
 
 
 @functools.lru_cache(maxsize=None)
-def _binary_kernel(dtype_name: str) -> Callable:
+def _binary_kernel(dtype_name: str, code: int) -> Callable:
+    fn = make_binary("float64", code)  # computed in float64, as the CPU backend and the reference do
+
     @cuda.jit
-    def binary(x, y, out, size, shape, xs, ys, code):  # pragma: no cover - device code
+    def binary(x, y, out, size, shape, xs, ys):  # pragma: no cover - device code
         rank = shape.shape[0]
         for i in range(cuda.grid(1), size, cuda.gridsize(1)):
             rem = i
@@ -85,7 +58,7 @@ def _binary_kernel(dtype_name: str) -> Callable:
                 rem //= shape[d]
                 ox += k * xs[d]
                 oy += k * ys[d]
-            out[i] = _binary(np.float64(x[ox]), np.float64(y[oy]), code)
+            out[i] = fn(np.float64(x[ox]), np.float64(y[oy]))
 
     return binary
 
@@ -153,8 +126,7 @@ def lower_unary(ctx: LowerContext) -> LoweredOp:
 @register_kernel("binary")
 def lower_binary(ctx: LowerContext) -> LoweredOp:
     op = ctx.node.op
-    kernel_of = _binary_kernel(ctx.dtype.name)
-    code = _BINARY_CODES[op.function]
+    kernel_of = _binary_kernel(ctx.dtype.name, _BINARY_CODES[op.function])
 
     def prepare(in_shapes: tuple[Shape, ...], out_shape: Shape) -> Prepared:
         size = math.prod(out_shape)
@@ -165,7 +137,7 @@ def lower_binary(ctx: LowerContext) -> LoweredOp:
 
         def launch(inputs: Sequence, out, scratch):
             if size:
-                kernel(inputs[0], inputs[1], out, size, shape, xs, ys, code)
+                kernel(inputs[0], inputs[1], out, size, shape, xs, ys)
             return out
 
         return Prepared(launch)

@@ -17,7 +17,7 @@ from typing import ClassVar, Literal
 
 from pydantic import field_validator
 
-from keydnn.ir.functions import UNARY_FUNCTIONS, UNARY_NAMES
+from keydnn.ir.functions import BINARY_NAMES, UNARY_FUNCTIONS, UNARY_NAMES
 from keydnn.ir.ops.base import OpBase, ShapeError, dim_eq
 from keydnn.ir.types import Dim, TensorType
 
@@ -26,15 +26,9 @@ __all__ = ["Unary", "Binary", "MatMul", "Slice", "BiasSoftmax", "UNARY_FUNCTIONS
 #: The ``unary`` op's functions come from the one table of scalar functions (``keydnn.ir.functions``).
 UnaryFunction = Literal[UNARY_NAMES]  # type: ignore[valid-type]
 
-#: Functions of ``binary``.
-BINARY_FUNCTIONS: tuple[str, ...] = (
-    "add", "sub", "mul", "div", "pow", "max", "min", "greater", "greater_equal", "less", "less_equal", "equal",
-    "not_equal",
-)
-BinaryFunction = Literal[
-    "add", "sub", "mul", "div", "pow", "max", "min", "greater", "greater_equal", "less", "less_equal", "equal",
-    "not_equal",
-]
+#: Functions of ``binary`` (the one table: ``keydnn.ir.functions.BINARY``).
+BINARY_FUNCTIONS: tuple[str, ...] = BINARY_NAMES
+BinaryFunction = Literal[BINARY_NAMES]  # type: ignore[valid-type]
 
 
 def broadcast_shapes(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> tuple[Dim, ...]:
