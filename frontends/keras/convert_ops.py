@@ -89,13 +89,13 @@ class OpCall:
         return value.name
 
     def type_of(self, name: str):
-        return self.ctx._type_of(name)
+        return self.ctx.type_of(name)
 
     # -- emitting -------------------------------------------------------------------------
     def emit(self, op: OpBase, *inputs: str, last: bool = True) -> str:
         """A node applying ``op`` to ``inputs``; ``last=False`` for intermediate nodes (suffixed names)."""
         ctx = self.ctx
-        ctx.x, ctx.x_type = inputs[0], ctx._type_of(inputs[0])
+        ctx.x, ctx.x_type = inputs[0], ctx.type_of(inputs[0])
         if not last:
             self._suffix += 1
         return ctx.emit(op, *inputs[1:], suffix=None if last else f"s{self._suffix}")
@@ -134,7 +134,7 @@ def convert_operation(ctx: LayerContext, raw_call: Any, inputs: tuple[str, ...])
                    "math, matmul, reshape/transpose/expand_dims/squeeze, concatenate/stack, static slicing, "
                    "activations, cast to float)")
         raise Unconvertible
-    if any(ctx._type_of(i) is None for i in inputs):
+    if any(ctx.type_of(i) is None for i in inputs):
         ctx._input_unknown = True
         raise Unconvertible
     entry.fn(OpCall(ctx, raw_call, inputs))

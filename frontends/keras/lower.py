@@ -172,12 +172,12 @@ class GraphLayerContext(LayerContext):
         self.taken.add(name)
         self.known_types[name] = out_type
 
-    def _type_of(self, name: str) -> TensorType | None:
+    def type_of(self, name: str) -> TensorType | None:
         if name == self.x:
             return self.x_type
         if name in self.known_types:
             return self.known_types[name]
-        return super()._type_of(name)
+        return super().type_of(name)
 
 
 def is_functional(spec: ModelSpec) -> bool:
