@@ -107,7 +107,7 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
 )
 
 #: sha256 of simd.py, cg_kernels.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
-SOURCES_DIGEST = "cf26d3213f5642b1c2d7c9cd6cc70e0e49686c7bc8946162922226aa272da52e"
+SOURCES_DIGEST = "fdaaafd0bb5c7d8f2a8b98b97cfa528fd19cc6e1b7bb3d5b081db48968a6ca7c"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
