@@ -117,7 +117,7 @@ class NumbaCpuExecutable:
             with self._layouts_lock:
                 layout = self._layouts.get(key)
                 if layout is None:
-                    layout = plan_memory(self.plan, resolve_shapes(self.plan, key))
+                    layout = plan_memory(self.plan, resolve_shapes(self.plan.graph, key))
                     self._layouts[key] = layout
         return layout
 

@@ -14,6 +14,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from keydnn.backends.kernel_table import KernelTable, require_channels_first
 from keydnn.errors import BackendError
 from keydnn.ir.graph import Node
 from keydnn.ir.types import TensorType
@@ -96,25 +97,11 @@ class LowerContext:
 Lowering = Callable[[LowerContext], LoweredOp]
 
 #: op kind -> lowering. Filled by the kernel modules through ``register_kernel``.
-KERNELS: dict[str, Lowering] = {}
-
-
-def register_kernel(*kinds: str) -> Callable[[Lowering], Lowering]:
-    """Register a lowering for one or more op kinds."""
-
-    def register(fn: Lowering) -> Lowering:
-        for kind in kinds:
-            KERNELS[kind] = fn
-        return fn
-
-    return register
+KERNELS: KernelTable = KernelTable()
+#: Decorator: register a lowering for one or more op kinds.
+register_kernel = KERNELS.register
 
 
 def require_nchw(ctx: LowerContext) -> None:
     """Kernels are channels-first only; layout is canonicalized by a pass, not here."""
-    layout = getattr(ctx.node.op, "layout", "NCHW")
-    if layout != "NCHW":
-        raise Unsupported(
-            f"{ctx.node.op.kind} with layout {layout} is not supported by numba-cpu "
-            "(kernels are NCHW); run the canonicalize-layout pass first"
-        )
+    require_channels_first(ctx.node.op, Unsupported, "numba-cpu")

@@ -19,9 +19,9 @@ from typing import Optional
 
 import numpy as np
 
+from keydnn.backends.kernel_table import resolve_shapes
 from keydnn.backends.numba_cpu.lowering import LoweredOp
 from keydnn.ir.graph import Graph
-from keydnn.ir.types import TensorType
 
 __all__ = ["Step", "Plan", "Placement", "MemoryLayout", "plan_memory", "resolve_shapes", "PARALLEL_MIN_WORK"]
 
@@ -87,25 +87,6 @@ class MemoryLayout:
         bufs = [np.empty(n, dtype=d) for n, d in self.arena]
         return [bufs[p.index][: math.prod(p.shape)].reshape(p.shape) if p.kind == "arena" else None
                 for p in self.placements]
-
-
-def resolve_shapes(plan: Plan, input_shapes: tuple[tuple[int, ...], ...]) -> list[tuple[int, ...]]:
-    """Concrete result shape of every step, from the ops' own shape rules (no second copy of them)."""
-    graph = plan.graph
-    types: dict[str, TensorType] = {c.name: c.type for c in graph.constants}
-    for value, shape in zip(graph.inputs, input_shapes):
-        declared = value.type
-        if not declared.matches(shape):
-            raise ValueError(f"input %{value.name} has shape {shape}, graph expects {declared}")
-        types[value.name] = declared.with_shape(shape)
-    shapes: list[tuple[int, ...]] = []
-    for node in graph.nodes:
-        out = node.op.infer([types[i] for i in node.inputs])
-        if not all(isinstance(d, int) for d in out.shape):
-            raise ValueError(f"node {node.name}: shape {out} is not concrete for inputs {input_shapes}")
-        types[node.outputs[0].name] = out
-        shapes.append(tuple(out.shape))  # type: ignore[arg-type]
-    return shapes
 
 
 def plan_memory(plan: Plan, shapes: list[tuple[int, ...]]) -> MemoryLayout:

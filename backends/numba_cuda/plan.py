@@ -24,9 +24,9 @@ from typing import Any, Optional
 
 import numpy as np
 
+from keydnn.backends.kernel_table import resolve_shapes
 from keydnn.backends.numba_cuda.lowering import LoweredOp, Prepared, Shape
 from keydnn.ir.graph import Graph
-from keydnn.ir.types import TensorType
 
 __all__ = ["Step", "Plan", "Placement", "ShapePlan", "plan_shapes", "resolve_shapes"]
 
@@ -84,23 +84,6 @@ class ShapePlan:
     output_of: tuple[int, ...]  # per graph output: its output storage, or -1 (a view of an input: copy)
     output_shapes: tuple[Shape, ...]
     scratch: tuple[tuple[int, np.dtype], ...]  # per dtype: (elements, dtype) of the largest scratch a step needs
-
-
-def resolve_shapes(graph: Graph, input_shapes: tuple[Shape, ...]) -> list[Shape]:
-    """Concrete result shape of every node, from the ops' own shape rules (no second copy of them)."""
-    types: dict[str, TensorType] = {c.name: c.type for c in graph.constants}
-    for value, shape in zip(graph.inputs, input_shapes):
-        if not value.type.matches(shape):
-            raise ValueError(f"input %{value.name} has shape {shape}, graph expects {value.type}")
-        types[value.name] = value.type.with_shape(shape)
-    shapes: list[Shape] = []
-    for node in graph.nodes:
-        out = node.op.infer([types[i] for i in node.inputs])
-        if not all(isinstance(d, int) for d in out.shape):
-            raise ValueError(f"node {node.name}: shape {out} is not concrete for inputs {input_shapes}")
-        types[node.outputs[0].name] = out
-        shapes.append(tuple(out.shape))  # type: ignore[arg-type]
-    return shapes
 
 
 def plan_shapes(plan: Plan, input_shapes: tuple[Shape, ...]) -> ShapePlan:
