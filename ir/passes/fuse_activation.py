@@ -15,7 +15,7 @@ __all__ = ["FuseActivation", "FUSIBLE_ACTIVATIONS", "FUSING_PRODUCERS"]
 #: Activation kinds an epilogue can hold (``keydnn.ir.ops.nn.Epilogue``).
 FUSIBLE_ACTIVATIONS: frozenset[str] = frozenset({"relu", "activation"})
 #: Producer kinds with an ``activation`` epilogue field.
-FUSING_PRODUCERS: frozenset[str] = frozenset({"conv2d", "dense"})
+FUSING_PRODUCERS: frozenset[str] = frozenset({"conv2d", "dense", "conv3d"})
 
 
 @register_pass
