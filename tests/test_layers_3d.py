@@ -49,7 +49,9 @@ CASES = {
         lambda L, f: L.Conv3DTranspose(3, (2, 3, 2), strides=(1, 2, 2), data_format=f),
         lambda L, f: L.Conv3DTranspose(2, 3, strides=(2, 1, 2), output_padding=(1, 0, 1), use_bias=False,
                                        data_format=f),
-        lambda L, f: L.Conv3DTranspose(2, 2, padding="same", data_format=f))),
+        lambda L, f: L.Conv3DTranspose(2, 2, padding="same", data_format=f),
+        lambda L, f: L.Conv3DTranspose(2, (2, 3, 2), dilation_rate=(2, 1, 2), data_format=f),
+        lambda L, f: L.Conv3DTranspose(3, 3, dilation_rate=2, padding="same", data_format=f))),
     "pools": ((7, 12, 16, 3), (
         lambda L, f: L.MaxPooling3D((2, 3, 2), strides=(1, 2, 3), padding="same", data_format=f),
         lambda L, f: L.AveragePooling3D((3, 2, 2), strides=(2, 1, 2), padding="same", data_format=f),
