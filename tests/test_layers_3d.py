@@ -146,6 +146,29 @@ def test_cnn3d_every_source_form(fmt, tmp_path):
     assert "pad3d" in kinds and "conv3d" in kinds and "reduce" in kinds
     conv = next(n for n in model.graph.nodes if n.op.kind == "conv3d")
     assert conv.op.activation is not None  # relu fused into the conv's epilogue
+    from keydnn.backends.numba_cpu.cg_exec import EMITTERS, try_codegen
+    assert {n.op.kind for n in model.graph.nodes} - set(EMITTERS) <= {"reduce"}  # reduce's emitter: tensor ops
+    if "reduce" in EMITTERS:
+        assert try_codegen(model.graph) is not None  # the whole CNN runs as generated code
+
+
+def unet3d(k):
+    """A small 3-D U-Net: Conv3DTranspose upsampling and a skip concatenation of 5-D tensors."""
+    L = k.layers
+    x = k.Input((8, 8, 8, 2))
+    c1 = L.Conv3D(4, 3, padding="same", activation="relu")(x)
+    c2 = L.Conv3D(8, 3, padding="same", activation="relu")(L.MaxPooling3D()(c1))
+    u1 = L.Conv3DTranspose(4, 2, strides=2, padding="same")(c2)
+    c3 = L.Conv3D(4, 3, padding="same", activation="relu")(L.Concatenate()([u1, c1]))
+    return k.Model(x, L.Conv3D(1, 1, activation="sigmoid")(c3))
+
+
+@pytest.mark.keras
+def test_unet3d_every_source_form(tmp_path):
+    sources = all_sources(tmp_path, "unet3d", unet3d)
+    check_parity(sources, allow_non_linear_activation=True)
+    kinds = [n.op.kind for n in keydnn.from_keras(sources[2][1], allow_non_linear_activation=True).graph.nodes]
+    assert kinds.count("transpose") == 2 and kinds.count("concat") == 1, kinds  # channels-first inside
 
 
 @pytest.mark.keras
