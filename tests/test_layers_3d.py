@@ -37,6 +37,7 @@ def _seq(shape_cl, *layers, fmt=CL):
 
 CASES = {
     "conv3d": ((6, 7, 5, 3), (
+        lambda L, f: L.Conv3D(3, 3, dilation_rate=(1, 2, 2), padding="same", data_format=f),
         lambda L, f: L.Conv3D(4, (3, 2, 3), strides=(1, 2, 1), padding="same", data_format=f),
         lambda L, f: L.Conv3D(4, 2, dilation_rate=(2, 1, 2), data_format=f),
         lambda L, f: L.Conv3D(3, (1, 2, 2), strides=2, padding="same", use_bias=False, data_format=f),
@@ -144,6 +145,7 @@ def test_cnn3d_every_source_form(fmt, tmp_path):
     kinds = [n.op.kind for n in model.graph.nodes]
     assert kinds.count("transpose") == (1 if fmt == CL else 0), kinds  # channels-first compute throughout
     assert "pad3d" in kinds and "conv3d" in kinds and "reduce" in kinds
+    assert {"Conv3d", "MaxPool3d", "Upsample3d", "Crop3d"} <= {type(m).__name__ for m in model.layers}
     conv = next(n for n in model.graph.nodes if n.op.kind == "conv3d")
     assert conv.op.activation is not None  # relu fused into the conv's epilogue
     from keydnn.backends.numba_cpu.cg_exec import EMITTERS, try_codegen
