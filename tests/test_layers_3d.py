@@ -315,3 +315,32 @@ def test_non_linear_activation_needs_the_flag(tmp_path):
     model = tf.keras.Sequential([tf.keras.Input((3, 4, 4, 2)), tf.keras.layers.Conv3D(2, 2, activation="relu")])
     with pytest.raises(keydnn.KerasInteropError, match="allow_non_linear_activation"):
         keydnn.from_keras(model)
+
+
+def test_op_validation_and_shape_rules():
+    """Bad attributes fail when the op is made; bad operand types fail the shape rule (and so the verifier)."""
+    from pydantic import ValidationError
+
+    from keydnn.errors import IRError
+    from keydnn.ir.ops import ShapeError
+    from keydnn.ir.verify import verify
+
+    for make in (lambda: Pad3d(pads=(0, 0, -1, 0, 0, 0)), lambda: Conv3d(strides=(1, 0, 1)),
+                 lambda: MaxPool3d(kernel=(2, 2, 2), strides=(1, 1, 1), pads=(0, 2, 0, 0, 0, 0)),
+                 lambda: Upsample3d(factors=(1, 1, 0)), lambda: Conv3d(groups=0)):
+        with pytest.raises(ValidationError):
+            make()
+    vol = TensorType(shape=("N", 3, 4, 5, 6), layout="NCDHW")
+    with pytest.raises(ShapeError, match="5-D"):
+        Crop3d().infer([TensorType(shape=("N", 3, 4, 5), layout="NCHW")])
+    with pytest.raises(ShapeError, match="leave nothing"):
+        Crop3d(crops=(2, 2, 0, 0, 0, 0)).infer([vol])
+    with pytest.raises(ShapeError, match="channels"):
+        Conv3d().infer([vol, TensorType(shape=(2, 4, 1, 1, 1))])
+    assert Conv3d(groups=3).infer([vol, TensorType(shape=(6, 1, 2, 2, 2))]).shape == ("N", 6, 3, 4, 5)
+    assert AvgPool3d(kernel=(2, 2, 2), strides=(2, 2, 2), layout="NDHWC").infer(
+        [TensorType(shape=("N", 4, 5, 6, 3), layout="NDHWC")]).shape == ("N", 2, 2, 3, 3)
+    graph = _graph(*OPS["crop3d"])
+    bad = graph.replace(nodes=(graph.nodes[0].model_copy(update={"op": Crop3d(crops=(0, 0, 0, 0, 0, 1))}),))
+    with pytest.raises(IRError, match=r"node y \(crop3d\): output type .* disagrees with shape rule"):
+        verify(bad)
