@@ -200,10 +200,10 @@ def _ops_model(path):
 
 
 # -- the backends against the reference interpreter, op by op ------------------------------------------------
-def _graph(op, xshape, weights=(), seed=0) -> Graph:
+def _graph(op, xshape, weights=(), seed=0, dtype="float32") -> Graph:
     rng = np.random.default_rng(seed)
-    x = Value(name="x", type=TensorType(shape=("N",) + xshape, layout="NCDHW"))
-    ws = {f"w{i}": (rng.normal(size=s) / np.sqrt(np.prod(s[1:]) if len(s) > 1 else 1)).astype("f4")
+    x = Value(name="x", type=TensorType(shape=("N",) + xshape, dtype=dtype, layout="NCDHW"))
+    ws = {f"w{i}": (rng.normal(size=s) / np.sqrt(np.prod(s[1:]) if len(s) > 1 else 1)).astype(dtype)
           for i, s in enumerate(weights)}
     node = Node(name="y", op=op, inputs=("x",) + tuple(sorted(ws)), outputs=(Value(name="y"),))
     return run_pipeline(Graph.build(name="g", inputs=(x,), outputs=("y",), nodes=(node,), weights=ws), "infer-shapes")
@@ -225,18 +225,20 @@ OPS = {
 }
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("mode", ["codegen", "ops"])
 @pytest.mark.parametrize("case", sorted(OPS))
-def test_backend_matches_reference(case, mode):
+def test_backend_matches_reference(case, mode, dtype):
     op, xshape, weights = OPS[case]
-    graph = _graph(op, xshape, weights)
+    graph = _graph(op, xshape, weights, dtype=dtype)
     exe = compile_graph(graph, mode=mode)
     assert exe.mode == mode  # the generated code really ran (no silent fallback to per-op kernels)
-    x = np.random.default_rng(1).normal(size=(3,) + xshape).astype("f4")
+    x = np.random.default_rng(1).normal(size=(3,) + xshape).astype(dtype)
     got, want = exe(x)[0], run_reference(graph, x)[0]
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(exe(x[:1])[0], want[:1], rtol=1e-5, atol=1e-5)  # another batch, same code
+    assert got.shape == want.shape and got.dtype == want.dtype
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    np.testing.assert_allclose(exe(x[:1])[0], want[:1], rtol=tol, atol=tol)  # another batch, same code
 
 
 def test_channels_last_ops_are_rewritten_channels_first():
