@@ -279,7 +279,8 @@ def _edited_keras_file(tmp_path, build, edits):
         files = {n: z.read(n) for n in z.namelist()}
     config = json.loads(files["config.json"])
     for layer in config["config"]["layers"]:
-        layer["config"].update(edits.get(layer["class_name"], {}))
+        name = layer["class_name"] + ("#1" if layer["config"].get("name") == "first" else "")
+        layer["config"].update(edits.get(name, {}))
     files["config.json"] = json.dumps(config).encode()
     out = tmp_path / "edited.keras"
     with zipfile.ZipFile(out, "w") as z:
@@ -292,11 +293,12 @@ def _edited_keras_file(tmp_path, build, edits):
 def test_bad_configs_are_refused_by_name(tmp_path):
     def build(k):
         L = k.layers
-        return k.Sequential([k.Input((4, 6, 6, 2)), L.Conv3D(2, 2), L.Conv3DTranspose(2, 2), L.MaxPooling3D(1),
+        return k.Sequential([k.Input((4, 6, 6, 2)), L.Conv3D(2, 1, name="first"), L.Conv3D(2, 2),
+                             L.Conv3DTranspose(2, 2), L.MaxPooling3D(1),
                              L.AveragePooling3D(1), L.ZeroPadding3D(1), L.Cropping3D(1), L.UpSampling3D(1),
                              L.GlobalMaxPooling3D(keepdims=True), L.GlobalAveragePooling3D()])
 
-    edits = {"Conv3D": {"strides": [1, 2, 2], "dilation_rate": [2, 1, 1]},
+    edits = {"Conv3D": {"strides": [1, 2, 2], "dilation_rate": [2, 1, 1]}, "Conv3D#1": {"groups": 3},
              "Conv3DTranspose": {"output_padding": [3, 0, 0], "future_field": 1},
              "MaxPooling3D": {"padding": "causal"}, "AveragePooling3D": {"data_format": "channels_middle"},
              "ZeroPadding3D": {"padding": [[1, 1], [1]]}, "Cropping3D": {"cropping": -1},
@@ -304,7 +306,7 @@ def test_bad_configs_are_refused_by_name(tmp_path):
     with pytest.raises(keydnn.KerasInteropError) as info:
         keydnn.from_keras(_edited_keras_file(tmp_path, build, edits))
     got = {(p.layer_class, p.field) for p in info.value.problems}
-    assert got >= {("Conv3D", "dilation_rate"), ("Conv3DTranspose", "output_padding"),
+    assert got >= {("Conv3D", "dilation_rate"), ("Conv3D", "groups"), ("Conv3DTranspose", "output_padding"),
                    ("Conv3DTranspose", "future_field"), ("MaxPooling3D", "padding"),
                    ("AveragePooling3D", "data_format"), ("ZeroPadding3D", "padding"), ("Cropping3D", "cropping"),
                    ("UpSampling3D", "size"), ("GlobalMaxPooling3D", "keepdims")}, got

@@ -115,6 +115,11 @@ def convert_conv3d(ctx: LayerContext) -> None:
                    supported="strides or dilation_rate, as Keras itself requires")
         raise Unconvertible
     x = _input(ctx)
+    cin = _channels(x, layout)
+    if is_int(cin) and is_int(filters) and (cin % groups or filters % groups):
+        ctx.refuse(f"groups={groups} does not divide the {cin} input channels and {filters} filters", field="groups",
+                   value=groups, supported="a divisor of both the input channels and filters")
+        raise Unconvertible
     pads = _window_pads(ctx, padding, x, layout, kernel, strides, dilations)
     w = ctx.weight("kernel")  # (kd, kh, kw, in/groups, out)
     if w.ndim != 5 or tuple(w.shape[:3]) != kernel or w.shape[4] != filters:
