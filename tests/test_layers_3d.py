@@ -348,3 +348,21 @@ def test_op_validation_and_shape_rules():
     bad = graph.replace(nodes=(graph.nodes[0].model_copy(update={"op": Crop3d(crops=(0, 0, 0, 0, 0, 1))}),))
     with pytest.raises(IRError, match=r"node y \(crop3d\): output type .* disagrees with shape rule"):
         verify(bad)
+
+
+def res3d(k):
+    """A 3-D residual block: Conv3D -> BatchNormalization -> ReLU, SpatialDropout3D, Add, then pool + Flatten."""
+    L = k.layers
+    x = k.Input((6, 6, 6, 4))
+    y = L.ReLU()(L.BatchNormalization()(L.Conv3D(4, 3, padding="same", use_bias=False)(x)))
+    y = L.SpatialDropout3D(0.2)(L.Add()([x, y]))
+    return k.Model(x, L.Flatten()(L.MaxPooling3D(2)(y)))
+
+
+@pytest.mark.keras
+def test_residual_block_folds_batchnorm_into_conv3d(tmp_path):
+    sources = all_sources(tmp_path, "res3d", res3d)
+    check_parity(sources)
+    nodes = keydnn.from_keras(sources[4][1]).graph.nodes
+    assert [n.op.kind for n in nodes] == ["transpose", "conv3d", "add", "max_pool3d", "transpose", "flatten"]
+    assert nodes[1].op.activation is not None  # batch norm folded into the weights, relu into the epilogue

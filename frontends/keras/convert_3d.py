@@ -231,3 +231,11 @@ def convert_upsampling3d(ctx: LayerContext) -> None:
     factors = triple(ctx, "size", ctx.cfg("size", 2))
     _input(ctx)
     ctx.emit(Upsample3d(factors=factors, layout=layout))  # type: ignore[arg-type]
+
+
+@register_converter("SpatialDropout3D", constraints=(
+    "identity at inference (no node); rate, noise_shape and seed only act in training; both data formats"))
+def convert_spatial_dropout3d(ctx: LayerContext) -> None:
+    from keydnn.frontends.keras.convert_identity import _identity
+
+    _identity(ctx, "rate", noise_shape=True, data_format=True)
