@@ -311,3 +311,4 @@ from keydnn.ir import reference_recurrent  # noqa: E402,F401  (registers the seq
 
 
 from keydnn.ir import reference_ext as _reference_ext  # noqa: E402,F401  (registers the issue-18 kernels)
+from keydnn.ir import reference_3d as _reference_3d  # noqa: E402,F401  (registers the 5-D volume kernels)

@@ -22,8 +22,8 @@ DTYPES: tuple[str, ...] = ("float32", "float64", "int32", "int64")
 
 #: How the axes of an activation are to be read. ``NC`` is a feature
 #: vector, ``ANY`` a tensor whose axes carry no image meaning.
-Layout = Literal["NCHW", "NHWC", "NCW", "NWC", "NC", "ANY"]
-LAYOUTS: tuple[str, ...] = ("NCHW", "NHWC", "NCW", "NWC", "NC", "ANY")
+Layout = Literal["NCHW", "NHWC", "NCW", "NWC", "NC", "ANY", "NCDHW", "NDHWC"]
+LAYOUTS: tuple[str, ...] = ("NCHW", "NHWC", "NCW", "NWC", "NC", "ANY", "NCDHW", "NDHWC")
 
 _SHORT_DTYPE = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64"}
 

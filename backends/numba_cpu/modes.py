@@ -42,6 +42,7 @@ def load_kernels() -> None:
     )
     from keydnn.backends.numba_cpu import kernels_conv_recurrent, kernels_recurrent  # noqa: F401
     from keydnn.backends.numba_cpu import kernels_math, kernels_reduce, kernels_resize  # noqa: F401  (issue 18)
+    from keydnn.backends.numba_cpu import kernels_3d  # noqa: F401  (issue 18: 5-D volumes)
 
 
 #: Op kinds the whole-graph generator has no emitter for: graphs with them run on the per-op kernels.

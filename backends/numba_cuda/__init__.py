@@ -24,6 +24,7 @@ from keydnn.backends.numba_cuda import kernels_conv_recurrent as _kernels_conv_r
 from keydnn.backends.numba_cuda import kernels_reduce as _kernels_reduce  # noqa: F401  (registers)
 from keydnn.backends.numba_cuda import kernels_math as _kernels_math  # noqa: F401  (registers)
 from keydnn.backends.numba_cuda import kernels_resize as _kernels_resize  # noqa: F401  (registers)
+from keydnn.backends.numba_cuda import kernels_3d as _kernels_3d  # noqa: F401  (registers)
 from keydnn.backends.numba_cuda.device import device_count, require_device, simulator_enabled
 from keydnn.backends.numba_cuda.executor import CudaExecutable, compile_graph
 from keydnn.backends.numba_cuda.lowering import KERNELS, LowerContext, LoweredOp, Prepared, Unsupported, register_kernel

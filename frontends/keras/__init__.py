@@ -28,6 +28,7 @@ from keydnn.frontends.keras import convert_transposed as _convert_transposed  # 
 from keydnn.frontends.keras import convert_preprocessing as _convert_preprocessing  # noqa: F401  (registers converters)
 from keydnn.frontends.keras import convert_applications as _convert_applications  # noqa: F401  (registers converters)
 from keydnn.frontends.keras import convert_tfop as _convert_tfop  # noqa: F401  (registers converters)
+from keydnn.frontends.keras import convert_3d as _convert_3d  # noqa: F401  (registers converters)
 from keydnn.frontends.keras.lower import FrontendResult, lower_model
 from keydnn.frontends.keras.registry import CONVERTERS, ConversionOptions, LayerContext, register_converter
 

@@ -102,7 +102,7 @@ _LAYOUT_BY_RANK = {2: "NC"}
 #: Integer Keras input dtypes (token ids for an Embedding) -> the IR input dtype.
 _INTEGER_INPUTS = {"int32": "int32", "int64": "int64", "int16": "int32", "int8": "int32", "uint8": "int32",
                    "uint16": "int32", "uint32": "int64", "uint64": "int64"}
-_SPATIAL_LAYOUTS = {4: ("NCHW", "NHWC"), 3: ("NCW", "NWC")}
+_SPATIAL_LAYOUTS = {4: ("NCHW", "NHWC"), 3: ("NCW", "NWC"), 5: ("NCDHW", "NDHWC")}
 
 
 class Lowering:

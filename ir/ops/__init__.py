@@ -13,7 +13,8 @@ upsample2d, global_max_pool2d), ``norm`` (batch_norm, scale_shift),
 reshape, transpose, expand_dims, squeeze, opaque), ``merge`` (add, sub, mul,
 avg, max, min, concat: the multi-operand ops of DAGs), ``recurrent``
 (rnn, embedding, sequence_mask, masking, repeat_vector, fold_time, unfold_time:
-sequence models; ``conv_recurrent``: conv_lstm). 1-D layers are 2-D ops
+sequence models; ``conv_recurrent``: conv_lstm), ``volume`` (conv3d, 3-D pools, pad3d,
+crop3d, upsample3d). 1-D layers are 2-D ops
 between ``expand_dims`` and ``squeeze``; see ``keydnn.ir.ops.shape``.
 """
 
@@ -35,6 +36,7 @@ from keydnn.ir.ops.reduce import LayerNorm, Reduce
 from keydnn.ir.ops.resize import DilatePad2d, Resize2d
 from keydnn.ir.ops.shape import ExpandDims, Flatten, Opaque, Reshape, Squeeze, Transpose
 from keydnn.ir.ops.spatial import Crop2d, GlobalMaxPool2d, Pad2d, Upsample2d
+from keydnn.ir.ops.volume import AvgPool3d, Conv3d, Crop3d, MaxPool3d, Pad3d, Upsample3d
 
 __all__ = [
     "Op", "OpBase", "ShapeError", "OP_CLASSES", "kinds_with", "Epilogue", "ACTIVATION_FUNCTIONS",
@@ -45,6 +47,7 @@ __all__ = [
     "Rnn", "Embedding", "SequenceMask", "Masking", "RepeatVector", "FoldTime", "UnfoldTime", "ConvLstm",
     "LayerNorm", "Reduce", "Unary", "Binary", "MatMul", "Slice", "DilatePad2d", "Resize2d",
     "BiasSoftmax",
+    "Conv3d", "MaxPool3d", "AvgPool3d", "Pad3d", "Crop3d", "Upsample3d",
 ]
 
 #: kind -> op class, for tables keyed by op kind: every op class of the family modules above, by kind.

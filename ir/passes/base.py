@@ -44,7 +44,7 @@ DATA_MOVEMENT_KINDS: frozenset[str] = kinds_with("layout_is_result_only")
 def _channels_first(graph: Graph) -> bool:
     """No op computes in a channels_last layout (data movement aside: its layout only names a result)."""
     return not any(
-        getattr(n.op, "layout", None) in ("NHWC", "NWC") and n.op.kind not in DATA_MOVEMENT_KINDS
+        getattr(n.op, "layout", None) in ("NHWC", "NWC", "NDHWC") and n.op.kind not in DATA_MOVEMENT_KINDS
         for n in graph.nodes
     )
 

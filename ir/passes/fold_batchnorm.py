@@ -1,4 +1,5 @@
-"""fold-batchnorm: remove every batch_norm, into a neighbouring conv2d/dense or down to a scale_shift.
+"""fold-batchnorm: remove every batch_norm, into a neighbouring conv2d/dense (or the conv3d producing it), or
+down to a scale_shift.
 
 At inference a batch_norm is the per-channel affine map ``x * s + t`` with
 ``s = gamma / sqrt(variance + epsilon)`` and ``t = beta - mean * s``. Folding
@@ -34,8 +35,8 @@ def batch_norm_affine(node: Node, weights: dict[str, np.ndarray]) -> tuple[np.nd
 
 def _channel_axis(node: Node, rank: int) -> Optional[int]:
     """The axis of ``node``'s result (or operand) that holds its channels / features."""
-    if node.op.kind == "conv2d":
-        return 1 if node.op.layout == "NCHW" else 3  # type: ignore[attr-defined]
+    if node.op.kind in ("conv2d", "conv3d"):
+        return 1 if node.op.layout in ("NCHW", "NCDHW") else rank - 1  # type: ignore[attr-defined]
     if node.op.kind == "dense":
         return rank - 1
     return None
@@ -69,7 +70,7 @@ class _Folder:
         self.outputs = [rename.get(o, o) for o in self.outputs]
 
     def bias(self, node: Node) -> np.ndarray:
-        out = self.weights[node.inputs[1]].shape[0 if node.op.kind == "conv2d" else 1]
+        out = self.weights[node.inputs[1]].shape[1 if node.op.kind == "dense" else 0]
         return self.weights[node.inputs[2]].astype(np.float64) if len(node.inputs) > 2 else np.zeros(out)
 
     def set_params(self, node: Node, tag: str, w: np.ndarray, b: np.ndarray) -> Node:
@@ -93,7 +94,7 @@ def _fold_into_producer(f: _Folder, bn: Node, s: np.ndarray, t: np.ndarray) -> b
     if typ is None or normalize_axis(bn.op.axis, typ.rank) != _channel_axis(prod, typ.rank):  # type: ignore[attr-defined]
         return False
     w = f.weights[prod.inputs[1]].astype(np.float64)
-    w = w * (s[:, None, None, None] if prod.op.kind == "conv2d" else s[None, :])
+    w = w * (s[None, :] if prod.op.kind == "dense" else s.reshape((-1,) + (1,) * (w.ndim - 1)))
     new = f.set_params(prod, bn.name, w, f.bias(prod) * s + t)
     f.drop(bn, new)
     return True

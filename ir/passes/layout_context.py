@@ -37,6 +37,8 @@ def _input_layout(graph: Graph, name: str, typ: TensorType | None) -> str:
             return "NWC"
         if layout == "NHWC" and typ.rank == 4 and node.op.kind not in ("transpose", "reshape"):
             return "NHWC"
+        if layout == "NDHWC" and typ.rank == 5:
+            return "NDHWC"
     return "ANY"
 
 

@@ -50,8 +50,8 @@ __all__ = [
 ]
 
 Perm = tuple[int, ...]
-CHANNELS_LAST: tuple[str, ...] = ("NHWC", "NWC")
-CHANNELS_FIRST_OF: dict[str, str] = {"NHWC": "NCHW", "NWC": "NCW"}
+CHANNELS_LAST: tuple[str, ...] = ("NHWC", "NWC", "NDHWC")
+CHANNELS_FIRST_OF: dict[str, str] = {"NHWC": "NCHW", "NWC": "NCW", "NDHWC": "NCDHW"}
 _CHANNELS_LAST_OF = {v: k for k, v in CHANNELS_FIRST_OF.items()}
 #: Ops a folded flatten's result may pass through on its way to a dense.
 FLATTEN_PASS_THROUGH: frozenset[str] = kinds_with("is_activation")
@@ -153,7 +153,7 @@ def spatial(ctx: "LayoutContext", node: Node) -> None:
     layout = node.op.layout  # type: ignore[attr-defined]
     if layout not in CHANNELS_LAST:
         return guard(ctx, node)
-    rank = 4 if layout == "NHWC" else 3
+    rank = {"NHWC": 4, "NWC": 3, "NDHWC": 5}[layout]
     x = ctx.get(node.inputs[0], cf_perm(rank))
     op = node.op.model_copy(update={"layout": CHANNELS_FIRST_OF[layout]})
     out_type = node.outputs[0].type
@@ -274,3 +274,4 @@ from keydnn.ir.passes import layout_rules_reduce as _reduce_rules  # noqa: E402 
 LAYOUT_RULES.update({"layer_norm": _reduce_rules.layer_norm, "reduce": _reduce_rules.reduce,
                      "unary": agnostic, "binary": _reduce_rules.binary, "matmul": guard, "slice": guard,
                      "dilate_pad2d": spatial, "resize2d": spatial, "bias_softmax": guard})
+LAYOUT_RULES.update({k: spatial for k in ("conv3d", "max_pool3d", "avg_pool3d", "pad3d", "crop3d", "upsample3d")})
