@@ -115,12 +115,12 @@ def _lower_pool3d(ctx: LowerContext, kernel) -> LoweredOp:
     front, top, left = op.pads[0], op.pads[2], op.pads[4]
 
     def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
-        x = inputs[0]
+        x = np.ascontiguousarray(inputs[0])
         n, c, d, h, w = x.shape
         od, oh, ow = out.shape[2:]
-        planes = np.empty((n, c * d, oh, ow), dtype=x.dtype)
-        kernel(x.reshape(n, c * d, h, w), planes, kh, kw, sh, sw, top, left)
-        kernel(planes.reshape(n, c, d, oh * ow), out.reshape(n, c, od, oh * ow), kd, 1, sd, 1, front, 0)
+        planes = np.empty(n * c * d * oh * ow, dtype=x.dtype)
+        kernel(x.reshape(-1), planes, n * c * d, h, w, oh, ow, kh, kw, sh, sw, top, left)
+        kernel(planes, out.reshape(-1), n * c, d, oh * ow, od, oh * ow, kd, 1, sd, 1, front, 0)
         return out
 
     return LoweredOp(run=run, description=f"{op.kind} {kd}x{kh}x{kw}/{sd}x{sh}x{sw} (H-W planes, then D)",
@@ -144,11 +144,11 @@ def lower_upsample3d(ctx: LowerContext) -> LoweredOp:
     fd, fh, fw = op.factors
 
     def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
-        x = inputs[0]
+        x = np.ascontiguousarray(inputs[0])
         n, c, d, h, w = x.shape
-        planes = np.empty((n * c * d, h * fh, w * fw, 1), dtype=x.dtype)
-        upsample_kernel(x.reshape(n * c * d, h, w, 1), planes, fh, fw)
-        upsample_kernel(planes.reshape(n * c, d, 1, h * fh * w * fw), out.reshape(n * c, d * fd, 1, -1), fd, 1)
+        planes = np.empty(n * c * d * h * fh * w * fw, dtype=x.dtype)
+        upsample_kernel(x.reshape(-1), planes, n * c * d, h, w, 1, fh, fw)
+        upsample_kernel(planes, out.reshape(-1), n * c, d, 1, h * fh * w * fw, fd, 1)
         return out
 
     return LoweredOp(run=run, description=f"upsample3d {fd}x{fh}x{fw} (H-W planes, then D)")
