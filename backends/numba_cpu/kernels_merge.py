@@ -19,7 +19,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from keydnn.backends.numba_cpu.broadcast import collapse_broadcast
+from keydnn.backends.broadcast import collapse_broadcast
 from keydnn.backends.numba_cpu.codes import ADD, COPY, MAX, MERGE_CODES, MIN, MUL, SUB
 from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, register_kernel
 from keydnn.ir.ops.base import normalize_axis

@@ -2,7 +2,7 @@
 
 Every parameter is laid out once, at lowering time, as a flat float64 vector
 for the ``(outer, period, inner)`` view of the tensor
-(``keydnn.backends.numba_cpu.broadcast.param_view``), so one kernel per op
+(``keydnn.backends.broadcast.param_view``), so one kernel per op
 serves the per-channel form (``period`` channels, ``inner`` pixels), the
 per-sample broadcast form and scalars. Arithmetic is in float64 and rounded
 on store, like the reference. batch_norm is ``x * s + t`` with ``s`` and
@@ -18,7 +18,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from keydnn.backends.numba_cpu.broadcast import ParamView, param_view
+from keydnn.backends.broadcast import ParamView, param_view
 from keydnn.backends.numba_cpu.codes import batch_norm_params
 from keydnn.backends.numba_cpu.lowering import (
     JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, Unsupported, register_kernel,

@@ -107,7 +107,7 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
 )
 
 #: sha256 of simd.py, cg_kernels.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
-SOURCES_DIGEST = "115f196ee47da399f7eef72252b5d1ff44cd0af7d4d684ddb199cf1841af9441"
+SOURCES_DIGEST = "3abc8c99c4dccace0ef6799b05aba9b02a48caab325d5c463f0a78961418a167"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):

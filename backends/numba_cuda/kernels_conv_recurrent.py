@@ -21,7 +21,7 @@ from keydnn.backends.numba_cuda.device import cuda
 from keydnn.backends.numba_cuda.lowering import (
     THREADS, LowerContext, LoweredOp, Prepared, Shape, configure, grid_1d, register_kernel,
 )
-from keydnn.backends.numba_cpu.codes import ACTIVATION_CODES, RELU0
+from keydnn.backends.epilogues import ACTIVATION_CODES, RELU0
 
 __all__: list[str] = []
 

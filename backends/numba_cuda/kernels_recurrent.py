@@ -23,7 +23,7 @@ from keydnn.backends.numba_cuda.device import cuda, simulator_enabled
 from keydnn.backends.numba_cuda.lowering import (
     THREADS, LowerContext, LoweredOp, Prepared, Shape, Unsupported, configure, grid_1d, register_kernel,
 )
-from keydnn.backends.numba_cpu.codes import ACTIVATION_CODES, RELU0
+from keydnn.backends.epilogues import ACTIVATION_CODES, RELU0
 
 __all__ = ["MAX_UNITS"]
 
