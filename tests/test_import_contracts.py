@@ -172,3 +172,36 @@ def test_reading_a_keras_file_loads_no_backend() -> None:
     loaded = _loaded_by("from keydnn.frontends.keras.reader import read_keras_file")
     assert "keydnn.frontends.keras.reader.files" in loaded
     assert [m for m in loaded if m.startswith("keydnn.backends") or m.split(".")[0] in NOT_FOR_THE_READER] == []
+
+
+def test_nothing_uses_the_keras_readers_private_names() -> None:
+    """The reader package is used through its public names only: its facade (``keydnn.frontends.keras.reader``) and
+    its modules' ``__all__``. No module imports a ``_name`` from another reader module, and no library, test or
+    benchmark reaches into ``reader._name``."""
+    package = "keydnn.frontends.keras.reader"
+    files = dict(_source_modules())
+    for folder in ("tests", "benchmarks", "examples"):
+        files.update({f"{folder}:{p.relative_to(ROOT)}": p for p in (ROOT / folder).rglob("*.py")})
+    broken = []
+    for module, path in sorted(files.items()):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                imported = _imports_from(node, module, path)
+                if imported == package or imported.startswith(package + "."):
+                    broken += [f"{module}: from {imported} import {a.name}" for a in node.names
+                               if a.name.startswith("_") and imported != module]
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "reader":
+                if node.attr.startswith("_") and "frontends.keras import reader" in path.read_text():
+                    broken.append(f"{module}: reader.{node.attr}")
+    assert broken == [], "\n".join(broken)
+
+
+def _imports_from(node: ast.ImportFrom, module: str, path: Path) -> str:
+    """The absolute name of the module a ``from ... import`` statement of ``module`` (at ``path``) imports from."""
+    if not node.level:
+        return node.module or ""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    parts = package.split(".")
+    parts = parts[: len(parts) - node.level + 1] if ":" not in module else []
+    return ".".join(parts + ([node.module] if node.module else []))

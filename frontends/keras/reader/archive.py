@@ -83,6 +83,7 @@ def _read_member(zf: zipfile.ZipFile, name: str, limit: int, where: str) -> byte
 
 
 def read_keras_zip(path: Path, where: str) -> ModelSpec:
+    """Read a ``.keras`` archive: ``config.json``, ``metadata.json`` and ``model.weights.h5``, each bounded."""
     try:
         zf = zipfile.ZipFile(path)
     except (

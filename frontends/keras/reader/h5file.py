@@ -10,15 +10,17 @@ import numpy as np
 from ..spec import ModelSpec
 from . import heap_guard  # looked up at call time: tests switch the check off in a child process
 from .build import build_spec
+from .limits import fail
 from .model_config import loads_json, parse_model_config
 from .safe_h5 import attr_str, attr_str_list
-from .limits import fail
 from .weight_stores import H5Weights
 
 __all__ = ["read_h5"]
 
 
 def read_h5(path: Path, where: str) -> ModelSpec:
+    """Read a whole-model ``.h5``; the Keras version (hence the weight layout) comes from its attributes,
+    else from the config's Keras 3 markers."""
     heap_guard.check_global_heaps_in_file(path, where)
     try:
         h5 = h5py.File(path, "r")

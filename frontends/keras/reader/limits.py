@@ -24,11 +24,6 @@ SUPPORTED_FORMATS = ".keras (Keras 3 zip archive), .h5 (HDF5 saved by Keras 3 or
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
-# Bounds on what a model file can make us allocate or walk. A file comes from a
-# stranger, so every size it declares is checked against these before anything
-# of that size is allocated; the numbers are far above any Keras model we
-# support, and far below what would take a machine down.
-
 #: Largest zip member we read into memory (weights); bigger is refused rather
 #: than risking a decompression bomb.
 MAX_ZIP_MEMBER_BYTES = 2 * 1024**3
@@ -62,6 +57,7 @@ MAX_GROUP_DEPTH = 32
 #: Most global-heap objects walked when checking an HDF5 file's heaps before libhdf5 reads it (a
 #: collection holds at most 65,536 objects; Keras files have a handful of collections).
 MAX_GLOBAL_HEAP_OBJECTS = 1_000_000
+
 
 def fail(where: str, message: str, **problem: Any) -> KerasInteropError:
     """Build the error: the summary names the file, the Problem says what is wrong.

@@ -42,6 +42,8 @@ class Entry:
 
 @dataclass
 class ParsedModel:
+    """The model config, parsed: layer entries in config order and what the model says about its input."""
+
     model_class: str
     name: str
     entries: list[Entry]
@@ -67,6 +69,7 @@ class ParsedModel:
 
 
 def opt_str(value: Any) -> str | None:
+    """``value`` if it is a string, else None (optional string fields of a config)."""
     return value if isinstance(value, str) else None
 
 

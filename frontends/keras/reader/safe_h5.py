@@ -25,6 +25,7 @@ __all__ = ["Budget", "attr_str", "attr_str_list", "read_dataset", "resolve"]
 
 
 def attr_str(obj: Any, key: str) -> str | None:
+    """A string attribute, whether h5py returns it as str, bytes or a 0-d array; None if absent or not a string."""
     value = obj.attrs.get(key)
     if isinstance(value, bytes):
         return value.decode("utf-8")
@@ -36,6 +37,7 @@ def attr_str(obj: Any, key: str) -> str | None:
 
 
 def attr_str_list(obj: Any, key: str, where: str) -> list[str] | None:
+    """A list-of-strings attribute (``weight_names``, ``layer_names``); None if absent, refused if not strings."""
     if key not in obj.attrs:
         return None
     value = obj.attrs[key]

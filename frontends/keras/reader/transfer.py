@@ -27,6 +27,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def error_to_json(exc: KerasInteropError) -> str:
+    """The child's refusal as JSON (values that JSON cannot hold become their repr)."""
     problems = [
         {**{k: getattr(p, k) for k in ("message", "layer_index", "layer_name", "layer_class", "field", "supported")},
          "value": _jsonable(p.value)}
@@ -36,11 +37,13 @@ def error_to_json(exc: KerasInteropError) -> str:
 
 
 def error_from_json(text: str) -> KerasInteropError:
+    """The child's refusal, rebuilt in the parent as the same ``KerasInteropError``."""
     doc = json.loads(text)
     return KerasInteropError(doc["summary"], [Problem(**p) for p in doc["problems"]])
 
 
 def spec_to_dir(spec: ModelSpec, out: Path) -> None:
+    """Write ``spec`` under ``out``: ``spec.json`` and one ``.npy`` per weight (bfloat16 stored as uint16)."""
     layers = []
     n = 0
     for layer in spec.layers:
@@ -65,6 +68,7 @@ def spec_to_dir(spec: ModelSpec, out: Path) -> None:
 
 
 def spec_from_dir(out: Path) -> ModelSpec:
+    """Read back what ``spec_to_dir`` wrote (``allow_pickle=False``), weights read-only."""
     doc = json.loads((out / "spec.json").read_text("utf-8"))
     layers = []
     for layer in doc["layers"]:

@@ -35,6 +35,7 @@ _RNN = frozenset({"LSTM", "GRU", "SimpleRNN", "ConvLSTM1D", "ConvLSTM2D", "ConvL
 
 
 def canonical_weight_name(class_name: str, name: str) -> str:
+    """The Keras 3 name of a weight Keras 2 names differently (``depthwise_kernel`` -> ``kernel``)."""
     return _WEIGHT_ALIASES.get((class_name, name), name)
 
 
@@ -125,5 +126,6 @@ def positional_layout(class_name: str, config: Mapping[str, Any]) -> dict[str, l
 
 
 def expected_count(class_name: str, config: Mapping[str, Any]) -> int | None:
+    """How many weights a layer of a known class must store (None: unknown class)."""
     layout = positional_layout(class_name, config)
     return None if layout is None else sum(len(v) for v in layout.values())
