@@ -1,4 +1,4 @@
-"""Activation codes every backend's kernels agree on, and the encoding of a relu/activation op into them.
+"""Activation codes every backend's kernels agree on (the rows of ``keydnn.ir.functions``), and the encoding of a relu/activation op into them.
 
 One table for numba-cpu and numba-cuda: a fused epilogue is ``(code, p0, p1, p2, p3)``
 (the code compiled into or branched on by a kernel, the parameters passed to it).
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from keydnn.errors import BackendError
+from keydnn.ir.functions import ACTIVATION_NAMES, FUNCTION_CODES
 from keydnn.ir.ops.base import OpBase
 
 __all__ = [
@@ -21,15 +22,14 @@ __all__ = [
 #: (code, p0, p1, p2, p3): what a kernel needs to apply one activation.
 Encoded = tuple[int, float, float, float, float]
 
-LINEAR, RELU0, RELU, SIGMOID, TANH, SOFTPLUS, SOFTSIGN, ELU, SELU = 0, 1, 2, 3, 4, 5, 6, 7, 8
-GELU, GELU_TANH, SWISH, EXPONENTIAL, HARD_SIGMOID, HARD_SIGMOID_K2 = 9, 10, 11, 12, 13, 14
+_C = FUNCTION_CODES
+LINEAR, RELU0, RELU, SIGMOID, TANH = _C["linear"], _C["relu"], _C["relu_general"], _C["sigmoid"], _C["tanh"]
+SOFTPLUS, SOFTSIGN, ELU, SELU, GELU = _C["softplus"], _C["softsign"], _C["elu"], _C["selu"], _C["gelu"]
+GELU_TANH, SWISH, EXPONENTIAL = _C["gelu_tanh"], _C["swish"], _C["exponential"]
+HARD_SIGMOID, HARD_SIGMOID_K2 = _C["hard_sigmoid"], _C["hard_sigmoid_k2"]
 
-#: Activation function name (ir.ops.ACTIVATION_FUNCTIONS) -> kernel code.
-ACTIVATION_CODES: dict[str, int] = {
-    "linear": LINEAR, "sigmoid": SIGMOID, "tanh": TANH, "softplus": SOFTPLUS, "softsign": SOFTSIGN,
-    "elu": ELU, "selu": SELU, "gelu": GELU, "gelu_tanh": GELU_TANH, "swish": SWISH,
-    "exponential": EXPONENTIAL, "hard_sigmoid": HARD_SIGMOID, "hard_sigmoid_k2": HARD_SIGMOID_K2,
-}
+#: Activation function name (the ``activation`` op's functions) -> kernel code (``keydnn.ir.functions``).
+ACTIVATION_CODES: dict[str, int] = {name: FUNCTION_CODES[name] for name in ACTIVATION_NAMES}
 
 NO_EPILOGUE: Encoded = (LINEAR, 0.0, 0.0, 0.0, 0.0)
 

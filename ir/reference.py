@@ -7,7 +7,6 @@ one table keyed by op kind (``REFERENCE_KERNELS``) so a new op adds one entry.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Mapping
 
 import numpy as np
@@ -15,6 +14,7 @@ import numpy as np
 from keydnn.errors import BackendError
 from keydnn.ir.graph import Graph
 from keydnn.ir.ops import OpBase
+from keydnn.ir.reference_functions import apply_numpy
 
 __all__ = ["run_reference", "REFERENCE_KERNELS", "apply_activation"]
 
@@ -212,30 +212,9 @@ def _squeeze(op, args):
     return np.squeeze(args[0], axis=op.axis)
 
 
-_SELU_ALPHA = 1.6732632423543772
-_SELU_SCALE = 1.0507009873554805
-_erf = np.vectorize(math.erf, otypes=[np.float64])
-
-_FUNCTIONS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
-    "linear": lambda x, a: x,
-    "sigmoid": lambda x, a: 1.0 / (1.0 + np.exp(-x)),
-    "tanh": lambda x, a: np.tanh(x),
-    "softplus": lambda x, a: np.logaddexp(0.0, x),
-    "softsign": lambda x, a: x / (1.0 + np.abs(x)),
-    "elu": lambda x, a: np.where(x > 0, x, a * np.expm1(np.minimum(x, 0))),
-    "selu": lambda x, a: _SELU_SCALE * np.where(x > 0, x, _SELU_ALPHA * np.expm1(np.minimum(x, 0))),
-    "gelu": lambda x, a: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),
-    "gelu_tanh": lambda x, a: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3))),
-    "swish": lambda x, a: x / (1.0 + np.exp(-x)),
-    "exponential": lambda x, a: np.exp(x),
-    "hard_sigmoid": lambda x, a: np.clip(x / 6.0 + 0.5, 0.0, 1.0),
-    "hard_sigmoid_k2": lambda x, a: np.clip(0.2 * x + 0.5, 0.0, 1.0),
-}
-
-
 @kernel("activation")
 def _activation(op, args):
-    return _FUNCTIONS[op.function](args[0].astype(np.float64), op.alpha)
+    return apply_numpy(op.function, args[0], op.alpha)
 
 
 @kernel("opaque")

@@ -7,12 +7,12 @@ definition, obvious rather than fast.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from keydnn.ir.ops.reduce import norm_axes
 from keydnn.ir.reference import kernel
+from keydnn.ir.reference_functions import apply_binary_numpy, apply_numpy
 
 __all__: list[str] = []
 
@@ -50,55 +50,19 @@ def _reduce(op, args):
     return fn(x, axis=axes, keepdims=op.keepdims)
 
 
-_SQRT1_2 = 0.7071067811865476
-
-
-def _softplus(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
-
-
-_UNARY = {
-    "neg": lambda x, a, b: -x, "abs": lambda x, a, b: np.abs(x), "sqrt": lambda x, a, b: np.sqrt(x),
-    "rsqrt": lambda x, a, b: 1.0 / np.sqrt(x), "square": lambda x, a, b: x * x, "exp": lambda x, a, b: np.exp(x),
-    "log": lambda x, a, b: np.log(x), "reciprocal": lambda x, a, b: 1.0 / x, "sign": lambda x, a, b: np.sign(x),
-    "floor": lambda x, a, b: np.floor(x), "ceil": lambda x, a, b: np.ceil(x), "round": lambda x, a, b: np.round(x),
-    "sin": lambda x, a, b: np.sin(x), "cos": lambda x, a, b: np.cos(x),
-    "erf": lambda x, a, b: np.vectorize(math.erf, otypes=[np.float64])(x) if x.size else x,
-    "log1p": lambda x, a, b: np.log1p(x), "expm1": lambda x, a, b: np.expm1(x),
-    "clip": lambda x, a, b: np.minimum(np.maximum(x, a), b),
-    "hard_silu": lambda x, a, b: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
-    "mish": lambda x, a, b: x * np.tanh(_softplus(x)),
-    "log_sigmoid": lambda x, a, b: -_softplus(-x),
-    "sparse_plus": lambda x, a, b: np.where(x <= -1, 0.0, np.where(x >= 1, x, (x + 1) ** 2 / 4)),
-    "squareplus": lambda x, a, b: (x + np.sqrt(x * x + a)) / 2,
-    "celu": lambda x, a, b: np.maximum(x, 0) + a * np.minimum(np.expm1(x / a), 0),
-    "hard_tanh": lambda x, a, b: np.clip(x, -1.0, 1.0),
-    "soft_shrink": lambda x, a, b: np.where(x > a, x - a, np.where(x < -a, x + a, 0.0)),
-    "hard_shrink": lambda x, a, b: np.where(np.abs(x) > a, x, 0.0),
-    "tanh_shrink": lambda x, a, b: x - np.tanh(x),
-    "threshold": lambda x, a, b: np.where(x > a, x, b),
-    "sparse_sigmoid": lambda x, a, b: np.clip((x + 1) / 2, 0.0, 1.0),
-}
-
-_BINARY = {
-    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power,
-    "max": np.maximum, "min": np.minimum, "greater": np.greater, "greater_equal": np.greater_equal,
-    "less": np.less, "less_equal": np.less_equal, "equal": np.equal, "not_equal": np.not_equal,
-}
 
 
 @kernel("unary")
 def _unary(op, args):
     (x,) = _f64(args)
     with np.errstate(all="ignore"):
-        return _UNARY[op.function](x, op.a, op.b)
+        return apply_numpy(op.function, x, op.a, op.b)
 
 
 @kernel("binary")
 def _binary(op, args):
     x, y = _f64(args)
-    with np.errstate(all="ignore"):
-        return _BINARY[op.function](x, y).astype(np.float64)
+    return apply_binary_numpy(op.function, x, y)
 
 
 @kernel("matmul")

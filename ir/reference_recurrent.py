@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from keydnn.errors import BackendError
-from keydnn.ir.reference import _FUNCTIONS, kernel
+from keydnn.ir.reference import kernel
+from keydnn.ir.reference_functions import apply_numpy
 
 __all__ = ["cell_activation", "run_rnn"]
 
@@ -20,7 +21,7 @@ def cell_activation(name: str, x: np.ndarray) -> np.ndarray:
     """A cell activation by name (``relu`` is the plain max(x, 0))."""
     if name == "relu":
         return np.maximum(x, 0.0)
-    return _FUNCTIONS[name](x, 1.0)
+    return apply_numpy(name, x, 1.0)
 
 
 def _step(op, xp: np.ndarray, h: np.ndarray, c: np.ndarray, u: np.ndarray, rb: np.ndarray

@@ -18,6 +18,7 @@ __all__ = [
     "PassError",
     "BackendError",
     "Problem",
+    "SlowPathWarning",
 ]
 
 
@@ -87,3 +88,8 @@ class PassError(KeydnnError):
 
 class BackendError(KeydnnError, RuntimeError):
     """A backend cannot run a graph (unsupported op, placeholder node, missing device)."""
+
+
+class SlowPathWarning(UserWarning):
+    """A graph runs on a slower path than it would normally take (e.g. the CPU backend's per-op kernels
+    instead of generated code), with the op or reason named; the results are the same."""

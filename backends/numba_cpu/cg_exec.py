@@ -31,7 +31,7 @@ from keydnn.backends.numba_cpu.cg_source import state_size
 from keydnn.backends.numba_cpu.cg_thunks import yield_address
 from keydnn.backends.numba_cpu.codegen import Program, Unsupported, generate
 from keydnn.backends.numba_cpu.cpu import native_lanes, thread_count
-from keydnn.errors import BackendError
+
 from keydnn.ir.graph import Graph
 
 __all__ = ["CodegenExecutable", "EMITTERS", "PARALLEL_MIN_WORK", "MAX_THREADS"]
@@ -433,12 +433,15 @@ class CodegenExecutable:
         return f"CodegenExecutable({self.graph.name!r}, {len(self._variants)} compiled shape(s))"
 
 
-def try_codegen(graph: Graph) -> Optional[CodegenExecutable]:
-    """The codegen executable, or None (logged) for a graph the generator does not handle."""
+def codegen_or_reason(graph: Graph) -> tuple[Optional[CodegenExecutable], str]:
+    """(the codegen executable, "") or (None, why the generator does not handle ``graph``: the op it names)."""
     try:
-        return CodegenExecutable(graph)
+        return CodegenExecutable(graph), ""
     except Unsupported as exc:
         logger.info("graph %r runs on the per-op kernels: %s", graph.name, exc)
-        return None
-    except BackendError:
-        raise
+        return None, str(exc)
+
+
+def try_codegen(graph: Graph) -> Optional[CodegenExecutable]:
+    """The codegen executable, or None for a graph the generator does not handle."""
+    return codegen_or_reason(graph)[0]

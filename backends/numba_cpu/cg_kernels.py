@@ -17,7 +17,8 @@ import numpy as np
 
 from keydnn.backends.numba_cpu.cpu import dw_lanes
 from keydnn.backends.numba_cpu.conv_direct import tap_hi, tap_lo
-from keydnn.backends.numba_cpu.kernels_elementwise import LINEAR, RELU0, _act_scalar
+from keydnn.backends.numba_cpu.codes import LINEAR, RELU0
+from keydnn.backends.numba_cpu.functions import apply_function
 from keydnn.backends.numba_cpu.kernels_merge import combine
 from keydnn.backends.numba_cpu.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
 from keydnn.backends.numba_cpu.codes import ADD, MUL, SUB
@@ -148,7 +149,7 @@ def act_copy(x, x_off, y, y_off, n, code, p0, p1, p2, p3):
             store_at(y, y_off + i, v if v > 0.0 else 0.0)
     else:
         for i in range(n):
-            store_at(y, y_off + i, _act_scalar(np.float64(load_at(x, x_off + i)), code, p0, p1, p2, p3))
+            store_at(y, y_off + i, apply_function(np.float64(load_at(x, x_off + i)), code, p0, p1, p2, p3))
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -484,7 +485,7 @@ def merge_span(x, x_off, y, y_off, n, code, scale, act, p0, p1, p2, p3):
     for i in range(n):
         v = combine(load_at(y, y_off + i), load_at(x, x_off + i), code) * scale
         if act != LINEAR:
-            v = _act_scalar(np.float64(v), act, p0, p1, p2, p3)
+            v = apply_function(np.float64(v), act, p0, p1, p2, p3)
         store_at(y, y_off + i, v)
 
 

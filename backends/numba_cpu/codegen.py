@@ -32,6 +32,7 @@ import numpy as np
 
 from keydnn.errors import BackendError
 from keydnn.ir.graph import Graph, Node
+from keydnn.ir.ops import kinds_with
 from keydnn.ir.types import TensorType
 
 __all__ = ["Val", "Arr", "Stage", "EmitContext", "Program", "generate", "Unsupported", "GRAIN", "VIEW_KINDS",
@@ -45,14 +46,13 @@ GRAIN = 1 << 15
 #: boundary: a vector load straddling two cache lines costs two, and numpy's allocator aligns to 16 bytes only.
 ALIGN = 16
 #: Ops that never move data: their result is a reshaped view of their operand's storage.
-VIEW_KINDS = frozenset({"flatten", "reshape", "expand_dims", "squeeze"})
+VIEW_KINDS = kinds_with("is_view")
 #: Elementwise merges, and the activations the generated code folds into a merge's last pass when the merge's
 #: result feeds nothing else (a residual block's add + relu: one pass over the tensor instead of two).
-MERGE_KINDS = frozenset({"add", "sub", "mul", "avg", "max", "min"})
-FUSIBLE_INTO_MERGE = frozenset({"relu", "activation"})
+MERGE_KINDS = kinds_with("is_elementwise_merge")
+FUSIBLE_INTO_MERGE = kinds_with("is_activation")
 #: Ops that may write over their first operand when it is dead afterwards.
-INPLACE_KINDS = frozenset({"relu", "activation", "scale_shift", "batch_norm", "prelu", "softmax",
-                           "add", "sub", "mul", "avg", "max", "min"})
+INPLACE_KINDS = kinds_with("writes_in_place")
 
 
 def aligned(elements: int) -> int:

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numba
 import numpy as np
 from numba import prange
 
 from keydnn.backends.numba_cpu.codes import (  # noqa: F401  (re-exported: kernels import them from here)
-    ACTIVATION_CODES, ELU, EXPONENTIAL, GELU, GELU_TANH, HARD_SIGMOID, HARD_SIGMOID_K2, LINEAR, NO_EPILOGUE, RELU,
-    RELU0, SELU, SIGMOID, SOFTPLUS, SOFTSIGN, SWISH, TANH, Epilogue, encode_activation,
+    ACTIVATION_CODES, LINEAR, NO_EPILOGUE, RELU, RELU0, Epilogue, encode_activation,
 )
+from keydnn.backends.numba_cpu.functions import apply_function
 from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, register_kernel
 from keydnn.ir.ops.base import normalize_axis
 
@@ -31,51 +31,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_SELU_ALPHA = 1.6732632423543772
-_SELU_SCALE = 1.0507009873554805
-_SQRT_HALF = 1.0 / math.sqrt(2.0)
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-
-
-@numba.njit(**JIT_OPTIONS)
-def _act_scalar(v, code, p0, p1, p2, p3):
-    """One activation in float64; mirrors keydnn.ir.reference term by term."""
-    if code == RELU:
-        y = v if v > p0 else 0.0
-        if p2 != 0.0:
-            y = min(max(y, 0.0), p1)
-        if p3 != 0.0:
-            y -= p3 * max(p0 - v, 0.0)
-        return y
-    if code == SIGMOID:
-        return 1.0 / (1.0 + math.exp(-v))
-    if code == TANH:
-        return math.tanh(v)
-    if code == SOFTPLUS:
-        return max(v, 0.0) + math.log1p(math.exp(-abs(v)))
-    if code == SOFTSIGN:
-        return v / (1.0 + abs(v))
-    if code == ELU:
-        return v if v > 0.0 else p0 * math.expm1(min(v, 0.0))
-    if code == SELU:
-        return _SELU_SCALE * (v if v > 0.0 else _SELU_ALPHA * math.expm1(min(v, 0.0)))
-    if code == GELU:
-        return 0.5 * v * (1.0 + math.erf(v * _SQRT_HALF))
-    if code == GELU_TANH:
-        return 0.5 * v * (1.0 + math.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)))
-    if code == SWISH:
-        return v / (1.0 + math.exp(-v))
-    if code == EXPONENTIAL:
-        return math.exp(v)
-    if code == HARD_SIGMOID:
-        return min(max(v / 6.0 + 0.5, 0.0), 1.0)
-    if code == HARD_SIGMOID_K2:
-        return min(max(0.2 * v + 0.5, 0.0), 1.0)
-    if code == RELU0:
-        return v if v > 0.0 else 0.0
-    return v
-
-
 @numba.njit(**JIT_OPTIONS)
 def activate_range(x, out, lo, hi, code, p0, p1, p2, p3):
     """out[lo:hi] = act(x[lo:hi]) on flat arrays; ``out`` may be ``x``. Plain relu gets its own loop."""
@@ -85,7 +40,7 @@ def activate_range(x, out, lo, hi, code, p0, p1, p2, p3):
             out[i] = v if v > 0.0 else 0.0
     else:
         for i in range(lo, hi):
-            out[i] = _act_scalar(np.float64(x[i]), code, p0, p1, p2, p3)
+            out[i] = apply_function(np.float64(x[i]), code, p0, p1, p2, p3)
 
 
 _CHUNK = 1 << 14

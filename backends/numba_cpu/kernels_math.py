@@ -18,119 +18,31 @@ import numpy as np
 from numba import prange
 
 from keydnn.backends.broadcast import bias_lane_table, broadcast_strides  # noqa: F401  (re-exported)
+from keydnn.backends.numba_cpu.functions import apply_binary, apply_function
 from keydnn.backends.numba_cpu.lowering import (
     JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, register_kernel,
 )
-from keydnn.ir.ops.math import BINARY_FUNCTIONS, UNARY_FUNCTIONS
+from keydnn.ir.functions import BINARY_CODES as TABLE_BINARY_CODES
+from keydnn.ir.functions import FUNCTION_CODES
+from keydnn.ir.ops.math import UNARY_FUNCTIONS
 
 __all__ = ["UNARY_CODES", "BINARY_CODES", "unary_scalar", "binary_scalar", "broadcast_strides"]
 
-UNARY_CODES = {name: i for i, name in enumerate(UNARY_FUNCTIONS)}
-BINARY_CODES = {name: i for i, name in enumerate(BINARY_FUNCTIONS)}
-
-
-def _softplus(v):
-    return max(v, 0.0) + math.log1p(math.exp(-abs(v)))
-
-
-_softplus_jit = numba.njit(**JIT_OPTIONS)(_softplus)
+#: unary function name -> its code in the one table of scalar functions (``keydnn.ir.functions``).
+UNARY_CODES = {name: FUNCTION_CODES[name] for name in UNARY_FUNCTIONS}
+BINARY_CODES = dict(TABLE_BINARY_CODES)
 
 
 @numba.njit(**JIT_OPTIONS)
-def unary_scalar(v, code, a, b):  # noqa: C901 - one branch per function, in UNARY_FUNCTIONS order
-    """One ``unary`` function in float64; mirrors keydnn.ir.reference_ext term by term."""
-    if code == 0:
-        return -v
-    if code == 1:
-        return abs(v)
-    if code == 2:
-        return math.sqrt(v) if v >= 0.0 else math.nan
-    if code == 3:
-        return 1.0 / math.sqrt(v) if v >= 0.0 else math.nan
-    if code == 4:
-        return v * v
-    if code == 5:
-        return math.exp(v)
-    if code == 6:
-        return math.log(v) if v > 0.0 else (-math.inf if v == 0.0 else math.nan)
-    if code == 7:
-        return 1.0 / v if v != 0.0 else math.copysign(math.inf, v)
-    if code == 8:
-        return 1.0 if v > 0.0 else (-1.0 if v < 0.0 else v)
-    if code == 9:
-        return math.floor(v)
-    if code == 10:
-        return math.ceil(v)
-    if code == 11:
-        return np.round(v)
-    if code == 12:
-        return math.sin(v)
-    if code == 13:
-        return math.cos(v)
-    if code == 14:
-        return math.erf(v)
-    if code == 15:
-        return math.log1p(v) if v > -1.0 else (-math.inf if v == -1.0 else math.nan)
-    if code == 16:
-        return math.expm1(v)
-    if code == 17:
-        return min(max(v, a), b)
-    if code == 18:
-        return v * min(max(v + 3.0, 0.0), 6.0) / 6.0
-    if code == 19:
-        return v * math.tanh(_softplus_jit(v))
-    if code == 20:
-        return -_softplus_jit(-v)
-    if code == 21:
-        return 0.0 if v <= -1.0 else (v if v >= 1.0 else (v + 1.0) * (v + 1.0) / 4.0)
-    if code == 22:
-        return (v + math.sqrt(v * v + a)) / 2.0
-    if code == 23:
-        return max(v, 0.0) + a * min(math.expm1(v / a), 0.0)
-    if code == 24:
-        return min(max(v, -1.0), 1.0)
-    if code == 25:
-        return v - a if v > a else (v + a if v < -a else 0.0)
-    if code == 26:
-        return v if abs(v) > a else 0.0
-    if code == 27:
-        return v - math.tanh(v)
-    if code == 28:
-        return v if v > a else b
-    if code == 29:
-        return min(max((v + 1.0) / 2.0, 0.0), 1.0)
-    return v
+def unary_scalar(v, code, a, b):
+    """One ``unary`` function (``UNARY_CODES``) in float64: the shared formula of ``keydnn.ir.functions``."""
+    return apply_function(v, code, a, b, 0.0, 0.0)
 
 
 @numba.njit(**JIT_OPTIONS)
 def binary_scalar(x, y, code):
-    """One ``binary`` function in float64 (comparisons give 1.0 / 0.0)."""
-    if code == 0:
-        return x + y
-    if code == 1:
-        return x - y
-    if code == 2:
-        return x * y
-    if code == 3:
-        return x / y if y != 0.0 else (math.nan if x == 0.0 or x != x else math.copysign(math.inf, x) *
-                                       math.copysign(1.0, y))
-    if code == 4:
-        return x ** y
-    if code == 5:
-        return x if x > y or x != x else y
-    if code == 6:
-        return x if x < y or x != x else y
-    if code == 7:
-        return 1.0 if x > y else 0.0
-    if code == 8:
-        return 1.0 if x >= y else 0.0
-    if code == 9:
-        return 1.0 if x < y else 0.0
-    if code == 10:
-        return 1.0 if x <= y else 0.0
-    if code == 11:
-        return 1.0 if x == y else 0.0
-    return 1.0 if x != y else 0.0
+    """One ``binary`` function (``BINARY_CODES``) in float64: the shared formula of ``keydnn.ir.functions``."""
+    return apply_binary(x, y, code)
 
 
 _CHUNK = 1 << 14

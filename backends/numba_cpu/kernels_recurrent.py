@@ -20,7 +20,7 @@ import numpy as np
 from numba import prange
 
 from keydnn.backends.numba_cpu.codes import ACTIVATION_CODES, LINEAR, RELU0, SIGMOID, TANH
-from keydnn.backends.numba_cpu.kernels_elementwise import _act_scalar
+from keydnn.backends.numba_cpu.functions import apply_function
 from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, register_kernel
 
 __all__ = ["rnn_kernel", "rnn_serial", "cell_code", "CELLS", "RESULTS", "ROWS"]
@@ -50,7 +50,7 @@ def _apply(a, lo, hi, code):
             a[j] = 1.0 - 2.0 / (np.exp(a[j] + a[j]) + 1.0)
     elif code != LINEAR:
         for j in range(lo, hi):
-            a[j] = _act_scalar(a[j], code, 1.0, 0.0, 0.0, 0.0)
+            a[j] = apply_function(a[j], code, 1.0, 0.0, 0.0, 0.0)
 
 
 #: Batch rows one thread advances together: each row of the recurrent kernel is read once per step for all

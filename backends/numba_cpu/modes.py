@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Optional
 
-from keydnn.errors import BackendError
+from keydnn.errors import BackendError, SlowPathWarning
 from keydnn.ir.graph import Graph
 
 __all__ = ["MODES", "default_mode", "compile_graph", "load_kernels"]
@@ -60,6 +61,13 @@ def _per_op_only(graph: Graph) -> str:
     return ""
 
 
+def _slow_path(graph: Graph, why: str) -> None:
+    """Say, as a ``SlowPathWarning``, that ``graph`` leaves generated code for the per-op kernels, and why
+    (the op kinds or the construct): same results, slower at small batch, which a user should hear about."""
+    warnings.warn(f"graph {graph.name!r} runs on the numba-cpu per-op kernels, not generated code: {why}",
+                  SlowPathWarning, stacklevel=4)
+
+
 def compile_graph(graph: Graph, mode: Optional[str] = None):
     """Compile a verified, typed, channels-first graph for the CPU.
 
@@ -72,16 +80,19 @@ def compile_graph(graph: Graph, mode: Optional[str] = None):
     mode = default_mode() if mode is None else mode
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "codegen" and _per_op_only(graph):
-        logger.info("graph %r runs on the per-op kernels: %s", graph.name, _per_op_only(graph))
-        mode = "ops"
+    why = ""
     if mode == "codegen":
-        from keydnn.backends.numba_cpu.cg_exec import try_codegen
+        why = _per_op_only(graph)
+        if not why:
+            from keydnn.backends.numba_cpu.cg_exec import codegen_or_reason
 
-        exe = try_codegen(graph)
-        if exe is not None:
-            return exe
+            exe, why = codegen_or_reason(graph)
+            if exe is not None:
+                return exe
     load_kernels()
     from keydnn.backends.numba_cpu.executor import NumbaCpuExecutable
 
-    return NumbaCpuExecutable(graph)
+    exe = NumbaCpuExecutable(graph)  # raises, naming the op, where the per-op kernels cannot run it either
+    if why:
+        _slow_path(graph, why)
+    return exe

@@ -17,140 +17,37 @@ from typing import Callable, Sequence
 import numpy as np
 
 from keydnn.backends.numba_cuda.device import cuda
+from keydnn.backends.numba_cuda.functions import make_binary, make_function
 from keydnn.backends.numba_cuda.lowering import (
     THREADS, LowerContext, LoweredOp, Prepared, Shape, configure, grid_1d, register_kernel,
 )
-from keydnn.ir.ops.math import BINARY_FUNCTIONS, UNARY_FUNCTIONS
+from keydnn.ir.functions import BINARY_CODES, FUNCTION_CODES
+from keydnn.ir.ops.math import UNARY_FUNCTIONS
 
 __all__ = ["lower_unary", "lower_binary", "lower_matmul", "lower_slice"]
 
-_UNARY_CODES = {name: i for i, name in enumerate(UNARY_FUNCTIONS)}
-_BINARY_CODES = {name: i for i, name in enumerate(BINARY_FUNCTIONS)}
-
-
-@cuda.jit(device=True)
-def _softplus(v):  # pragma: no cover - device code
-    return (v if v > 0.0 else 0.0) + math.log1p(math.exp(-abs(v)))
-
-
-@cuda.jit(device=True)
-def _clip(v, lo, hi):  # pragma: no cover - device code
-    v = v if v > lo else lo
-    return v if v < hi else hi
-
-
-@cuda.jit(device=True)
-def _unary(v, code, a, b):  # noqa: C901  # pragma: no cover - device code
-    if code == 0:
-        return -v
-    if code == 1:
-        return abs(v)
-    if code == 2:
-        return math.sqrt(v) if v >= 0.0 else math.nan
-    if code == 3:
-        return 1.0 / math.sqrt(v) if v >= 0.0 else math.nan
-    if code == 4:
-        return v * v
-    if code == 5:
-        return math.exp(v)
-    if code == 6:
-        return math.log(v) if v > 0.0 else (-math.inf if v == 0.0 else math.nan)
-    if code == 7:
-        return 1.0 / v if v != 0.0 else math.copysign(math.inf, v)
-    if code == 8:
-        return 1.0 if v > 0.0 else (-1.0 if v < 0.0 else v)
-    if code == 9:
-        return math.floor(v)
-    if code == 10:
-        return math.ceil(v)
-    if code == 11:
-        r = math.floor(v + 0.5)
-        if r - v == 0.5 and r % 2.0 != 0.0:
-            r -= 1.0
-        return r
-    if code == 12:
-        return math.sin(v)
-    if code == 13:
-        return math.cos(v)
-    if code == 14:
-        return math.erf(v)
-    if code == 15:
-        return math.log1p(v) if v > -1.0 else (-math.inf if v == -1.0 else math.nan)
-    if code == 16:
-        return math.expm1(v)
-    if code == 17:
-        return _clip(v, a, b)
-    if code == 18:
-        return v * _clip(v + 3.0, 0.0, 6.0) / 6.0
-    if code == 19:
-        return v * math.tanh(_softplus(v))
-    if code == 20:
-        return -_softplus(-v)
-    if code == 21:
-        return 0.0 if v <= -1.0 else (v if v >= 1.0 else (v + 1.0) * (v + 1.0) / 4.0)
-    if code == 22:
-        return (v + math.sqrt(v * v + a)) / 2.0
-    if code == 23:
-        e = math.expm1(v / a)
-        return (v if v > 0.0 else 0.0) + a * (e if e < 0.0 else 0.0)
-    if code == 24:
-        return _clip(v, -1.0, 1.0)
-    if code == 25:
-        return v - a if v > a else (v + a if v < -a else 0.0)
-    if code == 26:
-        return v if abs(v) > a else 0.0
-    if code == 27:
-        return v - math.tanh(v)
-    if code == 28:
-        return v if v > a else b
-    if code == 29:
-        return _clip((v + 1.0) / 2.0, 0.0, 1.0)
-    return v
-
-
-@cuda.jit(device=True)
-def _binary(x, y, code):  # pragma: no cover - device code
-    if code == 0:
-        return x + y
-    if code == 1:
-        return x - y
-    if code == 2:
-        return x * y
-    if code == 3:
-        return x / y
-    if code == 4:
-        return x ** y
-    if code == 5:
-        return x if x > y or x != x else y
-    if code == 6:
-        return x if x < y or x != x else y
-    if code == 7:
-        return 1.0 if x > y else 0.0
-    if code == 8:
-        return 1.0 if x >= y else 0.0
-    if code == 9:
-        return 1.0 if x < y else 0.0
-    if code == 10:
-        return 1.0 if x <= y else 0.0
-    if code == 11:
-        return 1.0 if x == y else 0.0
-    return 1.0 if x != y else 0.0
+_UNARY_CODES = {name: FUNCTION_CODES[name] for name in UNARY_FUNCTIONS}
+_BINARY_CODES = BINARY_CODES
 
 
 @functools.lru_cache(maxsize=None)
-def _unary_kernel(dtype_name: str) -> Callable:
+def _unary_kernel(dtype_name: str, code: int) -> Callable:
+    fn = make_function("float64", code)  # computed in float64, as the CPU backend and the reference do
+
     @cuda.jit
-    def unary(x, out, size, code, a, b):  # pragma: no cover - device code
+    def unary(x, out, size, a, b):  # pragma: no cover - device code
         for i in range(cuda.grid(1), size, cuda.gridsize(1)):
-            out[i] = _unary(np.float64(x[i]), code, a, b)
+            out[i] = fn(np.float64(x[i]), a, b, 0.0, 0.0)
 
     return unary
 
 
 @functools.lru_cache(maxsize=None)
-def _binary_kernel(dtype_name: str) -> Callable:
+def _binary_kernel(dtype_name: str, code: int) -> Callable:
+    fn = make_binary("float64", code)  # computed in float64, as the CPU backend and the reference do
+
     @cuda.jit
-    def binary(x, y, out, size, shape, xs, ys, code):  # pragma: no cover - device code
+    def binary(x, y, out, size, shape, xs, ys):  # pragma: no cover - device code
         rank = shape.shape[0]
         for i in range(cuda.grid(1), size, cuda.gridsize(1)):
             rem = i
@@ -161,7 +58,7 @@ def _binary_kernel(dtype_name: str) -> Callable:
                 rem //= shape[d]
                 ox += k * xs[d]
                 oy += k * ys[d]
-            out[i] = _binary(np.float64(x[ox]), np.float64(y[oy]), code)
+            out[i] = fn(np.float64(x[ox]), np.float64(y[oy]))
 
     return binary
 
@@ -209,8 +106,8 @@ def _strides(shape: Shape, out: Shape) -> np.ndarray:
 @register_kernel("unary")
 def lower_unary(ctx: LowerContext) -> LoweredOp:
     op = ctx.node.op
-    kernel_of = _unary_kernel(ctx.dtype.name)
     code, a, b = _UNARY_CODES[op.function], float(op.a), float(op.b)
+    kernel_of = _unary_kernel(ctx.dtype.name, code)
 
     def prepare(in_shapes: tuple[Shape, ...], out_shape: Shape) -> Prepared:
         size = math.prod(out_shape)
@@ -218,7 +115,7 @@ def lower_unary(ctx: LowerContext) -> LoweredOp:
 
         def launch(inputs: Sequence, out, scratch):
             if size:
-                kernel(inputs[0], out, size, code, a, b)
+                kernel(inputs[0], out, size, a, b)
             return out
 
         return Prepared(launch)
@@ -229,8 +126,7 @@ def lower_unary(ctx: LowerContext) -> LoweredOp:
 @register_kernel("binary")
 def lower_binary(ctx: LowerContext) -> LoweredOp:
     op = ctx.node.op
-    kernel_of = _binary_kernel(ctx.dtype.name)
-    code = _BINARY_CODES[op.function]
+    kernel_of = _binary_kernel(ctx.dtype.name, _BINARY_CODES[op.function])
 
     def prepare(in_shapes: tuple[Shape, ...], out_shape: Shape) -> Prepared:
         size = math.prod(out_shape)
@@ -241,7 +137,7 @@ def lower_binary(ctx: LowerContext) -> LoweredOp:
 
         def launch(inputs: Sequence, out, scratch):
             if size:
-                kernel(inputs[0], inputs[1], out, size, shape, xs, ys, code)
+                kernel(inputs[0], inputs[1], out, size, shape, xs, ys)
             return out
 
         return Prepared(launch)

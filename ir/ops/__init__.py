@@ -1,7 +1,9 @@
 """The closed set of IR ops, as one discriminated union keyed by ``kind``.
 
-Adding an op: write its class (attributes + ``infer``) in the module of its
-family, add it to ``Op`` below, then give it a reference kernel
+Adding an op: write its class (attributes + ``infer``, and its traits) in the
+module of its family (a new family module is imported below); the class
+registers itself by its ``kind``, and ``Op`` and ``OP_CLASSES`` are derived
+from that registry. Then give it a reference kernel
 (``keydnn.ir.reference``), a layout rule (``keydnn.ir.passes.layout_rules``)
 and a backend kernel. Nothing else dispatches on op classes by hand.
 
@@ -35,7 +37,7 @@ from keydnn.ir.ops.shape import ExpandDims, Flatten, Opaque, Reshape, Squeeze, T
 from keydnn.ir.ops.spatial import Crop2d, GlobalMaxPool2d, Pad2d, Upsample2d
 
 __all__ = [
-    "Op", "OpBase", "ShapeError", "OP_CLASSES", "Epilogue", "ACTIVATION_FUNCTIONS",
+    "Op", "OpBase", "ShapeError", "OP_CLASSES", "kinds_with", "Epilogue", "ACTIVATION_FUNCTIONS",
     "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Dense", "Flatten", "Reshape",
     "Transpose", "Relu", "Softmax", "Activation", "Opaque",
     "BatchNorm", "ScaleShift", "PRelu", "Pad2d", "Crop2d", "Upsample2d", "GlobalMaxPool2d",
@@ -45,29 +47,15 @@ __all__ = [
     "BiasSoftmax",
 ]
 
-_CLASSES = (
-    Conv2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Dense, Flatten, Reshape, Transpose,
-    Relu, Softmax, Activation, Opaque,
-    BatchNorm, ScaleShift, PRelu, Pad2d, Crop2d, Upsample2d, GlobalMaxPool2d, ExpandDims, Squeeze,
-    Add, Sub, Mul, Avg, Max, Min, Concat,
-    Rnn, Embedding, SequenceMask, Masking, RepeatVector, FoldTime, UnfoldTime, ConvLstm,
-    LayerNorm, Reduce, Unary, Binary, MatMul, Slice, DilatePad2d, Resize2d, BiasSoftmax,
-)
+#: kind -> op class, for tables keyed by op kind: every op class of the family modules above, by kind.
+OP_CLASSES: dict[str, type[OpBase]] = OpBase.registered()
 
-Op = Annotated[
-    Union[
-        Conv2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Dense, Flatten, Reshape, Transpose,
-        Relu, Softmax, Activation, Opaque,
-        BatchNorm, ScaleShift, PRelu, Pad2d, Crop2d, Upsample2d, GlobalMaxPool2d, ExpandDims, Squeeze,
-        Add, Sub, Mul, Avg, Max, Min, Concat,
-        Rnn, Embedding, SequenceMask, Masking, RepeatVector, FoldTime, UnfoldTime, ConvLstm,
-        LayerNorm, Reduce, Unary, Binary, MatMul, Slice, DilatePad2d, Resize2d, BiasSoftmax,
-    ],
-    Field(discriminator="kind"),
-]
+#: The closed union of ops, discriminated by ``kind`` (what graphs and artifacts hold).
+Op = Annotated[Union[tuple(OP_CLASSES.values())], Field(discriminator="kind")]  # type: ignore[valid-type]
 
-#: kind -> op class, for tables keyed by op kind.
-OP_CLASSES: dict[str, type[OpBase]] = {
-    cls.model_fields["kind"].default: cls  # type: ignore[misc]
-    for cls in _CLASSES
-}
+
+def kinds_with(trait: str) -> frozenset[str]:
+    """The kinds of the ops whose class sets ``trait`` (an ``OpBase`` trait such as ``"is_view"``)."""
+    if not isinstance(getattr(OpBase, trait, None), bool):
+        raise AttributeError(f"{trait!r} is not an op trait")
+    return frozenset(kind for kind, cls in OP_CLASSES.items() if getattr(cls, trait))

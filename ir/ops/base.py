@@ -50,6 +50,45 @@ class OpBase(BaseModel):
     #: Operands that must be graph constants (weights), by name.
     constant_operands: ClassVar[tuple[str, ...]] = ()
 
+    # -- traits: what passes and backends ask of an op, instead of each keeping its own list of kinds --
+    #: The result is the operand's storage under another shape: no element moves (flatten, reshape, ...).
+    is_view: ClassVar[bool] = False
+    #: The op computes nothing and its ``layout`` attribute only names its result's layout (reshape,
+    #: expand_dims, squeeze, transpose): it may carry a channels_last layout in a channels-first graph.
+    layout_is_result_only: ClassVar[bool] = False
+    #: A multi-operand op of DAGs (add, concat, ...); ``is_elementwise_merge``: one that combines
+    #: operands element by element with broadcasting (every merge but concat).
+    is_merge: ClassVar[bool] = False
+    is_elementwise_merge: ClassVar[bool] = False
+    #: An elementwise activation (relu, activation) that conv/dense can absorb as a fused epilogue,
+    #: that a merge's last pass can apply, and that commutes with flatten.
+    is_activation: ClassVar[bool] = False
+    #: conv2d/dense: takes a fused activation epilogue and absorbs an affine (batch norm) on its output.
+    accepts_epilogue: ClassVar[bool] = False
+    #: Elementwise over its first operand, so it may write its result over that operand when it is dead.
+    writes_in_place: ClassVar[bool] = False
+
+    _registry: ClassVar[dict[str, type["OpBase"]]] = {}
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs) -> None:
+        """Register every op class that declares a ``kind`` literal by its kind (a subclass that inherits one is
+        a variant, not a new op): the op union,
+        ``OP_CLASSES`` and the trait tables are derived from this registry, never listed by hand."""
+        super().__pydantic_init_subclass__(**kwargs)
+        field = cls.model_fields.get("kind")
+        if "kind" in cls.__dict__.get("__annotations__", {}) and field is not None and isinstance(field.default, str):
+            other = OpBase._registry.get(field.default)
+            if other is not None and other.__qualname__ != cls.__qualname__:
+                raise TypeError(f"op kind {field.default!r} is declared by both {other.__qualname__} and "
+                                f"{cls.__qualname__}")
+            OpBase._registry[field.default] = cls
+
+    @staticmethod
+    def registered() -> dict[str, type["OpBase"]]:
+        """kind -> op class, for every op class defined so far, sorted by kind."""
+        return dict(sorted(OpBase._registry.items()))
+
     @classmethod
     def arity(cls) -> tuple[int, int | None]:
         """(fewest, most) operands; most is ``None`` for a variadic op."""

@@ -6,6 +6,7 @@ from typing import ClassVar, Literal, Optional
 
 from pydantic import field_validator
 
+from keydnn.ir.functions import ACTIVATION_FUNCTIONS, ACTIVATION_NAMES
 from keydnn.ir.ops.base import OpBase, ShapeError, dim_eq, normalize_axis
 from keydnn.ir.types import TensorType
 
@@ -17,6 +18,8 @@ class Relu(OpBase):
     minus ``negative_slope * relu(threshold - x)`` (keras.activations.relu, both Keras 2 and 3)."""
 
     kind: Literal["relu"] = "relu"
+    is_activation: ClassVar[bool] = True
+    writes_in_place: ClassVar[bool] = True
     max_value: Optional[float] = None
     negative_slope: float = 0.0
     threshold: float = 0.0
@@ -49,6 +52,7 @@ class PRelu(OpBase):
     """
 
     kind: Literal["prelu"] = "prelu"
+    writes_in_place: ClassVar[bool] = True
 
     operands: ClassVar[tuple[str, ...]] = ("x", "alpha")
     constant_operands: ClassVar[tuple[str, ...]] = ("alpha",)
@@ -68,6 +72,7 @@ class Softmax(OpBase):
     """Softmax along one axis, computed with the max subtracted for stability."""
 
     kind: Literal["softmax"] = "softmax"
+    writes_in_place: ClassVar[bool] = True
     axis: int = -1
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
@@ -75,33 +80,16 @@ class Softmax(OpBase):
         return inputs[0]
 
 
-#: Named elementwise functions, with their meaning (the reference kernels implement each).
-ACTIVATION_FUNCTIONS: dict[str, str] = {
-    "linear": "x",
-    "sigmoid": "1 / (1 + exp(-x))",
-    "tanh": "tanh(x)",
-    "softplus": "log(1 + exp(x))",
-    "softsign": "x / (1 + |x|)",
-    "elu": "x if x > 0 else alpha * (exp(x) - 1)",
-    "selu": "scale * elu(x, alpha) with the SELU constants",
-    "gelu": "x * Phi(x) (exact, erf)",
-    "gelu_tanh": "tanh approximation of gelu",
-    "swish": "x * sigmoid(x)",
-    "exponential": "exp(x)",
-    "hard_sigmoid": "clip(x / 6 + 0.5, 0, 1) (Keras 3)",
-    "hard_sigmoid_k2": "clip(0.2 * x + 0.5, 0, 1) (Keras 2)",
-}
-
-ActivationFunction = Literal[
-    "linear", "sigmoid", "tanh", "softplus", "softsign", "elu", "selu", "gelu",
-    "gelu_tanh", "swish", "exponential", "hard_sigmoid", "hard_sigmoid_k2",
-]
+#: The ``activation`` op's functions come from the one table of scalar functions (``keydnn.ir.functions``).
+ActivationFunction = Literal[ACTIVATION_NAMES]  # type: ignore[valid-type]
 
 
 class Activation(OpBase):
     """A named elementwise function; ``alpha`` parameterizes elu."""
 
     kind: Literal["activation"] = "activation"
+    is_activation: ClassVar[bool] = True
+    writes_in_place: ClassVar[bool] = True
     function: ActivationFunction
     alpha: float = 1.0
 

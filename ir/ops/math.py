@@ -17,40 +17,18 @@ from typing import ClassVar, Literal
 
 from pydantic import field_validator
 
+from keydnn.ir.functions import BINARY_NAMES, UNARY_FUNCTIONS, UNARY_NAMES
 from keydnn.ir.ops.base import OpBase, ShapeError, dim_eq
 from keydnn.ir.types import Dim, TensorType
 
 __all__ = ["Unary", "Binary", "MatMul", "Slice", "BiasSoftmax", "UNARY_FUNCTIONS", "BINARY_FUNCTIONS", "broadcast_shapes"]
 
-#: Elementwise functions of ``unary``, with their meaning (a, b: the op's parameters).
-UNARY_FUNCTIONS: dict[str, str] = {
-    "neg": "-x", "abs": "|x|", "sqrt": "sqrt(x)", "rsqrt": "1 / sqrt(x)", "square": "x * x", "exp": "exp(x)",
-    "log": "log(x)", "reciprocal": "1 / x", "sign": "sign(x)", "floor": "floor(x)", "ceil": "ceil(x)",
-    "round": "round half to even", "sin": "sin(x)", "cos": "cos(x)", "erf": "erf(x)", "log1p": "log(1 + x)",
-    "expm1": "exp(x) - 1",
-    "clip": "min(max(x, a), b)",
-    "hard_silu": "x * relu6(x + 3) / 6", "mish": "x * tanh(softplus(x))",
-    "log_sigmoid": "-softplus(-x)", "sparse_plus": "0 if x <= -1, x if x >= 1, (x + 1)^2 / 4 between",
-    "squareplus": "(x + sqrt(x^2 + a)) / 2", "celu": "max(x, 0) + a * min(exp(x / a) - 1, 0)",
-    "hard_tanh": "clip(x, -1, 1)", "soft_shrink": "x - a if x > a, x + a if x < -a, else 0",
-    "hard_shrink": "x if |x| > a else 0", "tanh_shrink": "x - tanh(x)",
-    "threshold": "x if x > a else b", "sparse_sigmoid": "clip((x + 1) / 2, 0, 1)",
-}
-UnaryFunction = Literal[
-    "neg", "abs", "sqrt", "rsqrt", "square", "exp", "log", "reciprocal", "sign", "floor", "ceil", "round", "sin",
-    "cos", "erf", "log1p", "expm1", "clip", "hard_silu", "mish", "log_sigmoid", "sparse_plus", "squareplus",
-    "celu", "hard_tanh", "soft_shrink", "hard_shrink", "tanh_shrink", "threshold", "sparse_sigmoid",
-]
+#: The ``unary`` op's functions come from the one table of scalar functions (``keydnn.ir.functions``).
+UnaryFunction = Literal[UNARY_NAMES]  # type: ignore[valid-type]
 
-#: Functions of ``binary``.
-BINARY_FUNCTIONS: tuple[str, ...] = (
-    "add", "sub", "mul", "div", "pow", "max", "min", "greater", "greater_equal", "less", "less_equal", "equal",
-    "not_equal",
-)
-BinaryFunction = Literal[
-    "add", "sub", "mul", "div", "pow", "max", "min", "greater", "greater_equal", "less", "less_equal", "equal",
-    "not_equal",
-]
+#: Functions of ``binary`` (the one table: ``keydnn.ir.functions.BINARY``).
+BINARY_FUNCTIONS: tuple[str, ...] = BINARY_NAMES
+BinaryFunction = Literal[BINARY_NAMES]  # type: ignore[valid-type]
 
 
 def broadcast_shapes(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> tuple[Dim, ...]:

@@ -75,6 +75,10 @@ def broadcast_shapes(shapes: list[tuple[Dim, ...]], what: str = "merge") -> tupl
 class _ElementwiseMerge(OpBase):
     """Shared shape rule: broadcast equal-rank operands."""
 
+    is_merge: ClassVar[bool] = True
+    is_elementwise_merge: ClassVar[bool] = True
+    writes_in_place: ClassVar[bool] = True
+
     operands: ClassVar[tuple[str, ...]] = ("x", "y", "xs*")
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
@@ -124,6 +128,7 @@ class Concat(OpBase):
     """Concatenation along ``axis`` (never the batch axis 0; negative counts from the end)."""
 
     kind: Literal["concat"] = "concat"
+    is_merge: ClassVar[bool] = True
     axis: int = -1
 
     operands: ClassVar[tuple[str, ...]] = ("x", "xs*")
@@ -150,6 +155,7 @@ class Concat(OpBase):
 
 
 #: Kinds of the elementwise merge ops (broadcast, layout-agnostic).
-ELEMENTWISE_MERGE_KINDS: frozenset[str] = frozenset({"add", "sub", "mul", "avg", "max", "min"})
+ELEMENTWISE_MERGE_KINDS: frozenset[str] = frozenset(
+    kind for kind, cls in OpBase.registered().items() if cls.is_elementwise_merge)
 #: Every merge kind.
 MERGE_KINDS: frozenset[str] = ELEMENTWISE_MERGE_KINDS | {"concat"}

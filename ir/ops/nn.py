@@ -55,6 +55,7 @@ class Conv2d(OpBase):
     """2-D convolution (cross-correlation); weight is (O, I/groups, KH, KW)."""
 
     kind: Literal["conv2d"] = "conv2d"
+    accepts_epilogue: ClassVar[bool] = True
     strides: Pair = (1, 1)
     dilations: Pair = (1, 1)
     pads: Pads = (0, 0, 0, 0)
@@ -159,6 +160,7 @@ class Dense(OpBase):
     """``x @ weight + bias`` over the last axis; weight is (in, out)."""
 
     kind: Literal["dense"] = "dense"
+    accepts_epilogue: ClassVar[bool] = True
     activation: Optional[Epilogue] = None
 
     operands: ClassVar[tuple[str, ...]] = ("x", "weight", "bias?")

@@ -53,6 +53,7 @@ class BatchNorm(OpBase):
     """
 
     kind: Literal["batch_norm"] = "batch_norm"
+    writes_in_place: ClassVar[bool] = True
     epsilon: float = 1e-3
     axis: int = 1
 
@@ -104,6 +105,7 @@ class ScaleShift(OpBase):
     """
 
     kind: Literal["scale_shift"] = "scale_shift"
+    writes_in_place: ClassVar[bool] = True
     axis: Optional[int] = 1
 
     operands: ClassVar[tuple[str, ...]] = ("x", "scale", "shift")

@@ -35,6 +35,7 @@ from typing import ClassVar, Literal
 
 from pydantic import field_validator, model_validator
 
+from keydnn.ir.functions import ACTIVATION_NAMES
 from keydnn.ir.ops.base import OpBase, ShapeError, dim_eq, dim_mul
 from keydnn.ir.types import DType, TensorType
 
@@ -46,11 +47,8 @@ CELL_GATES: dict[str, str] = {"simple": "h", "lstm": "ifco", "gru": "zrh"}
 #: cell kind -> how many state tensors it carries.
 CELL_STATES: dict[str, int] = {"simple": 1, "lstm": 2, "gru": 1}
 
-#: Activations a cell may use (names of ``ACTIVATION_FUNCTIONS`` plus plain ``relu``).
-CellActivation = Literal[
-    "linear", "relu", "sigmoid", "tanh", "softplus", "softsign", "elu", "selu", "gelu", "swish", "exponential",
-    "hard_sigmoid", "hard_sigmoid_k2",
-]
+#: Activations a cell may use: the ``activation`` op's functions plus plain ``relu``.
+CellActivation = Literal[("linear", "relu") + tuple(n for n in ACTIVATION_NAMES if n != "linear")]  # type: ignore[valid-type]
 CELL_ACTIVATIONS: tuple[str, ...] = CellActivation.__args__  # type: ignore[attr-defined]
 
 

@@ -38,6 +38,7 @@ class Flatten(OpBase):
     """Row-major flatten of every axis but the batch (in the tensor's current layout)."""
 
     kind: Literal["flatten"] = "flatten"
+    is_view: ClassVar[bool] = True
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
         x = inputs[0]
@@ -52,6 +53,8 @@ class Reshape(OpBase):
     """Row-major reshape of the non-batch axes to ``shape`` (one entry may be -1)."""
 
     kind: Literal["reshape"] = "reshape"
+    is_view: ClassVar[bool] = True
+    layout_is_result_only: ClassVar[bool] = True
     shape: tuple[int, ...]
     layout: Layout = "ANY"
 
@@ -84,6 +87,7 @@ class Transpose(OpBase):
     """Permute axes (``perm`` includes the batch axis); ``layout`` names the result's layout."""
 
     kind: Literal["transpose"] = "transpose"
+    layout_is_result_only: ClassVar[bool] = True
     perm: tuple[int, ...]
     layout: Layout = "ANY"
 
@@ -109,6 +113,8 @@ class ExpandDims(OpBase):
     """
 
     kind: Literal["expand_dims"] = "expand_dims"
+    is_view: ClassVar[bool] = True
+    layout_is_result_only: ClassVar[bool] = True
     axis: int
     layout: Layout = "ANY"
 
@@ -131,6 +137,8 @@ class Squeeze(OpBase):
     """Remove the size-1 axis ``axis`` (>= 1); ``layout`` names the result's layout."""
 
     kind: Literal["squeeze"] = "squeeze"
+    is_view: ClassVar[bool] = True
+    layout_is_result_only: ClassVar[bool] = True
     axis: int
     layout: Layout = "ANY"
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar, TypeVar
 
 from keydnn.ir.graph import Graph
+from keydnn.ir.ops import kinds_with
 
 __all__ = ["Pass", "PassResult", "PASS_REGISTRY", "register_pass", "PROPERTIES", "DATA_MOVEMENT_KINDS"]
 
@@ -37,7 +38,7 @@ def _typed(graph: Graph) -> bool:
 
 
 #: Ops whose ``layout`` attribute only names the layout of their result (they compute nothing).
-DATA_MOVEMENT_KINDS: frozenset[str] = frozenset({"transpose", "reshape", "expand_dims", "squeeze"})
+DATA_MOVEMENT_KINDS: frozenset[str] = kinds_with("layout_is_result_only")
 
 
 def _channels_first(graph: Graph) -> bool:

@@ -85,7 +85,7 @@ class _Folder:
 def _fold_into_producer(f: _Folder, bn: Node, s: np.ndarray, t: np.ndarray) -> bool:
     producers = {o.name: n for n in f.nodes for o in n.outputs}
     prod = producers.get(bn.inputs[0])
-    if prod is None or prod.op.kind not in ("conv2d", "dense") or prod.op.activation is not None:  # type: ignore[attr-defined]
+    if prod is None or not prod.op.accepts_epilogue or prod.op.activation is not None:  # type: ignore[attr-defined]
         return False
     if use_counts(f.nodes, f.outputs).get(bn.inputs[0], 0) != 1:
         return False
@@ -105,7 +105,7 @@ def _fold_into_consumer(f: _Folder, bn: Node, s: np.ndarray, t: np.ndarray) -> b
     if len(users) != 1 or out in f.outputs:
         return False
     cons = users[0]
-    if cons.op.kind not in ("conv2d", "dense") or cons.inputs[0] != out or out in cons.inputs[1:]:
+    if not cons.op.accepts_epilogue or cons.inputs[0] != out or out in cons.inputs[1:]:
         return False
     typ = bn.outputs[0].type
     if typ is None or normalize_axis(bn.op.axis, typ.rank) != _channel_axis(cons, typ.rank):  # type: ignore[attr-defined]

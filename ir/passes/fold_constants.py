@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from keydnn.ir.graph import Graph, Node
-from keydnn.ir.ops import Reshape, ScaleShift, Transpose
+from keydnn.ir.ops import Reshape, ScaleShift, Transpose, kinds_with
 from keydnn.ir.ops.base import normalize_axis
 from keydnn.ir.passes.base import Pass, PassResult, register_pass
 from keydnn.ir.passes.rewrite import finish, fresh_name, rebuild, used_names
@@ -29,7 +29,7 @@ from keydnn.ir.reference import REFERENCE_KERNELS
 
 __all__ = ["FoldConstants", "MERGE_RULES", "RESHAPE_LIKE"]
 
-RESHAPE_LIKE: frozenset[str] = frozenset({"reshape", "flatten", "expand_dims", "squeeze"})
+RESHAPE_LIKE: frozenset[str] = kinds_with("is_view")
 
 
 class _State:

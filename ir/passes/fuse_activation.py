@@ -7,15 +7,16 @@ backend. Only ops whose class declares an ``activation`` field can take one.
 from __future__ import annotations
 
 from keydnn.ir.graph import Graph, Node
+from keydnn.ir.ops import kinds_with
 from keydnn.ir.passes.base import Pass, PassResult, register_pass
 from keydnn.ir.passes.rewrite import finish, rebuild, rename_uses, use_counts
 
 __all__ = ["FuseActivation", "FUSIBLE_ACTIVATIONS", "FUSING_PRODUCERS"]
 
 #: Activation kinds an epilogue can hold (``keydnn.ir.ops.nn.Epilogue``).
-FUSIBLE_ACTIVATIONS: frozenset[str] = frozenset({"relu", "activation"})
+FUSIBLE_ACTIVATIONS: frozenset[str] = kinds_with("is_activation")
 #: Producer kinds with an ``activation`` epilogue field.
-FUSING_PRODUCERS: frozenset[str] = frozenset({"conv2d", "dense"})
+FUSING_PRODUCERS: frozenset[str] = kinds_with("accepts_epilogue")
 
 
 @register_pass

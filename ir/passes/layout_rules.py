@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from keydnn.ir.graph import Node
-from keydnn.ir.ops import ExpandDims, Squeeze
+from keydnn.ir.ops import ExpandDims, Squeeze, kinds_with
 from keydnn.ir.ops.base import normalize_axis
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,7 +54,7 @@ CHANNELS_LAST: tuple[str, ...] = ("NHWC", "NWC")
 CHANNELS_FIRST_OF: dict[str, str] = {"NHWC": "NCHW", "NWC": "NCW"}
 _CHANNELS_LAST_OF = {v: k for k, v in CHANNELS_FIRST_OF.items()}
 #: Ops a folded flatten's result may pass through on its way to a dense.
-FLATTEN_PASS_THROUGH: frozenset[str] = frozenset({"relu", "activation"})
+FLATTEN_PASS_THROUGH: frozenset[str] = kinds_with("is_activation")
 
 
 def cf_perm(rank: int) -> Perm:

@@ -27,7 +27,7 @@ from numba import types as nt
 
 from keydnn.backends.numba_cuda import gemm, kernels_conv, kernels_dense, kernels_elementwise, kernels_pool
 from keydnn.backends.numba_cuda import kernels_merge, kernels_shape
-from keydnn.backends.numba_cuda.activations import ACTIVATION_CODES, GELU, LINEAR, RELU, RELU0
+from keydnn.backends.epilogues import ACTIVATION_CODES, GELU, LINEAR, RELU, RELU0
 
 
 def kernels(dtype: str, quick: bool = False) -> Iterator[tuple[str, object, tuple]]:
