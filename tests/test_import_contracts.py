@@ -123,7 +123,7 @@ NOT_FOR_THE_READER = ("numba", "tensorflow", "keras", "tf_keras")
 
 def test_importing_the_ir_loads_no_frontend_backend_or_jit() -> None:
     """``import keydnn.ir.graph`` (what a pass or a tool over the IR needs) loads the IR and the leaf modules only:
-    no numba, h5py, click or TensorFlow, and none of keydnn's API, frontends or backends (it loaded 43 keydnn
+    no numba, h5py, click or TensorFlow, and none of keydnn's API, frontends or backends (it loaded 45 keydnn
     modules and the compiler's API before ``keydnn/__init__`` loaded its API lazily)."""
     loaded = _loaded_by("import keydnn.ir.graph")
     assert "keydnn.ir.graph" in loaded
