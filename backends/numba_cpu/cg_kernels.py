@@ -16,12 +16,10 @@ import numba
 import numpy as np
 
 from keydnn.backends.numba_cpu.cpu import dw_lanes
-from keydnn.backends.numba_cpu.conv_direct import tap_hi, tap_lo
 from keydnn.backends.numba_cpu.codes import LINEAR, RELU0
 from keydnn.backends.numba_cpu.functions import apply_function
-from keydnn.backends.numba_cpu.kernels_merge import combine
 from keydnn.backends.numba_cpu.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
-from keydnn.backends.numba_cpu.codes import ADD, MUL, SUB
+from keydnn.backends.numba_cpu.codes import ADD, MAX, MIN, MUL, SUB
 from keydnn.backends.numba_cpu.simd import (
     load_at, store_at, vadd, vload, vload_n, vmax_zero, vmul, vstore, vstore_n, vsub, vzero,
 )
@@ -29,7 +27,7 @@ from keydnn.backends.numba_cpu.simd import (
 __all__ = [
     "im2col_panel", "pad_rows", "act_copy", "copy_flat", "copy_rows", "max_pool_planes", "avg_pool_planes", "mean_rows_flat", "max_rows_flat",
     "max_cols_flat", "softmax_flat", "affine_flat", "prelu_flat", "pad_flat", "crop_flat", "upsample_flat",
-    "dilate_flat",
+    "dilate_flat", "tap_lo", "tap_hi", "combine",
     "transpose_flat", "merge_flat", "merge_span", "conv_direct_planes", "add_bias_act_planes", "concat_rows",
 ]
 
@@ -37,6 +35,38 @@ logger = logging.getLogger(__name__)
 
 #: Sums may be reassociated (vectorized); nothing else about floating point changes.
 REDUCE_OPTIONS = {**JIT_OPTIONS, "fastmath": {"reassoc"}}
+
+
+# -- scalar pieces shared with the per-op kernels (ops import them from here) --
+
+
+@numba.njit(**JIT_OPTIONS)
+def tap_lo(offset, stride):
+    """First output index whose input index ``i * stride + offset`` is >= 0."""
+    return 0 if offset >= 0 else (-offset + stride - 1) // stride
+
+
+@numba.njit(**JIT_OPTIONS)
+def tap_hi(offset, stride, size, n_out):
+    """One past the last output index whose input index is < ``size``."""
+    last = size - 1 - offset
+    return 0 if last < 0 else min(n_out, last // stride + 1)
+
+
+@numba.njit(**JIT_OPTIONS)
+def combine(d, v, code):
+    """The result of folding operand value ``v`` into accumulator ``d``."""
+    if code == ADD:
+        return d + v
+    if code == SUB:
+        return d - v
+    if code == MUL:
+        return d * v
+    if code == MAX:
+        return v if (v > d) | (v != v) else d
+    if code == MIN:
+        return v if (v < d) | (v != v) else d
+    return v
 
 
 #: Lanes of the explicit vectors the copy helpers use (LLVM splits them where registers are narrower).

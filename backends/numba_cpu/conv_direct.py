@@ -14,24 +14,12 @@ import numba
 from numba import prange
 
 from keydnn.backends.numba_cpu.kernels_elementwise import LINEAR, activate_range
+from keydnn.backends.numba_cpu.cg_kernels import tap_hi, tap_lo
 from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 
 __all__ = ["tap_lo", "tap_hi", "conv_plane", "conv2d_direct"]
 
 logger = logging.getLogger(__name__)
-
-
-@numba.njit(**JIT_OPTIONS)
-def tap_lo(offset, stride):
-    """First output index whose input index ``i * stride + offset`` is >= 0."""
-    return 0 if offset >= 0 else (-offset + stride - 1) // stride
-
-
-@numba.njit(**JIT_OPTIONS)
-def tap_hi(offset, stride, size, n_out):
-    """One past the last output index whose input index is < ``size``."""
-    last = size - 1 - offset
-    return 0 if last < 0 else min(n_out, last // stride + 1)
 
 
 @numba.njit(**JIT_OPTIONS)

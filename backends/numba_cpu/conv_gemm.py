@@ -22,7 +22,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from keydnn.backends.numba_cpu.conv_direct import tap_hi, tap_lo
+from keydnn.backends.numba_cpu.cg_kernels import tap_hi, tap_lo
 from keydnn.backends.numba_cpu.kernels_elementwise import LINEAR, activate_range
 from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 

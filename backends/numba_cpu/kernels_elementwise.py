@@ -20,6 +20,7 @@ from numba import prange
 from keydnn.backends.numba_cpu.codes import (  # noqa: F401  (re-exported: kernels import them from here)
     ACTIVATION_CODES, LINEAR, NO_EPILOGUE, RELU, RELU0, Epilogue, encode_activation,
 )
+from keydnn.backends.numba_cpu.cg_kernels import softmax_flat
 from keydnn.backends.numba_cpu.functions import apply_function
 from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, register_kernel
 from keydnn.ir.ops.base import normalize_axis
@@ -55,37 +56,18 @@ def activate_parallel(x, out, code, p0, p1, p2, p3):
         activate_range(x, out, c * _CHUNK, min(n, (c + 1) * _CHUNK), code, p0, p1, p2, p3)
 
 
-@numba.njit(**JIT_OPTIONS)
-def softmax_lane(x, out, o, i):
-    """Softmax of x[o, :, i]; max-subtracted, float64 sum; ``out`` may be ``x``."""
-    length = x.shape[1]
-    m = -np.inf
-    for k in range(length):
-        m = max(m, np.float64(x[o, k, i]))
-    s = 0.0
-    for k in range(length):
-        s += math.exp(np.float64(x[o, k, i]) - m)
-    inv = 1.0 / s
-    for k in range(length):
-        out[o, k, i] = math.exp(np.float64(x[o, k, i]) - m) * inv
-
-
-@numba.njit(**JIT_OPTIONS)
-def softmax_lanes(x, out, lo, hi):
-    inner = x.shape[2]
-    for t in range(lo, hi):
-        softmax_lane(x, out, t // inner, t % inner)
-
-
 _LANES = 256
 
 
 @numba.njit(**PARALLEL_JIT_OPTIONS)
-def softmax_kernel(x, out):
-    """Softmax over axis 1 of an (outer, L, inner) view, in blocks of lanes per task."""
-    lanes = x.shape[0] * x.shape[2]
-    for blk in prange((lanes + _LANES - 1) // _LANES):
-        softmax_lanes(x, out, blk * _LANES, min(lanes, (blk + 1) * _LANES))
+def softmax_kernel(x, out, outer, length, inner):
+    """Softmax over the middle axis of a flat (outer, length, inner) tensor, blocks of rows per task, through
+    the generated code's helper."""
+    rows = max(1, _LANES // max(inner, 1))
+    for blk in prange((outer + rows - 1) // rows):
+        lo = blk * rows
+        base = lo * length * inner
+        softmax_flat(x, base, out, base, min(outer, lo + rows) - lo, length, inner)
 
 
 def _elementwise(ctx: LowerContext, act: Epilogue) -> LoweredOp:
@@ -115,7 +97,7 @@ def lower_softmax(ctx: LowerContext) -> LoweredOp:
     def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
         x = inputs[0]
         view = (math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1:]))
-        softmax_kernel(x.reshape(view), out.reshape(view))
+        softmax_kernel(np.ascontiguousarray(x).reshape(-1), out.reshape(-1), *view)
         return out
 
     return LoweredOp(run=run, inplace=True, description=f"softmax axis={axis}", work_per_element=8)

@@ -20,7 +20,8 @@ import numpy as np
 from numba import prange
 
 from keydnn.backends.broadcast import collapse_broadcast
-from keydnn.backends.numba_cpu.codes import ADD, COPY, MAX, MERGE_CODES, MIN, MUL, SUB
+from keydnn.backends.numba_cpu.codes import COPY, MERGE_CODES
+from keydnn.backends.numba_cpu.cg_kernels import combine
 from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, register_kernel
 from keydnn.ir.ops.base import normalize_axis
 
@@ -28,22 +29,6 @@ __all__ = ["MERGE_CODES", "merge_pass", "concat_kernel", "combine"]
 
 logger = logging.getLogger(__name__)
 
-
-
-@numba.njit(**JIT_OPTIONS)
-def combine(d, v, code):
-    """The result of folding operand value ``v`` into accumulator ``d``."""
-    if code == ADD:
-        return d + v
-    if code == SUB:
-        return d - v
-    if code == MUL:
-        return d * v
-    if code == MAX:
-        return v if (v > d) | (v != v) else d
-    if code == MIN:
-        return v if (v < d) | (v != v) else d
-    return v
 
 
 @numba.njit(**JIT_OPTIONS)

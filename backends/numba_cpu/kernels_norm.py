@@ -4,7 +4,8 @@ Every parameter is laid out once, at lowering time, as a flat float64 vector
 for the ``(outer, period, inner)`` view of the tensor
 (``keydnn.backends.broadcast.param_view``), so one kernel per op
 serves the per-channel form (``period`` channels, ``inner`` pixels), the
-per-sample broadcast form and scalars. Arithmetic is in float64 and rounded
+per-sample broadcast form and scalars; the loops are the generated code's
+helpers (``cg_kernels.affine_flat``/``prelu_flat``). Arithmetic is in float64 and rounded
 on store, like the reference. batch_norm is ``x * s + t`` with ``s`` and
 ``t`` computed once in float64.
 """
@@ -19,9 +20,10 @@ import numpy as np
 from numba import prange
 
 from keydnn.backends.broadcast import ParamView, param_view
+from keydnn.backends.numba_cpu.cg_kernels import affine_flat, prelu_flat
 from keydnn.backends.numba_cpu.codes import batch_norm_params
 from keydnn.backends.numba_cpu.lowering import (
-    JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, Unsupported, register_kernel,
+    PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, Unsupported, register_kernel,
 )
 from keydnn.ir.ops.base import normalize_axis
 
@@ -30,52 +32,21 @@ __all__ = ["affine_kernel", "prelu_kernel", "batch_norm_params"]
 logger = logging.getLogger(__name__)
 
 
-@numba.njit(**JIT_OPTIONS)
-def affine_rows(x, out, scale, shift, lo, hi):
-    """out[o] = x[o] * scale[c] + shift[c] for o in [lo, hi) of (outer, period, inner) views."""
-    period, inner = x.shape[1], x.shape[2]
-    for o in range(lo, hi):
-        for c in range(period):
-            s = scale[c]
-            t = shift[c]
-            xr = x[o, c]
-            orow = out[o, c]
-            for i in range(inner):
-                orow[i] = np.float64(xr[i]) * s + t
-
-
-@numba.njit(**JIT_OPTIONS)
-def prelu_rows(x, out, alpha, lo, hi):
-    """out = x where x > 0, alpha * x where x < 0 (zeros and NaN pass through)."""
-    period, inner = x.shape[1], x.shape[2]
-    for o in range(lo, hi):
-        for c in range(period):
-            a = alpha[c]
-            xr = x[o, c]
-            orow = out[o, c]
-            for i in range(inner):
-                v = np.float64(xr[i])
-                orow[i] = a * v if v < 0.0 else v
+@numba.njit(**PARALLEL_JIT_OPTIONS)
+def affine_kernel(x, out, outer, period, inner, params):
+    """Flat ``x`` viewed as (outer, period, inner): ``x * s[c] + t[c]`` with ``params = [s..., t...]``, one outer
+    row per task, through the generated code's helper."""
+    step = period * inner
+    for o in prange(outer):
+        affine_flat(x, o * step, out, o * step, 1, period, inner, params, 0, period)
 
 
 @numba.njit(**PARALLEL_JIT_OPTIONS)
-def affine_kernel(x, out, scale, shift):
-    outer = x.shape[0]
-    if outer == 1:
-        affine_rows(x, out, scale, shift, 0, 1)
-        return
+def prelu_kernel(x, out, outer, period, inner, params):
+    """``x`` where x > 0, ``alpha[c] * x`` where x < 0 (zeros and NaN pass through); ``params = alpha``."""
+    step = period * inner
     for o in prange(outer):
-        affine_rows(x, out, scale, shift, o, o + 1)
-
-
-@numba.njit(**PARALLEL_JIT_OPTIONS)
-def prelu_kernel(x, out, alpha):
-    outer = x.shape[0]
-    if outer == 1:
-        prelu_rows(x, out, alpha, 0, 1)
-        return
-    for o in prange(outer):
-        prelu_rows(x, out, alpha, o, o + 1)
+        prelu_flat(x, o * step, out, o * step, 1, period, inner, params, 0)
 
 
 def _sample(ctx: LowerContext) -> tuple[int, ...]:
@@ -87,10 +58,11 @@ def _sample(ctx: LowerContext) -> tuple[int, ...]:
 
 def _lower_view(view: ParamView, kernel, description: str, work: int = 1) -> LoweredOp:
     def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
-        x = inputs[0]
-        dims = view.dims(x.shape)
-        kernel(x.reshape(dims), out.reshape(dims), *view.params)
+        x = np.ascontiguousarray(inputs[0])
+        kernel(x.reshape(-1), out.reshape(-1), *view.dims(x.shape), packed)
         return out
+
+    packed = np.ascontiguousarray(np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1) for p in view.params]))
 
     return LoweredOp(run=run, inplace=True, description=f"{description} period={view.period}",
                      work_per_element=work)

@@ -23,6 +23,7 @@ from keydnn.frontends.keras import convert_sequence as _convert_sequence  # noqa
 from keydnn.frontends.keras import convert_conv_recurrent as _convert_conv_recurrent  # noqa: F401  (registers)
 from keydnn.frontends.keras import convert_layernorm as _convert_layernorm  # noqa: F401  (registers converters)
 from keydnn.frontends.keras import convert_attention as _convert_attention  # noqa: F401  (registers converters)
+from keydnn.frontends.keras import convert_einsum as _convert_einsum  # noqa: F401  (registers converters)
 from keydnn.frontends.keras import convert_transposed as _convert_transposed  # noqa: F401  (registers converters)
 from keydnn.frontends.keras import convert_preprocessing as _convert_preprocessing  # noqa: F401  (registers converters)
 from keydnn.frontends.keras import convert_applications as _convert_applications  # noqa: F401  (registers converters)

@@ -83,12 +83,12 @@ def emit_activation(ctx: LayerContext, op: OpBase, suffix: str | None = None) ->
     x = ctx.x
     rank = ctx.need_type().rank
     m = ctx.emit(Reduce(mode="max", axes=(rank - 1,), keepdims=True), suffix=f"{base}.max")
-    ctx.x, ctx.x_type = x, ctx._type_of(x)
+    ctx.x, ctx.x_type = x, ctx.type_of(x)
     d = ctx.emit(Binary(function="sub"), m, suffix=f"{base}.shifted")
     ctx.emit(Unary(function="exp"), suffix=f"{base}.exp")
     ctx.emit(Reduce(mode="sum", axes=(rank - 1,), keepdims=True), suffix=f"{base}.sum")
     lg = ctx.emit(Unary(function="log"), suffix=f"{base}.log")
-    ctx.x, ctx.x_type = d, ctx._type_of(d)
+    ctx.x, ctx.x_type = d, ctx.type_of(d)
     ctx.emit(Binary(function="sub"), lg, suffix=suffix)
 
 

@@ -77,7 +77,7 @@ def convert_custom_scale(ctx: LayerContext) -> None:
                    value=scale)
         raise Unconvertible
     a, b = inputs
-    ctx.x, ctx.x_type = b, ctx._type_of(b)
+    ctx.x, ctx.x_type = b, ctx.type_of(b)
     scaled = ctx.emit(Binary(function="mul"), ctx.add_constant("scale", np.array([float(scale)])), suffix="scaled")
-    ctx.x, ctx.x_type = a, ctx._type_of(a)
+    ctx.x, ctx.x_type = a, ctx.type_of(a)
     ctx.emit(Binary(function="add"), scaled)

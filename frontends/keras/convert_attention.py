@@ -1,5 +1,5 @@
-"""Attention layers lowered to ops the passes see: MultiHeadAttention, GroupQueryAttention, Attention,
-AdditiveAttention, Dot and EinsumDense.
+"""Attention layers lowered to ops the passes see: MultiHeadAttention, GroupQueryAttention, Attention and
+AdditiveAttention (Dot and EinsumDense: ``convert_einsum``).
 
 MultiHeadAttention (rank-3 query/value, Keras's default attention axis)
 becomes: three ``dense`` projections (Keras's EinsumDense kernels
@@ -22,9 +22,22 @@ from keydnn.frontends.keras.convert_core import check_dtype_policy
 from keydnn.frontends.keras.convert_common import is_int
 from keydnn.frontends.keras.functional import TENSOR_KWARGS
 from keydnn.frontends.keras.lower import MULTI_INPUT_LAYERS
-from keydnn.frontends.keras.registry import LayerContext, Unconvertible, register_converter
+from keydnn.frontends.keras.registry import (
+    LayerContext,
+    Unconvertible,
+    register_converter,
+)
 from keydnn.ir.ops import (
-    Activation, Binary, Dense, ExpandDims, LayerNorm, MatMul, OpBase, Reduce, Reshape, Softmax, Transpose,
+    Activation,
+    Binary,
+    Dense,
+    ExpandDims,
+    MatMul,
+    OpBase,
+    Reduce,
+    Reshape,
+    Softmax,
+    Transpose,
 )
 
 __all__ = ["MASK_VALUE"]
@@ -41,7 +54,7 @@ MULTI_INPUT_LAYERS.update({"MultiHeadAttention", "GroupedQueryAttention", "Group
 
 def node(ctx: LayerContext, op: OpBase, *inputs: str, suffix: str | None) -> str:
     """Emit ``op`` on ``inputs`` (any values, not only the current one)."""
-    ctx.x, ctx.x_type = inputs[0], ctx._type_of(inputs[0])
+    ctx.x, ctx.x_type = inputs[0], ctx.type_of(inputs[0])
     return ctx.emit(op, *inputs[1:], suffix=suffix)
 
 
@@ -63,7 +76,7 @@ _SUBS = {"query": ("query", "query_dense", "_query_dense"), "key": ("key", "key_
 def _project(ctx: LayerContext, x: str, part: str, heads: int, size: int, use_bias: bool, tag: str) -> str:
     """``x`` (B, T, D) through Keras's EinsumDense ``abc,cde->abde``, as (B, heads, T, size)."""
     kernel = _weight(ctx, _SUBS[part], "kernel", 0)
-    dim = ctx._type_of(x).shape[-1]
+    dim = ctx.type_of(x).shape[-1]
     if kernel.shape != (dim, heads, size):
         ctx.refuse(f"{part} kernel has shape {list(kernel.shape)}, expected {[dim, heads, size]}")
         raise Unconvertible
@@ -71,14 +84,14 @@ def _project(ctx: LayerContext, x: str, part: str, heads: int, size: int, use_bi
     if use_bias:
         ins.append(ctx.add_constant(f"{tag}.bias", _weight(ctx, _SUBS[part], "bias", 1).reshape(heads * size)))
     y = node(ctx, Dense(), x, *ins, suffix=tag)
-    t = ctx._type_of(x).shape[1]
+    t = ctx.type_of(x).shape[1]
     y = node(ctx, Reshape(shape=(t, heads, size)), y, suffix=f"{tag}.heads")
     return node(ctx, Transpose(perm=(0, 2, 1, 3)), y, suffix=f"{tag}.bhtd")
 
 
 def _check_rank3(ctx: LayerContext, names: dict[str, str]) -> None:
     for what, name in names.items():
-        t = ctx._type_of(name)
+        t = ctx.type_of(name)
         if t is None:
             ctx._input_unknown = True
             raise Unconvertible
@@ -108,7 +121,7 @@ def _mask_bias(ctx: LayerContext, scores: str, mask: str | None, causal: bool, t
         bias = np.where(np.tril(np.ones((tq, tk), dtype=bool)), 0.0, MASK_VALUE)
         scores = node(ctx, Binary(function="add"), scores, ctx.add_constant("causal_bias", bias), suffix="causal")
     if mask is not None:
-        mt = ctx._type_of(mask)
+        mt = ctx.type_of(mask)
         if mt is None or tuple(mt.shape[1:]) != (tq, tk):
             ctx.refuse(f"attention_mask has shape {None if mt is None else list(mt.shape)}, expected "
                        f"[batch, {tq}, {tk}]", field="attention_mask")
@@ -124,7 +137,7 @@ def _mask_bias(ctx: LayerContext, scores: str, mask: str | None, causal: bool, t
 
 def _attend(ctx: LayerContext, q: str, k: str, v: str, scale: float, mask: str | None, causal: bool) -> str:
     """softmax(q @ k^T * scale + masks) @ v over (B, H, T, d) operands; (B, H, Tq, dv)."""
-    tq, tk = ctx._type_of(q).shape[2], ctx._type_of(k).shape[2]
+    tq, tk = ctx.type_of(q).shape[2], ctx.type_of(k).shape[2]
     scores = node(ctx, MatMul(transpose_b=True, scale=scale), q, k, suffix="scores")
     scores = _mask_bias(ctx, scores, mask, causal, tq, tk)
     probs = node(ctx, Softmax(axis=-1), scores, suffix="probs")
@@ -134,7 +147,7 @@ def _attend(ctx: LayerContext, q: str, k: str, v: str, scale: float, mask: str |
 def _heads_out(ctx: LayerContext, context: str, heads: int, vdim: int, out_dims: tuple[int, ...],
                use_bias: bool) -> None:
     """(B, H, T, vdim) -> (B, T, H * vdim) -> output EinsumDense ``abcd,cde->abe``."""
-    t = ctx._type_of(context).shape[2]
+    t = ctx.type_of(context).shape[2]
     y = node(ctx, Transpose(perm=(0, 2, 1, 3)), context, suffix="bthd")
     y = node(ctx, Reshape(shape=(t, heads * vdim)), y, suffix="merge_heads")
     kernel = _weight(ctx, _SUBS["output"], "kernel", 0)
@@ -202,7 +215,7 @@ def convert_mha(ctx: LayerContext) -> None:
         ctx.refuse(f"invalid num_heads/key_dim/value_dim {heads!r}/{kdim!r}/{vdim!r}", field="num_heads")
         raise Unconvertible
     query, value, key, mask, opts = _attention_call(ctx)
-    dim = ctx._type_of(query).shape[-1]
+    dim = ctx.type_of(query).shape[-1]
     out_dims = (dim,) if out_cfg is None else (out_cfg,) if is_int(out_cfg) else tuple(out_cfg)
     if not all(is_int(d) and d > 0 for d in out_dims):
         ctx.refuse(f"unsupported output_shape {out_cfg!r}", field="output_shape", value=out_cfg)
@@ -230,7 +243,7 @@ def convert_gqa(ctx: LayerContext) -> None:
     k = _project(ctx, key, "key", nkv, hd, use_bias, "key")
     v = _project(ctx, value, "value", nkv, hd, use_bias, "value")
     if nq != nkv:  # repeat each key/value head for its group of query heads: (B, nkv, S, d) -> (B, nq, S, d)
-        s = ctx._type_of(k).shape[2]
+        s = ctx.type_of(k).shape[2]
         rep = nq // nkv
         ones = ctx.add_constant("repeat", np.ones((1, 1, rep, 1, 1)))
         k = node(ctx, ExpandDims(axis=2), k, suffix="key.group")
@@ -240,7 +253,7 @@ def convert_gqa(ctx: LayerContext) -> None:
         v = node(ctx, Binary(function="mul"), v, ones, suffix="value.repeat")
         v = node(ctx, Reshape(shape=(nq, s, hd)), v, suffix="value.heads_q")
     context = _attend(ctx, q, k, v, 1.0 / math.sqrt(hd), mask, bool(opts.get("use_causal_mask", False)))
-    _heads_out(ctx, context, nq, hd, (ctx._type_of(query).shape[-1],), use_bias)
+    _heads_out(ctx, context, nq, hd, (ctx.type_of(query).shape[-1],), use_bias)
 
 
 def _attention_call_kwargs(ctx: LayerContext) -> dict:
@@ -272,7 +285,7 @@ def convert_attention(ctx: LayerContext) -> None:
     causal = ctx.check_in("causal", (False, True), False)  # Keras 2's constructor flag
     causal = bool(_attention_call_kwargs(ctx).get("use_causal_mask", False)) or causal
     q, v, k = _qvk(ctx)
-    tq, tk = ctx._type_of(q).shape[1], ctx._type_of(k).shape[1]
+    tq, tk = ctx.type_of(q).shape[1], ctx.type_of(k).shape[1]
     weights = dict(ctx.layer.weights)
     pos = iter(("var0", "var1"))
     scale = float(np.asarray(weights.get("scale", weights.get(next(pos)))).reshape(-1)[0]) if use_scale else None
@@ -316,7 +329,7 @@ def convert_additive(ctx: LayerContext) -> None:
     causal = ctx.check_in("causal", (False, True), False)
     causal = bool(_attention_call_kwargs(ctx).get("use_causal_mask", False)) or causal
     q, v, k = _qvk(ctx)
-    tq, tk = ctx._type_of(q).shape[1], ctx._type_of(k).shape[1]
+    tq, tk = ctx.type_of(q).shape[1], ctx.type_of(k).shape[1]
     weights = dict(ctx.layer.weights)
     scale = np.asarray(weights.get("scale", weights.get("var0")), dtype=np.float64) if use_scale else None
     scores = _additive_scores(ctx, q, k, inner=None, per_feature=scale, outer=1.0)
@@ -324,123 +337,3 @@ def convert_additive(ctx: LayerContext) -> None:
         scores = _mask_bias(ctx, scores, None, True, tq, tk)
     probs = node(ctx, Softmax(axis=-1), scores, suffix="probs")
     node(ctx, MatMul(), probs, v, suffix=None)
-
-
-@register_converter("Dot", constraints=(
-    "two inputs of rank 2 or 3, axes an int or a pair (not the batch axis), normalize (L2 along the axes first)"))
-def convert_dot(ctx: LayerContext) -> None:
-    check_dtype_policy(ctx)
-    inputs = list(ctx.inputs)  # type: ignore[attr-defined]
-    if len(inputs) != 2:
-        ctx.refuse(f"takes two tensors, got {len(inputs)}", field="inputs")
-        raise Unconvertible
-    types = [ctx._type_of(i) for i in inputs]
-    if any(t is None for t in types):
-        ctx._input_unknown = True
-        raise Unconvertible
-    axes_cfg = ctx.cfg("axes")
-    normalize = ctx.check_in("normalize", (False, True), False)
-    axes = [axes_cfg, axes_cfg] if is_int(axes_cfg) else axes_cfg
-    ranks = [t.rank for t in types]
-    if not (isinstance(axes, list) and len(axes) == 2 and all(is_int(a) for a in axes)
-            and all(r in (2, 3) for r in ranks) and all(-r <= a < r and a % r for a, r in zip(axes, ranks))):
-        ctx.refuse(f"unsupported axes {axes_cfg!r} for inputs of rank {ranks}", field="axes", value=axes_cfg,
-                   supported="an int or a pair of non-batch axes; inputs of rank 2 or 3")
-        raise Unconvertible
-    a, b = (int(ax) % r for ax, r in zip(axes, ranks))
-    x, y = inputs
-    if normalize:
-        one, zero = ctx.add_constant("ones", np.ones(1)), ctx.add_constant("zeros", np.zeros(1))
-        unit = LayerNorm(axes=(a,), epsilon=1e-24 if ctx.options.keras_major >= 3 else 1e-12, center=False,
-                         statistic="sum_square", eps_mode="max")
-        x = node(ctx, unit, x, one, zero, suffix="x_unit")
-        unit = unit.model_copy(update={"axes": (b,)})
-        y = node(ctx, unit, y, one, zero, suffix="y_unit")
-    if ranks == [2, 2]:  # (B, n) . (B, n) -> (B, 1)
-        prod = node(ctx, Binary(function="mul"), x, y, suffix="products")
-        node(ctx, Reduce(mode="sum", axes=(1,), keepdims=True), prod, suffix=None)
-        return
-    if 2 in ranks:
-        ctx.refuse(f"inputs of ranks {ranks}: keydnn supports two rank-2 or two rank-3 inputs", field="inputs")
-        raise Unconvertible
-    # rank 3: batched matmul with the contracted axes innermost
-    if a == 1:
-        x = node(ctx, Transpose(perm=(0, 2, 1)), x, suffix="x_t")
-    if b == 2:
-        node(ctx, MatMul(transpose_b=True), x, y, suffix=None)
-    else:
-        node(ctx, MatMul(), x, y, suffix=None)
-
-
-
-def _einsum_parts(equation: object) -> tuple[str, str, str] | None:
-    """(x, w, y) letters of an ``x,w->y`` equation, or None for anything else (ellipses, repeats)."""
-    if not isinstance(equation, str) or "->" not in equation or "," not in equation or "." in equation:
-        return None
-    lhs, y = equation.replace(" ", "").split("->")
-    parts = lhs.split(",")
-    if len(parts) != 2:
-        return None
-    x, w = parts
-    if any(len(set(s)) != len(s) or not s.isalpha() for s in (x, w, y)):
-        return None
-    return x, w, y
-
-
-@register_converter("EinsumDense", constraints=(
-    "equations x,w->y where w = (contracted trailing axes of x) + (new axes) and y = (kept leading axes of x) + "
-    "(new axes), as Keras layers use them ('ab,bc->ac', 'abc,cd->abd', 'abc,cde->abde', 'abcd,cde->abe'); "
-    "bias_axes among the new axes; fused activation 'linear' (others with allow_non_linear_activation); "
-    "lowered to reshape + dense + reshape"))
-def convert_einsum_dense(ctx: LayerContext) -> None:
-    from keydnn.frontends.keras.activations import emit_fused_activation
-
-    check_dtype_policy(ctx)
-    equation = ctx.cfg("equation")
-    bias_axes = ctx.cfg("bias_axes")
-    ctx.cfg("activation")  # read again (and checked) by emit_fused_activation
-    ctx.ignore("output_shape")  # implied by the equation and the kernel
-    for key in ("quantization_config", "lora_rank", "lora_alpha"):
-        value = ctx.cfg(key)
-        if value not in (None, 0):
-            ctx.refuse(f"unsupported {key} {value!r}", field=key, value=value, supported="None")
-    x = ctx.need_type()
-    parts = _einsum_parts(equation)
-    ok = parts is not None
-    if ok:
-        xs, ws, ys = parts  # type: ignore[misc]
-        contracted = "".join(c for c in xs if c not in ys)
-        new = "".join(c for c in ws if c not in xs)
-        kept = xs[: len(xs) - len(contracted)]
-        ok = (len(xs) == x.rank and xs.endswith(contracted) and bool(contracted) and ws == contracted + new
-              and ys == kept + new and len(kept) >= 1)
-    if not ok:
-        ctx.refuse(f"unsupported equation {equation!r}", field="equation", value=equation,
-                   supported="x,w->y with w = contracted trailing axes of x + new axes, y = kept axes + new axes")
-        raise Unconvertible
-    kernel = np.asarray(ctx.weight("kernel"), dtype=np.float64)
-    k_in = int(np.prod(kernel.shape[: len(contracted)]))
-    out_dims = tuple(int(d) for d in kernel.shape[len(contracted):])
-    width = int(np.prod(out_dims))
-    if not all(isinstance(d, int) for d in x.shape[len(kept):]) or int(np.prod(x.shape[len(kept):])) != k_in:
-        ctx.refuse(f"kernel {list(kernel.shape)} does not fit the input {x} under {equation!r}")
-        raise Unconvertible
-    operands = [ctx.add_constant("kernel", kernel.reshape(k_in, width))]
-    if bias_axes:
-        if not (isinstance(bias_axes, str) and all(c in new for c in bias_axes)):
-            ctx.refuse(f"unsupported bias_axes {bias_axes!r}", field="bias_axes", value=bias_axes,
-                       supported=f"letters among the new axes {new!r}")
-            raise Unconvertible
-        first = min(ys.index(c) for c in bias_axes)
-        tail = ys[first:]
-        bias = np.asarray(ctx.weight("bias"), dtype=np.float64)
-        shape = [out_dims[new.index(c)] if c in bias_axes else 1 for c in tail]
-        full = np.broadcast_to(bias.reshape(shape), out_dims[len(out_dims) - len(tail):])
-        operands.append(ctx.add_constant("bias", np.broadcast_to(full, out_dims).reshape(width)))
-    if len(contracted) > 1:
-        ctx.emit(Reshape(shape=tuple(x.shape[1: len(kept)]) + (k_in,)), suffix="flat_in")
-    last_reshape = len(out_dims) != 1
-    ctx.emit(Dense(), *operands, suffix="dense" if last_reshape else None)
-    if last_reshape:
-        ctx.emit(Reshape(shape=tuple(x.shape[1: len(kept)]) + out_dims))
-    emit_fused_activation(ctx)

@@ -74,7 +74,7 @@ def convert_elementwise_merge(ctx: LayerContext) -> None:
         return
     if len({t.rank for t in types}) > 1:
         names = _same_rank(ctx, names, types)
-        types = [ctx._type_of(n) for n in names]  # type: ignore[misc]
+        types = [ctx.type_of(n) for n in names]  # type: ignore[misc]
     try:
         broadcast_shapes([t.shape for t in types], cls)
     except ShapeError as exc:

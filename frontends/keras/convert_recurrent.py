@@ -154,7 +154,7 @@ def _pick(ctx: LayerContext, weights: list[tuple[str, np.ndarray]], s: _Settings
 
 
 def _emit_on(ctx: LayerContext, x: str, op: Any, *operands: str, suffix: str) -> str:
-    ctx.x_type = ctx.x_type if x == ctx.x else ctx._type_of(x)
+    ctx.x_type = ctx.x_type if x == ctx.x else ctx.type_of(x)
     ctx.x = x
     return ctx.emit(op, *operands, suffix=suffix)
 
@@ -162,7 +162,7 @@ def _emit_on(ctx: LayerContext, x: str, op: Any, *operands: str, suffix: str) ->
 def _recurrence(ctx: LayerContext, s: _Settings, arrays: list[np.ndarray], x: str, states: list[str], tag: str,
                 *, restore: bool = False, results: tuple[str, ...] = ("output",)) -> dict[str, str]:
     """Emit the projection and one rnn node per wanted result; {result: value}."""
-    x_type = ctx.x_type if x == ctx.x else ctx._type_of(x)
+    x_type = ctx.x_type if x == ctx.x else ctx.type_of(x)
     if x_type is None:
         ctx.need_type()
     assert x_type is not None
@@ -228,7 +228,7 @@ def _initial_states(ctx: LayerContext, s: _Settings, given: list[str]) -> list[s
 
 
 def _finish(ctx: LayerContext, main: str, extras: list[str], return_sequences: bool) -> None:
-    ctx.x, ctx.x_type = main, ctx._type_of(main)
+    ctx.x, ctx.x_type = main, ctx.type_of(main)
     if isinstance(ctx, GraphLayerContext):
         ctx.extra_results = extras
         ctx.out_mask = ctx.in_mask if return_sequences else None

@@ -43,7 +43,7 @@ def convert_embedding(ctx: LayerContext) -> None:
             ctx.refuse(f"mask_zero needs (batch, time) ids, got {x}", field="mask_zero", value=True)
             raise Unconvertible
         mask = _emit_on(ctx, ids, SequenceMask(mask_value=0.0, dtype=ctx.options.dtype), suffix="mask")
-        ctx.x, ctx.x_type = out, ctx._type_of(out)
+        ctx.x, ctx.x_type = out, ctx.type_of(out)
         if isinstance(ctx, GraphLayerContext):
             ctx.out_mask = mask
 
@@ -59,7 +59,7 @@ def convert_masking(ctx: LayerContext) -> None:
     x = ctx.x
     mask = _emit_on(ctx, x, SequenceMask(mask_value=float(value), dtype=ctx.options.dtype), suffix="mask")
     out = _emit_on(ctx, x, Masking(mask_value=float(value)), suffix=None)
-    ctx.x, ctx.x_type = out, ctx._type_of(out)
+    ctx.x, ctx.x_type = out, ctx.type_of(out)
     if isinstance(ctx, GraphLayerContext):
         ctx.out_mask = mask
 

@@ -21,15 +21,30 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 from pydantic import ValidationError
 
 from keydnn.errors import KerasInteropError, KeydnnError, Problem
+from keydnn.frontends.keras.graph_context import (
+    IGNORED_AT_INFERENCE,
+    MASK_PASSING,
+    MASK_REFUSED,
+    MULTI_INPUT_LAYERS,
+    NESTED_MODEL_CLASSES,
+    FrontendResult,
+    GraphLayerContext,
+    is_functional,
+    unchecked_note,
+)
 from keydnn.frontends.keras.operations import OPERATION_MODULES, is_operation
-from keydnn.frontends.keras.registry import CONVERTERS, ConversionOptions, LayerContext, Unconvertible
+from keydnn.frontends.keras.registry import (
+    CONVERTERS,
+    ConversionOptions,
+    LayerContext,
+    Unconvertible,
+)
 from keydnn.frontends.keras.spec import LayerSpec, ModelSpec
 from keydnn.ir.graph import Graph, Node
 from keydnn.ir.ops import Opaque
@@ -40,26 +55,6 @@ __all__ = ["FrontendResult", "lower_model", "IGNORED_AT_INFERENCE", "GraphLayerC
 
 logger = logging.getLogger(__name__)
 
-#: Layers that are the identity at inference time; they produce no node.
-IGNORED_AT_INFERENCE: frozenset[str] = frozenset()
-
-#: Layer classes whose converters take several input tensors (``GraphLayerContext.inputs``).
-MULTI_INPUT_LAYERS: set[str] = set()
-#: Layer classes through which Keras passes a sequence mask on unchanged (``supports_masking`` without a
-#: ``compute_mask`` of their own). Converters of mask-making or mask-using layers set ``out_mask`` themselves.
-MASK_PASSING: set[str] = {
-    "Dense", "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "ActivityRegularization", "Activation",
-    "ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax", "BatchNormalization", "LayerNormalization",
-}
-#: Layer classes that would compute with a mask in a way keydnn does not: refused when a mask reaches them.
-MASK_REFUSED: set[str] = {
-    "GlobalAveragePooling1D", "GlobalMaxPooling1D", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
-    "Concatenate", "Attention", "AdditiveAttention", "MultiHeadAttention",
-}
-#: Layer classes that are whole models: inlined, never converted as one layer.
-NESTED_MODEL_CLASSES: frozenset[str] = frozenset({"Sequential", "Functional", "Model"})
-
-_SEQUENTIAL = ("Sequential",)
 _OPS_MODULES = OPERATION_MODULES
 _BUILTIN_MODULES = ("keras.layers", "keras.src.layers", "keras.src.models", "keras.models", "keras",
                     "tf_keras.layers", "tf_keras.src.layers")
@@ -103,88 +98,11 @@ def _converter_fault(ctx: LayerContext, constraints: str, exc: BaseException) ->
 NOT_CHECKED = "not checked: its input shape is unknown after an unsupported layer"
 
 
-def unchecked_note(names: Sequence[str]) -> str:
-    """One line for the layers skipped after the first problems (they may well be supported)."""
-    shown = ", ".join(repr(n) for n in names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-    return (f"note: {len(names)} later layer(s) ({shown}) were not checked, because their input shape is unknown "
-            "after an unsupported layer; fix the problems above and convert again")
-
-
 _LAYOUT_BY_RANK = {2: "NC"}
 #: Integer Keras input dtypes (token ids for an Embedding) -> the IR input dtype.
 _INTEGER_INPUTS = {"int32": "int32", "int64": "int64", "int16": "int32", "int8": "int32", "uint8": "int32",
                    "uint16": "int32", "uint32": "int64", "uint64": "int64"}
 _SPATIAL_LAYOUTS = {4: ("NCHW", "NHWC"), 3: ("NCW", "NWC")}
-
-
-@dataclass
-class FrontendResult:
-    """The lowered graph plus what the artifact records about the source."""
-
-    graph: Graph
-    layers: list[dict] = field(default_factory=list)
-    source: dict = field(default_factory=dict)
-    problems: list[Problem] = field(default_factory=list)
-    #: True for a Functional model (a graph): the runtime class is ``keydnn.Model``, not ``Sequential``.
-    functional: bool = False
-    #: The outputs as Keras names them (its output layers' names), in order; the graph's values may be
-    #: named after the last node lowered from them (``dense_1.softmax``).
-    output_names: list[str] = field(default_factory=list)
-
-
-@dataclass
-class GraphLayerContext(LayerContext):
-    """A ``LayerContext`` for one call of a layer in a graph.
-
-    ``inputs`` / ``input_types`` are every tensor the call receives (``x`` is
-    the first); merge converters read them. ``node_name`` names this call's
-    nodes (``dense``, ``dense.1`` for a shared layer's second call), while
-    constants keep the layer's name, so every call shares one weight set.
-    """
-
-    inputs: tuple[str, ...] = ()
-    input_types: tuple[TensorType | None, ...] = ()
-    node_name: str | None = None
-    known_types: dict[str, TensorType | None] = field(default_factory=dict)
-    taken: set[str] = field(default_factory=set)
-    #: The Keras mask (a (N, T) value) of the main input, if any; a converter that makes or keeps a mask
-    #: sets ``out_mask`` (``MASK_PASSING`` layers keep theirs without one).
-    in_mask: str | None = None
-    out_mask: str | None = None
-    #: Results after the first (``return_state``, ``Bidirectional(merge_mode=None)``), in Keras's order.
-    extra_results: list[str] = field(default_factory=list)
-    #: Keyword arguments of the call, for layers of ``functional.TENSOR_KWARGS`` (tensors as value names).
-    call_kwargs: dict = field(default_factory=dict)
-    #: The call's raw inbound-node entry (Keras 2 TFOpLambda converters read their arguments from it).
-    raw_call: object = None
-
-    def _node_name(self, suffix: str | None) -> str:
-        base = self.node_name or self.layer.name
-        name = base if suffix is None else f"{base}.{suffix}"
-        if name in self.taken:
-            k = 1
-            while f"{name}_{k}" in self.taken:
-                k += 1
-            name = f"{name}_{k}"
-        return name
-
-    def _emitted(self, name: str, out_type: TensorType | None) -> None:
-        self.taken.add(name)
-        self.known_types[name] = out_type
-
-    def _type_of(self, name: str) -> TensorType | None:
-        if name == self.x:
-            return self.x_type
-        if name in self.known_types:
-            return self.known_types[name]
-        return super()._type_of(name)
-
-
-def is_functional(spec: ModelSpec) -> bool:
-    """Whether ``spec`` records a layer graph (Functional wiring) rather than a stack."""
-    if spec.model_class in _SEQUENTIAL:
-        return False
-    return spec.input_layers is not None or any(layer.inbound_nodes is not None for layer in spec.layers)
 
 
 class Lowering:
@@ -426,7 +344,7 @@ def lower_model(spec: ModelSpec, options: ConversionOptions) -> FrontendResult:
         from keydnn.frontends.keras.functional import lower_functional
 
         return lower_functional(spec, options)
-    if spec.model_class not in _SEQUENTIAL:
+    if spec.model_class != "Sequential":
         msg = (f"model {spec.name!r} is a subclassed model ({spec.model_class}); its call() is Python code, not a "
                "recorded layer graph, so keydnn cannot convert it. Rebuild it as a tf.keras.Sequential or a "
                "Functional model (tf.keras.Model(inputs, outputs))")

@@ -150,7 +150,7 @@ class LayerContext:
         """Append a node applying ``op`` to the current value (plus ``operands``); returns its output."""
         name = self._node_name(suffix)
         inputs = (self.x,) + operands
-        types = [self._type_of(i) for i in inputs]
+        types = [self.type_of(i) for i in inputs]
         out_type: TensorType | None = None
         if all(t is not None for t in types):
             try:
@@ -164,7 +164,8 @@ class LayerContext:
         self.x, self.x_type = name, out_type
         return name
 
-    def _type_of(self, name: str) -> TensorType | None:
+    def type_of(self, name: str) -> TensorType | None:
+        """The IR type of value ``name`` as far as conversion knows it (None when unknown yet)."""
         if name == self.x:
             return self.x_type
         if name in self.weights:
