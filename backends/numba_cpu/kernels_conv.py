@@ -97,9 +97,13 @@ def lower_conv2d(ctx: LowerContext) -> LoweredOp:
                    kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, *act)
             return out
     else:
+        wb = np.ascontiguousarray(np.concatenate([w.reshape(-1), b.reshape(-1)]).astype(ctx.dtype))
 
         def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
-            conv2d_direct(inputs[0], w, b, out, sh, sw, dh, dw, pt, pl, *act)
+            x = np.ascontiguousarray(inputs[0])
+            n, c, h, wd = x.shape
+            conv2d_direct(x.reshape(-1), wb, out.reshape(-1), n, c, h, wd, o_ch, cg, kh, kw, out.shape[2],
+                          out.shape[3], sh, sw, dh, dw, pt, pl, *act)
             return out
 
     return LoweredOp(run=run, description=f"conv2d[{algorithm}] {o_ch}x{cg}x{kh}x{kw} groups={groups}",

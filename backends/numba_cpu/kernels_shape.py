@@ -13,42 +13,23 @@ import numba
 import numpy as np
 from numba import prange
 
-from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, register_kernel
+from keydnn.backends.numba_cpu.cg_kernels import transpose_flat
+from keydnn.backends.numba_cpu.lowering import PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, register_kernel
 
 __all__ = ["transpose_kernel"]
 
 logger = logging.getLogger(__name__)
 
 
-@numba.njit(**JIT_OPTIONS)
-def transpose_rows(x, out, out_shape, src_strides, lo, hi):
-    """Output rows lo..hi (rows = all axes but the last) gathered from the flat input."""
-    rank = out_shape.size
-    inner = out_shape[rank - 1]
-    step = src_strides[rank - 1]
-    for t in range(lo, hi):
-        rem = t
-        src = 0
-        for k in range(rank - 2, -1, -1):
-            src += (rem % out_shape[k]) * src_strides[k]
-            rem //= out_shape[k]
-        base = t * inner
-        for j in range(inner):
-            out[base + j] = x[src + j * step]
-
-
 _ROWS = 64
 
 
 @numba.njit(**PARALLEL_JIT_OPTIONS)
-def transpose_kernel(x, out, out_shape, src_strides):
-    """Any-rank permutation on flat arrays: ``src_strides[k]`` is the input stride of output axis k."""
-    inner = out_shape[out_shape.size - 1]
-    if out.size == 0:
-        return
-    rows = out.size // inner
+def transpose_kernel(x, out, table, rank, rows):
+    """Any-rank permutation on flat arrays, blocks of innermost rows per task, through the generated code's
+    helper: ``table`` holds the output shape, then the input stride of each output axis."""
     for blk in prange((rows + _ROWS - 1) // _ROWS):
-        transpose_rows(x, out, out_shape, src_strides, blk * _ROWS, min(rows, (blk + 1) * _ROWS))
+        transpose_flat(x, 0, out, 0, table, 0, rank, rank, blk * _ROWS, (blk + 1) * _ROWS)
 
 
 @register_kernel("flatten")
@@ -89,9 +70,11 @@ def lower_transpose(ctx: LowerContext) -> LoweredOp:
     perm = tuple(ctx.node.op.perm)
 
     def run(inputs: Sequence[np.ndarray], out: Optional[np.ndarray]) -> np.ndarray:
-        x = inputs[0]
+        x = np.ascontiguousarray(inputs[0])
         strides = np.array(x.strides, dtype=np.int64) // x.itemsize
-        transpose_kernel(x.reshape(-1), out.reshape(-1), np.array(out.shape, dtype=np.int64), strides[list(perm)])
+        table = np.concatenate([np.array(out.shape, dtype=np.int64), strides[list(perm)]])
+        if out.size:
+            transpose_kernel(x.reshape(-1), out.reshape(-1), table, len(perm), out.size // out.shape[-1])
         return out
 
     return LoweredOp(run=run, description=f"transpose {list(perm)}")

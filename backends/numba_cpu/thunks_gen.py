@@ -107,7 +107,7 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
 )
 
 #: sha256 of simd.py, cg_kernels.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
-SOURCES_DIGEST = "5e4b487725cf402a486b0bf42bd1253e1d7e93c69cbd4e7dedb7e27289402b64"
+SOURCES_DIGEST = "32601cd727d05c1c386dddfd248c57092589be20e524183b1fb177f54b166e1f"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
