@@ -79,7 +79,7 @@ def build_models():
     mlp = keras.Sequential([
         L.Input((784,)), L.Dense(512, activation="relu"), L.Dense(512, activation="relu"), L.Dense(10), L.Softmax(),
     ], name="mlp")
-    from bench_models18 import unet64, vit_encoder  # issue 18's rows
+    from bench_models_vit_unet import unet64, vit_encoder  # the attention and U-Net rows
 
     return {"seed CNN": seed, "CIFAR CNN": cifar, "MLP": mlp, "ResNet-8": resnet(keras, rng),
             "MobileNet-style": mobilenet(keras), "ViT encoder": vit_encoder(keras), "U-Net 64": unet64(keras),

@@ -21,7 +21,7 @@ the worker's peak memory by more than ``--mem-mb``, no crash of the process.
 A hang is almost always libhdf5 looping forever inside one C call on a
 corrupt ``.h5`` (nothing in the process can interrupt it). Every one the
 first runs found was a global heap collection libhdf5 cannot walk past,
-which the reader now refuses before libhdf5 sees it (``reader._check_global_heaps``;
+which the reader now refuses before libhdf5 sees it (``reader.check_global_heaps``;
 see benchmarks/FUZZ.md). After the run each hang input is re-read twice:
 in process (does a check now refuse it?) and with ``read_keras_file(...,
 isolate=True)`` with the heap check switched off in the child, to confirm the
@@ -340,8 +340,10 @@ def main(argv: list[str] | None = None) -> int:
 
 #: The reading child with the global-heap check off: what isolation alone does with a hang input.
 _CHILD_WITHOUT_HEAP_CHECK = (
-    "import sys; from keydnn.frontends.keras import reader; reader._check_global_heaps = lambda *a: None; "
-    "sys.exit(reader._isolated_main(sys.argv[1], sys.argv[2]))"
+    "import sys; from keydnn.frontends.keras.reader import heap_guard; "
+    "heap_guard.check_global_heaps = lambda *a: None; "
+    "from keydnn.frontends.keras.reader.child import isolated_main; "
+    "sys.exit(isolated_main(sys.argv[1], sys.argv[2]))"
 )
 
 
@@ -377,7 +379,7 @@ def check_hangs_isolated(args: argparse.Namespace, stats: Stats) -> None:
                 continue
             finding["in_process"] = _in_process_verdict(path, args.isolation_timeout)
             t0 = time.perf_counter()
-            saved, reader._CHILD = reader._CHILD, _CHILD_WITHOUT_HEAP_CHECK
+            saved, reader.isolation.CHILD = reader.isolation.CHILD, _CHILD_WITHOUT_HEAP_CHECK
             try:
                 read_keras_file(path, isolate=True, timeout=args.isolation_timeout)
                 verdict = "accepted by the isolated reader"
@@ -385,7 +387,7 @@ def check_hangs_isolated(args: argparse.Namespace, stats: Stats) -> None:
                 verdict = "refused by the isolated reader" + (
                     " (stopped at its time limit)" if "did not finish" in str(exc) else "")
             finally:
-                reader._CHILD = saved
+                reader.isolation.CHILD = saved
             finding["isolated"] = f"{verdict} in {time.perf_counter() - t0:.1f} s"
 
 

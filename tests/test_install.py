@@ -62,7 +62,26 @@ def test_non_editable_install_works_from_the_repository_root(tmp_path):
     for cwd in (ROOT, tmp_path):
         proc = _run(["-m", "keydnn", "--version"], cwd, env)
         assert proc.returncode == 0 and "keydnn, version" in proc.stdout, (cwd, proc.stderr)
-        proc = _run(["-c", "import keydnn.ir, keydnn.backends.numba_cpu; print(keydnn.__file__)"], cwd, env)
+        proc = _run(["-c", "import keydnn.ir, keydnn.backends.numba_cpu, keydnn.frontends.keras.reader; "
+                           "print(keydnn.__file__)"], cwd, env)
         assert proc.returncode == 0, (cwd, proc.stderr)
         where = Path(proc.stdout.strip())
         assert where.is_relative_to(ROOT if cwd == ROOT else target), where
+
+
+def test_every_source_package_is_listed_for_the_wheel():
+    """pyproject.toml lists packages explicitly (ir/, frontends/ and backends/ are mapped under ``keydnn.``), so a new
+    subpackage missing from the list would import from the source tree but be left out of ``pip install .``."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    found = set()
+    for name, folder in config["package-dir"].items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            if "__pycache__" in rel.parts or any(p.startswith(".") for p in rel.parts):
+                continue
+            found.add(".".join([name, *rel.parts]))
+    assert found - listed == set(), f"packages missing from pyproject.toml: {sorted(found - listed)}"
+    assert listed - found == set(), f"listed packages with no __init__.py: {sorted(listed - found)}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from issue18_helpers import check_parity, k3_sources
+from parity_helpers import check_parity, k3_sources
 
 import keydnn
 

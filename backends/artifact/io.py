@@ -27,7 +27,7 @@ import numpy as np
 import pydantic
 from pydantic import ValidationError
 
-import keydnn
+from keydnn._version import __version__ as keydnn_version
 from keydnn.atomic import stage_bytes
 from keydnn.backends.artifact.codec import SidecarBuilder, decode_all, encode_base64, sha256_hex
 from keydnn.backends.artifact.format import (
@@ -95,7 +95,7 @@ def interface_of(graph: Graph, output_names: Sequence[str] | None = None) -> Int
 
 def _producer(source: Mapping[str, Any] | None) -> dict[str, Any]:
     return {
-        "keydnn": keydnn.__version__, "python": platform.python_version(), "numpy": np.__version__,
+        "keydnn": keydnn_version, "python": platform.python_version(), "numpy": np.__version__,
         "pydantic": pydantic.VERSION, "source": None if source is None else dict(source),
     }
 

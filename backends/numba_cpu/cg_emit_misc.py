@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from keydnn.backends.numba_cpu.broadcast import collapse_broadcast, param_view
+from keydnn.backends.broadcast import collapse_broadcast, param_view
 from keydnn.backends.numba_cpu.codegen import GRAIN, Arr, EmitContext, Stage, Unsupported
 from keydnn.backends.numba_cpu.codes import COPY, LINEAR, MERGE_CODES, RELU, RELU0, batch_norm_params, encode_activation
 from keydnn.ir.ops.base import normalize_axis

@@ -17,6 +17,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from keydnn.backends.broadcast import bias_lane_table, broadcast_strides  # noqa: F401  (re-exported)
 from keydnn.backends.numba_cpu.functions import apply_binary, apply_function
 from keydnn.backends.numba_cpu.lowering import (
     JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, register_kernel,
@@ -75,13 +76,6 @@ def binary_kernel(x, y, out, shape, xs, ys, code, same):
                     ox += k * xs[d]
                     oy += k * ys[d]
             out[i] = binary_scalar(np.float64(x[ox]), np.float64(y[oy]), code)
-
-
-def broadcast_strides(shape: tuple[int, ...], out: tuple[int, ...]) -> np.ndarray:
-    """Element strides of a C-contiguous ``shape`` seen through a broadcast to ``out`` (0 where it repeats)."""
-    full = (1,) * (len(out) - len(shape)) + tuple(shape)
-    strides = [math.prod(full[i + 1:]) for i in range(len(full))]
-    return np.array([0 if d == 1 and o != 1 else s for d, o, s in zip(full, out, strides)], dtype=np.int64)
 
 
 @register_kernel("unary")
@@ -150,16 +144,6 @@ def lower_slice(ctx: LowerContext) -> LoweredOp:
         return out
 
     return LoweredOp(run=run, description="slice")
-
-
-def bias_lane_table(x_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
-    """For each lane (all axes but the last) of ``x``, the offset of its row of the broadcast bias, and the
-    bias's step along the last axis (0 when it is broadcast there)."""
-    strides = broadcast_strides(b_shape, x_shape)
-    lead = x_shape[:-1]
-    idx = np.indices(lead).reshape(len(lead), -1) if lead else np.zeros((0, 1), dtype=np.int64)
-    base = (strides[:-1, None] * idx).sum(axis=0) if lead else np.zeros(1, dtype=np.int64)
-    return np.ascontiguousarray(base, dtype=np.int64), int(strides[-1])
 
 
 @numba.njit(**PARALLEL_JIT_OPTIONS)

@@ -19,7 +19,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from keydnn.backends.numba_cpu.broadcast import collapse_broadcast
+from keydnn.backends.broadcast import collapse_broadcast
 from keydnn.backends.numba_cpu.codes import COPY, MERGE_CODES
 from keydnn.backends.numba_cpu.cg_kernels import combine
 from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, register_kernel

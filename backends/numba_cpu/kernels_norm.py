@@ -2,7 +2,7 @@
 
 Every parameter is laid out once, at lowering time, as a flat float64 vector
 for the ``(outer, period, inner)`` view of the tensor
-(``keydnn.backends.numba_cpu.broadcast.param_view``), so one kernel per op
+(``keydnn.backends.broadcast.param_view``), so one kernel per op
 serves the per-channel form (``period`` channels, ``inner`` pixels), the
 per-sample broadcast form and scalars; the loops are the generated code's
 helpers (``cg_kernels.affine_flat``/``prelu_flat``). Arithmetic is in float64 and rounded
@@ -19,7 +19,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from keydnn.backends.numba_cpu.broadcast import ParamView, param_view
+from keydnn.backends.broadcast import ParamView, param_view
 from keydnn.backends.numba_cpu.cg_kernels import affine_flat, prelu_flat
 from keydnn.backends.numba_cpu.codes import batch_norm_params
 from keydnn.backends.numba_cpu.lowering import (

@@ -107,7 +107,7 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
 )
 
 #: sha256 of simd.py, cg_kernels.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
-SOURCES_DIGEST = "41fd3705239022bd1467d1d34826566b41eca75e616462eeeb25f86bdbf34586"
+SOURCES_DIGEST = "166e43e0f3cdcd0a2fe9e8f000ebe3c03b9988b4c1d96f745b1a3d37fbcc06e3"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):

@@ -235,7 +235,7 @@ def _bias_softmax_kernel(dtype_name: str) -> Callable:
 
 @register_kernel("bias_softmax")
 def lower_bias_softmax(ctx: LowerContext) -> LoweredOp:
-    from keydnn.backends.numba_cpu.kernels_math import bias_lane_table
+    from keydnn.backends.broadcast import bias_lane_table
 
     kernel_of = _bias_softmax_kernel(ctx.dtype.name)
     nb = len(ctx.node.inputs) - 1

@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from keydnn.backends.numba_cpu.broadcast import collapse_broadcast
+from keydnn.backends.broadcast import collapse_broadcast
 from keydnn.backends.numba_cuda.device import cuda
 from keydnn.backends.numba_cuda.lowering import (
     THREADS, LowerContext, LoweredOp, Prepared, Shape, configure, grid_1d, register_kernel,

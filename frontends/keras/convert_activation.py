@@ -6,7 +6,7 @@ import numpy as np
 
 from keydnn.frontends.keras.activations import SUPPORTED_ACTIVATIONS, activation_op, emit_activation
 from keydnn.frontends.keras.convert_core import check_dtype_policy
-from keydnn.frontends.keras.convert_phase2 import finite_number, is_int
+from keydnn.frontends.keras.convert_common import finite_number, is_int
 from keydnn.frontends.keras.registry import LayerContext, Unconvertible, register_converter
 from keydnn.ir.ops import Activation, PRelu, Relu
 

@@ -1,7 +1,7 @@
 """Convolutions beyond Conv2D: DepthwiseConv2D, SeparableConv2D (both grouped conv2d), Conv1D (1-D conv2d).
 
 Every converter reads its whole config before it looks at the input type (see
-``convert_phase2.data_format``).
+``convert_common.data_format``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 
 from keydnn.frontends.keras.activations import emit_fused_activation
 from keydnn.frontends.keras.convert_core import check_dtype_policy, pair
-from keydnn.frontends.keras.convert_phase2 import (
+from keydnn.frontends.keras.convert_common import (
     channels, data_format, expand_1d, is_int, pads_1d, positive_int, require_rank, spatial_pads, spatial_sizes,
     squeeze_1d,
 )

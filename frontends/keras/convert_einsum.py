@@ -7,7 +7,7 @@ import numpy as np
 
 from keydnn.frontends.keras.convert_attention import node
 from keydnn.frontends.keras.convert_core import check_dtype_policy
-from keydnn.frontends.keras.convert_phase2 import is_int
+from keydnn.frontends.keras.convert_common import is_int
 from keydnn.frontends.keras.registry import (
     LayerContext,
     Unconvertible,

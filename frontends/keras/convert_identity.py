@@ -11,7 +11,7 @@ the layer.
 from __future__ import annotations
 
 from keydnn.frontends.keras.convert_core import check_dtype_policy
-from keydnn.frontends.keras.convert_phase2 import is_int, is_number
+from keydnn.frontends.keras.convert_common import is_int, is_number
 from keydnn.frontends.keras.registry import LayerContext, register_converter
 
 __all__: list[str] = []

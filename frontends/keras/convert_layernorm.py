@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from keydnn.frontends.keras.convert_core import check_dtype_policy
-from keydnn.frontends.keras.convert_phase2 import is_int, is_number
+from keydnn.frontends.keras.convert_common import is_int, is_number
 from keydnn.frontends.keras.registry import LayerContext, Unconvertible, register_converter
 from keydnn.ir.ops import LayerNorm, Reshape, ScaleShift
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from keydnn.frontends.keras.convert_core import check_dtype_policy
-from keydnn.frontends.keras.convert_phase2 import is_int, is_number, numeric_array
+from keydnn.frontends.keras.convert_common import is_int, is_number, numeric_array
 from keydnn.frontends.keras.registry import LayerContext, Unconvertible, register_converter
 from keydnn.ir.ops import BatchNorm, ScaleShift
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from keydnn.frontends.keras.convert_phase2 import is_int, is_number
+from keydnn.frontends.keras.convert_common import is_int, is_number
 from keydnn.frontends.keras.registry import LayerContext, Unconvertible
 from keydnn.ir.ops import (
     OpBase,

@@ -12,7 +12,7 @@ from keydnn.frontends.keras.convert_ops import (
     register_operation,
     tensor_list,
 )
-from keydnn.frontends.keras.convert_phase2 import is_int
+from keydnn.frontends.keras.convert_common import is_int
 from keydnn.ir.ops import (
     Concat,
     ExpandDims,

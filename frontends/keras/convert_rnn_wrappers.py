@@ -91,14 +91,14 @@ _WRAPPER_FIELDS = ("return_sequences", "return_state", "go_backwards", "stateful
 
 def _cell_weights(ctx: LayerContext, cells: list[tuple[str, dict]], keras2: bool) -> list[list[tuple[str, Any]]]:
     """Each stacked cell's weights: h5 groups them by the cell's name, .keras by its class key (lstm_cell_1)."""
-    from keydnn.frontends.keras.reader import _snake_case
+    from keydnn.frontends.keras.reader import snake_case
 
     if len(cells) == 1:
         return [list(ctx.layer.weights)]
     used: dict[str, int] = {}
     groups = []
     for cls, cfg in cells:
-        base = _snake_case(cls, keras2)
+        base = snake_case(cls, keras2)
         used[base] = used.get(base, -1) + 1
         keys = {cfg.get("name"), base if used[base] == 0 else f"{base}_{used[base]}"}
         groups.append([(n, a) for n, a in ctx.layer.weights if len(n.split("/")) >= 2 and

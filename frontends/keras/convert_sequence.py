@@ -86,7 +86,7 @@ _NOT_PER_STEP = frozenset(RNN_CLASSES) | {"Bidirectional", "TimeDistributed", "R
     "directly; any other layer (Conv2D, Flatten, pooling, ...) on time folded into the batch "
     "(fold_time / unfold_time views); a mask passes through"))
 def convert_time_distributed(ctx: LayerContext) -> None:
-    from keydnn.frontends.keras.reader import _canonical_weight_name, _positional_layout, normalize_layer_config
+    from keydnn.frontends.keras.reader import canonical_weight_name, normalize_layer_config, positional_layout
 
     check_dtype_policy(ctx)
     entry = ctx.cfg("layer")
@@ -96,13 +96,13 @@ def convert_time_distributed(ctx: LayerContext) -> None:
                    supported="a supported layer that is not recurrent, a wrapper or a model")
         raise Unconvertible
     config = normalize_layer_config(entry.get("config") or {})
-    names = (_positional_layout(cls, config) or {}).get("", [])
+    names = (positional_layout(cls, config) or {}).get("", [])
     weights = []
     for name, arr in ctx.layer.weights:
         short = name.rsplit("/", 1)[-1]
         if short.startswith("var") and short[3:].isdigit() and int(short[3:]) < len(names):
             short = names[int(short[3:])]
-        weights.append((_canonical_weight_name(cls, short), arr))
+        weights.append((canonical_weight_name(cls, short), arr))
     x_type = ctx.need_type()
     if x_type.rank < 3:
         ctx.refuse(f"TimeDistributed needs a (batch, time, ...) input, got {x_type}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from keydnn.frontends.keras.convert_core import check_dtype_policy, pair
-from keydnn.frontends.keras.convert_phase2 import (
+from keydnn.frontends.keras.convert_common import (
     data_format, expand_1d, is_int, padding_pairs, pads_1d, positive_int, require_rank, spatial_pads, spatial_sizes,
     squeeze_1d,
 )

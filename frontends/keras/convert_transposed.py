@@ -17,7 +17,7 @@ import numpy as np
 
 from keydnn.frontends.keras.activations import emit_fused_activation
 from keydnn.frontends.keras.convert_core import check_dtype_policy, pair
-from keydnn.frontends.keras.convert_phase2 import (
+from keydnn.frontends.keras.convert_common import (
     channels, data_format, expand_1d, is_int, pads_1d, positive_int, require_rank, spatial_sizes, squeeze_1d,
 )
 from keydnn.frontends.keras.registry import LayerContext, Unconvertible, register_converter

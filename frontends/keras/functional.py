@@ -490,9 +490,9 @@ def nested_layers(layer: LayerSpec, spec: ModelSpec | None = None) -> tuple[dict
 
 
 def _expected_names(child: LayerSpec) -> list[str] | None:
-    from keydnn.frontends.keras.reader import _positional_layout
+    from keydnn.frontends.keras.reader import positional_layout
 
-    layout = _positional_layout(child.class_name, child.config)
+    layout = positional_layout(child.class_name, child.config)
     if layout is None:
         return None
     return [n if not rel else f"{rel}/{n}" for rel, names in layout.items() for n in names]
@@ -511,12 +511,12 @@ def _inner_names(class_name: Any, config: Any) -> set[str]:
 
 def _zip_keys(children: list[LayerSpec], keras2: bool) -> dict[str, str]:
     """``.keras`` group key (``dense``, ``dense_1``...) -> child local name, as Keras numbers them by class."""
-    from keydnn.frontends.keras.reader import _snake_case
+    from keydnn.frontends.keras.reader import snake_case
 
     used: dict[str, int] = {}
     keys: dict[str, str] = {}
     for child in children:
-        base = _snake_case(child.class_name, keras2)
+        base = snake_case(child.class_name, keras2)
         used[base] = used.get(base, -1) + 1
         keys[base if used[base] == 0 else f"{base}_{used[base]}"] = child.name.rsplit("/", 1)[-1]
     return keys
@@ -524,7 +524,7 @@ def _zip_keys(children: list[LayerSpec], keras2: bool) -> dict[str, str]:
 
 def _route_weights(layer: LayerSpec, children: list[LayerSpec], keras2: bool
                    ) -> tuple[dict[str, list[tuple[str, np.ndarray]]], list[Problem]]:
-    from keydnn.frontends.keras.reader import _canonical_weight_name
+    from keydnn.frontends.keras.reader import canonical_weight_name
 
     local = {c.name.rsplit("/", 1)[-1]: c for c in children}
     expected = {name: _expected_names(c) for name, c in local.items()}
@@ -538,7 +538,7 @@ def _route_weights(layer: LayerSpec, children: list[LayerSpec], keras2: bool
 
     def put(child: str, wname: str, array: np.ndarray) -> None:
         if expected[child] is not None:  # a plain layer: short names, Keras 3 spelling
-            wname = _canonical_weight_name(local[child].class_name, wname)
+            wname = canonical_weight_name(local[child].class_name, wname)
         routed.setdefault(child, []).append((wname, array))
 
     for wname, array in layer.weights:

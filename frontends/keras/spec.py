@@ -1,6 +1,6 @@
 """Pure-data description of a Keras model, independent of TensorFlow.
 
-The reader (``reader.py``) turns every supported source -- a ``.keras`` zip,
+The reader (the ``reader`` package) turns every supported source -- a ``.keras`` zip,
 an ``.h5`` file written by Keras 3 or by Keras 2 / tf_keras, or a live model
 object -- into these classes, so converters see one normalized shape and never
 have to know which Keras wrote the model or import TensorFlow to inspect it.

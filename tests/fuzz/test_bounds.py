@@ -134,7 +134,7 @@ def test_gzip_bomb_dataset(tmp_path: Path) -> None:
 
 def test_many_datasets_under_the_per_dataset_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The running total bounds a file listing many datasets that are each acceptable."""
-    monkeypatch.setattr(reader, "MAX_TOTAL_WEIGHT_BYTES", 300)  # the seed's weights total 496 bytes
+    monkeypatch.setattr(reader.safe_h5, "MAX_TOTAL_WEIGHT_BYTES", 300)  # the seed's weights total 496 bytes
     path = seeds.write_keras_seed(tmp_path / "m.h5", "keras3-h5")
     refused(path, "weights total more than the 300-byte limit")
 

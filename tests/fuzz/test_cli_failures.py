@@ -219,7 +219,7 @@ def _keydnn_without_heap_check() -> str:
     from .test_isolation import CHILD_WITHOUT_HEAP_CHECK
 
     return (f"import runpy, sys\nfrom keydnn.frontends.keras import reader\n"
-            f"reader._CHILD = {CHILD_WITHOUT_HEAP_CHECK!r}\n"
+            f"reader.isolation.CHILD = {CHILD_WITHOUT_HEAP_CHECK!r}\n"
             "sys.argv = ['keydnn'] + sys.argv[1:]\nrunpy.run_module('keydnn', run_name='__main__')\n")
 
 

@@ -173,7 +173,7 @@ PINNED_ESCAPES = [
     ("cnn", "re_lu", "threshold", 10**100, "ok"),                   # np.isfinite on an int beyond 64 bits
     ("cnn", "re_lu", "threshold", 10**400, "refused"),              # ... and one beyond float range
     ("cnn", "re_lu", "max_value", 2**64, "ok"),                     # the same in _number
-    ("zoo", "batch_normalization", "epsilon", 2**64, "ok"),         # the same in convert_phase2.is_number
+    ("zoo", "batch_normalization", "epsilon", 2**64, "ok"),         # the same in convert_common.is_number
     ("zoo", "rescaling", "scale", 10**400, "refused"),              # float conversion overflowed in numeric_array
 ]
 

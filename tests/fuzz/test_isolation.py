@@ -44,19 +44,19 @@ def test_isolated_read_gives_the_same_error(tmp_path: Path) -> None:
 
 def test_environment_turns_isolation_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KEYDNN_ISOLATE_READER", "1")
-    monkeypatch.setattr(reader, "_CHILD", "import sys; sys.exit(3)")
+    monkeypatch.setattr(reader.isolation, "CHILD", "import sys; sys.exit(3)")
     with pytest.raises(KerasInteropError, match="exited with status 3"):
         read_keras_file(seeds.write_keras_seed(tmp_path / "m.h5", "keras3-h5"))
 
 
 def test_child_killed_by_a_signal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reader, "_CHILD", "import os; os.abort()")
+    monkeypatch.setattr(reader.isolation, "CHILD", "import os; os.abort()")
     with pytest.raises(KerasInteropError, match="killed by signal"):
         read_keras_file(seeds.write_keras_seed(tmp_path / "m.h5", "keras3-h5"), isolate=True)
 
 
 def test_child_running_too_long(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reader, "_CHILD", "import time; time.sleep(3600)")
+    monkeypatch.setattr(reader.isolation, "CHILD", "import time; time.sleep(3600)")
     t0 = time.perf_counter()
     with pytest.raises(KerasInteropError, match="did not finish within 0.5 s"):
         read_keras_file(seeds.write_keras_seed(tmp_path / "m.h5", "keras3-h5"), isolate=True, timeout=0.5)
@@ -66,8 +66,10 @@ def test_child_running_too_long(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 #: The reading child with the reader's global-heap check switched off: libhdf5 then really spins on a spin input,
 #: standing in for whatever next libhdf5 bug no check foresees.
 CHILD_WITHOUT_HEAP_CHECK = (
-    "import sys; from keydnn.frontends.keras import reader; reader._check_global_heaps = lambda *a: None; "
-    "sys.exit(reader._isolated_main(sys.argv[1], sys.argv[2]))"
+    "import sys; from keydnn.frontends.keras.reader import heap_guard; "
+    "heap_guard.check_global_heaps = lambda *a: None; "
+    "from keydnn.frontends.keras.reader.child import isolated_main; "
+    "sys.exit(isolated_main(sys.argv[1], sys.argv[2]))"
 )
 
 
@@ -83,7 +85,7 @@ def test_a_file_that_makes_libhdf5_spin_is_refused_in_bounded_time(tmp_path: Pat
     the reader's heap check off, the isolated read ends at its limit with a clean error all the same.
     (Another libhdf5 may refuse it outright instead; either way the read ends with a KerasInteropError.)"""
     path = spin_input(tmp_path)
-    monkeypatch.setattr(reader, "_CHILD", CHILD_WITHOUT_HEAP_CHECK)
+    monkeypatch.setattr(reader.isolation, "CHILD", CHILD_WITHOUT_HEAP_CHECK)
     t0 = time.perf_counter()
     with pytest.raises(KerasInteropError) as info:
         read_keras_file(path, isolate=True, timeout=3)
@@ -153,7 +155,7 @@ def test_global_heap_check(tmp_path: Path, flavor: str, how: str) -> None:
         inner = members["model.weights.h5"]
     if b"GCOL" not in inner:
         pytest.skip("no global heap in this file")
-    reader._check_global_heaps(inner, "x", "y")  # as written: passes
+    reader.check_global_heaps(inner, "x", "y")  # as written: passes
     pos, free = _free_space_object(inner)
     patched = bytearray(inner)
     if how == "zero-size free space":
@@ -229,7 +231,7 @@ def test_a_lying_length_is_refused_before_libhdf5_allocates(tmp_path: Path, case
 def test_stopped_child_is_a_reader_process_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Time limit from KEYDNN_ISOLATE_TIMEOUT; the error is a KerasInteropError subclass that says how to
     raise the limit (the CLI reports it with exit status 1: a stopped read does not prove the file bad)."""
-    monkeypatch.setattr(reader, "_CHILD", "import time; time.sleep(60)")
+    monkeypatch.setattr(reader.isolation, "CHILD", "import time; time.sleep(60)")
     monkeypatch.setenv("KEYDNN_ISOLATE_TIMEOUT", "0.5")
     with pytest.raises(reader.ReaderProcessError, match="did not finish within 0.5 s") as info:
         read_keras_file(seeds.write_keras_seed(tmp_path / "m.h5", "keras3-h5"), isolate=True)
@@ -259,7 +261,7 @@ def test_from_keras_reads_in_process_unless_asked(tmp_path: Path, monkeypatch: p
 
     path = seeds.write_keras_seed(tmp_path / "m.keras", "keras3-zip")
     monkeypatch.delenv("KEYDNN_ISOLATE_READER", raising=False)
-    monkeypatch.setattr(reader, "_CHILD", "import sys; sys.exit(3)")  # any isolated read fails visibly
+    monkeypatch.setattr(reader.isolation, "CHILD", "import sys; sys.exit(3)")  # any isolated read fails visibly
     assert keydnn.from_keras(path).graph.nodes
     with pytest.raises(reader.ReaderProcessError, match="exited with status 3"):
         keydnn.from_keras(path, isolate_reader=True)

@@ -1,4 +1,4 @@
-"""Shared helpers of the Phase-2 converters (issue 3): config parsing and the 1-D lowering.
+"""Helpers shared by the layer converters: parsing config values and the 1-D lowering.
 
 The converters themselves live by family: ``convert_identity`` (Dropout and the
 other layers that are the identity at inference), ``convert_activation``

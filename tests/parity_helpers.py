@@ -1,7 +1,7 @@
-"""Shared by the issue-18 tests (attention, normalization, Keras operations): sources and parity checks.
+"""Sources and parity checks shared by the Keras-3-era layer tests (attention, normalization, Keras operations).
 
 ``conftest.keras_sources`` builds every model in Keras 3 and in tf_keras;
-several layers and operations of issue 18 exist only in Keras 3, so
+several of these layers and operations exist only in Keras 3, so
 ``k3_sources`` gives the three Keras 3 forms (live, ``.keras``, ``.h5``) of one
 model, and ``sources`` picks whichever set the model can be built in.
 """

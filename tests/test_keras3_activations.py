@@ -1,11 +1,11 @@
-"""Every keras.activations entry converts or is refused by name (issue 18): the newer Keras 3 activations
+"""Every keras.activations entry converts or is refused by name: the newer Keras 3 activations
 as Activation layers and fused activations, parity with Keras from each form that has them."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from issue18_helpers import check_parity, k3_sources
+from parity_helpers import check_parity, k3_sources
 
 import keydnn
 from keydnn.frontends.keras.activations import REFUSED_ACTIVATIONS, SUPPORTED_ACTIVATIONS

@@ -1,4 +1,4 @@
-"""Issue 18's benchmark models for ``cpu_bench.py``: a small ViT-style encoder and a small U-Net."""
+"""Benchmark models for ``cpu_bench.py``: a small ViT-style encoder and a small U-Net."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Numerical parity with Keras for every Phase-2 layer (issue 3), both data formats, every source form.
+"""Numerical parity with Keras for each layer family (identity, activation, normalization, depthwise/separable
+and 1-D convolution, pooling, padding, cropping, upsampling, reshape), both data formats, every source form.
 
 Each case is one small model (several configs of one layer family chained, so
 a failure still points at one family), converted from the live Keras 3 model,

@@ -11,7 +11,8 @@ Two views cover every broadcast the IR allows:
   (N, C, H, W) + (N, C, 1, 1) add becomes a rank-3 loop with a unit-stride
   inner axis.
 
-Pure NumPy and integers: used at lowering time and by the code generator.
+Pure NumPy and integers: used at lowering time and by the code generator, by
+the numba-cpu and the numba-cuda backends alike (neither imports the other).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["ParamView", "param_view", "collapse_broadcast", "broadcast_shape"]
+__all__ = ["ParamView", "param_view", "collapse_broadcast", "broadcast_shape", "broadcast_strides", "bias_lane_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,3 +107,20 @@ def collapse_broadcast(out_shape: Sequence[int], shapes: Sequence[Sequence[int]]
                 acc *= dims[k]
         strides.append(st)
     return dims, strides
+
+
+def broadcast_strides(shape: tuple[int, ...], out: tuple[int, ...]) -> np.ndarray:
+    """Element strides of a C-contiguous ``shape`` seen through a broadcast to ``out`` (0 where it repeats)."""
+    full = (1,) * (len(out) - len(shape)) + tuple(shape)
+    strides = [math.prod(full[i + 1:]) for i in range(len(full))]
+    return np.array([0 if d == 1 and o != 1 else s for d, o, s in zip(full, out, strides)], dtype=np.int64)
+
+
+def bias_lane_table(x_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
+    """For each lane (all axes but the last) of ``x``, the offset of its row of the broadcast bias, and the
+    bias's step along the last axis (0 when it is broadcast there)."""
+    strides = broadcast_strides(b_shape, x_shape)
+    lead = x_shape[:-1]
+    idx = np.indices(lead).reshape(len(lead), -1) if lead else np.zeros((0, 1), dtype=np.int64)
+    base = (strides[:-1, None] * idx).sum(axis=0) if lead else np.zeros(1, dtype=np.int64)
+    return np.ascontiguousarray(base, dtype=np.int64), int(strides[-1])

@@ -1,11 +1,11 @@
-"""keras.applications models of issue 18's done-when list: MobileNetV3Small (Keras operations as nodes,
+"""keras.applications models: MobileNetV3Small (Keras operations as nodes,
 hard_swish) and ConvNeXtTiny (LayerNormalization, LayerScale), built with weights=None at 64x64, weights
 randomized, from the live model, ``.keras`` and ``.h5``: keydnn and the reference match Keras within 1e-4."""
 
 from __future__ import annotations
 
 import pytest
-from issue18_helpers import check_parity, k3_sources
+from parity_helpers import check_parity, k3_sources
 
 pytestmark = [pytest.mark.keras, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""Issue 18's done-when models on Numba's CUDA simulator: built and run by Keras here, saved as ``.keras``
+"""Attention, Keras-operation and U-Net models on Numba's CUDA simulator: built and run by Keras here, saved as ``.keras``
 and ``.h5``, converted with ``device="cuda"`` and run by a child process with ``NUMBA_ENABLE_CUDASIM=1`` that
 never imports TensorFlow (see tests/cuda/test_cuda_simulator.py for why a child). Shapes are small: the
 simulator runs every CUDA thread as a Python thread."""
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from issue18_helpers import k3_sources
+from parity_helpers import k3_sources
 from test_attention import _encoder
 from test_keras_ops import _conv_ops_model, _ops_model
 from test_transposed_resize import unet
@@ -85,7 +85,7 @@ def test_mobilenet_v3_small_on_the_simulator(tmp_path):
 def test_convnext_blocks_on_the_simulator(tmp_path):
     """ConvNeXtTiny itself (28M weights) takes the simulator over half an hour even at 32x32, so its
     simulator check runs Keras's own ConvNeXt blocks (depthwise 7x7, LayerNormalization, MLP, Keras's
-    LayerScale) on a small stem; the full model is checked on numba-cpu (test_applications18)."""
+    LayerScale) on a small stem; the full model is checked on numba-cpu (test_keras_applications)."""
     def build(k):
         from keras.src.applications.convnext import ConvNeXtBlock
 
