@@ -12,7 +12,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from issue18_helpers import TOL, all_sources, check_parity, inputs_for
+from parity_helpers import TOL, all_sources, check_parity, inputs_for
 
 import keydnn
 from keydnn.backends.numba_cpu import compile_graph
