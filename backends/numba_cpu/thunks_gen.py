@@ -114,7 +114,7 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
 )
 
 #: sha256 of simd.py, cg_kernels.py, cg_kernels_seq.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
-SOURCES_DIGEST = "7a3a1761fe2be0ef44431873f1740d2929bc2c197b0bd4d8c41bca76460f948a"
+SOURCES_DIGEST = "f8c0cac5a8b6741da281c8d92a12b19dff4b33d029b0e742b2d2aae21304e3fe"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
