@@ -11,6 +11,11 @@ rows of a block share each panel load) and gates fused into one pass per
 row. At batch 1 the item is the whole recurrence (time steps are sequential);
 at batch 64 the eight blocks spread over the threads.
 
+An ``embedding`` whose rows feed only a linear ``dense`` (a recurrent
+layer's input projection) is folded: the dense node gathers rows of
+``table @ kernel + bias``, computed once in float64 (``folded_projection``),
+instead of running a matrix product over every token on every call.
+
 Token ids: the generated code has one floating dtype per graph, so an
 integer graph input (ids of any integer dtype) travels as int32 (float32
 graphs) or int64 (float64 graphs) in the float array's storage; the

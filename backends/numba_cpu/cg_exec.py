@@ -3,7 +3,10 @@
 Compiling is eager for the graph's declared shapes (only the batch is
 symbolic, and the batch is a runtime argument of the generated code), so a
 model's first call does not pay for it; other per-sample shapes compile on
-first use. A call checks and converts the inputs, allocates the outputs and
+first use. A graph with a symbolic sequence length (``(None, features)``
+inputs) is checked at construction by generating code for a probe length, then
+compiles once per distinct length on first use; the compiled lengths are an
+LRU of ``MAX_VARIANTS`` entries, so a repeated length never compiles again. A call checks and converts the inputs, allocates the outputs and
 calls the entry once: there is no per-layer Python. Arena and scheduler state
 are per thread, so concurrent calls never share scratch.
 
@@ -229,8 +232,9 @@ MAX_CACHED_SHAPES = 8
 #: Compiled per-sample input shapes one executable keeps (an LRU): a graph with a symbolic sequence length
 #: compiles once per distinct length on first use (then numba's disk cache and the prebuilt libraries make
 #: that length cheap in later processes too); a repeated length reuses its compiled entry, and a workload
-#: cycling through more than this many lengths recompiles (loads) the evicted ones.
-MAX_VARIANTS = 32
+#: cycling through more than this many lengths recompiles (loads) the evicted ones. Lengths share one weight
+#: blob (the packed weights do not depend on the length).
+MAX_VARIANTS = 16
 #: The length a symbolic axis takes when an executable checks, without compiling, that codegen handles it.
 PROBE_LENGTH = 3
 
@@ -270,6 +274,9 @@ class CodegenExecutable:
     def _variant(self, key: tuple) -> _Variant:
         var = self._variants.get(key)
         if var is not None:
+            with self._lock:  # a hit moves the shape to the young end of the LRU
+                if key in self._variants:
+                    self._variants[key] = self._variants.pop(key)
             return var
         with self._lock:
             var = self._variants.get(key)
@@ -287,6 +294,11 @@ class CodegenExecutable:
         dtype = self.dtype
         program = generate(self.graph, samples, batched, lanes=native_lanes(str(dtype)), emitters=EMITTERS,
                            profile=PROFILE)
+        for other in list(self._variants.values()):  # sequence lengths pack the same weights: share one blob
+            w = other.program.weights
+            if w.shape == program.weights.shape and np.array_equal(w, program.weights):
+                program.weights = w
+                break
         n_in, n_out = len(self.graph.inputs), len(self.graph.outputs)
         helpers = program.thunks[1:]
         aot = None
@@ -320,7 +332,7 @@ class CodegenExecutable:
     def _plan(self, shapes: tuple, arrays: list[np.ndarray]) -> "_CallPlan":
         """What calls with these input shapes need on this thread: variant, outputs, threads, buffers."""
         n, key = self._key(arrays)
-        var = self._variants.get(key) or self._variant(key)
+        var = self._variant(key)
         prog = var.program
         chunk = batch_chunk(prog, key)
         if chunk < n:
