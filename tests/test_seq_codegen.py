@@ -232,3 +232,25 @@ def test_sequence_codegen_on_narrower_tiers(tier, tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     name, err = proc.stdout.split()[-2:]
     assert name == tier and float(err) < 1e-4
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5, 19])
+def test_recurrence_split_over_threads(monkeypatch, batch) -> None:
+    """Several threads share the batch rows of a recurrence (fewer rows per item at a small batch): every
+    row's result is what Keras computes, whichever thread ran it."""
+    import keras
+
+    monkeypatch.setattr(cg_exec, "PARALLEL_MIN_WORK", 0)
+    L = keras.layers
+    inp = keras.Input(shape=(None,), dtype="int32")
+    x = L.Embedding(30, 6, mask_zero=True)(inp)
+    x = L.Bidirectional(L.GRU(5, return_sequences=True), merge_mode="sum")(x)
+    live = keras.Model(inp, L.LSTM(7)(x))
+    model = keydnn.from_keras(live)
+    exe = _codegen(model)
+    exe.set_threads(3)
+    rng = np.random.default_rng(batch)
+    x = rng.integers(0, 30, size=(batch, 8)).astype("int32")
+    x[0, 5:] = 0
+    for _ in range(3):  # back-to-back calls
+        np.testing.assert_allclose(model(x), np.asarray(live(x)), **TOL)

@@ -141,13 +141,15 @@ def emit_rnn(ctx: EmitContext) -> None:
     precise = int(ctx.dtype != np.float32)
     call = ctx.call(
         "rnn_rows", x, x.base(), x.size, Arr("W"), u_off, u2_off, b_off, b2_off, k_off, m_arr, m_off, m_ss,
-        h_arr, h_off, h_ss, c_arr, c_off, y, y.base(), y.size, Arr("A"), scr, f"it * {rows}",
-        f"min({rows}, N - it * {rows})", steps, n, zs, _CELLS[op.cell], int(split), _cell_code(op.activation),
+        h_arr, h_off, h_ss, c_arr, c_off, y, y.base(), y.size, Arr("A"), scr, "it * rpi",
+        "min(rpi, N - it * rpi)", steps, n, zs, _CELLS[op.cell], int(split), _cell_code(op.activation),
         _cell_code(op.recurrent_activation), int(op.go_backwards), int(op.restore_time_order),
         int(op.zero_output_for_mask), _RESULTS[op.result], int(op.return_sequences), int(mask is not None),
         int(h0 is not None), precise)
-    ctx.stage(Stage(f"rnn {op.cell} units={n} steps={steps} rows/item={rows}", [call], items=f"(N + {rows - 1}) // {rows}",
-                    work=float(2 * n * g * steps + 20 * g * steps)))
+    # rows per item: a full tile, or fewer where that leaves a thread idle (batch 2..15 on two threads)
+    setup = [f"rpi = max(1, min({rows}, (N + nthr - 1) // nthr))"]
+    ctx.stage(Stage(f"rnn {op.cell} units={n} steps={steps} rows/item<={rows}", [call], items="(N + rpi - 1) // rpi",
+                    setup=setup, work=float(2 * n * g * steps + 20 * g * steps)))
 
 
 def folded_projection(graph: Graph, emb: Node) -> Optional[Node]:
