@@ -88,7 +88,9 @@ def _thunk_object(helper: str, dtype: str, store: Path, workdir: Path) -> tuple[
     from keydnn.backends.numba_cpu.cpu import cpu_identity
 
     # the CPU and code-generation tier too: an object built for AVX-512 must never be linked into an AVX2 library
-    tag = hashlib.sha256(f"{sources_digest()}|{helper}|{dtype}|{cpu_identity()}".encode()).hexdigest()[:24]
+    # "nrt0": thunks are compiled without numba's reference counting, as the JIT's are (objects built before
+    # that, with NRT calls around every array handed to an inner function, ran 2.4x slower in the recurrence)
+    tag = hashlib.sha256(f"{sources_digest()}|{helper}|{dtype}|{cpu_identity()}|nrt0".encode()).hexdigest()[:24]
     stored = store / f"{helper}_{dtype}_{tag}.thunk"
     parsed = _read_thunk(stored)
     if parsed is None:
@@ -127,7 +129,7 @@ def _compile_thunk(helper: str, dtype: str) -> tuple[str, list[str], bytes]:
     from keydnn.backends.numba_cpu.cg_thunks import signature, thunk_name
 
     py = getattr(thunks_gen, thunk_name(helper, dtype))
-    cf = numba.cfunc(signature(helper), cache=False, nogil=True, error_model="numpy")(py)
+    cf = numba.cfunc(signature(helper), cache=False, nogil=True, error_model="numpy", _nrt=False)(py)
     data, undefined = _emit(cf._library)  # noqa: SLF001
     return cf.native_name, undefined, data
 

@@ -3,7 +3,10 @@
 Compiling is eager for the graph's declared shapes (only the batch is
 symbolic, and the batch is a runtime argument of the generated code), so a
 model's first call does not pay for it; other per-sample shapes compile on
-first use. A call checks and converts the inputs, allocates the outputs and
+first use. A graph with a symbolic sequence length (``(None, features)``
+inputs) is checked at construction by generating code for a probe length, then
+compiles once per distinct length on first use; the compiled lengths are an
+LRU of ``MAX_VARIANTS`` entries, so a repeated length never compiles again. A call checks and converts the inputs, allocates the outputs and
 calls the entry once: there is no per-layer Python. Arena and scheduler state
 are per thread, so concurrent calls never share scratch.
 
@@ -28,6 +31,7 @@ from keydnn.backends.numba_cpu.cg_cache import cache_enabled, load_program
 from keydnn.backends.numba_cpu.cg_emit_3d import EMITTERS_3D
 from keydnn.backends.numba_cpu.cg_emit_misc import EMITTERS_MISC
 from keydnn.backends.numba_cpu.cg_emit_nn import EMITTERS_NN
+from keydnn.backends.numba_cpu.cg_emit_seq import EMITTERS_SEQ, index_checks, index_inputs
 from keydnn.backends.numba_cpu.cg_source import state_size
 from keydnn.backends.numba_cpu.cg_thunks import yield_address
 from keydnn.backends.numba_cpu.codegen import Program, Unsupported, generate
@@ -40,7 +44,7 @@ __all__ = ["CodegenExecutable", "EMITTERS", "PARALLEL_MIN_WORK", "MAX_THREADS"]
 logger = logging.getLogger(__name__)
 
 #: op kind -> code generator (the codegen twin of lowering.KERNELS).
-EMITTERS = {**EMITTERS_NN, **EMITTERS_MISC, **EMITTERS_3D}
+EMITTERS = {**EMITTERS_NN, **EMITTERS_MISC, **EMITTERS_3D, **EMITTERS_SEQ}
 #: A call whose estimated work (flops or element moves) is below this runs on the calling thread only.
 PARALLEL_MIN_WORK = 1 << 19
 #: Threads a call uses at most (numba's own thread count caps it too).
@@ -226,6 +230,14 @@ class _CallPlan:
 
 #: Input-shape keys whose call plans (and buffers) one thread keeps.
 MAX_CACHED_SHAPES = 8
+#: Compiled per-sample input shapes one executable keeps (an LRU): a graph with a symbolic sequence length
+#: compiles once per distinct length on first use (then numba's disk cache and the prebuilt libraries make
+#: that length cheap in later processes too); a repeated length reuses its compiled entry, and a workload
+#: cycling through more than this many lengths recompiles (loads) the evicted ones. Lengths share one weight
+#: blob (the packed weights do not depend on the length).
+MAX_VARIANTS = 16
+#: The length a symbolic axis takes when an executable checks, without compiling, that codegen handles it.
+PROBE_LENGTH = 3
 
 
 class CodegenExecutable:
@@ -235,9 +247,16 @@ class CodegenExecutable:
 
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
-        self._dtypes = tuple(v.type.np_dtype for v in graph.inputs)
+        ids = index_inputs(graph)  # raises Unsupported where an integer input feeds another op
+        floats = [v.type.np_dtype for v in graph.inputs if v.name not in ids]
+        self.dtype = np.dtype(floats[0] if floats else _node_dtype(graph))
+        #: Token-id inputs travel as int32 (float32 graphs) or int64 in the float array's storage
+        #: (``cg_emit_seq``); ``_checks``: (input, table rows, layer) whose ids are range-checked per call.
+        self._id_dtype = np.dtype(np.int32 if self.dtype.itemsize == 4 else np.int64)
+        self._ids = frozenset(i for i, v in enumerate(graph.inputs) if v.name in ids)
+        self._checks = index_checks(graph)
+        self._dtypes = tuple(self.dtype if i in self._ids else v.type.np_dtype for i, v in enumerate(graph.inputs))
         self._n_inputs = len(graph.inputs)
-        self.dtype = self._dtypes[0] if self._dtypes else np.dtype("float32")
         self._variants: dict[tuple, _Variant] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -247,17 +266,28 @@ class CodegenExecutable:
         if all(isinstance(d, int) for s in static for d in s):
             key = (tuple(tuple(s) for s in static), (True,) * len(static))
             self._variant(key)  # raises Unsupported for graphs the generator does not handle
+        else:  # a symbolic axis (sequence length): generate (not compile) one probe shape to refuse early
+            probe = tuple(tuple(d if isinstance(d, int) else PROBE_LENGTH for d in s) for s in static)
+            generate(graph, probe, (True,) * len(static), lanes=native_lanes(str(self.dtype)), emitters=EMITTERS,
+                     cache=False)
 
     # -- compiling ------------------------------------------------------------
     def _variant(self, key: tuple) -> _Variant:
         var = self._variants.get(key)
         if var is not None:
+            with self._lock:  # a hit moves the shape to the young end of the LRU
+                if key in self._variants:
+                    self._variants[key] = self._variants.pop(key)
             return var
         with self._lock:
             var = self._variants.get(key)
             if var is None:
                 var = self._build(key)
+                if len(self._variants) >= MAX_VARIANTS:  # least recently compiled-or-planned shape out
+                    self._variants.pop(next(iter(self._variants)))
                 self._variants[key] = var
+            else:
+                self._variants[key] = self._variants.pop(key)  # most recently used last
         return var
 
     def _build(self, key: tuple) -> _Variant:
@@ -265,6 +295,11 @@ class CodegenExecutable:
         dtype = self.dtype
         program = generate(self.graph, samples, batched, lanes=native_lanes(str(dtype)), emitters=EMITTERS,
                            profile=PROFILE)
+        for other in list(self._variants.values()):  # sequence lengths pack the same weights: share one blob
+            w = other.program.weights
+            if w.shape == program.weights.shape and np.array_equal(w, program.weights):
+                program.weights = w
+                break
         n_in, n_out = len(self.graph.inputs), len(self.graph.outputs)
         helpers = program.thunks[1:]
         aot = None
@@ -298,7 +333,7 @@ class CodegenExecutable:
     def _plan(self, shapes: tuple, arrays: list[np.ndarray]) -> "_CallPlan":
         """What calls with these input shapes need on this thread: variant, outputs, threads, buffers."""
         n, key = self._key(arrays)
-        var = self._variants.get(key) or self._variant(key)
+        var = self._variant(key)
         prog = var.program
         chunk = batch_chunk(prog, key)
         if chunk < n:
@@ -337,6 +372,8 @@ class CodegenExecutable:
                 return outs
         if len(inputs) != self._n_inputs:
             raise ValueError(f"graph {self.graph.name!r} takes {self._n_inputs} inputs, got {len(inputs)}")
+        if self._ids or self._checks:
+            inputs = self._index_inputs(inputs)
         arrays = []
         for a, dt in zip(inputs, self._dtypes):
             # the entry is compiled for writable C-contiguous arrays of the graph's dtype; anything else is
@@ -356,7 +393,7 @@ class CodegenExecutable:
         chunk = plan.chunk
         if chunk >= plan.n:
             self._run(plan, arrays, outs)
-            if len(arrays) == 1 and plan.bound is not None:
+            if len(arrays) == 1 and plan.bound is not None and not (self._ids or self._checks):
                 local.fast = (arrays[0].shape, arrays[0].dtype, plan)
             return outs
         for c0 in range(0, plan.n, chunk):  # every input and output is batched (else chunk covers the batch)
@@ -364,6 +401,28 @@ class CodegenExecutable:
             shapes = tuple(a.shape for a in part)
             self._run(plans.get(shapes) or self._plan(shapes, part), part, [o[c0:c0 + chunk] for o in outs])
         return outs
+
+    def _index_inputs(self, inputs: Sequence) -> list:
+        """Token ids checked against the tables they index (a clear error, never a read outside a table) and
+        integer inputs stored as ``_id_dtype`` in an array of the graph's dtype (``cg_emit_seq``)."""
+        out = list(inputs)
+        for pos, vocab, layer in self._checks:
+            a = np.asarray(out[pos])
+            idx = a if a.dtype.kind in "iub" else np.trunc(a)
+            if idx.size and not (idx.min() >= 0 and idx.max() < vocab):
+                bad = idx[~((idx >= 0) & (idx < vocab))].flat[0]
+                raise ValueError(f"embedding {layer!r}: index {bad} is outside the table [0, {vocab})")
+        for pos in self._ids:
+            a = np.asarray(out[pos])
+            if a.dtype.kind not in "iub":
+                if a.size and not np.array_equal(a, np.trunc(a)):
+                    raise ValueError(f"input %{self.graph.inputs[pos].name} holds integer ids; got non-integral "
+                                     f"values of dtype {a.dtype}")
+            info = np.iinfo(self._id_dtype)
+            if a.size and a.dtype != self._id_dtype and (a.min() < info.min or a.max() > info.max):
+                raise ValueError(f"input %{self.graph.inputs[pos].name}: ids outside the {self._id_dtype} range")
+            out[pos] = np.ascontiguousarray(a, dtype=self._id_dtype).view(self.dtype)
+        return out
 
     def _bind(self, plan: "_CallPlan") -> Callable[[Sequence[np.ndarray], list[np.ndarray]], None]:
         """``run(arrays, outs)``: one call of a prebuilt entry on arrays of the plan's shapes, with everything
@@ -432,6 +491,14 @@ class CodegenExecutable:
 
     def __repr__(self) -> str:
         return f"CodegenExecutable({self.graph.name!r}, {len(self._variants)} compiled shape(s))"
+
+
+def _node_dtype(graph: Graph) -> str:
+    """The dtype of the first typed node result (a graph whose inputs are all token ids)."""
+    for node in graph.nodes:
+        if node.outputs[0].type is not None:
+            return node.outputs[0].type.dtype
+    return "float32"
 
 
 def codegen_or_reason(graph: Graph) -> tuple[Optional[CodegenExecutable], str]:

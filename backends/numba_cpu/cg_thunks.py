@@ -66,6 +66,12 @@ HELPERS: dict[str, tuple[str, str]] = {
     "conv_direct_planes": ("cg_kernels", "aiiii" + "aiii" + "ai" + "i" * 14),
     "pad_rows_phased": ("cg_depthwise", "aiiii" + "ai" + "ii" + "i" + "ii" + "ii"),
     "dw_conv_planes": ("cg_depthwise", "aiii" + "aiii" + "ai" + "i" * 13 + "ai" + "ii" + "i" + "ffff"),
+    # sequence ops (issue 17): cg_kernels_seq
+    "rnn_rows": ("cg_kernels_seq", "aii" + "a" + "iiiii" + "aii" + "aii" + "ai" + "aii" + "ai" + "i" * 17),
+    "embed_rows": ("cg_kernels_seq", "ii" + "aii" + "aii" + "i" + "ai"),
+    "seq_mask_rows": ("cg_kernels_seq", "ii" + "ai" + "ii" + "f" + "ai"),
+    "masking_rows": ("cg_kernels_seq", "ai" + "ii" + "f" + "ai"),
+    "repeat_rows": ("cg_kernels_seq", "ai" + "ii" + "ai"),
     **{kernel_name(mr, nv, lanes): ("ukernels", _MK) for lanes in LANES for mr, nv in TILES},
     **{kernel_name(mr, nv, lanes, True): ("ukernels", _MKP) for lanes in LANES for mr, nv in PACKED_TILES},
     **{blocks_kernel_name(mr, nv, lanes): ("ukernels", _MKP + "i") for lanes in LANES for mr, nv in PACKED_TILES},
@@ -78,7 +84,7 @@ THUNKS_PATH = Path(__file__).with_name("thunks_gen.py")
 #: Modules whose code ends up inside the thunks. numba's disk cache of a cfunc is keyed by the file
 #: that defines it (thunks_gen.py) only, so thunks_gen.py records a digest of these: editing one of
 #: them changes the rendered file (the sync test says to regenerate it), which invalidates the cache.
-THUNK_SOURCES = ("simd.py", "cg_kernels.py", "cg_depthwise.py", "ukernels.py", "kernels_elementwise.py", "kernels_merge.py",
+THUNK_SOURCES = ("simd.py", "cg_kernels.py", "cg_kernels_seq.py", "cg_depthwise.py", "ukernels.py", "kernels_elementwise.py", "kernels_merge.py",
                  "conv_direct.py", "lowering.py", "codes.py", "../epilogues.py")
 
 

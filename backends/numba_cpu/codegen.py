@@ -304,8 +304,11 @@ def fold_merge_activations(graph: Graph) -> dict[str, Node]:
 def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: tuple[bool, ...], *,
              lanes: int, emitters: dict[str, Emitter], cache: bool = True, profile: bool = False) -> Program:
     """Generate the module for ``graph`` with inputs of the given per-sample shapes."""
-    dtypes = {v.type.dtype for v in graph.inputs} | {n.outputs[0].type.dtype for n in graph.nodes
-                                                      if n.outputs[0].type is not None}
+    from keydnn.backends.numba_cpu.cg_emit_seq import index_inputs
+
+    ids = index_inputs(graph)  # token ids: integers held in the graph dtype's storage (cg_emit_seq)
+    dtypes = {v.type.dtype for v in graph.inputs if v.name not in ids} | {
+        n.outputs[0].type.dtype for n in graph.nodes if n.outputs[0].type is not None}
     if len(dtypes) != 1:
         raise Unsupported(f"values of several dtypes {sorted(dtypes)}")
     dtype = np.dtype(dtypes.pop())

@@ -46,19 +46,17 @@ def load_kernels() -> None:
 
 
 #: Op kinds the whole-graph generator has no emitter for: graphs with them run on the per-op kernels.
-PER_OP_ONLY: frozenset[str] = frozenset({"rnn", "embedding", "sequence_mask", "masking", "repeat_vector", "fold_time",
-                                      "unfold_time", "conv_lstm"})
+PER_OP_ONLY: frozenset[str] = frozenset({"fold_time", "unfold_time", "conv_lstm"})
 
 
 def _per_op_only(graph: Graph) -> str:
     """Why ``graph`` must run on the per-op kernels ('' when codegen may take it): an op kind without an
-    emitter, or a symbolic non-batch input axis (the per-op kernels read shapes at call time, so every
-    sequence length runs without compiling again)."""
+    emitter. A symbolic non-batch input axis (variable sequence length) runs generated code too: the
+    executable specializes per concrete input shape on first use and keeps a bounded LRU of compiled
+    shapes (``cg_exec.MAX_VARIANTS``), so a repeated length never compiles again."""
     kinds = sorted({n.op.kind for n in graph.nodes} & PER_OP_ONLY)
     if kinds:
         return f"ops {', '.join(kinds)} have per-op kernels only"
-    if any(isinstance(d, str) for v in graph.inputs if v.type is not None for d in v.type.shape[1:]):
-        return "an input has a symbolic non-batch axis (variable sequence length)"
     return ""
 
 

@@ -34,6 +34,13 @@ from keydnn.backends.numba_cpu.cg_kernels import (  # noqa: F401
     transpose_flat,
     upsample_flat,
 )
+from keydnn.backends.numba_cpu.cg_kernels_seq import (  # noqa: F401
+    embed_rows,
+    masking_rows,
+    repeat_rows,
+    rnn_rows,
+    seq_mask_rows,
+)
 from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
     dwk_3x3s1_l16,
     dwk_3x3s1_l4,
@@ -106,8 +113,8 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
     mkpb_8x3_l8,
 )
 
-#: sha256 of simd.py, cg_kernels.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
-SOURCES_DIGEST = "166e43e0f3cdcd0a2fe9e8f000ebe3c03b9988b4c1d96f745b1a3d37fbcc06e3"
+#: sha256 of simd.py, cg_kernels.py, cg_kernels_seq.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
+SOURCES_DIGEST = "d948d1588e6d5df663f11eac87fed2efba235dffe2973f693a1f306e557156d0"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
@@ -308,6 +315,46 @@ def dw_conv_planes_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a1
 
 def dw_conv_planes_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25, a26, a27, a28, a29, a30, a31):
     dw_conv_planes(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, farray(a23, np.float64), a24, a25, a26, a27, a28, a29, a30, a31)
+
+
+def rnn_rows_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25, a26, a27, a28, a29, a30, a31, a32, a33, a34, a35, a36, a37, a38):
+    rnn_rows(farray(a0, np.float32), a1, a2, farray(a3, np.float32), a4, a5, a6, a7, a8, farray(a9, np.float32), a10, a11, farray(a12, np.float32), a13, a14, farray(a15, np.float32), a16, farray(a17, np.float32), a18, a19, farray(a20, np.float32), a21, a22, a23, a24, a25, a26, a27, a28, a29, a30, a31, a32, a33, a34, a35, a36, a37, a38)
+
+
+def rnn_rows_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25, a26, a27, a28, a29, a30, a31, a32, a33, a34, a35, a36, a37, a38):
+    rnn_rows(farray(a0, np.float64), a1, a2, farray(a3, np.float64), a4, a5, a6, a7, a8, farray(a9, np.float64), a10, a11, farray(a12, np.float64), a13, a14, farray(a15, np.float64), a16, farray(a17, np.float64), a18, a19, farray(a20, np.float64), a21, a22, a23, a24, a25, a26, a27, a28, a29, a30, a31, a32, a33, a34, a35, a36, a37, a38)
+
+
+def embed_rows_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10):
+    embed_rows(a0, a1, farray(a2, np.float32), a3, a4, farray(a5, np.float32), a6, a7, a8, farray(a9, np.float32), a10)
+
+
+def embed_rows_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10):
+    embed_rows(a0, a1, farray(a2, np.float64), a3, a4, farray(a5, np.float64), a6, a7, a8, farray(a9, np.float64), a10)
+
+
+def seq_mask_rows_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8):
+    seq_mask_rows(a0, a1, farray(a2, np.float32), a3, a4, a5, a6, farray(a7, np.float32), a8)
+
+
+def seq_mask_rows_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8):
+    seq_mask_rows(a0, a1, farray(a2, np.float64), a3, a4, a5, a6, farray(a7, np.float64), a8)
+
+
+def masking_rows_f32(a0, a1, a2, a3, a4, a5, a6):
+    masking_rows(farray(a0, np.float32), a1, a2, a3, a4, farray(a5, np.float32), a6)
+
+
+def masking_rows_f64(a0, a1, a2, a3, a4, a5, a6):
+    masking_rows(farray(a0, np.float64), a1, a2, a3, a4, farray(a5, np.float64), a6)
+
+
+def repeat_rows_f32(a0, a1, a2, a3, a4, a5):
+    repeat_rows(farray(a0, np.float32), a1, a2, a3, farray(a4, np.float32), a5)
+
+
+def repeat_rows_f64(a0, a1, a2, a3, a4, a5):
+    repeat_rows(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5)
 
 
 def mk_1x4_l16_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
