@@ -27,6 +27,7 @@ import numpy as np
 from keydnn.backends.numba_cpu.cg_cache import cache_enabled, load_program
 from keydnn.backends.numba_cpu.cg_emit_misc import EMITTERS_MISC
 from keydnn.backends.numba_cpu.cg_emit_nn import EMITTERS_NN
+from keydnn.backends.numba_cpu.cg_emit_tensor import EMITTERS_TENSOR
 from keydnn.backends.numba_cpu.cg_source import state_size
 from keydnn.backends.numba_cpu.cg_thunks import yield_address
 from keydnn.backends.numba_cpu.codegen import Program, Unsupported, generate
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 #: op kind -> code generator (the codegen twin of lowering.KERNELS).
 EMITTERS = {**EMITTERS_NN, **EMITTERS_MISC}
+EMITTERS.update(EMITTERS_TENSOR)  # issue 18's tensor math (cg_emit_tensor)
 #: A call whose estimated work (flops or element moves) is below this runs on the calling thread only.
 PARALLEL_MIN_WORK = 1 << 19
 #: Threads a call uses at most (numba's own thread count caps it too).
