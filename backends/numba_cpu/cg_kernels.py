@@ -17,10 +17,11 @@ import numpy as np
 
 from keydnn.backends.numba_cpu.cpu import dw_lanes
 from keydnn.backends.numba_cpu.conv_direct import tap_hi, tap_lo
-from keydnn.backends.numba_cpu.kernels_elementwise import LINEAR, RELU0, _act_scalar
+from keydnn.backends.numba_cpu.kernels_elementwise import GELU_TANH, LINEAR, RELU0, SIGMOID, SWISH, TANH, _act_scalar
 from keydnn.backends.numba_cpu.kernels_merge import combine
 from keydnn.backends.numba_cpu.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
 from keydnn.backends.numba_cpu.codes import ADD, MUL, SUB
+from keydnn.backends.numba_cpu.vmath import gelu_tanh64, sigmoid64, softmax_row, tanh64
 from keydnn.backends.numba_cpu.simd import (
     load_at, store_at, vadd, vload, vload_n, vmax_zero, vmul, vstore, vstore_n, vsub, vzero,
 )
@@ -146,6 +147,19 @@ def act_copy(x, x_off, y, y_off, n, code, p0, p1, p2, p3):
         for i in range(n):
             v = load_at(x, x_off + i)
             store_at(y, y_off + i, v if v > 0.0 else 0.0)
+    elif code == GELU_TANH:  # vectorizable forms (vmath) of the exp-based activations
+        for i in range(n):
+            store_at(y, y_off + i, gelu_tanh64(np.float64(load_at(x, x_off + i))))
+    elif code == TANH:
+        for i in range(n):
+            store_at(y, y_off + i, tanh64(np.float64(load_at(x, x_off + i))))
+    elif code == SIGMOID:
+        for i in range(n):
+            store_at(y, y_off + i, sigmoid64(np.float64(load_at(x, x_off + i))))
+    elif code == SWISH:
+        for i in range(n):
+            v = np.float64(load_at(x, x_off + i))
+            store_at(y, y_off + i, v * sigmoid64(v))
     else:
         for i in range(n):
             store_at(y, y_off + i, _act_scalar(np.float64(load_at(x, x_off + i)), code, p0, p1, p2, p3))
@@ -290,6 +304,10 @@ def max_cols_flat(x, x_off, y, y_off, size, cols):
 @numba.njit(**JIT_OPTIONS)
 def softmax_flat(x, x_off, y, y_off, outer, length, inner):
     """Softmax over the middle axis of an (outer, length, inner) block; max-subtracted, float64 sums."""
+    if inner == 1:  # rows: exp once per element, vectorized (vmath)
+        for o in range(outer):
+            softmax_row(x, x_off + o * length, y, y_off + o * length, length)
+        return
     for o in range(outer):
         for i in range(inner):
             base = o * length * inner + i

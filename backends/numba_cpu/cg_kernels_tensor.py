@@ -19,6 +19,7 @@ import numpy as np
 from keydnn.backends.numba_cpu.cg_kernels import REDUCE_OPTIONS
 from keydnn.backends.numba_cpu.kernels_math import binary_scalar, unary_scalar
 from keydnn.backends.numba_cpu.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
+from keydnn.backends.numba_cpu.vmath import exp64
 
 __all__ = ["pack_panels", "ln_rows", "ln_lanes", "reduce_lanes", "unary_span", "binary_rows", "bias_softmax_rows",
            "resize_rows"]
@@ -225,7 +226,7 @@ def bias_softmax_rows(x, x_off, y, y_off, r_lo, r_hi, length, b1, b1_off, T, t1_
             m = max(m, v)
         s = 0.0
         for k in range(length):
-            e = math.exp(np.float64(y[d + k]) - m)
+            e = exp64(np.float64(y[d + k]) - m)
             y[d + k] = e
             s += e
         inv = 1.0 / s

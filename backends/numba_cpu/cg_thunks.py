@@ -82,7 +82,7 @@ THUNKS_PATH = Path(__file__).with_name("thunks_gen.py")
 #: them changes the rendered file (the sync test says to regenerate it), which invalidates the cache.
 THUNK_SOURCES = ("simd.py", "cg_kernels.py", "cg_depthwise.py", "ukernels.py", "kernels_elementwise.py", "kernels_merge.py",
                  "conv_direct.py", "lowering.py", "codes.py", "../epilogues.py",
-                 "cg_kernels_tensor.py", "kernels_math.py")
+                 "cg_kernels_tensor.py", "kernels_math.py", "vmath.py")
 
 
 def sources_digest() -> str:

@@ -116,8 +116,8 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
     mkpb_8x3_l8,
 )
 
-#: sha256 of simd.py, cg_kernels.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py, cg_kernels_tensor.py, kernels_math.py when this file was written
-SOURCES_DIGEST = "cbbe146b5e1724d5e4754ed8f436f429314910fd9f26ecbcffcf6c2e307117e5"
+#: sha256 of simd.py, cg_kernels.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py, cg_kernels_tensor.py, kernels_math.py, vmath.py when this file was written
+SOURCES_DIGEST = "2391cbfec59a40a2d78c650e2e112d89f6aee5512e3d55768465d10361522d8d"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):

@@ -1,0 +1,156 @@
+"""Vectorizable float64 ``exp`` and the activations built on it (tanh, sigmoid, tanh-GELU, swish).
+
+numba lowers ``math.exp`` to a libm call per element (no SVML here), which
+LLVM cannot vectorize: a softmax or a GELU epilogue cost 100-250 cycles per
+element, many times the GEMM feeding it. ``exp64`` is plain arithmetic that
+LLVM vectorizes inside a loop: ``exp(x) = 2^n * e^r`` with ``n = round(x /
+ln 2)``, ``|r| <= ln 2 / 2``, ``e^r`` by its degree-11 Taylor polynomial
+(relative error below 1e-15) and ``2^n`` built from its bits. Inputs are
+clamped to [-708, 709] for the arithmetic; beyond, the result is 0 or
+inf; NaN passes through.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numba
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from keydnn.backends.numba_cpu.cpu import dw_lanes
+from keydnn.backends.numba_cpu.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
+from keydnn.backends.numba_cpu.simd import Vec, load_at, vload
+
+__all__ = ["exp64", "tanh64", "sigmoid64", "gelu_tanh64", "row_max", "softmax_row"]
+
+logger = logging.getLogger(__name__)
+
+_LOG2E = 1.4426950408889634
+_LN2_HI = 0.6931471803691238  # ln 2 split so that n * _LN2_HI is exact for |n| < 2^11
+_LN2_LO = 1.9082149292705877e-10
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+#: Lanes of the vectors ``row_max`` uses (the target's float32 vector; LLVM splits wider ones).
+_LANES = dw_lanes()
+
+
+@intrinsic
+def _pow2(typingctx, n):
+    """2.0 ** n for an int64 n in [-1022, 1023], from the bits (vectorizes, unlike ldexp)."""
+    if not isinstance(n, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = builder.add(args[0], ir.Constant(ir.IntType(64), 1023))
+        v = builder.shl(v, ir.Constant(ir.IntType(64), 52))
+        return builder.bitcast(v, ir.DoubleType())
+
+    return types.float64(n), codegen
+
+
+@numba.njit(**JIT_OPTIONS)
+def exp64(x):
+    """e ** x in float64 (see the module docstring)."""
+    c = min(max(x, -708.0), 709.0)
+    t = math.floor(c * _LOG2E + 0.5)
+    r = (c - t * _LN2_HI) - t * _LN2_LO
+    p = 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    e = p * _pow2(numba.int64(t))
+    e = math.inf if x > 709.0 else e
+    e = 0.0 if x < -708.0 else e
+    return e if x == x else x
+
+
+@numba.njit(**JIT_OPTIONS)
+def tanh64(x):
+    """tanh through exp64 of -2|x| (no cancellation for large |x|; absolute error ~1e-16 near 0)."""
+    a = abs(x)
+    e = exp64(-2.0 * a)
+    t = (1.0 - e) / (1.0 + e)
+    return math.copysign(t, x) if x == x else x
+
+
+@numba.njit(**JIT_OPTIONS)
+def sigmoid64(x):
+    return 1.0 / (1.0 + exp64(-x))
+
+
+@numba.njit(**JIT_OPTIONS)
+def gelu_tanh64(x):
+    return 0.5 * x * (1.0 + tanh64(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
+
+
+@intrinsic
+def _vmax(typingctx, a, b):
+    """Lane-wise ``a if a > b else b`` (LLVM leaves a scalar max reduction unvectorized)."""
+    if not (isinstance(a, Vec) and a == b):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.select(builder.fcmp_ordered(">", args[0], args[1]), args[0], args[1])
+
+    return a(a, b), codegen
+
+
+@intrinsic
+def _vhmax(typingctx, a):
+    """The largest lane of ``a``."""
+    if not isinstance(a, Vec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vty = args[0].type
+        suffix = "f32" if isinstance(vty.element, ir.FloatType) else "f64"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty.element, [vty]),
+                                            f"llvm.vector.reduce.fmax.v{vty.count}{suffix}")
+        return builder.call(fn, [args[0]])
+
+    return a.dtype(a), codegen
+
+
+@numba.njit(**JIT_OPTIONS)
+def row_max(x, o, length):
+    """max of x[o:o + length] as float64, in vectors. A NaN in the row may be missed here: callers subtract
+    the max from every element, so a NaN still reaches every output of the row (as in the reference)."""
+    m = -math.inf
+    k = 0
+    if length >= _LANES:
+        acc = vload(x, o, _LANES)
+        k = _LANES
+        while k + _LANES <= length:
+            acc = _vmax(acc, vload(x, o + k, _LANES))
+            k += _LANES
+        m = numba.float64(_vhmax(acc))
+    while k < length:
+        v = numba.float64(load_at(x, o + k))
+        m = v if v > m else m
+        k += 1
+    return m
+
+
+@numba.njit(**{**JIT_OPTIONS, "fastmath": {"reassoc"}})
+def softmax_row(x, o, y, d, length):
+    """Softmax of the contiguous row x[o:o + length] into y[d:d + length] (y may be x)."""
+    m = row_max(x, o, length)
+    s = 0.0
+    for k in range(length):
+        e = exp64(numba.float64(x[o + k]) - m)
+        y[d + k] = e
+        s += e
+    inv = 1.0 / s
+    for k in range(length):
+        y[d + k] = y[d + k] * inv
