@@ -21,7 +21,7 @@ from keydnn.backends.numba_cpu.kernels_elementwise import GELU_TANH, LINEAR, REL
 from keydnn.backends.numba_cpu.kernels_merge import combine
 from keydnn.backends.numba_cpu.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
 from keydnn.backends.numba_cpu.codes import ADD, MUL, SUB
-from keydnn.backends.numba_cpu.vmath import gelu_tanh64, sigmoid64, softmax_row, tanh64
+from keydnn.backends.numba_cpu.vmath import activate_inplace, softmax_row
 from keydnn.backends.numba_cpu.simd import (
     load_at, store_at, vadd, vload, vload_n, vmax_zero, vmul, vstore, vstore_n, vsub, vzero,
 )
@@ -147,19 +147,13 @@ def act_copy(x, x_off, y, y_off, n, code, p0, p1, p2, p3):
         for i in range(n):
             v = load_at(x, x_off + i)
             store_at(y, y_off + i, v if v > 0.0 else 0.0)
-    elif code == GELU_TANH:  # vectorizable forms (vmath) of the exp-based activations
-        for i in range(n):
-            store_at(y, y_off + i, gelu_tanh64(np.float64(load_at(x, x_off + i))))
-    elif code == TANH:
-        for i in range(n):
-            store_at(y, y_off + i, tanh64(np.float64(load_at(x, x_off + i))))
-    elif code == SIGMOID:
-        for i in range(n):
-            store_at(y, y_off + i, sigmoid64(np.float64(load_at(x, x_off + i))))
-    elif code == SWISH:
-        for i in range(n):
-            v = np.float64(load_at(x, x_off + i))
-            store_at(y, y_off + i, v * sigmoid64(v))
+    elif code == GELU_TANH or code == TANH or code == SIGMOID or code == SWISH:
+        if x.ctypes.data + x_off * x.itemsize != y.ctypes.data + y_off * y.itemsize:
+            for i in range(n):
+                store_at(y, y_off + i, load_at(x, x_off + i))
+        # in place on y alone: with x and y overlapping LLVM would fall back to its scalar loop (6x slower)
+        which = 0 if code == TANH else 1 if code == SIGMOID else 2 if code == GELU_TANH else 3
+        activate_inplace(y, y_off, n, which)
     else:
         for i in range(n):
             store_at(y, y_off + i, _act_scalar(np.float64(load_at(x, x_off + i)), code, p0, p1, p2, p3))

@@ -117,7 +117,7 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
 )
 
 #: sha256 of simd.py, cg_kernels.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py, cg_kernels_tensor.py, kernels_math.py, vmath.py when this file was written
-SOURCES_DIGEST = "2391cbfec59a40a2d78c650e2e112d89f6aee5512e3d55768465d10361522d8d"
+SOURCES_DIGEST = "e8a8911f458680fffd9a73f46325dc860e7d74d3c865f536d6e9b66247909540"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):

@@ -23,9 +23,9 @@ from numba.extending import intrinsic
 
 from keydnn.backends.numba_cpu.cpu import dw_lanes
 from keydnn.backends.numba_cpu.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
-from keydnn.backends.numba_cpu.simd import Vec, load_at, vload
+from keydnn.backends.numba_cpu.simd import Vec, load_at, store_at, vload
 
-__all__ = ["exp64", "tanh64", "sigmoid64", "gelu_tanh64", "row_max", "softmax_row"]
+__all__ = ["exp64", "tanh64", "sigmoid64", "gelu_tanh64", "row_max", "softmax_row", "activate_inplace"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,13 +144,36 @@ def row_max(x, o, length):
 
 @numba.njit(**{**JIT_OPTIONS, "fastmath": {"reassoc"}})
 def softmax_row(x, o, y, d, length):
-    """Softmax of the contiguous row x[o:o + length] into y[d:d + length] (y may be x)."""
+    """Softmax of the contiguous row x[o:o + length] into y[d:d + length] (y may be x). The exponentials are
+    computed on y alone (x copied first where it is another row): loops reading one array and writing
+    another that might overlap it are left scalar by LLVM."""
     m = row_max(x, o, length)
+    if x.ctypes.data + o * x.itemsize != y.ctypes.data + d * y.itemsize:
+        for k in range(length):
+            store_at(y, d + k, load_at(x, o + k))
     s = 0.0
     for k in range(length):
-        e = exp64(numba.float64(x[o + k]) - m)
-        y[d + k] = e
+        e = exp64(numba.float64(load_at(y, d + k)) - m)
+        store_at(y, d + k, e)
         s += e
     inv = 1.0 / s
     for k in range(length):
-        y[d + k] = y[d + k] * inv
+        store_at(y, d + k, numba.float64(load_at(y, d + k)) * inv)
+
+
+@numba.njit(**JIT_OPTIONS)
+def activate_inplace(y, o, n, which):
+    """y[o:o + n] = f(y[o:o + n]) for f = tanh (0), sigmoid (1), tanh-GELU (2), swish (3), in float64."""
+    if which == 0:
+        for i in range(n):
+            store_at(y, o + i, tanh64(numba.float64(load_at(y, o + i))))
+    elif which == 1:
+        for i in range(n):
+            store_at(y, o + i, sigmoid64(numba.float64(load_at(y, o + i))))
+    elif which == 2:
+        for i in range(n):
+            store_at(y, o + i, gelu_tanh64(numba.float64(load_at(y, o + i))))
+    else:
+        for i in range(n):
+            v = numba.float64(load_at(y, o + i))
+            store_at(y, o + i, v * sigmoid64(v))
