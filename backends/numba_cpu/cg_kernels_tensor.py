@@ -19,7 +19,8 @@ import numpy as np
 from keydnn.backends.numba_cpu.cg_kernels import REDUCE_OPTIONS
 from keydnn.backends.numba_cpu.kernels_math import binary_scalar, unary_scalar
 from keydnn.backends.numba_cpu.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
-from keydnn.backends.numba_cpu.vmath import exp64
+from keydnn.backends.numba_cpu.simd import load_at, store_at
+from keydnn.backends.numba_cpu.vmath import softmax_row
 
 __all__ = ["pack_panels", "ln_rows", "ln_lanes", "reduce_lanes", "unary_span", "binary_rows", "bias_softmax_rows",
            "resize_rows"]
@@ -59,17 +60,17 @@ def pack_panels(x, x_off, rs, cs, K, NC, nb, P, p_off, scale):
 def _row_stats(x, o, length, stat):
     s = 0.0
     for k in range(length):
-        s += np.float64(x[o + k])
+        s += np.float64(load_at(x, o + k))
     mean = s / length
     q = 0.0
     if stat == 0:
         for k in range(length):
-            d = np.float64(x[o + k]) - mean
+            d = np.float64(load_at(x, o + k)) - mean
             q += d * d
         q /= length
     else:
         for k in range(length):
-            v = np.float64(x[o + k])
+            v = np.float64(load_at(x, o + k))
             q += v * v
         if stat == 1:
             q /= length
@@ -88,7 +89,8 @@ def ln_rows(x, x_off, y, y_off, r_lo, r_hi, length, D, g_off, b_off, eps, center
         c = mean if center else 0.0
         d = y_off + r * length
         for k in range(length):
-            y[d + k] = (np.float64(x[o + k]) - c) * inv * D[g_off + k] + D[b_off + k]
+            v = (np.float64(load_at(x, o + k)) - c) * inv
+            store_at(y, d + k, v * load_at(D, g_off + k) + load_at(D, b_off + k))
 
 
 @numba.njit(**REDUCE_OPTIONS)
@@ -217,21 +219,12 @@ def bias_softmax_rows(x, x_off, y, y_off, r_lo, r_hi, length, b1, b1_off, T, t1_
         d = y_off + r * length
         p1 = b1_off + T[t1_off + r]
         p2 = b2_off + T[t2_off + r]
-        m = -np.inf
         for k in range(length):
-            v = np.float64(x[o + k]) + np.float64(b1[p1 + k * s1])
+            v = np.float64(load_at(x, o + k)) + np.float64(load_at(b1, p1 + k * s1))
             if nb == 2:
-                v += np.float64(b2[p2 + k * s2])
-            y[d + k] = v
-            m = max(m, v)
-        s = 0.0
-        for k in range(length):
-            e = exp64(np.float64(y[d + k]) - m)
-            y[d + k] = e
-            s += e
-        inv = 1.0 / s
-        for k in range(length):
-            y[d + k] = y[d + k] * inv
+                v += np.float64(load_at(b2, p2 + k * s2))
+            store_at(y, d + k, v)
+        softmax_row(y, d, y, d, length)
 
 
 @numba.njit(**JIT_OPTIONS)

@@ -117,7 +117,7 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
 )
 
 #: sha256 of simd.py, cg_kernels.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py, cg_kernels_tensor.py, kernels_math.py, vmath.py when this file was written
-SOURCES_DIGEST = "8e79d417d588b4687f478177df21aa02c1e5e529a9072c28e245c0cbcc96acc2"
+SOURCES_DIGEST = "7181bf0e8c8bdcb46ab8f518746852302b1a9ca420e242aa47b415f233fd2251"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
