@@ -32,6 +32,7 @@ from keydnn.backends.numba_cpu.cg_emit_3d import EMITTERS_3D
 from keydnn.backends.numba_cpu.cg_emit_misc import EMITTERS_MISC
 from keydnn.backends.numba_cpu.cg_emit_nn import EMITTERS_NN
 from keydnn.backends.numba_cpu.cg_emit_seq import EMITTERS_SEQ, index_checks, index_inputs
+from keydnn.backends.numba_cpu.cg_emit_tensor import EMITTERS_TENSOR
 from keydnn.backends.numba_cpu.cg_source import state_size
 from keydnn.backends.numba_cpu.cg_thunks import yield_address
 from keydnn.backends.numba_cpu.codegen import Program, Unsupported, generate
@@ -44,7 +45,7 @@ __all__ = ["CodegenExecutable", "EMITTERS", "PARALLEL_MIN_WORK", "MAX_THREADS"]
 logger = logging.getLogger(__name__)
 
 #: op kind -> code generator (the codegen twin of lowering.KERNELS).
-EMITTERS = {**EMITTERS_NN, **EMITTERS_MISC, **EMITTERS_3D, **EMITTERS_SEQ}
+EMITTERS = {**EMITTERS_NN, **EMITTERS_MISC, **EMITTERS_3D, **EMITTERS_TENSOR, **EMITTERS_SEQ}
 #: A call whose estimated work (flops or element moves) is below this runs on the calling thread only.
 PARALLEL_MIN_WORK = 1 << 19
 #: Threads a call uses at most (numba's own thread count caps it too).

@@ -16,10 +16,11 @@ import numba
 import numpy as np
 
 from keydnn.backends.numba_cpu.cpu import dw_lanes
-from keydnn.backends.numba_cpu.codes import LINEAR, RELU0
+from keydnn.backends.numba_cpu.codes import GELU_TANH, LINEAR, RELU0, SIGMOID, SWISH, TANH
 from keydnn.backends.numba_cpu.functions import apply_function
 from keydnn.backends.numba_cpu.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
 from keydnn.backends.numba_cpu.codes import ADD, MAX, MIN, MUL, SUB
+from keydnn.backends.numba_cpu.vmath import activate_inplace, softmax_row
 from keydnn.backends.numba_cpu.simd import (
     load_at, store_at, vadd, vload, vload_n, vmax_zero, vmul, vstore, vstore_n, vsub, vzero,
 )
@@ -177,6 +178,13 @@ def act_copy(x, x_off, y, y_off, n, code, p0, p1, p2, p3):
         for i in range(n):
             v = load_at(x, x_off + i)
             store_at(y, y_off + i, v if v > 0.0 else 0.0)
+    elif code == GELU_TANH or code == TANH or code == SIGMOID or code == SWISH:
+        if x.ctypes.data + x_off * x.itemsize != y.ctypes.data + y_off * y.itemsize:
+            for i in range(n):
+                store_at(y, y_off + i, load_at(x, x_off + i))
+        # in place on y alone: with x and y overlapping LLVM would fall back to its scalar loop (6x slower)
+        which = 0 if code == TANH else 1 if code == SIGMOID else 2 if code == GELU_TANH else 3
+        activate_inplace(y, y_off, n, which)
     else:
         for i in range(n):
             store_at(y, y_off + i, apply_function(np.float64(load_at(x, x_off + i)), code, p0, p1, p2, p3))
@@ -321,6 +329,10 @@ def max_cols_flat(x, x_off, y, y_off, size, cols):
 @numba.njit(**JIT_OPTIONS)
 def softmax_flat(x, x_off, y, y_off, outer, length, inner):
     """Softmax over the middle axis of an (outer, length, inner) block; max-subtracted, float64 sums."""
+    if inner == 1:  # rows: exp once per element, vectorized (vmath)
+        for o in range(outer):
+            softmax_row(x, x_off + o * length, y, y_off + o * length, length)
+        return
     for o in range(outer):
         for i in range(inner):
             base = o * length * inner + i

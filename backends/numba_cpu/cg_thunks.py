@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keydnn.backends.numba_cpu.cg_emit_tensor import HELPERS_TENSOR
 from keydnn.backends.numba_cpu.ukernel_source import (
     CHANNEL_TILES, DEPTHWISE_SHAPES, LANES, PACKED_TILES, TILES, blocks_kernel_name, channel_kernel_name,
     depthwise_kernel_name, kernel_name,
@@ -79,13 +80,15 @@ HELPERS: dict[str, tuple[str, str]] = {
     **{depthwise_kernel_name(kh, kw, sw, lanes): ("ukernels", _DWK) for lanes in LANES
        for kh, kw, sw in DEPTHWISE_SHAPES},
 }
+HELPERS.update(HELPERS_TENSOR)  # issue 18's tensor math (cg_kernels_tensor)
 
 THUNKS_PATH = Path(__file__).with_name("thunks_gen.py")
 #: Modules whose code ends up inside the thunks. numba's disk cache of a cfunc is keyed by the file
 #: that defines it (thunks_gen.py) only, so thunks_gen.py records a digest of these: editing one of
 #: them changes the rendered file (the sync test says to regenerate it), which invalidates the cache.
-THUNK_SOURCES = ("simd.py", "cg_kernels.py", "cg_kernels_seq.py", "cg_depthwise.py", "ukernels.py", "kernels_elementwise.py", "kernels_merge.py",
-                 "conv_direct.py", "lowering.py", "codes.py", "../epilogues.py")
+THUNK_SOURCES = ("simd.py", "cg_kernels.py", "cg_kernels_seq.py", "cg_depthwise.py", "ukernels.py", "kernels_elementwise.py",
+                 "kernels_merge.py", "conv_direct.py", "lowering.py", "codes.py", "functions.py", "../epilogues.py",
+                 "cg_kernels_tensor.py", "kernels_math.py", "vmath.py")
 
 
 def sources_digest() -> str:

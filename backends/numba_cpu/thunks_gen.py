@@ -41,6 +41,16 @@ from keydnn.backends.numba_cpu.cg_kernels_seq import (  # noqa: F401
     rnn_rows,
     seq_mask_rows,
 )
+from keydnn.backends.numba_cpu.cg_kernels_tensor import (  # noqa: F401
+    bias_softmax_rows,
+    binary_rows,
+    ln_lanes,
+    ln_rows,
+    pack_panels,
+    reduce_lanes,
+    resize_rows,
+    unary_span,
+)
 from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
     dwk_3x3s1_l16,
     dwk_3x3s1_l4,
@@ -113,8 +123,8 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
     mkpb_8x3_l8,
 )
 
-#: sha256 of simd.py, cg_kernels.py, cg_kernels_seq.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, ../epilogues.py when this file was written
-SOURCES_DIGEST = "d948d1588e6d5df663f11eac87fed2efba235dffe2973f693a1f306e557156d0"
+#: sha256 of simd.py, cg_kernels.py, cg_kernels_seq.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, functions.py, ../epilogues.py, cg_kernels_tensor.py, kernels_math.py, vmath.py when this file was written
+SOURCES_DIGEST = "26d5957263a9a8f406a616c205957f86d70b2fe27f375fd40c327f1a1de577be"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
@@ -907,3 +917,67 @@ def dwk_5x5s2_l4_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13,
 
 def dwk_5x5s2_l4_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23, a24, a25):
     dwk_5x5s2_l4(farray(a0, np.float64), a1, a2, a3, farray(a4, np.float64), a5, a6, a7, farray(a8, np.float64), a9, a10, a11, a12, a13, a14, farray(a15, np.float64), a16, a17, a18, a19, a20, a21, a22, a23, a24, a25)
+
+
+def pack_panels_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9):
+    pack_panels(farray(a0, np.float32), a1, a2, a3, a4, a5, a6, farray(a7, np.float32), a8, a9)
+
+
+def pack_panels_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9):
+    pack_panels(farray(a0, np.float64), a1, a2, a3, a4, a5, a6, farray(a7, np.float64), a8, a9)
+
+
+def ln_rows_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13):
+    ln_rows(farray(a0, np.float32), a1, farray(a2, np.float32), a3, a4, a5, a6, farray(a7, np.float64), a8, a9, a10, a11, a12, a13)
+
+
+def ln_rows_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13):
+    ln_rows(farray(a0, np.float64), a1, farray(a2, np.float64), a3, a4, a5, a6, farray(a7, np.float64), a8, a9, a10, a11, a12, a13)
+
+
+def ln_lanes_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16):
+    ln_lanes(farray(a0, np.float32), a1, farray(a2, np.float32), a3, farray(a4, np.int64), a5, a6, a7, a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, a16)
+
+
+def ln_lanes_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16):
+    ln_lanes(farray(a0, np.float64), a1, farray(a2, np.float64), a3, farray(a4, np.int64), a5, a6, a7, a8, a9, farray(a10, np.float64), a11, a12, a13, a14, a15, a16)
+
+
+def reduce_lanes_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10):
+    reduce_lanes(farray(a0, np.float32), a1, farray(a2, np.float32), a3, farray(a4, np.int64), a5, a6, a7, a8, a9, a10)
+
+
+def reduce_lanes_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10):
+    reduce_lanes(farray(a0, np.float64), a1, farray(a2, np.float64), a3, farray(a4, np.int64), a5, a6, a7, a8, a9, a10)
+
+
+def unary_span_f32(a0, a1, a2, a3, a4, a5, a6, a7):
+    unary_span(farray(a0, np.float32), a1, farray(a2, np.float32), a3, a4, a5, a6, a7)
+
+
+def unary_span_f64(a0, a1, a2, a3, a4, a5, a6, a7):
+    unary_span(farray(a0, np.float64), a1, farray(a2, np.float64), a3, a4, a5, a6, a7)
+
+
+def binary_rows_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13):
+    binary_rows(farray(a0, np.float32), a1, farray(a2, np.float32), a3, farray(a4, np.float32), a5, farray(a6, np.int64), a7, a8, a9, a10, a11, a12, a13)
+
+
+def binary_rows_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13):
+    binary_rows(farray(a0, np.float64), a1, farray(a2, np.float64), a3, farray(a4, np.float64), a5, farray(a6, np.int64), a7, a8, a9, a10, a11, a12, a13)
+
+
+def bias_softmax_rows_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16):
+    bias_softmax_rows(farray(a0, np.float32), a1, farray(a2, np.float32), a3, a4, a5, a6, farray(a7, np.float32), a8, farray(a9, np.int64), a10, a11, farray(a12, np.float32), a13, a14, a15, a16)
+
+
+def bias_softmax_rows_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16):
+    bias_softmax_rows(farray(a0, np.float64), a1, farray(a2, np.float64), a3, a4, a5, a6, farray(a7, np.float64), a8, farray(a9, np.int64), a10, a11, farray(a12, np.float64), a13, a14, a15, a16)
+
+
+def resize_rows_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    resize_rows(farray(a0, np.float32), a1, farray(a2, np.float32), a3, a4, a5, a6, a7, a8, a9, farray(a10, np.int64), a11, a12, farray(a13, np.float64), a14, a15, a16, a17, a18)
+
+
+def resize_rows_f64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
+    resize_rows(farray(a0, np.float64), a1, farray(a2, np.float64), a3, a4, a5, a6, a7, a8, a9, farray(a10, np.int64), a11, a12, farray(a13, np.float64), a14, a15, a16, a17, a18)
