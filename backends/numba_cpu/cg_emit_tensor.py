@@ -243,7 +243,7 @@ def emit_reduce(ctx: EmitContext) -> None:
 
 # -- elementwise ---------------------------------------------------------------------------------------------------
 def emit_unary(ctx: EmitContext) -> None:
-    from keydnn.backends.numba_cpu.kernels_math import UNARY_CODES
+    from keydnn.ir.functions import FUNCTION_CODES as UNARY_CODES
 
     op, x, y = ctx.op, ctx.ins[0], ctx.out
     cost = 1.0 if op.function in _CHEAP_UNARY else 16.0
@@ -254,7 +254,7 @@ def emit_unary(ctx: EmitContext) -> None:
 
 
 def emit_binary(ctx: EmitContext) -> None:
-    from keydnn.backends.numba_cpu.kernels_math import BINARY_CODES
+    from keydnn.ir.functions import BINARY_CODES
 
     op, y = ctx.op, ctx.out
     rank = len(y.sample) + 1

@@ -17,7 +17,7 @@ import numba
 import numpy as np
 
 from keydnn.backends.numba_cpu.cg_kernels import REDUCE_OPTIONS
-from keydnn.backends.numba_cpu.kernels_math import binary_scalar, unary_scalar
+from keydnn.backends.numba_cpu.functions import apply_binary, apply_function
 from keydnn.backends.numba_cpu.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
 from keydnn.backends.numba_cpu.simd import load_at, store_at
 from keydnn.backends.numba_cpu.vmath import softmax_row
@@ -26,6 +26,19 @@ __all__ = ["pack_panels", "ln_rows", "ln_lanes", "reduce_lanes", "unary_span", "
            "resize_rows"]
 
 logger = logging.getLogger(__name__)
+
+
+@numba.njit(**JIT_OPTIONS)
+def unary_scalar(v, code, a, b):
+    """One ``unary`` function (its code in ``keydnn.ir.functions.FUNCTION_CODES``) in float64: the shared
+    formula of the function table."""
+    return apply_function(v, code, a, b, 0.0, 0.0)
+
+
+@numba.njit(**JIT_OPTIONS)
+def binary_scalar(x, y, code):
+    """One ``binary`` function (``keydnn.ir.functions.BINARY_CODES``) in float64: the shared formula."""
+    return apply_binary(x, y, code)
 
 
 @numba.njit(**JIT_OPTIONS)

@@ -18,9 +18,9 @@ import numpy as np
 from numba import prange
 
 from keydnn.backends.broadcast import bias_lane_table, broadcast_strides  # noqa: F401  (re-exported)
-from keydnn.backends.numba_cpu.functions import apply_binary, apply_function
+from keydnn.backends.numba_cpu.cg_kernels_tensor import binary_scalar, unary_scalar
 from keydnn.backends.numba_cpu.lowering import (
-    JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, register_kernel,
+    PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, register_kernel,
 )
 from keydnn.ir.functions import BINARY_CODES as TABLE_BINARY_CODES
 from keydnn.ir.functions import FUNCTION_CODES
@@ -31,18 +31,6 @@ __all__ = ["UNARY_CODES", "BINARY_CODES", "unary_scalar", "binary_scalar", "broa
 #: unary function name -> its code in the one table of scalar functions (``keydnn.ir.functions``).
 UNARY_CODES = {name: FUNCTION_CODES[name] for name in UNARY_FUNCTIONS}
 BINARY_CODES = dict(TABLE_BINARY_CODES)
-
-
-@numba.njit(**JIT_OPTIONS)
-def unary_scalar(v, code, a, b):
-    """One ``unary`` function (``UNARY_CODES``) in float64: the shared formula of ``keydnn.ir.functions``."""
-    return apply_function(v, code, a, b, 0.0, 0.0)
-
-
-@numba.njit(**JIT_OPTIONS)
-def binary_scalar(x, y, code):
-    """One ``binary`` function (``BINARY_CODES``) in float64: the shared formula of ``keydnn.ir.functions``."""
-    return apply_binary(x, y, code)
 
 
 _CHUNK = 1 << 14
