@@ -36,7 +36,7 @@ import numpy as np
 from keydnn.backends.numba_cpu import ukernels
 from keydnn.backends.numba_cpu.codes import LINEAR, SIGMOID, TANH
 from keydnn.backends.numba_cpu.cpu import dw_lanes
-from keydnn.backends.numba_cpu.kernels_elementwise import _act_scalar
+from keydnn.backends.numba_cpu.functions import apply_function
 from keydnn.backends.numba_cpu.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
 from keydnn.backends.numba_cpu.simd import farray, load_at, store_at
 from keydnn.backends.numba_cpu.target import current_target
@@ -117,7 +117,7 @@ def _act_run(a, lo, hi, code, k, k_off, precise):
             store_at(a, j, 1.0 - 2.0 / (np.exp(v + v) + 1.0))
     else:
         for j in range(lo, hi):
-            store_at(a, j, _act_scalar(load_at(a, j), code, 1.0, 0.0, 0.0, 0.0))
+            store_at(a, j, apply_function(load_at(a, j), code, 1.0, 0.0, 0.0, 0.0))
 
 
 @numba.njit(**JIT_OPTIONS)

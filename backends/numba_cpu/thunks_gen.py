@@ -124,7 +124,7 @@ from keydnn.backends.numba_cpu.ukernels import (  # noqa: F401
 )
 
 #: sha256 of simd.py, cg_kernels.py, cg_kernels_seq.py, cg_depthwise.py, ukernels.py, kernels_elementwise.py, kernels_merge.py, conv_direct.py, lowering.py, codes.py, functions.py, ../epilogues.py, cg_kernels_tensor.py, kernels_math.py, vmath.py when this file was written
-SOURCES_DIGEST = "1ee530c00f3957d6043e930005f0dd801dd8622bd5c9f69571416e930b5f7ca7"
+SOURCES_DIGEST = "b26406d084802be0da4fbf2ae49bce4db6d7683f41f822e28a892a2e4e1040e9"
 
 
 def im2col_panel_f32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18):
