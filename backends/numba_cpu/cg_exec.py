@@ -306,7 +306,7 @@ class CodegenExecutable:
         nthr = 1 if n * prog.work_per_sample < PARALLEL_MIN_WORK else self.threads
         arena = _aligned_empty(n * prog.arena_per_sample + prog.arena_fixed + nthr * prog.scratch_per_thread + 64,
                                self.dtype)
-        state = np.zeros(state_size(prog.n_stages), dtype=np.int64)
+        state = np.zeros(state_size(prog.n_stages) + prog.state_extra, dtype=np.int64)
         tail = var.tail(arena, state)
         plan = _CallPlan(var, n, [((n if b else 1),) + sample for _, sample, b in prog.outputs], nthr, tail, arena,
                          state)

@@ -160,6 +160,7 @@ class Program:
     thunks: list[str] = field(default_factory=list)  # helper of F[i]
     stages: list[str] = field(default_factory=list)  # description of each stage
     dtype: np.dtype = np.dtype("float32")
+    state_extra: int = 0  # int64 slots the state array has beyond ``cg_source.state_size(n_stages)``
 
 
 class EmitContext:
@@ -241,6 +242,8 @@ class _Generator:
         self.stages: list[Stage] = []
         self.thunks: list[str] = ["<yield>"]  # F[0]: the OS's yield call (cg_sync)
         self.arrays: set[str] = set()
+        self.state_extra = 0  # state slots after the stage counters (cg_source: the stage functions' addresses)
+        self.publish: list[str] = []  # lines thread 0 runs before it opens a call (cg_source)
 
     def thunk_index(self, helper: str) -> int:
         if helper not in self.thunks:
@@ -350,4 +353,5 @@ def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: 
         tables=blob(gen.t_parts, np.int64), arena_per_sample=plan.per_sample, arena_fixed=plan.fixed,
         scratch_per_thread=gen.scratch, n_stages=len(gen.stages), work_per_sample=work,
         outputs=plan.outputs, thunks=list(gen.thunks), dtype=dtype, stages=descriptions,
+        state_extra=gen.state_extra,
     )
