@@ -115,10 +115,12 @@ def _shared_stages(gen: "_Generator") -> list[str]:
         text = _stage(k, st, False, uniform=True)[1:]
         tpl = template(text, slots)
         if tpl is None:
+            gen.stage_functions.append(None)
             rows.append(None)
             continue
         qi = gen.add_blob(gen.t_parts, "t_len", np.asarray(tpl.ints or [0], dtype=np.int64))
         qf = gen.add_blob(gen.d_parts, "d_len", np.asarray(tpl.floats or [0.0], dtype=np.float64))
+        gen.stage_functions.append(tpl.name)
         rows.append((gen.thunk_index(tpl.name), qi, qf))
     gen.arrays |= {"T", "D", "S", "F"}
     gen.publish = [f"S[{base + i}] = p_{name}" for name, i in slots.items()]

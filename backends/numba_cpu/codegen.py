@@ -106,13 +106,15 @@ class Val:
         return self.storage.array
 
     def base(self) -> str:
-        """Offset expression of the value's first element."""
+        """Offset expression of the value's first element. A batched value's is ``N * offset`` even where the
+        offset is 0 (an input, the arena's first buffer): the same expression for every buffer, so that stages
+        that differ only in where their buffers lie share one stage function (``cg_stagefn``)."""
         st = self.storage
         if st.array != "A":
-            return "0"
+            return "N * 0" if self.batched else "0"
         if st.fixed_arena:
             return f"AF + {st.offset}"
-        return f"N * {st.offset}" if st.offset else "0"
+        return f"N * {st.offset}"
 
     def at(self, n: str = "n") -> str:
         """Offset expression of sample ``n`` (sample 0 for an unbatched value)."""
@@ -161,6 +163,8 @@ class Program:
     stages: list[str] = field(default_factory=list)  # description of each stage
     dtype: np.dtype = np.dtype("float32")
     state_extra: int = 0  # int64 slots the state array has beyond ``cg_source.state_size(n_stages)``
+    #: per stage: the name of the shared stage function that runs it (``cg_stagefn``), or None where it is inline
+    stage_functions: list = field(default_factory=list)
 
 
 class EmitContext:
@@ -244,6 +248,7 @@ class _Generator:
         self.arrays: set[str] = set()
         self.state_extra = 0  # state slots after the stage counters (cg_source: the stage functions' addresses)
         self.publish: list[str] = []  # lines thread 0 runs before it opens a call (cg_source)
+        self.stage_functions: list[Optional[str]] = []  # per stage: its shared function (cg_stagefn), None inline
 
     def thunk_index(self, helper: str) -> int:
         if helper not in self.thunks:
@@ -353,5 +358,5 @@ def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: 
         tables=blob(gen.t_parts, np.int64), arena_per_sample=plan.per_sample, arena_fixed=plan.fixed,
         scratch_per_thread=gen.scratch, n_stages=len(gen.stages), work_per_sample=work,
         outputs=plan.outputs, thunks=list(gen.thunks), dtype=dtype, stages=descriptions,
-        state_extra=gen.state_extra,
+        state_extra=gen.state_extra, stage_functions=list(gen.stage_functions),
     )

@@ -1,0 +1,103 @@
+"""Shared stage functions (``cg_stagefn``): stages that differ only in their numbers compile once.
+
+Counting, not timing: a graph of repeated identical blocks has fewer distinct
+stage functions than stages; a second graph with the same block shapes adds no
+stage function to the compile cache; the shared form computes exactly what the
+inline form (``KEYDNN_SHARED_STAGES=0``) computes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keydnn.backends.numba_cpu import cg_stagefn, compile_graph
+from keydnn.backends.numba_cpu.cg_exec import EMITTERS
+from keydnn.backends.numba_cpu.codegen import generate
+from keydnn.ir import Graph, Node, TensorType, Value, run_reference
+from keydnn.ir.ops import Conv2d, GlobalAvgPool2d, Relu
+from keydnn.ir.passes import run_pipeline
+
+SHAPE = (8, 10, 10)
+
+
+def blocks(depth: int, seed: int = 0, channels: int = 8) -> Graph:
+    """``depth`` identical conv 3x3 (same) + relu blocks, then global average pooling."""
+    rng = np.random.default_rng(seed)
+    nodes, weights, prev = [], {}, "x"
+    for i in range(depth):
+        weights[f"w{i}"] = (rng.standard_normal((channels, channels, 3, 3)) * 0.2).astype(np.float32)
+        weights[f"b{i}"] = (rng.standard_normal(channels) * 0.1).astype(np.float32)
+        nodes.append(Node(name=f"conv{i}", op=Conv2d(pads=(1, 1, 1, 1), activation=Relu()),
+                          inputs=(prev, f"w{i}", f"b{i}"), outputs=(Value(name=f"conv{i}"),)))
+        prev = f"conv{i}"
+    nodes.append(Node(name="gap", op=GlobalAvgPool2d(), inputs=(prev,), outputs=(Value(name="gap"),)))
+    g = Graph.build(name=f"blocks{depth}",
+                    inputs=(Value(name="x", type=TensorType(shape=("N",) + SHAPE, dtype="float32", layout="NCHW")),),
+                    outputs=("gap",), nodes=tuple(nodes), weights=weights)
+    return run_pipeline(g, "infer-shapes")
+
+
+def program(g: Graph):
+    return generate(g, (SHAPE,), (True,), lanes=16, emitters=EMITTERS)
+
+
+def stage_files(cache: Path) -> set[str]:
+    """Stage functions kept in the compile cache: prebuilt objects and numba-cached modules."""
+    root = cache / "numba-cpu"
+    names = {p.name.split("_float")[0] for p in (root / "objects").glob(f"{cg_stagefn.PREFIX}*")}
+    names |= {p.stem for p in (root / "stages").glob(f"{cg_stagefn.PREFIX}*.py")}
+    return names
+
+
+def test_repeated_blocks_share_one_stage_function() -> None:
+    prog = program(blocks(6))
+    names = prog.stage_functions
+    assert len(names) == prog.n_stages and None not in names
+    convs = [n for n, d in zip(names, prog.stages) if d.startswith("conv") and not d.startswith("conv0")]
+    assert len(convs) >= 5 and len(set(convs)) == 1  # the same block at other offsets: one function
+    assert len(set(names)) < prog.n_stages
+    assert len(set(names)) == len(set(program(blocks(12, seed=3)).stage_functions))  # depth adds stages only
+
+
+def test_second_model_with_the_same_blocks_hits_the_cache(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYDNN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("KEYDNN_CACHE", "1")
+    x = np.random.default_rng(1).standard_normal((3,) + SHAPE).astype(np.float32)
+    first = blocks(3, seed=1)
+    np.testing.assert_allclose(compile_graph(first, mode="codegen")(x)[0], run_reference(first, x)[0],
+                               rtol=1e-5, atol=1e-5)
+    stored = stage_files(tmp_path / "cache")
+    assert stored and stored == set(program(first).stage_functions)
+    second = blocks(5, seed=2)  # other weights, more blocks, the same shapes
+    assert set(program(second).stage_functions) <= stored
+    np.testing.assert_allclose(compile_graph(second, mode="codegen")(x)[0], run_reference(second, x)[0],
+                               rtol=1e-5, atol=1e-5)
+    assert stage_files(tmp_path / "cache") == stored  # nothing new was compiled for the second model
+
+
+def test_shared_and_inline_stages_compute_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = blocks(3, seed=4)
+    x = np.random.default_rng(2).standard_normal((2,) + SHAPE).astype(np.float32)
+    shared = compile_graph(g, mode="codegen")
+    assert "fcall(F[T[k_row]]" in shared.source
+    monkeypatch.setenv("KEYDNN_SHARED_STAGES", "0")
+    inline = compile_graph(g, mode="codegen")
+    assert "fcall(F[T[k_row]]" not in inline.source and inline.source.count("# stage ") == program(g).n_stages
+    np.testing.assert_array_equal(shared(x)[0], inline(x)[0])
+
+
+def test_template_parameterizes_numbers_and_arrays_only() -> None:
+    slots = {"A": 0, "W": 1, "x0": 2}
+    a = cg_stagefn.template(["    n = N", "    fcall(F[3], p_A, n * 784, p_W, 16, 0.5)"], slots)
+    b = cg_stagefn.template(["    n = N", "    fcall(F[7], p_x0, n * 96, p_A, 32, 6.0)"], slots)
+    assert a is not None and b is not None and a.name == b.name
+    assert a.ints == [3, 0, 784, 1, 16] and a.floats == [0.5]
+    assert b.ints == [7, 2, 96, 0, 32] and b.floats == [6.0]
+    c = cg_stagefn.template(["    n = N", "    fcall(F[3], p_A, (n + 1) * 784, p_W, 16, 0.5)"], slots)
+    assert c is not None and c.name != a.name  # another expression: another function
+    # an emitter that reads an array itself (not through a helper) keeps its stage inline
+    assert cg_stagefn.template(["    W[0] = 1.0"], slots) is None
+    assert cg_stagefn.template(["    y = helper_not_imported(p_A)"], slots) is None
