@@ -31,17 +31,14 @@ int and float parameters and the array-address vector.
 
 from __future__ import annotations
 
-import ast
 import functools
 import hashlib
 import importlib.util
-import io
 import logging
 import os
 import re
 import sys
 import threading
-import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -95,40 +92,38 @@ def _protocol_digest() -> str:
     return h.hexdigest()
 
 
+#: The tokens ``_parameterize`` looks at: a string (skipped), a name (whole, so digits inside names stay), a number.
+_TOKEN = re.compile(r"""(?P<str>'[^'\\]*'|"[^"\\]*")|(?P<name>[A-Za-z_]\w*)"""
+                    r"|(?P<num>(?:\d+\.\d*|\.\d+)(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+|\d+)")
+
+
 def _parameterize(lines: list[str], arrays: dict[str, int]) -> Optional[tuple[list[str], list[int], list[float]]]:
-    """Every number token -> the ``k``-th int or float parameter and every ``p_ARRAY`` -> the address in the
-    address vector at a slot that is a parameter too; None if a line does not tokenize line by line."""
+    """Every number -> the ``k``-th int or float parameter and every ``p_ARRAY`` -> the address in the address
+    vector at a slot that is a parameter too; None for a line with something unexpected (a string)."""
     ints: list[int] = []
     floats: list[float] = []
     out = []
     for line in lines:
-        try:
-            toks = list(tokenize.generate_tokens(io.StringIO(line).readline))
-        except (tokenize.TokenError, IndentationError, SyntaxError):
-            return None
         pieces, col = [], 0
-        for tok in toks:
-            if tok.start[0] != 1:
-                continue
-            s, e = tok.start[1], tok.end[1]
-            if tok.type == tokenize.NUMBER:
-                value = ast.literal_eval(tok.string)
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    return None
-                if isinstance(value, int):
-                    text = f"ld_i64(k_qi, {len(ints)})"
-                    ints.append(value)
-                else:
+        for m in _TOKEN.finditer(line):
+            kind, tok = m.lastgroup, m.group()
+            if kind == "str" or "#" in line[col:m.start()]:
+                return None
+            if kind == "num":
+                if any(c in tok for c in ".eE"):
                     text = f"ld_f64(k_qf, {len(floats)})"
-                    floats.append(value)
-            elif tok.type == tokenize.NAME and tok.string.startswith("p_") and tok.string[2:] in arrays:
+                    floats.append(float(tok))
+                else:
+                    text = f"ld_i64(k_qi, {len(ints)})"
+                    ints.append(int(tok))
+            elif tok.startswith("p_") and tok[2:] in arrays:
                 text = f"ld_i64(k_pa, ld_i64(k_qi, {len(ints)}))"
-                ints.append(arrays[tok.string[2:]])
+                ints.append(arrays[tok[2:]])
             else:
                 continue
-            pieces.append(line[col:s])
+            pieces.append(line[col:m.start()])
             pieces.append(text)
-            col = e
+            col = m.end()
         pieces.append(line[col:])
         out.append("".join(pieces))
     return out, ints, floats
