@@ -101,3 +101,21 @@ def test_template_parameterizes_numbers_and_arrays_only() -> None:
     # an emitter that reads an array itself (not through a helper) keeps its stage inline
     assert cg_stagefn.template(["    W[0] = 1.0"], slots) is None
     assert cg_stagefn.template(["    y = helper_not_imported(p_A)"], slots) is None
+
+
+def test_runs_of_same_shaped_statements_become_one_loop() -> None:
+    """An emitter's unrolled run (one call per kernel column, per concatenated input) is one loop over the run:
+    runs of other lengths share the function, and the values stay in order."""
+    def lines(k: int) -> list[str]:
+        return (["    n = N"] + [f"    fcall(F[{3 + i}], p_A, n * {784 + i}, p_W, 16, 0.{i + 1})" for i in range(k)]
+                + ["    m = 5"])
+
+    three, five = cg_stagefn.template(lines(3), {"A": 0, "W": 1}), cg_stagefn.template(lines(5), {"A": 0, "W": 1})
+    assert three is not None and five is not None and three.name == five.name
+    assert "for k_rep0 in range(" in cg_stagefn.registered(three.name)
+    # fixed part: the run's count and the starts of its ints and floats, then 5 for ``m``; then the run's values
+    assert three.ints == [3, 4, 0, 5, 3, 0, 784, 1, 16, 4, 0, 785, 1, 16, 5, 0, 786, 1, 16]
+    assert three.floats == [0.1, 0.2, 0.3]
+    with_exit = ["    while True:"] + ["        if n > 3:", "            break"] * 2
+    tpl = cg_stagefn.template(["    n = N"] + with_exit, {})
+    assert tpl is not None and "k_rep" not in cg_stagefn.registered(tpl.name)  # never rolls a break

@@ -67,7 +67,7 @@ def {name}(tid, nthr, N, AF, SC, k_S, k_F, k_qi, k_qf, k_pa):
     S = farray(k_S, np.int64)
 """
 
-_F_INDEX = re.compile(r"\bF\[(ld_i64\(k_qi, \d+\))\]")
+_F_INDEX = re.compile(r"\bF\[(ld_i64\(k_qi, [^\]]+\))\]")
 _lock = threading.Lock()
 _SOURCES: dict[str, str] = {}  # name -> module source (registered by ``template`` while generating)
 _COMPILED: dict[str, object] = {}  # name -> numba cfunc (this process)
@@ -87,46 +87,9 @@ def _protocol_digest() -> str:
     """The sources whose code ends up inside every stage function (the waiting and atomic helpers)."""
     h = hashlib.sha256()
     here = Path(__file__).resolve().parent
-    for fname in ("cg_sync.py", "simd.py", "cg_stagefn.py", "cg_stageops.py"):
+    for fname in ("cg_sync.py", "simd.py", "cg_stagefn.py", "cg_stageops.py", "cg_stageroll.py"):
         h.update((here / fname).read_bytes())
     return h.hexdigest()
-
-
-#: The tokens ``_parameterize`` looks at: a string (skipped), a name (whole, so digits inside names stay), a number.
-_TOKEN = re.compile(r"""(?P<str>'[^'\\]*'|"[^"\\]*")|(?P<name>[A-Za-z_]\w*)"""
-                    r"|(?P<num>(?:\d+\.\d*|\.\d+)(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+|\d+)")
-
-
-def _parameterize(lines: list[str], arrays: dict[str, int]) -> Optional[tuple[list[str], list[int], list[float]]]:
-    """Every number -> the ``k``-th int or float parameter and every ``p_ARRAY`` -> the address in the address
-    vector at a slot that is a parameter too; None for a line with something unexpected (a string)."""
-    ints: list[int] = []
-    floats: list[float] = []
-    out = []
-    for line in lines:
-        pieces, col = [], 0
-        for m in _TOKEN.finditer(line):
-            kind, tok = m.lastgroup, m.group()
-            if kind == "str" or "#" in line[col:m.start()]:
-                return None
-            if kind == "num":
-                if any(c in tok for c in ".eE"):
-                    text = f"ld_f64(k_qf, {len(floats)})"
-                    floats.append(float(tok))
-                else:
-                    text = f"ld_i64(k_qi, {len(ints)})"
-                    ints.append(int(tok))
-            elif tok.startswith("p_") and tok[2:] in arrays:
-                text = f"ld_i64(k_pa, ld_i64(k_qi, {len(ints)}))"
-                ints.append(arrays[tok[2:]])
-            else:
-                continue
-            pieces.append(line[col:m.start()])
-            pieces.append(text)
-            col = m.end()
-        pieces.append(line[col:])
-        out.append("".join(pieces))
-    return out, ints, floats
 
 
 def _free_names(source: str, name: str) -> Optional[set[str]]:
@@ -146,7 +109,9 @@ def template(lines: list[str], arrays: dict[str, int]) -> Optional[StageTemplate
     """The shared form of one rendered stage (its lines as ``cg_source`` writes them into ``entry``, indented
     by four spaces, without the comment line), or None when it must stay inline. ``arrays``: array name ->
     its slot in the address vector. Registers the template's source for ``stage_address``."""
-    parsed = _parameterize(lines, arrays)
+    from keydnn.backends.numba_cpu.cg_stageroll import stage_parameters
+
+    parsed = stage_parameters(lines, arrays)
     if parsed is None:
         return None
     body, ints, floats = parsed
