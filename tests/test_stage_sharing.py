@@ -16,6 +16,7 @@ import pytest
 from keydnn.backends.numba_cpu import cg_stagefn, compile_graph
 from keydnn.backends.numba_cpu.cg_exec import EMITTERS
 from keydnn.backends.numba_cpu.codegen import generate
+from keydnn.backends.numba_cpu.cpu import native_lanes
 from keydnn.ir import Graph, Node, TensorType, Value, run_reference
 from keydnn.ir.ops import Conv2d, GlobalAvgPool2d, Relu
 from keydnn.ir.passes import run_pipeline
@@ -41,7 +42,7 @@ def blocks(depth: int, seed: int = 0, channels: int = 8) -> Graph:
 
 
 def program(g: Graph):
-    return generate(g, (SHAPE,), (True,), lanes=16, emitters=EMITTERS)
+    return generate(g, (SHAPE,), (True,), lanes=native_lanes("float32"), emitters=EMITTERS)
 
 
 def stage_files(cache: Path) -> set[str]:
@@ -119,3 +120,25 @@ def test_runs_of_same_shaped_statements_become_one_loop() -> None:
     with_exit = ["    while True:"] + ["        if n > 3:", "            break"] * 2
     tpl = cg_stagefn.template(["    n = N"] + with_exit, {})
     assert tpl is not None and "k_rep" not in cg_stagefn.registered(tpl.name)  # never rolls a break
+
+
+def test_a_stage_that_only_compiles_inline_falls_back_to_the_inline_graph(monkeypatch: pytest.MonkeyPatch,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """An emitter whose code needs a number to stay a literal (here: indexing a heterogeneous tuple) cannot
+    be a shared stage function; the graph then compiles with its stages inline and still computes right."""
+    from keydnn.backends.numba_cpu import cg_exec
+    from keydnn.backends.numba_cpu.codegen import Stage
+
+    original = cg_exec.EMITTERS["global_avg_pool2d"]
+
+    def emit(ctx) -> None:
+        original(ctx)
+        ctx.stage(Stage("literal-only", ["pair = (n, 0.5)", "half = pair[1]", "n = n + int(half * 0.0)"]))
+
+    monkeypatch.setitem(cg_exec.EMITTERS, "global_avg_pool2d", emit)
+    g = blocks(2, seed=5)
+    x = np.random.default_rng(3).standard_normal((2,) + SHAPE).astype(np.float32)
+    exe = compile_graph(g, mode="codegen")
+    assert "fcall(F[T[k_row]]" not in exe.source and "pair[1]" in exe.source
+    np.testing.assert_allclose(exe(x)[0], run_reference(g, x)[0], rtol=1e-5, atol=1e-5)
+    assert any("compiling the graph's stages inline" in r.getMessage() for r in caplog.records)

@@ -260,10 +260,22 @@ class CodegenExecutable:
         return var
 
     def _build(self, key: tuple) -> _Variant:
+        try:
+            return self._build_as(key, None)
+        except Exception as exc:  # noqa: BLE001 - only numba's compile errors are retried, the rest re-raised
+            if not any(c.__name__ == "NumbaError" for c in type(exc).__mro__):
+                raise
+            # a stage that compiles inline but not as a shared stage function (an emitter whose code needs a
+            # number to be a compile-time constant): the whole graph inline, as before shared stages
+            logger.warning("graph %r: a shared stage function did not compile (%s: %s); compiling the graph's "
+                           "stages inline", self.graph.name, type(exc).__name__, str(exc).splitlines()[0][:300])
+            return self._build_as(key, False)
+
+    def _build_as(self, key: tuple, shared: Optional[bool]) -> _Variant:
         samples, batched = key
         dtype = self.dtype
         program = generate(self.graph, samples, batched, lanes=native_lanes(str(dtype)), emitters=EMITTERS,
-                           profile=PROFILE)
+                           profile=PROFILE, shared=shared)
         n_in, n_out = len(self.graph.inputs), len(self.graph.outputs)
         helpers = program.thunks[1:]
         aot = None

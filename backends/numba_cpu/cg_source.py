@@ -149,11 +149,11 @@ def _shared_stages(gen: "_Generator") -> list[str]:
 
 
 def render(graph: "Graph", gen: "_Generator", plan: "StoragePlan", *, cache: bool = True,
-           profile: bool = False) -> str:
+           profile: bool = False, shared: Optional[bool] = None) -> str:
     n_in, n_out = len(graph.inputs), len(graph.outputs)
     args = _args(n_in, n_out)
     gen.publish = []
-    if profile or not shared_stages():
+    if profile or not (shared_stages() if shared is None else shared):
         stage_lines = [ln for k, st in enumerate(gen.stages) for ln in _stage(k, st, profile)]
     else:
         stage_lines = _shared_stages(gen)

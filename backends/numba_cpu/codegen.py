@@ -310,8 +310,10 @@ def fold_merge_activations(graph: Graph) -> dict[str, Node]:
 
 
 def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: tuple[bool, ...], *,
-             lanes: int, emitters: dict[str, Emitter], cache: bool = True, profile: bool = False) -> Program:
-    """Generate the module for ``graph`` with inputs of the given per-sample shapes."""
+             lanes: int, emitters: dict[str, Emitter], cache: bool = True, profile: bool = False,
+             shared: Optional[bool] = None) -> Program:
+    """Generate the module for ``graph`` with inputs of the given per-sample shapes. ``shared``: stages as
+    shared stage functions (``cg_stagefn``) or inline in the entry (default: ``KEYDNN_SHARED_STAGES``)."""
     dtypes = {v.type.dtype for v in graph.inputs} | {n.outputs[0].type.dtype for n in graph.nodes
                                                       if n.outputs[0].type is not None}
     if len(dtypes) != 1:
@@ -346,7 +348,7 @@ def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: 
             work=size))
     from keydnn.backends.numba_cpu.cg_source import render
 
-    source = render(graph, gen, plan, cache=cache, profile=profile)
+    source = render(graph, gen, plan, cache=cache, profile=profile, shared=shared)
 
     def blob(parts, dtype_):
         return np.concatenate(parts + [np.zeros(64, dtype=dtype_)]) if parts else np.zeros(64, dtype=dtype_)
