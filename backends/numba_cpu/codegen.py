@@ -17,6 +17,13 @@ counter and wait for the stage to drain before the next one, so the code is
 correct whether one thread or several run it, in any interleaving.
 ``entry`` runs ``body`` on ``nthr`` threads (one ``prange``) or inline.
 
+Each stage is compiled as a shared stage function (``cg_stagefn``): its
+numbers become parameters in ``T`` / ``D``, so stages that differ only in
+their numbers (the same block at other offsets, in this graph or another)
+share one compiled function, and ``entry`` calls them in order through their
+addresses. The literals above are then values in those tables; the text of a
+stage, as emitters write it, is the same either way.
+
 Emitters (``cg_emit.EMITTERS``, keyed by op kind) describe each node's stage;
 this module owns values, storage, blobs and the text around them.
 """
