@@ -125,6 +125,14 @@ def _compile_thunk(helper: str, dtype: str) -> tuple[str, list[str], bytes]:
     """Compile a thunk afresh (a cfunc numba loaded from its cache has no LLVM IR left to emit)."""
     import numba
 
+    from keydnn.backends.numba_cpu.cg_stagefn import SIGNATURE, is_stage, stage_pyfunc
+
+    if is_stage(helper):
+        cf = numba.cfunc(SIGNATURE, cache=False, nogil=True, error_model="numpy", _nrt=False)(
+            stage_pyfunc(helper, cached=False))
+        data, undefined = _emit(cf._library)  # noqa: SLF001
+        return cf.native_name, undefined, data
+
     from keydnn.backends.numba_cpu import thunks_gen
     from keydnn.backends.numba_cpu.cg_thunks import signature, thunk_name
 

@@ -292,10 +292,22 @@ class CodegenExecutable:
         return var
 
     def _build(self, key: tuple) -> _Variant:
+        try:
+            return self._build_as(key, None)
+        except Exception as exc:  # noqa: BLE001 - only numba's compile errors are retried, the rest re-raised
+            if not any(c.__name__ == "NumbaError" for c in type(exc).__mro__):
+                raise
+            # a stage that compiles inline but not as a shared stage function (an emitter whose code needs a
+            # number to be a compile-time constant): the whole graph inline, as before shared stages
+            logger.warning("graph %r: a shared stage function did not compile (%s: %s); compiling the graph's "
+                           "stages inline", self.graph.name, type(exc).__name__, str(exc).splitlines()[0][:300])
+            return self._build_as(key, False)
+
+    def _build_as(self, key: tuple, shared: Optional[bool]) -> _Variant:
         samples, batched = key
         dtype = self.dtype
         program = generate(self.graph, samples, batched, lanes=native_lanes(str(dtype)), emitters=EMITTERS,
-                           profile=PROFILE)
+                           profile=PROFILE, shared=shared)
         for other in list(self._variants.values()):  # sequence lengths pack the same weights: share one blob
             w = other.program.weights
             if w.shape == program.weights.shape and np.array_equal(w, program.weights):
@@ -343,7 +355,7 @@ class CodegenExecutable:
         nthr = 1 if n * prog.work_per_sample < PARALLEL_MIN_WORK else self.threads
         arena = _aligned_empty(n * prog.arena_per_sample + prog.arena_fixed + nthr * prog.scratch_per_thread + 64,
                                self.dtype)
-        state = np.zeros(state_size(prog.n_stages), dtype=np.int64)
+        state = np.zeros(state_size(prog.n_stages) + prog.state_extra, dtype=np.int64)
         tail = var.tail(arena, state)
         plan = _CallPlan(var, n, [((n if b else 1),) + sample for _, sample, b in prog.outputs], nthr, tail, arena,
                          state)

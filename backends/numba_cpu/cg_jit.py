@@ -21,9 +21,37 @@ from keydnn.backends.numba_cpu import cg_aot  # noqa: E402
 from keydnn.backends.numba_cpu.cg_cache import AotHooks, compile_step  # noqa: E402
 from keydnn.backends.numba_cpu.cg_thunks import helper_address  # noqa: E402
 
-__all__ = ["entry_signature", "compile_entry_for", "thunk_addresses", "Aot"]
+__all__ = ["entry_signature", "compile_entry_for", "thunk_addresses", "Aot", "plain_numba_errors"]
 
 logger = logging.getLogger(__name__)
+
+
+def plain_numba_errors() -> None:
+    """Make numba format its internal error messages without terminal colors when no colors were asked for
+    (``NUMBA_COLOR_SCHEME`` unset: "no_color").
+
+    numba's type inference builds an error message for every literal-typing attempt that it then
+    discards, and with colorama installed each message initializes colorama (wrapping stdout and
+    stderr, reading the environment): a quarter of the time it takes to compile a small function such
+    as a stage function. The messages a user does see read the same, without escape codes.
+    """
+    from numba.core import config, errors
+
+    if config.COLOR_SCHEME != "no_color" or not hasattr(errors, "_DummyColorScheme"):
+        return
+    if type(getattr(errors, "_termcolor_inst", None)).__name__ == "_PlainColorScheme":
+        return
+
+    class _PlainColorScheme(errors._DummyColorScheme):  # noqa: SLF001 - no public switch after import
+        def code(self, msg):
+            return msg
+
+        errmsg = filename = indicate = highlight = reset = code
+
+    errors._termcolor_inst = _PlainColorScheme()  # noqa: SLF001
+
+
+plain_numba_errors()
 
 
 def entry_signature(n_in: int, n_out: int, dtype: np.dtype):

@@ -20,7 +20,8 @@ State slots: 0 closed, 8 active, 16 generation, then two per stage.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+import os
+from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
     from keydnn.backends.numba_cpu.cg_plan import StoragePlan
@@ -32,7 +33,13 @@ __all__ = ["render", "SOURCE_VERSION", "STATE_STRIDE", "state_size", "entry_c_si
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the shape of generated code changes (part of the cache key via the text anyway).
-SOURCE_VERSION = 2
+SOURCE_VERSION = 3
+
+
+def shared_stages() -> bool:
+    """Stages as calls of shared, separately compiled stage functions (``cg_stagefn``); ``KEYDNN_SHARED_STAGES=0``
+    renders every stage inline in ``entry`` as before (one function per graph: slow to compile for large graphs)."""
+    return os.environ.get("KEYDNN_SHARED_STAGES", "1").strip().lower() not in ("0", "false", "no", "off")
 #: int64 slots per stage in the state array (claim counter, done counter, each on its own cache line).
 STATE_STRIDE = 16
 
@@ -47,7 +54,9 @@ def _args(n_in: int, n_out: int) -> str:
     return ", ".join([f"x{i}" for i in range(n_in)] + [f"y{j}" for j in range(n_out)] + ["W", "D", "T", "A", "S", "F"])
 
 
-def _stage(k: int, st: "Stage", profile: bool) -> list[str]:
+def _stage(k: int, st: "Stage", profile: bool, uniform: bool = False) -> list[str]:
+    """The lines of stage ``k``. ``uniform``: a stage of one block computes ``blocks`` with the same
+    expression as a stage of several (it evaluates to 1), so that both share one stage function."""
     claim = (k + _CONTROL) * STATE_STRIDE
     done = claim + STATE_STRIDE // 2
     lines = [f"    # stage {k}: {st.description}"]
@@ -60,12 +69,12 @@ def _stage(k: int, st: "Stage", profile: bool) -> list[str]:
     else:
         rows = "N" if st.batched else "1"
         lines += [f"    {p}" for p in st.setup]
-        if st.max_blocks <= 1:
+        if st.max_blocks <= 1 and not uniform:
             lines.append("    blocks = 1")
         elif st.batched:
-            lines.append(f"    blocks = 1 if nthr == 1 else max(1, min({st.max_blocks}, (4 * nthr + N - 1) // N))")
+            lines.append(f"    blocks = 1 if nthr == 1 else max(1, min({max(1, st.max_blocks)}, (4 * nthr + N - 1) // N))")
         else:
-            lines.append(f"    blocks = 1 if nthr == 1 else min({st.max_blocks}, 4 * nthr)")
+            lines.append(f"    blocks = 1 if nthr == 1 else min({max(1, st.max_blocks)}, 4 * nthr)")
         lines.append(f"    total = {rows} * blocks")
         prelude = ["n = it // blocks", "blk = it - n * blocks",
                    f"lo = blk * {st.split} // blocks", f"hi = (blk + 1) * {st.split} // blocks"]
@@ -88,10 +97,66 @@ def _stage(k: int, st: "Stage", profile: bool) -> list[str]:
     return lines
 
 
+def _shared_stages(gen: "_Generator") -> list[str]:
+    """The stages as calls of shared stage functions (``cg_stagefn``), runs of them as one loop over a table
+    in ``T`` (thunk slot, offset of the stage's int parameters in ``T``, of its float parameters in ``D``);
+    a stage that cannot be templated stays inline. The array addresses the functions read go into the state
+    array after the stage counters (``gen.state_extra`` slots), written by thread 0 before it opens the call."""
+    from keydnn.backends.numba_cpu.cg_stagefn import template
+
+    import numpy as np
+
+    names = sorted(gen.arrays | {"T", "D", "S", "F"})
+    slots = {name: i for i, name in enumerate(names)}
+    base = state_size(len(gen.stages))
+    gen.state_extra = len(names)
+    rows: list[Optional[tuple[int, int, int]]] = []
+    for k, st in enumerate(gen.stages):
+        text = _stage(k, st, False, uniform=True)[1:]
+        tpl = template(text, slots)
+        if tpl is None:
+            gen.stage_functions.append(None)
+            rows.append(None)
+            continue
+        qi = gen.add_blob(gen.t_parts, "t_len", np.asarray(tpl.ints or [0], dtype=np.int64))
+        qf = gen.add_blob(gen.d_parts, "d_len", np.asarray(tpl.floats or [0.0], dtype=np.float64))
+        gen.stage_functions.append(tpl.name)
+        rows.append((gen.thunk_index(tpl.name), qi, qf))
+    gen.arrays |= {"T", "D", "S", "F"}
+    gen.publish = [f"S[{base + i}] = p_{name}" for name, i in slots.items()]
+    lines = []
+    table = [v for row in rows if row is not None for v in row]
+    start = gen.add_blob(gen.t_parts, "t_len", np.asarray(table or [0], dtype=np.int64))
+    k, r = 0, 0
+    while k < len(rows):
+        if rows[k] is None:
+            lines += _stage(k, gen.stages[k], False)
+            k += 1
+            continue
+        end = k
+        while end < len(rows) and rows[end] is not None:
+            end += 1
+        lines += [
+            f"    # stages {k}..{end - 1}: {'; '.join(st.description for st in gen.stages[k:end])[:2000]}",
+            f"    for k_stage in range({r}, {r + end - k}):",
+            f"        k_row = {start} + 3 * k_stage",
+            f"        fcall(F[T[k_row]], tid, nthr, N, AF, SC, p_S, p_F, p_T + 8 * T[k_row + 1], p_D + 8 * T[k_row + 2], "
+            f"p_S + {8 * base})",
+        ]
+        r += end - k
+        k = end
+    return lines
+
+
 def render(graph: "Graph", gen: "_Generator", plan: "StoragePlan", *, cache: bool = True,
-           profile: bool = False) -> str:
+           profile: bool = False, shared: Optional[bool] = None) -> str:
     n_in, n_out = len(graph.inputs), len(graph.outputs)
     args = _args(n_in, n_out)
+    gen.publish = []
+    if profile or not (shared_stages() if shared is None else shared):
+        stage_lines = [ln for k, st in enumerate(gen.stages) for ln in _stage(k, st, profile)]
+    else:
+        stage_lines = _shared_stages(gen)
     shapes = ", ".join(f"%{v.name}: {v.type}" for v in graph.inputs)
     lines = [
         f'"""keydnn numba-cpu code for graph {graph.name!r} ({shapes}); generated, do not edit."""',
@@ -112,11 +177,15 @@ def render(graph: "Graph", gen: "_Generator", plan: "StoragePlan", *, cache: boo
         "",
         "@numba.njit(**OPTIONS)",
         f"def entry(tid, nthr, gen, N, {args}):",
+    ]
+    lines += [f"    p_{name} = {name}.ctypes.data" for name in sorted(gen.arrays)]
+    lines += [
         "    if tid == 0:",
         f"        for i in range({_CONTROL * STATE_STRIDE}, {state_size(len(gen.stages))}):",
         "            if (i % 8) == 0 or not PROFILE:",
         "                S[i] = 0",
         "        atomic_store(S, 0, 0)",
+        *[f"        {p}" for p in gen.publish],
         "        atomic_store(S, 16, gen)",
         "    else:",
         "        atomic_add(S, 8, 1)",
@@ -125,14 +194,11 @@ def render(graph: "Graph", gen: "_Generator", plan: "StoragePlan", *, cache: boo
         "            atomic_add(S, 8, -1)",
         "            return 0",
     ]
-    for name in sorted(gen.arrays):
-        lines.append(f"    p_{name} = {name}.ctypes.data")
     lines += [
         f"    AF = N * {plan.per_sample}",
         f"    SC = AF + {plan.fixed} + tid * {gen.scratch}",
     ]
-    for k, st in enumerate(gen.stages):
-        lines += _stage(k, st, profile)
+    lines += stage_lines
     lines += [
         "    if tid == 0:",
         "        atomic_store(S, 0, 1)",

@@ -192,6 +192,10 @@ def _cache_is_current() -> bool:
 
 def helper_address(helper: str, dtype: str) -> int:
     """Address of the thunk of ``helper`` for arrays of ``dtype`` (compiled or loaded on first use)."""
+    from keydnn.backends.numba_cpu.cg_stagefn import is_stage, stage_address
+
+    if is_stage(helper):  # a shared stage function of generated code (same for every dtype: its text says it)
+        return stage_address(helper)
     if helper not in HELPERS:
         raise KeyError(f"no thunk for helper {helper!r}")
     with _lock:

@@ -17,6 +17,13 @@ counter and wait for the stage to drain before the next one, so the code is
 correct whether one thread or several run it, in any interleaving.
 ``entry`` runs ``body`` on ``nthr`` threads (one ``prange``) or inline.
 
+Each stage is compiled as a shared stage function (``cg_stagefn``): its
+numbers become parameters in ``T`` / ``D``, so stages that differ only in
+their numbers (the same block at other offsets, in this graph or another)
+share one compiled function, and ``entry`` calls them in order through their
+addresses. The literals above are then values in those tables; the text of a
+stage, as emitters write it, is the same either way.
+
 Emitters (``cg_emit.EMITTERS``, keyed by op kind) describe each node's stage;
 this module owns values, storage, blobs and the text around them.
 """
@@ -106,13 +113,15 @@ class Val:
         return self.storage.array
 
     def base(self) -> str:
-        """Offset expression of the value's first element."""
+        """Offset expression of the value's first element. A batched value's is ``N * offset`` even where the
+        offset is 0 (an input, the arena's first buffer): the same expression for every buffer, so that stages
+        that differ only in where their buffers lie share one stage function (``cg_stagefn``)."""
         st = self.storage
         if st.array != "A":
-            return "0"
+            return "N * 0" if self.batched else "0"
         if st.fixed_arena:
             return f"AF + {st.offset}"
-        return f"N * {st.offset}" if st.offset else "0"
+        return f"N * {st.offset}"
 
     def at(self, n: str = "n") -> str:
         """Offset expression of sample ``n`` (sample 0 for an unbatched value)."""
@@ -160,6 +169,9 @@ class Program:
     thunks: list[str] = field(default_factory=list)  # helper of F[i]
     stages: list[str] = field(default_factory=list)  # description of each stage
     dtype: np.dtype = np.dtype("float32")
+    state_extra: int = 0  # int64 slots the state array has beyond ``cg_source.state_size(n_stages)``
+    #: per stage: the name of the shared stage function that runs it (``cg_stagefn``), or None where it is inline
+    stage_functions: list = field(default_factory=list)
 
 
 class EmitContext:
@@ -241,6 +253,9 @@ class _Generator:
         self.stages: list[Stage] = []
         self.thunks: list[str] = ["<yield>"]  # F[0]: the OS's yield call (cg_sync)
         self.arrays: set[str] = set()
+        self.state_extra = 0  # state slots after the stage counters (cg_source: the stage functions' addresses)
+        self.publish: list[str] = []  # lines thread 0 runs before it opens a call (cg_source)
+        self.stage_functions: list[Optional[str]] = []  # per stage: its shared function (cg_stagefn), None inline
 
     def thunk_index(self, helper: str) -> int:
         if helper not in self.thunks:
@@ -302,8 +317,10 @@ def fold_merge_activations(graph: Graph) -> dict[str, Node]:
 
 
 def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: tuple[bool, ...], *,
-             lanes: int, emitters: dict[str, Emitter], cache: bool = True, profile: bool = False) -> Program:
-    """Generate the module for ``graph`` with inputs of the given per-sample shapes."""
+             lanes: int, emitters: dict[str, Emitter], cache: bool = True, profile: bool = False,
+             shared: Optional[bool] = None) -> Program:
+    """Generate the module for ``graph`` with inputs of the given per-sample shapes. ``shared``: stages as
+    shared stage functions (``cg_stagefn``) or inline in the entry (default: ``KEYDNN_SHARED_STAGES``)."""
     from keydnn.backends.numba_cpu.cg_emit_seq import index_inputs
 
     ids = index_inputs(graph)  # token ids: integers held in the graph dtype's storage (cg_emit_seq)
@@ -341,7 +358,7 @@ def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: 
             work=size))
     from keydnn.backends.numba_cpu.cg_source import render
 
-    source = render(graph, gen, plan, cache=cache, profile=profile)
+    source = render(graph, gen, plan, cache=cache, profile=profile, shared=shared)
 
     def blob(parts, dtype_):
         return np.concatenate(parts + [np.zeros(64, dtype=dtype_)]) if parts else np.zeros(64, dtype=dtype_)
@@ -353,4 +370,5 @@ def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: 
         tables=blob(gen.t_parts, np.int64), arena_per_sample=plan.per_sample, arena_fixed=plan.fixed,
         scratch_per_thread=gen.scratch, n_stages=len(gen.stages), work_per_sample=work,
         outputs=plan.outputs, thunks=list(gen.thunks), dtype=dtype, stages=descriptions,
+        state_extra=gen.state_extra, stage_functions=list(gen.stage_functions),
     )
