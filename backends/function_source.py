@@ -1,7 +1,7 @@
 """Renders ``keydnn.ir.functions.FUNCTIONS`` (one formula per elementwise function) for each place that runs it.
 
 ``python -m keydnn.backends.function_source`` writes three modules:
-``keydnn/ir/reference_functions.py`` (NumPy), ``backends/numba_cpu/functions.py``
+``keydnn/ir/reference_functions.py`` (NumPy), ``backends/numba_cpu/kernels/functions.py``
 (numba, float64, the code a run-time argument) and
 ``backends/numba_cuda/functions.py`` (one device function per code and dtype).
 ``--check`` exits 1 when a written module differs from what the table gives
@@ -129,7 +129,7 @@ def render_cpu() -> str:
     lines = [_HEADER.format(doc="Every elementwise scalar function as one numba function of (x, code, a, b, c, d)"
                                 " in float64."),
              "from __future__ import annotations", "", "import math", "", "import numba", "import numpy as np", "",
-             "from keydnn.backends.numba_cpu.lowering import JIT_OPTIONS", "",
+             "from keydnn.backends.numba_cpu.ops.lowering import JIT_OPTIONS", "",
              '__all__ = ["apply_function", "apply_binary"]', "", "",
              "@numba.njit(**JIT_OPTIONS)", "def _sqrt(v):", "    return math.sqrt(v) if v >= 0.0 else math.nan", "", "",
              "@numba.njit(**JIT_OPTIONS)", "def _log(v):",
@@ -218,7 +218,7 @@ def render_cuda() -> str:
 #: Generated module path (relative to the package root) -> its renderer.
 OUTPUTS: dict[str, Callable[[], str]] = {
     "ir/reference_functions.py": render_numpy,
-    "backends/numba_cpu/functions.py": render_cpu,
+    "backends/numba_cpu/kernels/functions.py": render_cpu,
     "backends/numba_cuda/functions.py": render_cuda,
 }
 

@@ -334,7 +334,7 @@ def run(seconds: float, cold_runs: int, only: tuple[str, ...] = (), applications
             print(f"{name:10s} batch {batch:3d}: keydnn {t['keydnn']:.4f} ms  ORT {t['onnxruntime']:.4f} ms  "
                   f"TF {t['tensorflow']:.4f} ms ({tf_how})", flush=True)
 
-    from keydnn.backends.numba_cpu.target import current_target
+    from keydnn.backends.numba_cpu.codegen.target import current_target
 
     tier = current_target().name + (" (forced)" if os.environ.get("KEYDNN_CPU_TARGET", "native") != "native" else "")
     data["target"] = tier

@@ -7,7 +7,7 @@ interpreter, the CPU kernels and the CUDA kernels compute the same formula
 term by term:
 
 - ``keydnn/ir/reference_functions.py`` (NumPy, whole arrays, float64),
-- ``backends/numba_cpu/functions.py`` (one numba scalar function, float64,
+- ``backends/numba_cpu/kernels/functions.py`` (one numba scalar function, float64,
   dispatched on the row's code at run time),
 - ``backends/numba_cuda/functions.py`` (one device function per row and
   dtype, its literals in that dtype, so float32 kernels never promote).

@@ -114,7 +114,7 @@ def profile_rows(model: "Model", batch: int = 1, repeat: int = 20, warmup: int =
         raise ValueError(f"profile needs a CPU model (the generated code's counters); this one is on {model.device}")
     if batch < 1 or repeat < 1:
         raise ValueError("batch and repeat must be positive")
-    from keydnn.backends.numba_cpu import cg_exec
+    from keydnn.backends.numba_cpu.runtime import executable as cg_exec
     from keydnn.verify import sample_inputs
 
     with _PROFILE_LOCK:  # the profiling build is chosen by a module switch

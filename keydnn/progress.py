@@ -170,7 +170,7 @@ def install_compile_reporter() -> None:
     """Register the compile reporter with the CPU backend (once per process)."""
     if _REPORTER:
         return
-    from keydnn.backends.numba_cpu.cg_cache import add_compile_listener
+    from keydnn.backends.numba_cpu.runtime.cache import add_compile_listener
 
     _REPORTER.append(_CompileReporter())
     add_compile_listener(_REPORTER[0])

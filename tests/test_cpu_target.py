@@ -1,6 +1,6 @@
-"""Code-generation tiers (backends/numba_cpu/target.py): selection, refusal, cache keys, and the code itself.
+"""Code-generation tiers (backends/numba_cpu/codegen/target.py): selection, refusal, cache keys, and the code itself.
 
-CI runs the generated-code parity tests (``tests/test_numba_cpu.py``) once per
+CI runs the generated-code parity tests (``tests/numba_cpu``) once per
 tier the machine has (``KEYDNN_CPU_TARGET=avx2`` / ``generic``, besides the
 native one); the tests here check what a tier means on any machine.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keydnn.backends.numba_cpu import target as target_mod
-from keydnn.backends.numba_cpu.target import ENV, TIERS, current_target, native_tier
+from keydnn.backends.numba_cpu.codegen import target as target_mod
+from keydnn.backends.numba_cpu.codegen.target import ENV, TIERS, current_target, native_tier
 from keydnn.errors import BackendError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def test_tiers_describe_their_registers_and_lanes():
 
 
 def test_every_tile_a_tier_asks_for_is_generated():
-    from keydnn.backends.numba_cpu.ukernel_source import CHANNEL_TILES, PACKED_TILES, TILES
+    from keydnn.backends.numba_cpu.codegen.ukernel_source import CHANNEL_TILES, PACKED_TILES, TILES
 
     for tier in TIERS.values():
         assert (tier.gemm_rows, 2) in TILES and (tier.gemm_rows, 2) in PACKED_TILES
@@ -89,7 +89,7 @@ def test_unknown_and_unavailable_tiers_are_refused_by_name(tier_env):
 
 
 def test_the_tier_is_part_of_the_compile_cache_key(tier_env):
-    from keydnn.backends.numba_cpu.cpu import cpu_identity
+    from keydnn.backends.numba_cpu.codegen.cpu import cpu_identity
 
     identities = set()
     for tier in ("native", "avx2", "generic"):
@@ -113,7 +113,7 @@ def test_forced_tier_runs_and_uses_only_its_registers(tier, tmp_path):
     script = (
         "import numpy as np, keydnn\n"
         "from keydnn.ir import run_reference\n"
-        "from keydnn.backends.numba_cpu.target import current_target\n"
+        "from keydnn.backends.numba_cpu.codegen.target import current_target\n"
         f"m = keydnn.load({str(tmp_path / 'seed.json')!r})\n"
         "x = np.random.default_rng(0).normal(size=(3, 1, 28, 28)).astype('f4')\n"
         "err = float(np.abs(m(x) - run_reference(m.graph, x)[0]).max())\n"

@@ -61,7 +61,7 @@ def test_epilogue_codes_come_from_the_table():
 
 @pytest.mark.parametrize("fn", FUNCTIONS, ids=lambda f: f.name)
 def test_cpu_rendering_matches_reference(fn):
-    from keydnn.backends.numba_cpu.functions import apply_function
+    from keydnn.backends.numba_cpu.kernels.functions import apply_function
 
     want = apply_numpy(fn.name, POINTS, *PARAMS)
     got = np.array([apply_function(float(v), FUNCTION_CODES[fn.name], *PARAMS) for v in POINTS])
@@ -69,7 +69,7 @@ def test_cpu_rendering_matches_reference(fn):
 
 
 def test_domain_edges_give_ieee_values_not_errors():
-    from keydnn.backends.numba_cpu.functions import apply_function
+    from keydnn.backends.numba_cpu.kernels.functions import apply_function
 
     for name, x, want in (("sqrt", -1.0, math.nan), ("log", 0.0, -math.inf), ("log", -1.0, math.nan),
                           ("log1p", -1.0, -math.inf), ("reciprocal", 0.0, math.inf),
@@ -81,7 +81,7 @@ def test_domain_edges_give_ieee_values_not_errors():
 
 
 def test_relu_general_matches_keras_relu_semantics():
-    from keydnn.backends.numba_cpu.functions import apply_function
+    from keydnn.backends.numba_cpu.kernels.functions import apply_function
 
     x = np.linspace(-4, 8, 25)
     threshold, max_value, slope = 0.5, 6.0, 0.1
@@ -136,7 +136,7 @@ BINARY_POINTS = [(x, y) for x in (-2.0, -0.0, 0.0, 0.5, 3.0, math.inf, math.nan)
 
 
 def test_binary_renderings_match_reference():
-    from keydnn.backends.numba_cpu.functions import apply_binary
+    from keydnn.backends.numba_cpu.kernels.functions import apply_binary
     from keydnn.ir.functions import BINARY, BINARY_CODES
     from keydnn.ir.reference_functions import apply_binary_numpy
 

@@ -205,3 +205,18 @@ def _imports_from(node: ast.ImportFrom, module: str, path: Path) -> str:
     parts = package.split(".")
     parts = parts[: len(parts) - node.level + 1] if ":" not in module else []
     return ".".join(parts + ([node.module] if node.module else []))
+
+
+def test_the_code_generator_imports_no_jit() -> None:
+    """numba_cpu/codegen plans and renders code as text (and keys the compile cache) without numba: a warm
+    start from a prebuilt library never pays for importing the JIT."""
+    code = (
+        "import pkgutil, importlib, sys\n"
+        "import keydnn.backends.numba_cpu.codegen as pkg\n"
+        "for m in pkgutil.iter_modules(pkg.__path__):\n"
+        "    importlib.import_module(pkg.__name__ + '.' + m.name)\n"
+        "print(sorted(n for n in sys.modules if n == 'numba' or n.startswith(('numba.', 'llvmlite'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout

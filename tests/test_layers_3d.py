@@ -148,7 +148,7 @@ def test_cnn3d_every_source_form(fmt, tmp_path):
     assert {"Conv3d", "MaxPool3d", "Upsample3d", "Crop3d"} <= {type(m).__name__ for m in model.layers}
     conv = next(n for n in model.graph.nodes if n.op.kind == "conv3d")
     assert conv.op.activation is not None  # relu fused into the conv's epilogue
-    from keydnn.backends.numba_cpu.cg_exec import EMITTERS, try_codegen
+    from keydnn.backends.numba_cpu.runtime.executable import EMITTERS, try_codegen
     assert {n.op.kind for n in model.graph.nodes} - set(EMITTERS) <= {"reduce"}  # reduce's emitter: tensor ops
     if "reduce" in EMITTERS:
         assert try_codegen(model.graph) is not None  # the whole CNN runs as generated code

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import keydnn
-from keydnn.backends.numba_cpu import cg_exec
-from keydnn.backends.numba_cpu import target as target_mod
-from keydnn.backends.numba_cpu.cg_exec import CodegenExecutable
-from keydnn.backends.numba_cpu.target import ENV, TIERS
+from keydnn.backends.numba_cpu.runtime import executable as cg_exec
+from keydnn.backends.numba_cpu.codegen import target as target_mod
+from keydnn.backends.numba_cpu.runtime.executable import CodegenExecutable
+from keydnn.backends.numba_cpu.codegen.target import ENV, TIERS
 
 pytest.importorskip("tensorflow")
 
@@ -178,7 +178,7 @@ def test_a_repeated_length_never_compiles_again_and_lengths_are_bounded(monkeypa
 def test_ops_mode_still_runs_sequence_graphs(monkeypatch) -> None:
     import keras
 
-    from keydnn.backends.numba_cpu.executor import NumbaCpuExecutable
+    from keydnn.backends.numba_cpu.ops.executor import NumbaCpuExecutable
 
     monkeypatch.setenv("KEYDNN_CPU_MODE", "ops")
     L = keras.layers
@@ -191,8 +191,8 @@ def test_ops_mode_still_runs_sequence_graphs(monkeypatch) -> None:
 
 _TIER_SCRIPT = """
 import sys, numpy as np, keydnn
-from keydnn.backends.numba_cpu.target import current_target
-from keydnn.backends.numba_cpu.cg_exec import CodegenExecutable
+from keydnn.backends.numba_cpu.codegen.target import current_target
+from keydnn.backends.numba_cpu.runtime.executable import CodegenExecutable
 d = sys.argv[1]
 worst = 0.0
 for name in ("text", "gru"):

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keydnn.backends.numba_cpu import cg_stagefn, compile_graph
-from keydnn.backends.numba_cpu.cg_exec import EMITTERS
-from keydnn.backends.numba_cpu.codegen import generate
-from keydnn.backends.numba_cpu.cpu import native_lanes
+from keydnn.backends.numba_cpu.runtime import stages as cg_stagefn
+from keydnn.backends.numba_cpu import compile_graph
+from keydnn.backends.numba_cpu.runtime.executable import EMITTERS
+from keydnn.backends.numba_cpu.codegen.program import generate
+from keydnn.backends.numba_cpu.codegen.cpu import native_lanes
 from keydnn.ir import Graph, Node, TensorType, Value, run_reference
 from keydnn.ir.ops import Conv2d, GlobalAvgPool2d, Relu
 from keydnn.ir.passes import run_pipeline
@@ -126,8 +127,8 @@ def test_a_stage_that_only_compiles_inline_falls_back_to_the_inline_graph(monkey
                                                                           caplog: pytest.LogCaptureFixture) -> None:
     """An emitter whose code needs a number to stay a literal (here: indexing a heterogeneous tuple) cannot
     be a shared stage function; the graph then compiles with its stages inline and still computes right."""
-    from keydnn.backends.numba_cpu import cg_exec
-    from keydnn.backends.numba_cpu.codegen import Stage
+    from keydnn.backends.numba_cpu.runtime import executable as cg_exec
+    from keydnn.backends.numba_cpu.codegen.program import Stage
 
     original = cg_exec.EMITTERS["global_avg_pool2d"]
 

@@ -1,4 +1,4 @@
-"""Generated CPU code for issue 18's tensor math (backends/numba_cpu/cg_emit_tensor.py): matmul, bias_softmax,
+"""Generated CPU code for issue 18's tensor math (backends/numba_cpu/codegen/emit_tensor.py): matmul, bias_softmax,
 layer_norm, reduce, unary, binary, slice and resize2d, each against the NumPy reference interpreter on
 random graphs with odd sizes, and transformer / normalization / resizing models against Keras, all on
 the codegen path (never the per-op fallback). ``test_forced_tiers`` reruns the reference checks with the
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from keydnn.backends.numba_cpu import compile_graph
-from keydnn.backends.numba_cpu import target as target_mod
-from keydnn.backends.numba_cpu.target import ENV, TIERS
+from keydnn.backends.numba_cpu.codegen import target as target_mod
+from keydnn.backends.numba_cpu.codegen.target import ENV, TIERS
 from keydnn.ir import Graph, Node, TensorType, Value, run_reference
 from keydnn.ir.ops.math import BINARY_FUNCTIONS, UNARY_FUNCTIONS, BiasSoftmax, Binary, MatMul, Slice, Unary
 from keydnn.ir.ops.reduce import LayerNorm, Reduce

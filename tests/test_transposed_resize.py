@@ -83,7 +83,7 @@ def test_unet_every_source_form(tmp_path):
     model = keydnn.from_keras(sources[0][1], allow_non_linear_activation=True)
     kinds = [n.op.kind for n in model.graph.nodes]
     assert kinds.count("transpose") == 2 and kinds.count("dilate_pad2d") == 2, kinds
-    from keydnn.backends.numba_cpu.cg_exec import try_codegen
+    from keydnn.backends.numba_cpu.runtime.executable import try_codegen
     assert try_codegen(model.graph) is not None  # the whole U-Net runs as generated code
 
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import importlib
 import logging
 
-from keydnn.backends.numba_cpu.cg_cache import add_compile_listener, cache_root, remove_compile_listener
-from keydnn.backends.numba_cpu.lowering import LowerContext, LoweredOp, Unsupported, register_kernel
+from keydnn.backends.numba_cpu.runtime.cache import add_compile_listener, cache_root, remove_compile_listener
+from keydnn.backends.numba_cpu.ops.lowering import LowerContext, LoweredOp, Unsupported, register_kernel
 from keydnn.backends.numba_cpu.modes import MODES, compile_graph, default_mode, load_kernels
-from keydnn.backends.numba_cpu.plan import Plan, Step
+from keydnn.backends.numba_cpu.ops.plan import Plan, Step
 
 __all__ = [
     "NumbaCpuExecutable", "CodegenExecutable", "compile_graph", "MODES", "default_mode", "KERNELS", "EMITTERS",
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 def _apply_target() -> None:
     """A forced code-generation tier (``KEYDNN_CPU_TARGET``) reaches numba before any module here imports it."""
-    from keydnn.backends.numba_cpu.target import apply_to_numba
+    from keydnn.backends.numba_cpu.codegen.target import apply_to_numba
     from keydnn.errors import BackendError
 
     try:
@@ -42,10 +42,10 @@ def _apply_target() -> None:
 _apply_target()
 
 _LAZY = {
-    "KERNELS": "keydnn.backends.numba_cpu.lowering",
-    "NumbaCpuExecutable": "keydnn.backends.numba_cpu.executor",
-    "CodegenExecutable": "keydnn.backends.numba_cpu.cg_exec",
-    "EMITTERS": "keydnn.backends.numba_cpu.cg_exec",
+    "KERNELS": "keydnn.backends.numba_cpu.ops.lowering",
+    "NumbaCpuExecutable": "keydnn.backends.numba_cpu.ops.executor",
+    "CodegenExecutable": "keydnn.backends.numba_cpu.runtime.executable",
+    "EMITTERS": "keydnn.backends.numba_cpu.runtime.executable",
 }
 
 

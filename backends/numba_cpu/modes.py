@@ -33,16 +33,23 @@ def default_mode() -> str:
 
 def load_kernels() -> None:
     """Import every per-op kernel module (each registers its lowerings in ``lowering.KERNELS``)."""
-    from keydnn.backends.numba_cpu.target import apply_to_numba
+    from keydnn.backends.numba_cpu.codegen.target import apply_to_numba
 
     apply_to_numba()  # the kernels compile for the target tier too
-    from keydnn.backends.numba_cpu import (  # noqa: F401
-        kernels_conv, kernels_dense, kernels_elementwise, kernels_merge, kernels_norm, kernels_pool, kernels_shape,
-        kernels_spatial,
-    )
-    from keydnn.backends.numba_cpu import kernels_conv_recurrent, kernels_recurrent  # noqa: F401
-    from keydnn.backends.numba_cpu import kernels_math, kernels_reduce, kernels_resize  # noqa: F401  (issue 18)
-    from keydnn.backends.numba_cpu import kernels_3d  # noqa: F401  (issue 18: 5-D volumes)
+    from keydnn.backends.numba_cpu.ops import kernels_conv  # noqa: F401
+    from keydnn.backends.numba_cpu.ops import kernels_dense  # noqa: F401
+    from keydnn.backends.numba_cpu.ops import kernels_elementwise  # noqa: F401
+    from keydnn.backends.numba_cpu.ops import kernels_merge  # noqa: F401
+    from keydnn.backends.numba_cpu.ops import kernels_norm  # noqa: F401
+    from keydnn.backends.numba_cpu.ops import kernels_pool  # noqa: F401
+    from keydnn.backends.numba_cpu.ops import kernels_shape  # noqa: F401
+    from keydnn.backends.numba_cpu.ops import kernels_spatial  # noqa: F401
+    from keydnn.backends.numba_cpu.ops import kernels_conv_recurrent  # noqa: F401
+    from keydnn.backends.numba_cpu.ops import kernels_recurrent  # noqa: F401
+    from keydnn.backends.numba_cpu.ops import kernels_math  # noqa: F401  (issue 18)
+    from keydnn.backends.numba_cpu.ops import kernels_reduce  # noqa: F401  (issue 18)
+    from keydnn.backends.numba_cpu.ops import kernels_resize  # noqa: F401  (issue 18)
+    from keydnn.backends.numba_cpu.ops import kernels_3d  # noqa: F401  (issue 18: 5-D volumes)
 
 
 #: Op kinds the whole-graph generator has no emitter for: graphs with them run on the per-op kernels.
@@ -83,13 +90,13 @@ def compile_graph(graph: Graph, mode: Optional[str] = None):
     if mode == "codegen":
         why = _per_op_only(graph)
         if not why:
-            from keydnn.backends.numba_cpu.cg_exec import codegen_or_reason
+            from keydnn.backends.numba_cpu.runtime.executable import codegen_or_reason
 
             exe, why = codegen_or_reason(graph)
             if exe is not None:
                 return exe
     load_kernels()
-    from keydnn.backends.numba_cpu.executor import NumbaCpuExecutable
+    from keydnn.backends.numba_cpu.ops.executor import NumbaCpuExecutable
 
     exe = NumbaCpuExecutable(graph)  # raises, naming the op, where the per-op kernels cannot run it either
     if why:

@@ -1,6 +1,6 @@
 """The kernel table of the numba-cuda backend and what a lowering returns.
 
-Mirrors ``keydnn.backends.numba_cpu.lowering``: a *lowering* turns one IR node
+Mirrors ``keydnn.backends.numba_cpu.ops.lowering``: a *lowering* turns one IR node
 into a ``LoweredOp`` once, at compile time (attributes decoded, weights laid
 out and uploaded to the device). Unlike the CPU backend, a GPU launch also
 needs a grid, so a ``LoweredOp`` is *prepared* once per concrete input shape

@@ -1,6 +1,6 @@
 """The execution plan: steps built once per graph; launches and device memory once per input shape.
 
-Mirrors ``keydnn.backends.numba_cpu.plan``. A ``Plan`` is the ordered list of
+Mirrors ``keydnn.backends.numba_cpu.ops.plan``. A ``Plan`` is the ordered list of
 lowered steps with operand and result slots (graph inputs, then constants,
 then node outputs). A ``ShapePlan`` binds it to concrete input shapes: every
 step prepared (grid, geometry, split-K), and every result given a storage:

@@ -1,0 +1,183 @@
+"""The numba-cpu executable: lower every node once, then run the plan.
+
+Compile time does all the decoding (attributes, weight casts and layouts,
+kernel choice); a call only looks up the memory layout for its input shapes
+and runs one bound kernel per step. State shared between threads is
+immutable or guarded by a lock; scratch buffers are per thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import OrderedDict
+from typing import Optional
+
+import numba
+import numpy as np
+
+from keydnn.backends.numba_cpu.ops.lowering import KERNELS, LowerContext, Unsupported
+from keydnn.backends.numba_cpu.ops.plan import MemoryLayout, Plan, Step, plan_memory, resolve_shapes
+from keydnn.errors import BackendError
+from keydnn.ir.graph import Graph
+
+__all__ = ["NumbaCpuExecutable", "compile_graph", "MODES", "default_mode"]
+
+logger = logging.getLogger(__name__)
+
+#: Distinct input-shape keys whose buffers one thread keeps.
+MAX_CACHED_SHAPES = 8
+
+# Numba's "workqueue" threading layer aborts the process when two threads launch
+# parallel kernels at once; with it (or before the layer is known) calls are serialized.
+_WORKQUEUE_LOCK = threading.Lock()
+
+
+def _parallel_guard() -> contextlib.AbstractContextManager:
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # not initialized until the first parallel kernel runs
+        return _WORKQUEUE_LOCK
+    return _WORKQUEUE_LOCK if layer == "workqueue" else contextlib.nullcontext()
+
+
+def _build_plan(graph: Graph) -> Plan:
+    """Lower every node through KERNELS; report every node the backend cannot run at once."""
+    slot_names = [v.name for v in graph.inputs] + [c.name for c in graph.constants]
+    slot_names += [n.outputs[0].name for n in graph.nodes]
+    slot = {name: i for i, name in enumerate(slot_names)}
+    types = graph.value_types()
+    problems: list[str] = []
+    for value in graph.inputs:
+        if value.type is None:
+            problems.append(f"graph input %{value.name} has no type")
+    steps: list[Step] = []
+    opaque = graph.find_opaque()
+    for node in graph.nodes:
+        where = f"node {node.name!r} ({node.op.kind})" + (f" from Keras layer {node.source!r}" if node.source else "")
+        if node.op.kind == "opaque":
+            problems.append(f"{where} is a placeholder for the unsupported Keras layer "
+                            f"{node.op.keras_class} ({node.op.reason}) and cannot run")
+            continue
+        lowering = KERNELS.get(node.op.kind)
+        if lowering is None:
+            problems.append(f"{where}: op kind {node.op.kind!r} has no numba-cpu kernel; "
+                            f"supported: {', '.join(sorted(KERNELS))}")
+            continue
+        in_types = tuple(types.get(i) for i in node.inputs)
+        if node.outputs[0].type is None or any(t is None for t in in_types):
+            if not opaque:  # downstream of a placeholder nothing is typed; the placeholder says why
+                problems.append(f"{where} has untyped operands or result; run the infer-shapes pass first")
+            continue
+        ctx = LowerContext(node=node, in_types=in_types, out_type=node.outputs[0].type, weights=graph.weights)
+        try:
+            lowered = lowering(ctx)
+        except Unsupported as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        steps.append(Step(node.name, node.op.kind, lowered, tuple(slot[i] for i in node.inputs),
+                          slot[node.outputs[0].name], ctx.dtype))
+    if problems:
+        raise BackendError(f"numba-cpu cannot compile graph {graph.name!r}:\n"
+                           + "\n".join(f"  - {p}" for p in problems))
+    template: list[Optional[np.ndarray]] = [None] * len(slot_names)
+    for c in graph.constants:
+        template[slot[c.name]] = graph.weights[c.name]
+    return Plan(
+        graph=graph, steps=tuple(steps), slot_names=tuple(slot_names),
+        input_slots=tuple(slot[v.name] for v in graph.inputs),
+        output_slots=tuple(slot[o] for o in graph.outputs), template=tuple(template),
+    )
+
+
+class NumbaCpuExecutable:
+    """Compiled form of one graph for the CPU: one kernel per op, run from a plan."""
+
+    mode = "ops"
+    #: Threads a call may use (``set_threads``; None: numba's current count).
+    threads: Optional[int] = None
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.plan = _build_plan(graph)
+        self._input_dtypes = tuple(v.type.np_dtype for v in graph.inputs)
+        self._layouts: dict[tuple, MemoryLayout] = {}
+        self._layouts_lock = threading.Lock()
+        self._local = threading.local()
+        logger.debug("numba-cpu plan for %s:\n%s", graph.name, self.plan)
+
+    def set_threads(self, threads: int) -> None:
+        """Let a call's parallel kernels use ``threads`` threads (numba's pool size caps it)."""
+        self.threads = max(1, int(threads))
+
+    def _layout(self, key: tuple) -> MemoryLayout:
+        layout = self._layouts.get(key)
+        if layout is None:
+            with self._layouts_lock:
+                layout = self._layouts.get(key)
+                if layout is None:
+                    layout = plan_memory(self.plan, resolve_shapes(self.plan.graph, key))
+                    self._layouts[key] = layout
+        return layout
+
+    def _arena(self, key: tuple, layout: MemoryLayout) -> list[Optional[np.ndarray]]:
+        cache: OrderedDict = getattr(self._local, "arenas", None)
+        if cache is None:
+            cache = self._local.arenas = OrderedDict()
+        bufs = cache.get(key)
+        if bufs is None:
+            bufs = cache[key] = layout.allocate_arena()
+            while len(cache) > MAX_CACHED_SHAPES:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        return bufs
+
+    def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        plan = self.plan
+        if len(inputs) != len(plan.input_slots):
+            raise ValueError(f"graph {self.graph.name!r} takes {len(plan.input_slots)} inputs, got {len(inputs)}")
+        # Kernels are compiled for writable C-contiguous arrays of the graph's dtype; anything
+        # else is copied once here rather than triggering another numba specialization.
+        arrays = [
+            a if a.dtype == dt and a.flags.c_contiguous and a.flags.writeable else np.array(a, dtype=dt, order="C")
+            for a, dt in zip(map(np.asarray, inputs), self._input_dtypes)
+        ]
+        key = tuple(a.shape for a in arrays)
+        layout = self._layout(key)
+        bufs = self._arena(key, layout)
+        fresh = [np.empty(n, dtype=d) for n, d in layout.fresh]
+        env = list(plan.template)
+        for s, a in zip(plan.input_slots, arrays):
+            env[s] = a
+        original = current = numba.get_num_threads()
+        threads = original if self.threads is None else min(self.threads, numba.config.NUMBA_NUM_THREADS)
+        with _parallel_guard():
+            try:
+                for step, place, buf in zip(plan.steps, layout.placements, bufs):
+                    want = 1 if place.serial else threads
+                    if want != current:  # thread-local in numba: other callers are unaffected
+                        numba.set_num_threads(want)
+                        current = want
+                    if place.kind == "fresh":
+                        buf = fresh[place.index].reshape(place.shape)
+                    env[step.output] = step.op.run([env[s] for s in step.operands], buf)
+            finally:
+                if current != original:
+                    numba.set_num_threads(original)
+        results: list[np.ndarray] = []
+        handed_out: set[int] = set()
+        for s, f in zip(plan.output_slots, layout.output_fresh):
+            if f >= 0 and f not in handed_out:
+                handed_out.add(f)
+                results.append(env[s])
+            else:
+                results.append(np.array(env[s], copy=True))
+        return results
+
+    def __repr__(self) -> str:
+        return f"NumbaCpuExecutable({self.graph.name!r}, {len(self.plan.steps)} steps)"
+
+
+from keydnn.backends.numba_cpu.modes import MODES, compile_graph, default_mode  # noqa: E402,F401  (re-exported)

@@ -1,0 +1,528 @@
+"""The code-generating executable: one compiled entry per graph and per-sample input shapes.
+
+Compiling is eager for the graph's declared shapes (only the batch is
+symbolic, and the batch is a runtime argument of the generated code), so a
+model's first call does not pay for it; other per-sample shapes compile on
+first use. A graph with a symbolic sequence length (``(None, features)``
+inputs) is checked at construction by generating code for a probe length, then
+compiles once per distinct length on first use; the compiled lengths are an
+LRU of ``MAX_VARIANTS`` entries, so a repeated length never compiles again. A call checks and converts the inputs, allocates the outputs and
+calls the entry once: there is no per-layer Python. Arena and scheduler state
+are per thread, so concurrent calls never share scratch.
+
+The entry is either numba's (``jit``: a dispatcher taking arrays) or a
+prebuilt library's (``aot``: a C function taking addresses, called through
+ctypes); this module imports numba only for the former.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from keydnn.backends.numba_cpu.runtime.cache import cache_enabled, load_program
+from keydnn.backends.numba_cpu.codegen.emit_3d import EMITTERS_3D
+from keydnn.backends.numba_cpu.codegen.emit_misc import EMITTERS_MISC
+from keydnn.backends.numba_cpu.codegen.emit_nn import EMITTERS_NN
+from keydnn.backends.numba_cpu.codegen.emit_seq import EMITTERS_SEQ, index_checks, index_inputs
+from keydnn.backends.numba_cpu.codegen.emit_tensor import EMITTERS_TENSOR
+from keydnn.backends.numba_cpu.codegen.source import state_size
+from keydnn.backends.numba_cpu.kernels.thunks import yield_address
+from keydnn.backends.numba_cpu.codegen.program import Program, Unsupported, generate
+from keydnn.backends.numba_cpu.codegen.cpu import native_lanes, thread_count
+
+from keydnn.ir.graph import Graph
+
+__all__ = ["CodegenExecutable", "EMITTERS", "PARALLEL_MIN_WORK", "MAX_THREADS"]
+
+logger = logging.getLogger(__name__)
+
+#: op kind -> code generator (the codegen twin of lowering.KERNELS).
+EMITTERS = {**EMITTERS_NN, **EMITTERS_MISC, **EMITTERS_3D, **EMITTERS_TENSOR, **EMITTERS_SEQ}
+#: A call whose estimated work (flops or element moves) is below this runs on the calling thread only.
+PARALLEL_MIN_WORK = 1 << 19
+#: Threads a call uses at most (numba's own thread count caps it too).
+MAX_THREADS = 8
+_THREADS = max(1, min(thread_count(), MAX_THREADS))
+#: ``KEYDNN_CPU_PROFILE=1`` generates code that counts the cycles each stage takes (see ``stage_profile``).
+PROFILE = os.environ.get("KEYDNN_CPU_PROFILE", "") not in ("", "0")
+#: Prebuilt libraries (``cg_aot``) on; ``KEYDNN_AOT=0`` turns them off.
+AOT = True
+
+
+class _LazyCompile:
+    """compile_fn for the cache: imports numba (``cg_jit``) only when something must be compiled."""
+
+    def __init__(self, n_in: int, n_out: int, dtype: np.dtype) -> None:
+        self.args = (n_in, n_out, dtype)
+
+    def __call__(self, module) -> None:
+        from keydnn.backends.numba_cpu.runtime.jit import compile_entry_for
+
+        compile_entry_for(*self.args)(module)
+
+
+class _LazyAot:
+    """AOT hooks that import the builder (numba, llvmlite) only to build."""
+
+    def __init__(self, thunks: list[str], dtype: np.dtype) -> None:
+        self.thunks, self.dtype = thunks, dtype
+
+    def build(self, module, directory):
+        from keydnn.backends.numba_cpu.runtime.jit import Aot
+
+        return Aot(self.thunks, self.dtype).build(module, directory)
+
+    def load(self, directory, info):
+        from keydnn.backends.numba_cpu.runtime.aot import load_library
+
+        return load_library(directory, info)
+
+
+@dataclass
+class _Variant:
+    """One compiled entry.
+
+    ``jit``: a numba dispatcher called as ``fn(tid, nthr, gen, n, *inputs, *outputs, W, D, T, A, S, F)``.
+    ``aot``: a prebuilt library's C function ``fn(tid, nthr, gen, n, P)``, where ``P`` is the address of
+    an int64 array holding those arrays' addresses (``address`` is the function's own, for the pool).
+    """
+
+    program: Program
+    key: tuple
+    fn: object
+    aot: bool
+    thunks: np.ndarray  # F: addresses of the helpers the code calls (slot 0: the OS's yield)
+    address: int = 0
+
+    def tail(self, arena: np.ndarray, state: np.ndarray) -> tuple:
+        p = self.program
+        return (p.weights, p.params, p.tables, arena, state, self.thunks)
+
+
+class _Helpers:
+    """Threads that join calls as ``tid > 0`` (numba's own thread pool would need a parallel entry,
+    whose compile links every helper again). One queue per thread; a job is (entry, args)."""
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._queues: list = []
+        self._lock = threading.Lock()
+
+    def submit(self, count: int, entry, args_for, keep: object = None) -> None:
+        """Queue ``entry(*args_for(tid))`` for helpers 1..count. ``keep`` (the call plan) stays referenced
+        until the helper is done: a late helper of a prebuilt entry reads the plan's arrays by address,
+        so they must outlive the call (a caller thread's plans die with the thread)."""
+        if self._pid != os.getpid() or len(self._queues) < count:
+            self._start(count)
+        for tid in range(1, count + 1):
+            self._queues[tid - 1].put((entry, args_for(tid), keep))
+
+    def _start(self, count: int) -> None:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._queues, self._pid = [], os.getpid()
+            while len(self._queues) < count:
+                q: queue.SimpleQueue = queue.SimpleQueue()
+                t = threading.Thread(target=_helper_loop, args=(q,), name=f"keydnn-cpu-{len(self._queues) + 1}",
+                                     daemon=True)
+                self._queues.append(q)
+                t.start()
+
+
+def _helper_loop(q: "queue.SimpleQueue") -> None:
+    while True:
+        entry, args, keep = q.get()
+        try:
+            entry(*args)
+        except Exception:  # noqa: BLE001 - the caller's own thread reports errors
+            logger.exception("numba-cpu helper thread failed")
+        del entry, args, keep
+
+
+_HELPERS = _Helpers()
+_POOL: list = []
+
+
+def _pool():
+    """The native worker pool's run function (``cpu_pool``), looked up once; None where unavailable."""
+    if not _POOL:
+        from keydnn.backends.numba_cpu.runtime.pool import pool_function
+
+        _POOL.append(pool_function())
+    return _POOL[0]
+
+
+#: Bytes of tensors a chunk of a large batch may take (``batch_chunk``), and the fewest samples in a chunk
+#: (each chunk is one more call, and a stage's items are its samples).
+CHUNK_BYTES = 4 << 20
+MIN_CHUNK = 8
+
+
+def batch_chunk(prog: "Program", key: tuple) -> int:
+    """Samples per entry call. A stage runs over the whole batch before the next starts, so at a large batch
+    every intermediate tensor leaves the caches between the stage writing it and the one reading it; in
+    chunks whose tensors fit in ``CHUNK_BYTES`` they stay in the last-level cache (MobileNet-style model at
+    batch 64: 6.2 -> 4.7 ms; the CIFAR CNN 7.7 -> 7.3 ms). Only graphs whose inputs and outputs are all
+    batched are split; ``KEYDNN_CPU_CHUNK`` sets the chunk (benchmarking)."""
+    samples, batched = key
+    if not all(batched) or not all(b for _, _, b in prog.outputs):
+        return 1 << 62
+    override = os.environ.get("KEYDNN_CPU_CHUNK")
+    if override:
+        return max(1, int(override))
+    elements = prog.arena_per_sample + sum(int(np.prod(s)) for s in samples)
+    elements += sum(int(np.prod(s)) for _, s, _ in prog.outputs)
+    return max(MIN_CHUNK, CHUNK_BYTES // (elements * prog.dtype.itemsize))
+
+
+def _data_offset() -> Optional[int]:
+    """Where CPython keeps an ndarray's data pointer inside the object (numpy's ``PyArrayObject_fields.data``,
+    right after the object header), checked on probe arrays; None where it is elsewhere (a debug or
+    free-threaded build): ``array_address`` then asks numpy."""
+    probes = [np.empty(n, dtype=np.float32) for n in (1, 3, 1000)]
+    for offset in (16, 24, 32):
+        if all(ctypes.c_void_p.from_address(id(a) + offset).value == a.ctypes.data for a in probes):
+            return offset
+    return None
+
+
+_DATA_OFFSET = _data_offset()
+
+
+def array_address(a: np.ndarray) -> int:
+    """The address of ``a``'s first element: 0.2 us, where ``a.ctypes.data`` takes 0.8-1 us (two per call of
+    a batch-1 model whose whole inference takes 10 us)."""
+    if _DATA_OFFSET is None:
+        return a.ctypes.data
+    return ctypes.c_void_p.from_address(id(a) + _DATA_OFFSET).value or 0
+
+
+def _aligned_empty(count: int, dtype: np.dtype, align: int = 64) -> np.ndarray:
+    """An uninitialized 1-D array of ``count`` elements whose data starts at an ``align``-byte boundary (the
+    generated code aligns its buffers within the arena; numpy aligns allocations to 16 bytes only)."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.empty(count + align // itemsize, dtype=dtype)
+    skip = (-raw.ctypes.data % align) // itemsize
+    return raw[skip:skip + count]
+
+
+@dataclass
+class _CallPlan:
+    var: _Variant
+    n: int
+    out_shapes: list[tuple[int, ...]]
+    nthr: int
+    tail: tuple  # W, D, T, arena, state, F
+    arena: np.ndarray
+    state: np.ndarray
+    slots: Optional[np.ndarray] = None  # aot: the address array P (inputs, outputs, then the tail)
+    slots_address: int = 0
+    chunk: int = 1 << 62  # samples per entry call: a larger batch runs in chunks (then this plan has no buffers)
+    bound: Optional[Callable[..., None]] = None  # aot: ``_bind``'s call of the prebuilt entry
+
+
+#: Input-shape keys whose call plans (and buffers) one thread keeps.
+MAX_CACHED_SHAPES = 8
+#: Compiled per-sample input shapes one executable keeps (an LRU): a graph with a symbolic sequence length
+#: compiles once per distinct length on first use (then numba's disk cache and the prebuilt libraries make
+#: that length cheap in later processes too); a repeated length reuses its compiled entry, and a workload
+#: cycling through more than this many lengths recompiles (loads) the evicted ones. Lengths share one weight
+#: blob (the packed weights do not depend on the length).
+MAX_VARIANTS = 16
+#: The length a symbolic axis takes when an executable checks, without compiling, that codegen handles it.
+PROBE_LENGTH = 3
+
+
+class CodegenExecutable:
+    """Compiled form of one graph: generated, shape-specialized numba code behind one entry call."""
+
+    mode = "codegen"
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        ids = index_inputs(graph)  # raises Unsupported where an integer input feeds another op
+        floats = [v.type.np_dtype for v in graph.inputs if v.name not in ids]
+        self.dtype = np.dtype(floats[0] if floats else _node_dtype(graph))
+        #: Token-id inputs travel as int32 (float32 graphs) or int64 in the float array's storage
+        #: (``cg_emit_seq``); ``_checks``: (input, table rows, layer) whose ids are range-checked per call.
+        self._id_dtype = np.dtype(np.int32 if self.dtype.itemsize == 4 else np.int64)
+        self._ids = frozenset(i for i, v in enumerate(graph.inputs) if v.name in ids)
+        self._checks = index_checks(graph)
+        self._dtypes = tuple(self.dtype if i in self._ids else v.type.np_dtype for i, v in enumerate(graph.inputs))
+        self._n_inputs = len(graph.inputs)
+        self._variants: dict[tuple, _Variant] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        #: Threads a call may use (``set_threads``; default: NUMBA_NUM_THREADS or the usable CPUs, at most 8).
+        self.threads = _THREADS
+        static = [v.type.shape[1:] for v in graph.inputs]
+        if all(isinstance(d, int) for s in static for d in s):
+            key = (tuple(tuple(s) for s in static), (True,) * len(static))
+            self._variant(key)  # raises Unsupported for graphs the generator does not handle
+        else:  # a symbolic axis (sequence length): generate (not compile) one probe shape to refuse early
+            probe = tuple(tuple(d if isinstance(d, int) else PROBE_LENGTH for d in s) for s in static)
+            generate(graph, probe, (True,) * len(static), lanes=native_lanes(str(self.dtype)), emitters=EMITTERS,
+                     cache=False)
+
+    # -- compiling ------------------------------------------------------------
+    def _variant(self, key: tuple) -> _Variant:
+        var = self._variants.get(key)
+        if var is not None:
+            with self._lock:  # a hit moves the shape to the young end of the LRU
+                if key in self._variants:
+                    self._variants[key] = self._variants.pop(key)
+            return var
+        with self._lock:
+            var = self._variants.get(key)
+            if var is None:
+                var = self._build(key)
+                if len(self._variants) >= MAX_VARIANTS:  # least recently compiled-or-planned shape out
+                    self._variants.pop(next(iter(self._variants)))
+                self._variants[key] = var
+            else:
+                self._variants[key] = self._variants.pop(key)  # most recently used last
+        return var
+
+    def _build(self, key: tuple) -> _Variant:
+        try:
+            return self._build_as(key, None)
+        except Exception as exc:  # noqa: BLE001 - only numba's compile errors are retried, the rest re-raised
+            if not any(c.__name__ == "NumbaError" for c in type(exc).__mro__):
+                raise
+            # a stage that compiles inline but not as a shared stage function (an emitter whose code needs a
+            # number to be a compile-time constant): the whole graph inline, as before shared stages
+            logger.warning("graph %r: a shared stage function did not compile (%s: %s); compiling the graph's "
+                           "stages inline", self.graph.name, type(exc).__name__, str(exc).splitlines()[0][:300])
+            return self._build_as(key, False)
+
+    def _build_as(self, key: tuple, shared: Optional[bool]) -> _Variant:
+        samples, batched = key
+        dtype = self.dtype
+        program = generate(self.graph, samples, batched, lanes=native_lanes(str(dtype)), emitters=EMITTERS,
+                           profile=PROFILE, shared=shared)
+        for other in list(self._variants.values()):  # sequence lengths pack the same weights: share one blob
+            w = other.program.weights
+            if w.shape == program.weights.shape and np.array_equal(w, program.weights):
+                program.weights = w
+                break
+        n_in, n_out = len(self.graph.inputs), len(self.graph.outputs)
+        helpers = program.thunks[1:]
+        aot = None
+        if cache_enabled() and AOT and not PROFILE:
+            from keydnn.backends.numba_cpu.runtime.aot import aot_enabled
+
+            if aot_enabled():
+                aot = _LazyAot(helpers, dtype)
+        loaded = load_program(program.source, self.graph.name, _LazyCompile(n_in, n_out, dtype), aot)
+        if loaded.kind == "aot":
+            thunks = np.array([yield_address(), *loaded.thunks], dtype=np.int64)
+            address = ctypes.cast(loaded.entry, ctypes.c_void_p).value or 0
+            return _Variant(program, key, loaded.entry, True, thunks, address)
+        from keydnn.backends.numba_cpu.runtime.jit import thunk_addresses
+
+        thunks = np.array([yield_address(), *thunk_addresses(helpers, dtype)], dtype=np.int64)
+        return _Variant(program, key, loaded.module.entry, False, thunks)
+
+    @property
+    def source(self) -> str:
+        """The generated source of the graph's declared shapes (for inspection and debugging)."""
+        return next(iter(self._variants.values())).program.source
+
+    def set_threads(self, threads: int) -> None:
+        """Let calls use ``threads`` threads (the native pool's limit, 64, caps it); plans made before
+        are dropped, so the next call of every thread plans with the new count."""
+        self.threads = max(1, int(threads))
+        self._local = threading.local()
+
+    # -- running --------------------------------------------------------------
+    def _plan(self, shapes: tuple, arrays: list[np.ndarray]) -> "_CallPlan":
+        """What calls with these input shapes need on this thread: variant, outputs, threads, buffers."""
+        n, key = self._key(arrays)
+        var = self._variant(key)
+        prog = var.program
+        chunk = batch_chunk(prog, key)
+        if chunk < n:
+            return self._keep(shapes, _CallPlan(var, n, [(n,) + sample for _, sample, _ in prog.outputs], 0, (),
+                                                np.empty(0, self.dtype), np.empty(0, np.int64), chunk=chunk))
+        nthr = 1 if n * prog.work_per_sample < PARALLEL_MIN_WORK else self.threads
+        arena = _aligned_empty(n * prog.arena_per_sample + prog.arena_fixed + nthr * prog.scratch_per_thread + 64,
+                               self.dtype)
+        state = np.zeros(state_size(prog.n_stages) + prog.state_extra, dtype=np.int64)
+        tail = var.tail(arena, state)
+        plan = _CallPlan(var, n, [((n if b else 1),) + sample for _, sample, b in prog.outputs], nthr, tail, arena,
+                         state)
+        if var.aot:
+            io = len(self.graph.inputs) + len(self.graph.outputs)
+            plan.slots = np.zeros(io + len(tail), dtype=np.int64)
+            plan.slots[io:] = [a.ctypes.data for a in tail]
+            plan.slots_address = plan.slots.ctypes.data
+            plan.bound = self._bind(plan)
+        return self._keep(shapes, plan)
+
+    def _keep(self, shapes: tuple, plan: "_CallPlan") -> "_CallPlan":
+        plans = self._local.plans
+        if len(plans) >= MAX_CACHED_SHAPES:
+            plans.pop(next(iter(plans)))
+        plans[shapes] = plan
+        return plan
+
+    def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        fast = getattr(self._local, "fast", None)
+        if fast is not None and len(inputs) == 1:  # the shape this thread called with last, a single input
+            x = inputs[0]
+            if type(x) is np.ndarray and x.shape == fast[0] and x.dtype == fast[1] and x.flags.c_contiguous:
+                plan = fast[2]
+                outs = [np.empty(shape, dtype=self.dtype) for shape in plan.out_shapes]
+                plan.bound(inputs, outs)
+                return outs
+        if len(inputs) != self._n_inputs:
+            raise ValueError(f"graph {self.graph.name!r} takes {self._n_inputs} inputs, got {len(inputs)}")
+        if self._ids or self._checks:
+            inputs = self._index_inputs(inputs)
+        arrays = []
+        for a, dt in zip(inputs, self._dtypes):
+            # the entry is compiled for writable C-contiguous arrays of the graph's dtype; anything else is
+            # copied once here rather than compiling another specialization
+            if type(a) is not np.ndarray or a.dtype != dt or not a.flags.c_contiguous or not a.flags.writeable:
+                a = np.array(a, dtype=dt, order="C")
+            arrays.append(a)
+        local = self._local
+        try:
+            plans = local.plans
+        except AttributeError:
+            plans = local.plans = {}
+            local.gen = 0
+        shapes = tuple(a.shape for a in arrays)
+        plan = plans.get(shapes) or self._plan(shapes, arrays)
+        outs = [np.empty(shape, dtype=self.dtype) for shape in plan.out_shapes]
+        chunk = plan.chunk
+        if chunk >= plan.n:
+            self._run(plan, arrays, outs)
+            if len(arrays) == 1 and plan.bound is not None and not (self._ids or self._checks):
+                local.fast = (arrays[0].shape, arrays[0].dtype, plan)
+            return outs
+        for c0 in range(0, plan.n, chunk):  # every input and output is batched (else chunk covers the batch)
+            part = [a[c0:c0 + chunk] for a in arrays]
+            shapes = tuple(a.shape for a in part)
+            self._run(plans.get(shapes) or self._plan(shapes, part), part, [o[c0:c0 + chunk] for o in outs])
+        return outs
+
+    def _index_inputs(self, inputs: Sequence) -> list:
+        """Token ids checked against the tables they index (a clear error, never a read outside a table) and
+        integer inputs stored as ``_id_dtype`` in an array of the graph's dtype (``cg_emit_seq``)."""
+        out = list(inputs)
+        for pos, vocab, layer in self._checks:
+            a = np.asarray(out[pos])
+            idx = a if a.dtype.kind in "iub" else np.trunc(a)
+            if idx.size and not (idx.min() >= 0 and idx.max() < vocab):
+                bad = idx[~((idx >= 0) & (idx < vocab))].flat[0]
+                raise ValueError(f"embedding {layer!r}: index {bad} is outside the table [0, {vocab})")
+        for pos in self._ids:
+            a = np.asarray(out[pos])
+            if a.dtype.kind not in "iub":
+                if a.size and not np.array_equal(a, np.trunc(a)):
+                    raise ValueError(f"input %{self.graph.inputs[pos].name} holds integer ids; got non-integral "
+                                     f"values of dtype {a.dtype}")
+            info = np.iinfo(self._id_dtype)
+            if a.size and a.dtype != self._id_dtype and (a.min() < info.min or a.max() > info.max):
+                raise ValueError(f"input %{self.graph.inputs[pos].name}: ids outside the {self._id_dtype} range")
+            out[pos] = np.ascontiguousarray(a, dtype=self._id_dtype).view(self.dtype)
+        return out
+
+    def _bind(self, plan: "_CallPlan") -> Callable[[Sequence[np.ndarray], list[np.ndarray]], None]:
+        """``run(arrays, outs)``: one call of a prebuilt entry on arrays of the plan's shapes, with everything
+        that does not change between calls bound once (a batch-1 call of a small model takes 8 us, and the
+        per-call lookups had cost one of them)."""
+        var, slots, address, n, nthr = plan.var, plan.slots, plan.slots_address, plan.n, plan.nthr
+        entry_address, entry, local = var.address, var.fn, self._local
+        pool = _pool() if nthr > 1 else None
+        k = len(self.graph.inputs)
+
+        def run(arrays: Sequence[np.ndarray], outs: list[np.ndarray]) -> None:
+            for i, a in enumerate(arrays):
+                slots[i] = array_address(a)
+            for j, o in enumerate(outs):
+                slots[k + j] = array_address(o)
+            local.gen = gen = local.gen + 1  # never reused: a late helper thread recognizes a finished call
+            if pool is not None:
+                pool(entry_address, nthr, gen, n, address)
+            elif nthr > 1:  # no native pool: Python helper threads
+                _HELPERS.submit(nthr - 1, entry, lambda tid: (tid, nthr, gen, n, address), plan)
+                entry(0, nthr, gen, n, address)
+            else:
+                entry(0, 1, gen, n, address)
+
+        return run
+
+    def _run(self, plan: "_CallPlan", arrays: list[np.ndarray], outs: list[np.ndarray]) -> None:
+        """One call of the entry on ``arrays`` (the plan's shapes), writing into ``outs``."""
+        if plan.bound is not None:
+            plan.bound(arrays, outs)
+            return
+        local = self._local
+        local.gen = gen = local.gen + 1  # never reused: a late helper thread recognizes a finished call
+        n, nthr, entry = plan.n, plan.nthr, plan.var.fn
+        args = (*[a.reshape(-1) for a in arrays], *[o.reshape(-1) for o in outs], *plan.tail)
+        if nthr > 1:
+            _HELPERS.submit(nthr - 1, entry, lambda tid: (tid, nthr, gen, n, *args))
+        entry(0, nthr, gen, n, *args)
+
+    def stage_profile(self) -> list[tuple[str, list[int], list[int]]]:
+        """Per stage of the calling thread's buffers: (description, busy cycles per thread, waiting cycles
+        per thread), accumulated over calls since compiling with ``KEYDNN_CPU_PROFILE=1``."""
+        from keydnn.backends.numba_cpu.codegen.source import STATE_STRIDE, _CONTROL
+
+        rows = []
+        for plan in getattr(self._local, "plans", {}).values():
+            var, state = plan.var, plan.state
+            for k, desc in enumerate(var.program.stages):
+                claim = (k + _CONTROL) * STATE_STRIDE
+                done = claim + STATE_STRIDE // 2
+                rows.append((desc, [int(v) for v in state[claim + 1: claim + 4]],
+                             [int(v) for v in state[done + 1: done + 4]]))
+        return rows
+
+    def _key(self, arrays: list[np.ndarray]) -> tuple[int, tuple]:
+        """Batch size and variant key; checks every input against its declared type."""
+        leads = [a.shape[0] if a.ndim else 0 for a in arrays]
+        n = max(leads) if leads else 1
+        for v, a in zip(self.graph.inputs, arrays):
+            if not v.type.matches(a.shape):
+                raise ValueError(f"input %{v.name} has shape {a.shape}, graph expects {v.type}")
+            if a.shape[0] not in (1, n):
+                raise ValueError(f"input %{v.name} has batch {a.shape[0]}, other inputs {n}")
+        batched = tuple(lead == n for lead in leads)
+        return n, (tuple(a.shape[1:] for a in arrays), batched)
+
+    def __repr__(self) -> str:
+        return f"CodegenExecutable({self.graph.name!r}, {len(self._variants)} compiled shape(s))"
+
+
+def _node_dtype(graph: Graph) -> str:
+    """The dtype of the first typed node result (a graph whose inputs are all token ids)."""
+    for node in graph.nodes:
+        if node.outputs[0].type is not None:
+            return node.outputs[0].type.dtype
+    return "float32"
+
+
+def codegen_or_reason(graph: Graph) -> tuple[Optional[CodegenExecutable], str]:
+    """(the codegen executable, "") or (None, why the generator does not handle ``graph``: the op it names)."""
+    try:
+        return CodegenExecutable(graph), ""
+    except Unsupported as exc:
+        logger.info("graph %r runs on the per-op kernels: %s", graph.name, exc)
+        return None, str(exc)
+
+
+def try_codegen(graph: Graph) -> Optional[CodegenExecutable]:
+    """The codegen executable, or None for a graph the generator does not handle."""
+    return codegen_or_reason(graph)[0]
