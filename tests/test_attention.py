@@ -138,8 +138,35 @@ def test_unsupported_einsum_and_mha_configs_are_named():
     x = k.Input((4, 6))
     a = k.layers.EinsumDense("abc,dc->abd", output_shape=(None, 5))(x)
     img = k.Input((4, 4, 6))
-    b = k.layers.MultiHeadAttention(2, 3, attention_axes=(1, 2))(img, img)
+    b = k.layers.MultiHeadAttention(2, 3, attention_axes=(2,))(img, img)
     with pytest.raises(keydnn.KerasInteropError) as info:
         keydnn.from_keras(k.Model([x, img], [a, b]))
     fields = {p.layer_class: p.field for p in info.value.problems}
     assert fields == {"EinsumDense": "equation", "MultiHeadAttention": "attention_axes"}
+
+
+def _image_mha(k):
+    """MultiHeadAttention on rank-4 tensors (image-like): attention over both middle axes at once (Keras's default
+    attention_axes, and the same given explicitly), cross attention with a rank-5 mask, output_shape."""
+    x, y, m = k.Input((4, 5, 8)), k.Input((3, 2, 6)), k.Input((4, 5, 3, 2))
+    a = k.layers.MultiHeadAttention(2, 4, value_dim=3, output_shape=7, name="cross4d")(x, y, attention_mask=m)
+    b = k.layers.MultiHeadAttention(2, 3, attention_axes=(1, 2), name="self4d")(a, a)
+    return k.Model([x, y, m], b)
+
+
+def test_rank4_attention_over_every_middle_axis_every_source_form(keras_sources):
+    sources = keras_sources("mha_rank4", _image_mha)
+    xs = inputs_for(sources[0][2], 3)
+    mask = (np.random.default_rng(2).random(xs[2].shape) > 0.3).astype("f4")
+    mask[:, :, :, 0, 0] = 1.0  # no fully masked query position
+    check_parity(sources, inputs=xs[:2] + [mask])
+
+
+def test_attention_over_some_middle_axes_is_refused_by_name(tmp_path):
+    def build(k):
+        x = k.Input((4, 5, 8))
+        return k.Model(x, k.layers.MultiHeadAttention(2, 4, attention_axes=(2,), name="axis2")(x, x))
+
+    (_, live, _), *_ = k3_sources(tmp_path, "axes", build)
+    with pytest.raises(keydnn.errors.KerasInteropError, match="attention_axes"):
+        keydnn.from_keras(live)

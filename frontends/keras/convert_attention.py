@@ -89,16 +89,28 @@ def _project(ctx: LayerContext, x: str, part: str, heads: int, size: int, use_bi
     return node(ctx, Transpose(perm=(0, 2, 1, 3)), y, suffix=f"{tag}.bhtd")
 
 
-def _check_rank3(ctx: LayerContext, names: dict[str, str]) -> None:
+def _check_rank3(ctx: LayerContext, names: dict[str, str], higher: bool = False) -> None:
+    """(batch, steps, features) operands with static steps and features; ``higher``: any rank >= 3 (attention
+    over every axis between the batch and the features, MultiHeadAttention's default)."""
     for what, name in names.items():
         t = ctx.type_of(name)
         if t is None:
             ctx._input_unknown = True
             raise Unconvertible
-        if t.rank != 3 or not all(isinstance(d, int) for d in t.shape[1:]):
-            ctx.refuse(f"{what} has shape {list(t.shape)}; keydnn supports (batch, steps, features) with static "
-                       "steps and features", field="attention_axes", supported="rank-3 query/key/value")
+        if t.rank < 3 or (t.rank != 3 and not higher) or not all(isinstance(d, int) for d in t.shape[1:]):
+            ctx.refuse(f"{what} has shape {list(t.shape)}; keydnn supports (batch, steps..., features) with static "
+                       "steps and features", field="attention_axes",
+                       supported="rank >= 3 query/key/value (MultiHeadAttention), rank 3 (the other attention layers)")
             raise Unconvertible
+
+
+def _flatten_steps(ctx: LayerContext, name: str, what: str) -> str:
+    """(B, S1, ..., Sk, C) -> (B, S1*...*Sk, C): attention over every middle axis at once is attention over their
+    flattening (Keras's softmax runs over all key axes jointly)."""
+    shape = ctx.type_of(name).shape
+    if len(shape) == 3:
+        return name
+    return node(ctx, Reshape(shape=(int(np.prod(shape[1:-1])), shape[-1])), name, suffix=f"{what}.steps")
 
 
 def _kwargs(ctx: LayerContext, allowed: dict[str, tuple]) -> dict:
@@ -145,8 +157,9 @@ def _attend(ctx: LayerContext, q: str, k: str, v: str, scale: float, mask: str |
 
 
 def _heads_out(ctx: LayerContext, context: str, heads: int, vdim: int, out_dims: tuple[int, ...],
-               use_bias: bool) -> None:
-    """(B, H, T, vdim) -> (B, T, H * vdim) -> output EinsumDense ``abcd,cde->abe``."""
+               use_bias: bool, steps: tuple[int, ...] | None = None) -> None:
+    """(B, H, T, vdim) -> (B, T, H * vdim) -> output EinsumDense ``abcd,cde->abe``; ``steps``: the query's
+    middle axes when it had several (the result is reshaped back to them)."""
     t = ctx.type_of(context).shape[2]
     y = node(ctx, Transpose(perm=(0, 2, 1, 3)), context, suffix="bthd")
     y = node(ctx, Reshape(shape=(t, heads * vdim)), y, suffix="merge_heads")
@@ -158,9 +171,10 @@ def _heads_out(ctx: LayerContext, context: str, heads: int, vdim: int, out_dims:
     ins = [ctx.add_constant("output.kernel", kernel.reshape(heads * vdim, width))]
     if use_bias:
         ins.append(ctx.add_constant("output.bias", _weight(ctx, _SUBS["output"], "bias", 1).reshape(width)))
-    y = node(ctx, Dense(), y, *ins, suffix=None if len(out_dims) == 1 else "output")
-    if len(out_dims) > 1:
-        node(ctx, Reshape(shape=(t,) + out_dims), y, suffix=None)
+    reshaped = len(out_dims) > 1 or steps is not None
+    y = node(ctx, Dense(), y, *ins, suffix="output" if reshaped else None)
+    if reshaped:
+        node(ctx, Reshape(shape=(steps or (t,)) + out_dims), y, suffix=None)
 
 
 def _common_config(ctx: LayerContext) -> bool:
@@ -176,7 +190,7 @@ def _common_config(ctx: LayerContext) -> bool:
     return bool(ctx.check_in("use_bias", (True, False), True))
 
 
-def _attention_call(ctx: LayerContext) -> tuple[str, str, str, str | None, dict]:
+def _attention_call(ctx: LayerContext, higher: bool = False) -> tuple[str, str, str, str | None, dict]:
     """The query, value, key and attention-mask values of a MultiHeadAttention / GroupQueryAttention call
     (positional or keyword; key defaults to value), and its checked keyword options."""
     kw = ctx.call_kwargs  # type: ignore[attr-defined]
@@ -193,29 +207,47 @@ def _attention_call(ctx: LayerContext) -> tuple[str, str, str, str | None, dict]
     opts = _kwargs(ctx, {"use_causal_mask": (True, False), "training": (None, False),
                          "return_attention_scores": (False,), "query_mask": (None,), "value_mask": (None,),
                          "key_mask": (None,)})
-    _check_rank3(ctx, {"query": query, "value": value, "key": key})
+    _check_rank3(ctx, {"query": query, "value": value, "key": key}, higher)
     return query, value, key, mask, opts
 
 
 @register_converter("MultiHeadAttention", constraints=(
-    "self and cross attention on (batch, steps, features) tensors: num_heads, key_dim, value_dim, output_shape, "
-    "use_bias, attention_axes default ([1]), key, attention_mask input (0 masks), use_causal_mask; lowered to "
-    "dense projections, matmul, softmax and matmul"))
+    "self and cross attention on (batch, steps..., features) tensors: num_heads, key_dim, value_dim, output_shape, "
+    "use_bias, attention_axes default (every axis between batch and features), key, attention_mask input "
+    "(0 masks), use_causal_mask (rank 3); lowered to dense projections, matmul, softmax and matmul"))
 def convert_mha(ctx: LayerContext) -> None:
     use_bias = _common_config(ctx)
     heads, kdim = ctx.cfg("num_heads"), ctx.cfg("key_dim")
     vdim = ctx.cfg("value_dim") or kdim
     axes = ctx.cfg("attention_axes")
     out_cfg = ctx.cfg("output_shape")
-    if axes not in (None, [1], [-2]):
-        ctx.refuse(f"unsupported attention_axes {axes!r}", field="attention_axes", value=axes,
-                   supported="None or [1] (attention over the steps of a rank-3 input)")
-        raise Unconvertible
     if not all(is_int(v) and v > 0 for v in (heads, kdim, vdim)):
         ctx.refuse(f"invalid num_heads/key_dim/value_dim {heads!r}/{kdim!r}/{vdim!r}", field="num_heads")
         raise Unconvertible
-    query, value, key, mask, opts = _attention_call(ctx)
-    dim = ctx.type_of(query).shape[-1]
+    query, value, key, mask, opts = _attention_call(ctx, higher=True)
+    qshape = ctx.type_of(query).shape
+    rank = len(qshape)
+    middle = list(range(1, rank - 1))
+    if axes is not None and sorted(a % rank for a in axes) != middle:
+        ctx.refuse(f"unsupported attention_axes {axes!r} for a rank-{rank} query", field="attention_axes",
+                   value=axes, supported=f"None or every axis between batch and features ({middle})")
+        raise Unconvertible
+    if rank > 3 and opts.get("use_causal_mask"):
+        ctx.refuse("use_causal_mask on a query of rank > 3 (Keras builds the causal mask over axis 1 only)",
+                   field="use_causal_mask", value=True, supported="use_causal_mask with rank-3 inputs")
+        raise Unconvertible
+    if rank > 3:  # attention over all middle axes jointly = attention over their flattening
+        query, key, value = (_flatten_steps(ctx, query, "query"), _flatten_steps(ctx, key, "key"),
+                             _flatten_steps(ctx, value, "value"))
+        if mask is not None:
+            mt = ctx.type_of(mask)
+            tq, tk = ctx.type_of(query).shape[1], ctx.type_of(key).shape[1]
+            if mt is None or int(np.prod(mt.shape[1:])) != tq * tk:
+                ctx.refuse(f"attention_mask has shape {None if mt is None else list(mt.shape)}, expected the query "
+                           "steps then the key steps", field="attention_mask")
+                raise Unconvertible
+            mask = node(ctx, Reshape(shape=(tq, tk)), mask, suffix="mask.steps")
+    dim = qshape[-1]
     out_dims = (dim,) if out_cfg is None else (out_cfg,) if is_int(out_cfg) else tuple(out_cfg)
     if not all(is_int(d) and d > 0 for d in out_dims):
         ctx.refuse(f"unsupported output_shape {out_cfg!r}", field="output_shape", value=out_cfg)
@@ -224,7 +256,7 @@ def convert_mha(ctx: LayerContext) -> None:
     k = _project(ctx, key, "key", heads, kdim, use_bias, "key")
     v = _project(ctx, value, "value", heads, vdim, use_bias, "value")
     context = _attend(ctx, q, k, v, 1.0 / math.sqrt(kdim), mask, bool(opts.get("use_causal_mask", False)))
-    _heads_out(ctx, context, heads, vdim, out_dims, use_bias)
+    _heads_out(ctx, context, heads, vdim, out_dims, use_bias, tuple(qshape[1:-1]) if rank > 3 else None)
 
 
 @register_converter("GroupQueryAttention", constraints=(
