@@ -8,7 +8,6 @@ inline form (``KEYDNN_SHARED_STAGES=0``) computes.
 
 from __future__ import annotations
 
-
 from pathlib import Path
 
 import numpy as np
