@@ -23,7 +23,7 @@ import pytest
 
 import keydnn
 from keydnn.errors import IRError, KerasInteropError
-from keydnn.frontends.keras.functional import parse_calls
+from keydnn.frontends.keras.wiring import parse_calls
 from keydnn.frontends.keras.spec import LayerSpec
 from keydnn.ir import Graph, Node, TensorType, Value, run_reference, verify
 from keydnn.ir.ops import Add, Avg, Concat, Max, Min, Mul, ShapeError, Sub

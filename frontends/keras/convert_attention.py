@@ -20,7 +20,7 @@ import numpy as np
 
 from keydnn.frontends.keras.convert_core import check_dtype_policy
 from keydnn.frontends.keras.convert_common import is_int
-from keydnn.frontends.keras.functional import TENSOR_KWARGS
+from keydnn.frontends.keras.wiring import TENSOR_KWARGS
 from keydnn.frontends.keras.lower import MULTI_INPUT_LAYERS
 from keydnn.frontends.keras.registry import (
     LayerContext,

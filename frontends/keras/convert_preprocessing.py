@@ -8,7 +8,7 @@ import numpy as np
 
 from keydnn.frontends.keras.convert_core import check_dtype_policy
 from keydnn.frontends.keras.convert_common import data_format, is_int, is_number, require_rank, spatial_sizes
-from keydnn.frontends.keras.functional import TENSOR_KWARGS
+from keydnn.frontends.keras.wiring import TENSOR_KWARGS
 from keydnn.frontends.keras.registry import LayerContext, Unconvertible, register_converter
 from keydnn.ir.ops import Crop2d, Pad2d, Resize2d
 

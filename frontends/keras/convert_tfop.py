@@ -15,7 +15,7 @@ from typing import Any
 
 from keydnn.frontends.keras.convert_core import check_dtype_policy
 from keydnn.frontends.keras.convert_ops import OPERATIONS, OpCall
-from keydnn.frontends.keras.functional import TF_OP_LAYERS, tf_op_entries
+from keydnn.frontends.keras.wiring import TF_OP_LAYERS, tf_op_entries
 from keydnn.frontends.keras.lower import MULTI_INPUT_LAYERS
 from keydnn.frontends.keras.registry import LayerContext, Unconvertible, register_converter
 

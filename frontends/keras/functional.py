@@ -1,16 +1,7 @@
 """Lower Functional Keras models (layer graphs) and inline nested models.
 
-A Functional model records, for every layer, the calls made to it
-(``inbound_nodes``) and, for every call, the tensors it read as
-``(layer, node_index, tensor_index)`` references. Keras 2 and Keras 3 spell
-that differently:
-
-* Keras 2: ``[[["layer", node_index, tensor_index, {kwargs}], ...], ...]`` --
-  one list of references per call;
-* Keras 3: ``[{"args": [...], "kwargs": {...}}, ...]`` -- per call, the call's
-  arguments, where each tensor is ``{"class_name": "__keras_tensor__",
-  "config": {"shape", "dtype", "keras_history": ["layer", node_index,
-  tensor_index]}}`` (a merge layer's first argument is a list of them).
+The wiring (which calls read which tensors) is parsed by ``wiring``; the
+layers of a nested model are found by ``nested``.
 
 Keras 2 numbers a nested model's calls after the call that built it, which
 the config omits, so its references are one higher than the position in
@@ -23,205 +14,25 @@ of constants; a nested Sequential or Functional model is inlined, its nodes
 named ``<call>/<layer>`` and its constants ``<model>/<layer>.<weight>``.
 """
 
+
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
-from typing import Any, Iterator
-
-import numpy as np
+from dataclasses import dataclass
+from typing import Iterator
 
 from keydnn.errors import KerasInteropError, Problem
 from keydnn.frontends.keras.lower import NESTED_MODEL_CLASSES, FrontendResult, Lowering
-from keydnn.frontends.keras.operations import is_operation
+from keydnn.frontends.keras.nested import nested_layers
 from keydnn.frontends.keras.registry import ConversionOptions
 from keydnn.frontends.keras.spec import LayerSpec, ModelSpec
+from keydnn.frontends.keras.wiring import (TENSOR_KWARGS, TF_OP_LAYERS, Call, Ref, flat_refs, keras_tensor_ref,
+                                           parse_calls, tf_op_entries)
 
-__all__ = ["lower_functional", "inline_model", "parse_calls", "Ref", "Call", "nested_layers", "TENSOR_KWARGS", "TF_OP_LAYERS"]
+__all__ = ["lower_functional", "inline_model", "parse_calls", "Ref", "Call", "nested_layers", "TENSOR_KWARGS",
+           "TF_OP_LAYERS", "tf_op_entries"]
 
 logger = logging.getLogger(__name__)
-
-#: (layer name, node index, tensor index): one tensor of a Functional model.
-Ref = tuple[str, int, int]
-
-#: Call keyword arguments that do not change what a layer computes at inference, with the values allowed.
-_HARMLESS_KWARGS: dict[str, tuple[Any, ...]] = {"mask": (None,), "training": (None, False)}
-
-
-@dataclass
-class Call:
-    """One recorded call of a layer: the tensors it reads, and what keydnn cannot honour about it."""
-
-    refs: list[Ref] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    #: The call passed a mask tensor (Keras 3 records the mask it propagated): keydnn's own mask must exist.
-    mask_tensor: bool = False
-    #: Layers of ``TENSOR_KWARGS``: keyword arguments that are not tensors, and the names of those that are
-    #: (their tensors are the last ``len(tensor_kwargs)`` refs, in this order).
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    tensor_kwargs: list[str] = field(default_factory=list)
-
-
-#: Keras 2's layers wrapping a TensorFlow function call (``x * 0.5``, ``tf.reduce_mean``, ``x[:, 1:]``): their
-#: calls carry constants and tensors among the keyword arguments (``frontends.keras.convert_tfop``).
-TF_OP_LAYERS: frozenset[str] = frozenset({"TFOpLambda", "SlicingOpLambda"})
-
-def tf_op_entries(raw: list) -> list:
-    """A TFOpLambda call as a list of entries: Keras 2 writes a one-tensor call as the bare entry
-    ``[layer, node, index, kwargs]`` and a call on a list (concat, stack) as a list of entries."""
-    return [raw] if raw and isinstance(raw[0], str) else raw
-
-
-#: Layers whose calls take tensors as keyword arguments (MultiHeadAttention's value, key, attention_mask), by
-#: class: the keyword names, in the order their tensors follow the positional ones. Their converters read
-#: ``GraphLayerContext.call_kwargs`` and check the other keyword arguments themselves.
-TENSOR_KWARGS: dict[str, tuple[str, ...]] = {}
-
-
-def _layer_kwargs(kwargs: Any, call: Call, names: tuple[str, ...], keras2: bool) -> None:
-    if not isinstance(kwargs, dict):
-        return
-    as_ref = _as_ref if keras2 else _keras_tensor
-    for key, value in kwargs.items():
-        found: list[Ref] = []
-        if not keras2:
-            _tensors(value, found, [])
-        if key in names and as_ref(value) is not None:
-            continue
-        if found or (keras2 and as_ref(value) is not None):
-            call.problems.append(f"call argument {key!r} is a tensor; keydnn wires {', '.join(names)} only")
-        else:
-            call.kwargs[key] = value
-    for key in names:
-        ref = as_ref(kwargs.get(key))
-        if ref is not None:
-            call.refs.append(ref)
-            call.tensor_kwargs.append(key)
-
-
-# --------------------------------------------------------------------------- #
-# Reading the wiring
-# --------------------------------------------------------------------------- #
-
-
-def _as_ref(value: Any) -> Ref | None:
-    """A ``[name, node, tensor]`` triple (Keras 2 entries may carry a kwargs dict as 4th item)."""
-    if (isinstance(value, (list, tuple)) and len(value) in (3, 4) and isinstance(value[0], str)
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in value[1:3])):
-        return (value[0], int(value[1]), int(value[2]))
-    return None
-
-
-def _keras_tensor(value: Any) -> Ref | None:
-    if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
-        config = value.get("config")
-        if isinstance(config, dict):
-            return _as_ref(config.get("keras_history"))
-    return None
-
-
-def _tensors(value: Any, out: list[Ref], others: list[Any]) -> None:
-    """Keras tensors of a Keras 3 call argument, in order; anything else goes to ``others``."""
-    ref = _keras_tensor(value)
-    if ref is not None:
-        out.append(ref)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            _tensors(v, out, others)
-    elif isinstance(value, dict) and "class_name" not in value:
-        for key in sorted(value):
-            _tensors(value[key], out, others)
-    else:
-        others.append(value)
-
-
-#: Call keywords whose tensors are wired as further inputs (a recurrent layer's initial_state).
-_WIRED_KWARGS = ("initial_state",)
-
-
-def _check_kwargs(kwargs: Any, call: Call) -> None:
-    if not isinstance(kwargs, dict):
-        return
-    for key, value in kwargs.items():
-        found: list[Ref] = []
-        _tensors(value, found, [])
-        if found and key in _WIRED_KWARGS:
-            call.refs.extend(found)
-        elif found and key == "mask":
-            call.mask_tensor = True  # keydnn propagates masks itself; _walk checks that one reaches this call
-        elif found:
-            call.problems.append(f"call argument {key!r} is a tensor ({found[0][0]}); keydnn only wires "
-                                 "a layer's main inputs")
-        elif key not in _HARMLESS_KWARGS or value not in _HARMLESS_KWARGS[key]:
-            call.problems.append(f"call argument {key}={value!r} is not supported")
-
-
-def parse_calls(layer: LayerSpec) -> list[Call]:
-    """The recorded calls of ``layer`` (Keras 2 or Keras 3 form), in order."""
-    calls: list[Call] = []
-    for raw in layer.inbound_nodes or []:
-        call = Call()
-        if isinstance(raw, dict) and is_operation(layer):  # a Keras 3 operation: its converter reads the args
-            for arg in raw.get("args", []) or []:
-                _tensors(arg, call.refs, [])
-            kwargs = raw.get("kwargs", {})
-            for key in kwargs if isinstance(kwargs, dict) else []:
-                _tensors(kwargs[key], call.refs, [])
-        elif isinstance(raw, dict):  # Keras 3
-            others: list[Any] = []
-            for arg in raw.get("args", []) or []:
-                _tensors(arg, call.refs, others)
-            if any(o is not None for o in others):
-                call.problems.append(f"non-tensor call arguments {[o for o in others if o is not None]!r} "
-                                     "are not supported")
-            if layer.class_name in TENSOR_KWARGS:
-                _layer_kwargs(raw.get("kwargs", {}), call, TENSOR_KWARGS[layer.class_name], keras2=False)
-            else:
-                _check_kwargs(raw.get("kwargs", {}), call)
-        elif isinstance(raw, list) and layer.class_name in TF_OP_LAYERS:  # Keras 2 TFOpLambda / SlicingOpLambda
-            raw = tf_op_entries(raw)
-            for entry in raw:
-                if isinstance(entry, list) and entry and entry[0] == "_CONSTANT_VALUE":
-                    pass  # a constant first argument; its converter reads it
-                elif _as_ref(entry) is not None:
-                    call.refs.append(_as_ref(entry))  # type: ignore[arg-type]
-                else:
-                    call.problems.append(f"unreadable call argument {entry!r}")
-            kwargs = raw[0][3] if raw and isinstance(raw[0], list) and len(raw[0]) == 4 else {}
-            for key in kwargs if isinstance(kwargs, dict) else []:
-                ref = _as_ref(kwargs[key])
-                if ref is not None and len(kwargs[key]) == 3:
-                    call.refs.append(ref)
-        elif isinstance(raw, list):  # Keras 2
-            for entry in raw:
-                ref = _as_ref(entry)
-                if ref is None:
-                    raise KerasInteropError(f"layer {layer.name!r}: malformed inbound node entry {entry!r}", [
-                        Problem("malformed inbound node", layer.index, layer.name, layer.class_name,
-                                field="inbound_nodes", value=entry)])
-                call.refs.append(ref)
-                if len(entry) == 4 and layer.class_name in TENSOR_KWARGS:
-                    _layer_kwargs(entry[3], call, TENSOR_KWARGS[layer.class_name], keras2=True)
-                elif len(entry) == 4:
-                    _check_kwargs(entry[3], call)
-        else:
-            raise KerasInteropError(f"layer {layer.name!r}: malformed inbound node {raw!r}", [
-                Problem("malformed inbound node", layer.index, layer.name, layer.class_name,
-                        field="inbound_nodes", value=raw)])
-        calls.append(call)
-    return calls
-
-
-def _flat_refs(structure: Any) -> list[Ref]:
-    """``input_layers`` / ``output_layers``: a triple, a list of triples, or a dict of them (sorted keys)."""
-    ref = _as_ref(structure)
-    if ref is not None:
-        return [ref]
-    if isinstance(structure, dict):
-        return [r for key in sorted(structure) for r in _flat_refs(structure[key])]
-    if isinstance(structure, (list, tuple)):
-        return [r for item in structure for r in _flat_refs(item)]
-    return []
 
 
 # --------------------------------------------------------------------------- #
@@ -386,7 +197,7 @@ def _input_shapes(spec: ModelSpec) -> dict[str, tuple[int | None, ...]]:
                 if isinstance(value, list):
                     stack.extend(value)
                     continue
-                ref = _keras_tensor(value)
+                ref = keras_tensor_ref(value)
                 shape = value["config"].get("shape") if ref is not None else None
                 if ref is not None and ref[0] not in shapes and isinstance(shape, list):
                     shapes[ref[0]] = tuple(shape)
@@ -396,8 +207,8 @@ def _input_shapes(spec: ModelSpec) -> dict[str, tuple[int | None, ...]]:
 def lower_functional(spec: ModelSpec, options: ConversionOptions) -> FrontendResult:
     """The DAG driver: graph inputs are the Keras input layers (by name), outputs in Keras's order."""
     low = Lowering(spec, options)
-    input_refs = _flat_refs(spec.input_layers)
-    output_refs = _flat_refs(spec.output_layers)
+    input_refs = flat_refs(spec.input_layers)
+    output_refs = flat_refs(spec.output_layers)
     where = f"model {spec.name!r}"
     if not input_refs or not output_refs:
         raise KerasInteropError(f"cannot convert {where}: the Functional config names no inputs or outputs", [
@@ -440,8 +251,8 @@ def inline_model(low: Lowering, layer: LayerSpec, inputs: list[str], name: str) 
         for local, child in children.items():
             (x,) = low.call(child, [x], name=f"{prefix}{local}")[:1]
         return [x]
-    input_refs = _flat_refs(config.get("input_layers"))
-    output_refs = _flat_refs(config.get("output_layers"))
+    input_refs = flat_refs(config.get("input_layers"))
+    output_refs = flat_refs(config.get("output_layers"))
     if len(input_refs) != len(inputs):
         low.placeholder(layer, inputs, name, [Problem(
             f"nested model has {len(input_refs)} input(s), but is called on {len(inputs)}",
@@ -450,126 +261,3 @@ def inline_model(low: Lowering, layer: LayerSpec, inputs: list[str], name: str) 
     bound = dict(zip(input_refs, inputs))
     graph = _Graph.of(f"nested model {layer.name!r}", children, output_refs)
     return _walk(low, graph, bound, output_refs, prefix=prefix)
-
-
-def _is_model(class_name: str, config: Any) -> bool:
-    return class_name in NESTED_MODEL_CLASSES and isinstance(config, dict) and isinstance(config.get("layers"), list)
-
-
-def nested_layers(layer: LayerSpec, spec: ModelSpec | None = None) -> tuple[dict[str, LayerSpec], list[Problem]]:
-    """The layers of a nested model (InputLayers left out) as LayerSpecs with their own weights.
-
-    Their names are ``<model>/<layer>``; their weights are routed from the
-    nested model's flat list by the paths the reader kept (``in_d1/kernel``;
-    ``layers/dense/var0`` in ``.keras`` archives), or by a name only one of
-    them can own (``gamma``).
-    """
-    from keydnn.frontends.keras.reader import normalize_layer_config
-
-    entries = [e for e in layer.config.get("layers", []) if isinstance(e, dict)]
-    children: dict[str, LayerSpec] = {}
-    for entry in entries:
-        cls = entry.get("class_name")
-        config = entry.get("config")
-        if cls == "InputLayer" or not isinstance(cls, str) or not isinstance(config, dict):
-            continue
-        local = config.get("name", entry.get("name"))
-        if not isinstance(local, str):
-            continue
-        children[local] = LayerSpec(
-            index=layer.index, class_name=cls, name=f"{layer.name}/{local}", config=normalize_layer_config(config),
-            weights=(), module=entry.get("module") if isinstance(entry.get("module"), str) else None,
-            registered_name=entry.get("registered_name") if isinstance(entry.get("registered_name"), str) else None,
-            inbound_nodes=entry.get("inbound_nodes") if isinstance(entry.get("inbound_nodes"), list) else None,
-        )
-    keras2 = bool(spec is not None and (spec.keras_version or "").startswith("2."))
-    routed, problems = _route_weights(layer, list(children.values()), keras2)
-    for local, child in children.items():
-        children[local] = replace(child, weights=tuple(routed.get(local, [])))
-    return children, problems
-
-
-def _expected_names(child: LayerSpec) -> list[str] | None:
-    from keydnn.frontends.keras.reader import positional_layout
-
-    layout = positional_layout(child.class_name, child.config)
-    if layout is None:
-        return None
-    return [n if not rel else f"{rel}/{n}" for rel, names in layout.items() for n in names]
-
-
-def _inner_names(class_name: Any, config: Any) -> set[str]:
-    """Local names of the layers inside a nested model (all depths); empty for a plain layer."""
-    out: set[str] = set()
-    for entry in config.get("layers", []) if _is_model(class_name, config) else []:
-        sub = entry.get("config") if isinstance(entry, dict) else None
-        if isinstance(sub, dict) and isinstance(sub.get("name"), str) and entry.get("class_name") != "InputLayer":
-            out.add(sub["name"])
-            out |= _inner_names(entry.get("class_name"), sub)
-    return out
-
-
-def _zip_keys(children: list[LayerSpec], keras2: bool) -> dict[str, str]:
-    """``.keras`` group key (``dense``, ``dense_1``...) -> child local name, as Keras numbers them by class."""
-    from keydnn.frontends.keras.reader import snake_case
-
-    used: dict[str, int] = {}
-    keys: dict[str, str] = {}
-    for child in children:
-        base = snake_case(child.class_name, keras2)
-        used[base] = used.get(base, -1) + 1
-        keys[base if used[base] == 0 else f"{base}_{used[base]}"] = child.name.rsplit("/", 1)[-1]
-    return keys
-
-
-def _route_weights(layer: LayerSpec, children: list[LayerSpec], keras2: bool
-                   ) -> tuple[dict[str, list[tuple[str, np.ndarray]]], list[Problem]]:
-    from keydnn.frontends.keras.reader import canonical_weight_name
-
-    local = {c.name.rsplit("/", 1)[-1]: c for c in children}
-    expected = {name: _expected_names(c) for name, c in local.items()}
-    deep: dict[str, list[str]] = {}
-    for name, child in local.items():
-        for inner in _inner_names(child.class_name, child.config):
-            deep.setdefault(inner, []).append(name)
-    zip_keys = _zip_keys(children, keras2)
-    routed: dict[str, list[tuple[str, np.ndarray]]] = {}
-    unrouted: list[str] = []
-
-    def put(child: str, wname: str, array: np.ndarray) -> None:
-        if expected[child] is not None:  # a plain layer: short names, Keras 3 spelling
-            wname = canonical_weight_name(local[child].class_name, wname)
-        routed.setdefault(child, []).append((wname, array))
-
-    for wname, array in layer.weights:
-        parts = wname.split("/")
-        if len(parts) >= 3 and parts[0] == "layers" and parts[1] in zip_keys:  # .keras: layers/<key>/.../var<i>
-            child = zip_keys[parts[1]]
-            rest = "/".join(parts[2:])
-            names = expected[child]
-            if names is not None and rest.startswith("var") and rest[3:].isdigit() and int(rest[3:]) < len(names):
-                rest = names[int(rest[3:])]
-            put(child, rest, array)
-            continue
-        target = None
-        for i, part in enumerate(parts[:-1]):
-            if part in local:
-                target = (part, "/".join(parts[i + 1:]))
-                break
-            if len(deep.get(part, [])) == 1:
-                target = (deep[part][0], "/".join(parts[i:]))
-                break
-        if target is None and len(parts) == 1:
-            owners = [n for n, names in expected.items() if names is not None and wname in names]
-            if len(owners) == 1:
-                target = (owners[0], wname)
-        if target is None:
-            unrouted.append(wname)
-            continue
-        put(*target, array)
-    problems = []
-    if unrouted:
-        problems.append(Problem(f"cannot tell which layer of the nested model owns weight(s) {unrouted}",
-                                layer.index, layer.name, layer.class_name, field="weights",
-                                value=[w for w, _ in layer.weights]))
-    return routed, problems
