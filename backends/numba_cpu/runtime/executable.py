@@ -28,6 +28,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from keydnn.backends.numba_cpu.runtime.cache import cache_enabled, load_program
+from keydnn.backends.numba_cpu.codegen.emit_conv_recurrent import EMITTERS_CONV_SEQ
 from keydnn.backends.numba_cpu.codegen.emit_3d import EMITTERS_3D
 from keydnn.backends.numba_cpu.codegen.emit_misc import EMITTERS_MISC
 from keydnn.backends.numba_cpu.codegen.emit_nn import EMITTERS_NN
@@ -45,7 +46,7 @@ __all__ = ["CodegenExecutable", "EMITTERS", "PARALLEL_MIN_WORK", "MAX_THREADS"]
 logger = logging.getLogger(__name__)
 
 #: op kind -> code generator (the codegen twin of lowering.KERNELS).
-EMITTERS = {**EMITTERS_NN, **EMITTERS_MISC, **EMITTERS_3D, **EMITTERS_TENSOR, **EMITTERS_SEQ}
+EMITTERS = {**EMITTERS_NN, **EMITTERS_MISC, **EMITTERS_3D, **EMITTERS_TENSOR, **EMITTERS_SEQ, **EMITTERS_CONV_SEQ}
 #: A call whose estimated work (flops or element moves) is below this runs on the calling thread only.
 PARALLEL_MIN_WORK = 1 << 19
 #: Threads a call uses at most (numba's own thread count caps it too).
