@@ -1,0 +1,244 @@
+"""TimeDistributed over non-Dense layers (time folded into the batch: ``fold_time`` / ``unfold_time``) and
+ConvLSTM1D/2D (``conv_lstm``) run as numba-cpu generated code, not the per-op kernels (issue 17), and match
+Keras from every source form at batch 1 and 3 and at several sequence lengths, and the reference interpreter
+for the IR-only cases (masks, initial states, float64, images taller than one im2col band)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from passes.builders import GraphBuilder
+
+import keydnn
+from keydnn.backends.numba_cpu.modes import compile_graph
+from keydnn.backends.numba_cpu.runtime import executable as cg_exec
+from keydnn.backends.numba_cpu.runtime.executable import CodegenExecutable
+from keydnn.errors import SlowPathWarning
+from keydnn.ir.ops.conv_recurrent import ConvLstm
+from keydnn.ir.reference import run_reference
+
+pytestmark = pytest.mark.filterwarnings("error::keydnn.errors.SlowPathWarning")
+
+TOL = dict(atol=1e-4, rtol=1e-4)
+
+
+def _codegen(model: keydnn.Model) -> CodegenExecutable:
+    exe = model._compile()
+    assert isinstance(exe, CodegenExecutable), f"ran on {type(exe).__name__}, not generated code"
+    return exe
+
+
+def _check(sources, inputs: list) -> None:
+    """Every source form converts once, runs generated code, and matches its Keras model (and the reference
+    interpreter) on every input (lists: several graph inputs)."""
+    for form, src, live in sources:
+        model = keydnn.from_keras(src, allow_non_linear_activation=True)
+        for xs in inputs:
+            xs = xs if isinstance(xs, list) else [xs]
+            want = live(xs if len(xs) > 1 else xs[0])
+            want = [np.asarray(w) for w in want] if isinstance(want, (list, tuple)) else [np.asarray(want)]
+            got = model(*xs)
+            got = got if isinstance(got, list) else [got]
+            ref = run_reference(model.graph, *xs)
+            assert len(got) == len(want), form
+            for g, r, w in zip(got, ref, want):
+                np.testing.assert_allclose(g, w, **TOL, err_msg=f"{form} at {[x.shape for x in xs]}")
+                np.testing.assert_allclose(r, w, **TOL, err_msg=f"reference, {form}")
+        _codegen(model)
+
+
+def _td_cnn(k):
+    L = k.layers
+    inp = k.Input(shape=(None, 9, 9, 2))
+    x = L.TimeDistributed(L.Conv2D(4, 3, padding="same", activation="relu"))(inp)
+    x = L.TimeDistributed(L.BatchNormalization())(x)
+    x = L.TimeDistributed(L.MaxPooling2D(2))(x)
+    x = L.TimeDistributed(L.Conv2D(3, 2, strides=2))(x)
+    x = L.TimeDistributed(L.AveragePooling2D(2, padding="same"))(x)
+    x = L.TimeDistributed(L.Flatten())(x)
+    x = L.GRU(5)(x)
+    return k.Model(inp, L.Dense(2)(x))
+
+
+def test_time_distributed_cnn_from_every_source_at_batch_1_and_3_and_any_length(keras_sources) -> None:
+    rng = np.random.default_rng(21)
+    inputs = [rng.standard_normal((b, t, 9, 9, 2)).astype("f4") for b, t in ((1, 4), (3, 4), (3, 7), (1, 1))]
+    _check(keras_sources("cg_td_cnn", _td_cnn), inputs)
+
+
+def _td_sequence_out(k):
+    """TimeDistributed results as graph outputs (one written straight into the caller's array) and a
+    TimeDistributed(Dense) after a folded Flatten (the per-step layers run on the unfolded sequence)."""
+    L = k.layers
+    inp = k.Input(shape=(5, 6, 6, 3))
+    conv = L.TimeDistributed(L.Conv2D(2, 3, activation="tanh"))(inp)
+    flat = L.TimeDistributed(L.Flatten())(conv)
+    dense = L.TimeDistributed(L.Dense(4))(flat)
+    pooled = L.TimeDistributed(L.GlobalMaxPooling2D())(inp)
+    return k.Model(inp, [conv, dense, pooled])
+
+
+def test_time_distributed_outputs_fixed_length(keras_sources) -> None:
+    rng = np.random.default_rng(22)
+    _check(keras_sources("cg_td_outputs", _td_sequence_out),
+           [rng.standard_normal((b, 5, 6, 6, 3)).astype("f4") for b in (1, 3)])
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_folded_stages_split_over_threads(monkeypatch, batch) -> None:
+    """Several threads share the N*T rows of a folded stage: every row is what Keras computes."""
+    import keras
+
+    monkeypatch.setattr(cg_exec, "PARALLEL_MIN_WORK", 0)
+    L = keras.layers
+    inp = keras.Input(shape=(None, 10, 10, 3))
+    x = L.TimeDistributed(L.Conv2D(8, 3, activation="relu"))(inp)
+    x = L.TimeDistributed(L.MaxPooling2D(2))(x)
+    x = L.TimeDistributed(L.GlobalAveragePooling2D())(x)
+    live = keras.Model(inp, L.LSTM(4, return_sequences=True)(x))
+    model = keydnn.from_keras(live, allow_non_linear_activation=True)
+    exe = _codegen(model)
+    exe.set_threads(3)
+    rng = np.random.default_rng(batch)
+    for t in (6, 3, 6):  # back-to-back calls, two lengths
+        x = rng.standard_normal((batch, t, 10, 10, 3)).astype("f4")
+        np.testing.assert_allclose(model(x), np.asarray(live(x)), **TOL)
+
+
+def _conv_lstm2d(k):
+    L = k.layers
+    inp = k.Input(shape=(None, 7, 5, 2))
+    x = L.ConvLSTM2D(3, (3, 2), padding="same", return_sequences=True, go_backwards=True)(inp)
+    x = L.ConvLSTM2D(4, 3, padding="same", return_sequences=True, recurrent_activation="hard_sigmoid")(x)
+    x = L.ConvLSTM2D(2, (2, 3), activation="relu", use_bias=False)(x)
+    return k.Model(inp, x)
+
+
+def _conv_lstm1d(k):
+    L = k.layers
+    inp = k.Input(shape=(None, 9, 3))
+    y, h, c = L.ConvLSTM1D(4, 3, padding="same", return_sequences=True, return_state=True)(inp)
+    z = L.ConvLSTM1D(2, 2, strides=2, go_backwards=True)(y)
+    return k.Model(inp, [y, h, c, z])
+
+
+def test_conv_lstm_2d_from_every_source_at_batch_1_and_3_and_any_length(keras_sources) -> None:
+    rng = np.random.default_rng(23)
+    inputs = [rng.standard_normal((b, t, 7, 5, 2)).astype("f4") for b, t in ((1, 3), (3, 3), (3, 6), (1, 1))]
+    _check(keras_sources("cg_conv_lstm2d", _conv_lstm2d), inputs)
+
+
+def test_conv_lstm_1d_from_every_source_at_batch_1_and_3_and_any_length(keras_sources) -> None:
+    rng = np.random.default_rng(24)
+    inputs = [rng.standard_normal((b, t, 9, 3)).astype("f4") for b, t in ((1, 5), (3, 5), (3, 2))]
+    _check(keras_sources("cg_conv_lstm1d", _conv_lstm1d), inputs)
+
+
+def _conv_lstm_states(k):
+    """An encoder's states as a decoder's ``initial_state`` (functional), states returned."""
+    L = k.layers
+    inp = k.Input(shape=(None, 6, 4, 2))
+    dec_in = k.Input(shape=(None, 6, 4, 2))
+    _, h, c = L.ConvLSTM2D(3, 3, padding="same", return_state=True)(inp)
+    y = L.ConvLSTM2D(3, 3, padding="same", return_sequences=True)(dec_in, initial_state=[h, c])
+    return k.Model([inp, dec_in], [y, h])
+
+
+def test_conv_lstm_initial_states_from_every_source(keras_sources) -> None:
+    rng = np.random.default_rng(25)
+    inputs = [[rng.standard_normal((b, t, 6, 4, 2)).astype("f4"), rng.standard_normal((b, u, 6, 4, 2)).astype("f4")]
+              for b, t, u in ((1, 3, 2), (3, 4, 5))]
+    _check(keras_sources("cg_conv_lstm_states", _conv_lstm_states), inputs)
+
+
+# -- the IR op directly: what Keras cannot express (masks on 5-D sequences) and sizes it would make slow --------
+def _conv_lstm_graph(case: dict, hw: tuple[int, int] = (4, 3), filters: int = 2, kernel: tuple[int, int] = (3, 2),
+                     dtype: str = "float32"):
+    b = GraphBuilder("clstm", seed=4, dtype=dtype)
+    g = 4 * filters
+    x = b.input("x", ("N", "T", *hw, g))
+    extra = [b.input("m", ("N", "T"))] if case.get("masked") else []
+    extra += [b.input(f"s{k}", ("N", *hw, filters)) for k in range(case.get("initial_states", 0))]
+    op = ConvLstm(filters=filters, kernel=kernel, **case)
+    return b.build(b.add(op, x, b.rand("rk", (*kernel, filters, g), 0.5), *extra, name="clstm"))
+
+
+def _feed(case: dict, batch: int, steps: int, hw: tuple[int, int] = (4, 3), filters: int = 2,
+          dtype: str = "float32") -> list[np.ndarray]:
+    rng = np.random.default_rng(batch * 100 + steps)
+    feed = [rng.standard_normal((batch, steps, *hw, 4 * filters)).astype(dtype)]
+    if case.get("masked"):
+        m = np.ones((batch, steps), dtype)
+        m[0, 1:] = 0  # post-padding
+        if batch > 1:
+            m[1, :] = 0  # all padding
+        if batch > 2:
+            m[2, :steps // 2] = 0  # pre-padding
+        feed.append(m)
+    feed += [rng.standard_normal((batch, *hw, filters)).astype(dtype) for _ in range(case.get("initial_states", 0))]
+    return feed
+
+
+CASES = [
+    dict(),
+    dict(return_sequences=True),
+    dict(go_backwards=True, return_sequences=True, masked=True, zero_output_for_mask=True),
+    dict(go_backwards=True, return_sequences=True, masked=True),
+    dict(result="state_c", initial_states=2, masked=True),
+    dict(result="state_h", initial_states=2, activation="relu", recurrent_activation="hard_sigmoid"),
+    dict(masked=True, activation="softsign"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "last")
+def test_conv_lstm_op_matches_reference(case) -> None:
+    graph = _conv_lstm_graph(case)
+    exe = compile_graph(graph)
+    assert isinstance(exe, CodegenExecutable)
+    for batch, steps in ((1, 3), (3, 3), (3, 6)):
+        feed = _feed(case, batch, steps)
+        for got, want in zip(exe(*feed), run_reference(graph, *feed)):
+            np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5, err_msg=f"batch {batch}, {steps} steps")
+
+
+def test_conv_lstm_image_taller_than_one_band_and_threads(monkeypatch) -> None:
+    """An image whose im2col panel takes several bands (the later bands read the previous step's h around
+    their border, never the new one), on three threads, at batch 1 and 3."""
+    from keydnn.backends.numba_cpu.codegen.emit_conv_recurrent import band_rows
+
+    hw, filters, kernel = (37, 20), 6, (3, 3)  # bands of 15 rows: 15, 15, 7
+    assert band_rows(hw[0], hw[1], kernel[0] * kernel[1] * filters) < hw[0] // 2
+    case = dict(return_sequences=True, masked=True, initial_states=2)
+    graph = _conv_lstm_graph(case, hw, filters, kernel)
+    monkeypatch.setattr(cg_exec, "PARALLEL_MIN_WORK", 0)
+    exe = compile_graph(graph)
+    assert isinstance(exe, CodegenExecutable)
+    exe.set_threads(3)
+    for batch in (1, 3):
+        feed = _feed(case, batch, 4, hw, filters)
+        (got,), (want,) = exe(*feed), run_reference(graph, *feed)
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+
+
+def test_conv_lstm_float64() -> None:
+    case = dict(return_sequences=True, masked=True, initial_states=2)
+    graph = _conv_lstm_graph(case, dtype="float64")
+    exe = compile_graph(graph)
+    assert isinstance(exe, CodegenExecutable)
+    feed = _feed(case, 3, 5, dtype="float64")
+    (got,), (want,) = exe(*feed), run_reference(graph, *feed)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, want, atol=1e-12, rtol=1e-12)
+
+
+def test_no_slow_path_for_sequence_layers() -> None:
+    """The per-op-only list is empty: a graph with every sequence op kind compiles silently."""
+    from keydnn.backends.numba_cpu.modes import PER_OP_ONLY
+
+    assert PER_OP_ONLY == frozenset()
+    graph = _conv_lstm_graph(dict(masked=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlowPathWarning)
+        compile_graph(graph, mode="codegen")
