@@ -242,3 +242,70 @@ def test_no_slow_path_for_sequence_layers() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", SlowPathWarning)
         compile_graph(graph, mode="codegen")
+
+
+def _conv_lstm_then_td(k):
+    """A ConvLSTM's sequence folded again for TimeDistributed layers, then a GRU."""
+    L = k.layers
+    inp = k.Input(shape=(None, 8, 6, 2))
+    x = L.ConvLSTM2D(4, 3, padding="same", return_sequences=True)(inp)
+    x = L.TimeDistributed(L.Conv2D(3, 3, strides=2))(x)
+    x = L.TimeDistributed(L.GlobalAveragePooling2D())(x)
+    return k.Model(inp, L.GRU(3)(x))
+
+
+def test_conv_lstm_sequence_into_time_distributed_saved_and_loaded(tmp_path) -> None:
+    import keras
+
+    live = _conv_lstm_then_td(keras)
+    model = keydnn.from_keras(live)
+    model.save(tmp_path / "m.json")
+    loaded = keydnn.load(tmp_path / "m.json")
+    rng = np.random.default_rng(26)
+    for b, t in ((1, 4), (3, 2)):
+        x = rng.standard_normal((b, t, 8, 6, 2)).astype("f4")
+        want = np.asarray(live(x))
+        np.testing.assert_allclose(model(x), want, **TOL)
+        np.testing.assert_allclose(loaded(x), want, **TOL)
+    _codegen(model), _codegen(loaded)
+
+
+def test_time_distributed_channels_first() -> None:
+    """channels_first inner layers: the folded values keep the model's layout. Compared with the eager call:
+    ``keras_runner``'s XLA fallback retraces with a relaxed time axis and then returns wrong outputs for
+    TimeDistributed models at a second length (KERAS_FILES.md)."""
+    import keras
+
+    from keydnn.keras_runner import tf_runs_channels_first
+
+    if not tf_runs_channels_first():
+        pytest.skip("TensorFlow runs no channels_first convolution eagerly on this CPU")
+    L = keras.layers
+    inp = keras.Input(shape=(None, 2, 7, 7))
+    x = L.TimeDistributed(L.Conv2D(3, 3, data_format="channels_first"))(inp)
+    x = L.TimeDistributed(L.MaxPooling2D(2, data_format="channels_first"))(x)
+    x = L.TimeDistributed(L.Flatten(data_format="channels_first"))(x)
+    live = keras.Model(inp, L.LSTM(3)(x))
+    model = keydnn.from_keras(live)
+    rng = np.random.default_rng(27)
+    for b, t in ((1, 3), (3, 5)):
+        x = rng.standard_normal((b, t, 2, 7, 7)).astype("f4")
+        np.testing.assert_allclose(model(x), np.asarray(live(x)), **TOL)
+    _codegen(model)
+
+
+def test_inline_stages_restore_the_batch(monkeypatch) -> None:
+    """Stages rendered inline in one entry (``KEYDNN_SHARED_STAGES=0``) scale ``N`` for a folded stage and put
+    it back, so the stages after it see the graph's batch again."""
+    import keras
+
+    monkeypatch.setenv("KEYDNN_SHARED_STAGES", "0")
+    live = _conv_lstm_then_td(keras)
+    model = keydnn.from_keras(live)
+    exe = _codegen(model)
+    rng = np.random.default_rng(28)
+    for b in (1, 3):
+        x = rng.standard_normal((b, 3, 8, 6, 2)).astype("f4")
+        np.testing.assert_allclose(model(x), np.asarray(live(x)), **TOL)
+    source = next(iter(exe._variants.values())).program.source
+    assert "    N = N * 3\n" in source and "    N = N // 3\n" in source
