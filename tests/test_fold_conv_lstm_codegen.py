@@ -309,3 +309,41 @@ def test_inline_stages_restore_the_batch(monkeypatch) -> None:
         np.testing.assert_allclose(model(x), np.asarray(live(x)), **TOL)
     source = next(iter(exe._variants.values())).program.source
     assert "    N = N * 3\n" in source and "    N = N // 3\n" in source
+
+
+def _inner_layers():
+    """(id, per-step input shape, layer factory) of layers TimeDistributed folds time into the batch for."""
+    import keras
+
+    L = keras.layers
+    return [
+        ("conv1d", (9, 3), lambda: L.Conv1D(4, 3, padding="same")),
+        ("maxpool1d", (9, 3), lambda: L.MaxPooling1D(2)),
+        ("gap1d", (9, 3), lambda: L.GlobalAveragePooling1D()),
+        ("depthwise", (6, 6, 3), lambda: L.DepthwiseConv2D(3, depth_multiplier=2)),
+        ("separable", (6, 6, 3), lambda: L.SeparableConv2D(4, 3, padding="same")),
+        ("transposed", (4, 4, 3), lambda: L.Conv2DTranspose(2, 3, strides=2)),
+        ("zero_pad", (5, 5, 2), lambda: L.ZeroPadding2D(((1, 0), (2, 1)))),
+        ("upsample", (3, 4, 2), lambda: L.UpSampling2D(2)),
+        ("cropping", (6, 6, 2), lambda: L.Cropping2D(1)),
+        ("layer_norm", (5, 4), lambda: L.LayerNormalization()),
+        ("reshape", (6, 4), lambda: L.Reshape((3, 8))),
+        ("permute", (6, 4), lambda: L.Permute((2, 1))),
+        ("conv3d", (4, 4, 4, 2), lambda: L.Conv3D(3, 2)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(13))
+def test_time_distributed_over_other_layers(case) -> None:
+    import keras
+
+    name, shape, make = _inner_layers()[case]
+    L = keras.layers
+    inp = keras.Input(shape=(None,) + shape)
+    live = keras.Model(inp, L.TimeDistributed(make())(inp), name=f"td_{name}")
+    model = keydnn.from_keras(live)
+    rng = np.random.default_rng(case)
+    for b, t in ((1, 3), (3, 2)):
+        x = rng.standard_normal((b, t) + shape).astype("f4")
+        np.testing.assert_allclose(model(x), np.asarray(live(x)), **TOL, err_msg=f"{name} at {x.shape}")
+    _codegen(model)
