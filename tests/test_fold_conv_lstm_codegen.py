@@ -5,6 +5,9 @@ for the IR-only cases (masks, initial states, float64, images taller than one im
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -270,6 +273,7 @@ def test_conv_lstm_sequence_into_time_distributed_saved_and_loaded(tmp_path) -> 
     _codegen(model), _codegen(loaded)
 
 
+@pytest.mark.onednn  # TensorFlow runs channels_first convolutions only with its oneDNN kernels on
 def test_time_distributed_channels_first() -> None:
     """channels_first inner layers: the folded values keep the model's layout. Compared with the eager call:
     ``keras_runner``'s XLA fallback retraces with a relaxed time axis and then returns wrong outputs for
@@ -347,3 +351,45 @@ def test_time_distributed_over_other_layers(case) -> None:
         x = rng.standard_normal((b, t) + shape).astype("f4")
         np.testing.assert_allclose(model(x), np.asarray(live(x)), **TOL, err_msg=f"{name} at {x.shape}")
     _codegen(model)
+
+
+_TIER_SCRIPT = """
+import sys, numpy as np, keydnn
+from keydnn.backends.numba_cpu.codegen.target import current_target
+from keydnn.backends.numba_cpu.runtime.executable import CodegenExecutable
+d = sys.argv[1]
+m = keydnn.load(f"{d}/m.json")
+worst = 0.0
+for i in range(2):
+    x = np.load(f"{d}/x{i}.npy")
+    worst = max(worst, float(np.abs(m(x) - np.load(f"{d}/y{i}.npy")).max()))
+assert isinstance(m._compile(), CodegenExecutable), type(m._compile())
+print(current_target().name, worst)
+"""
+
+
+@pytest.mark.slow  # a fresh process compiles the model for the tier (about 20 s)
+@pytest.mark.parametrize("tier", ["avx2", "generic"])
+def test_conv_lstm_and_folds_on_narrower_tiers(tier, tmp_path) -> None:
+    """A fresh process with the tier forced (other vector widths: other micro-kernel panels for the recurrent
+    kernel) runs a ConvLSTM2D -> TimeDistributed -> GRU model on generated code and matches Keras."""
+    import keras
+
+    from keydnn.backends.numba_cpu.codegen import target as target_mod
+    from keydnn.backends.numba_cpu.codegen.target import ENV, TIERS
+
+    if tier != "generic" and not TIERS[tier].requires <= target_mod._cpu_features():
+        pytest.skip(f"this CPU lacks the {tier} tier")
+    live = _conv_lstm_then_td(keras)
+    keydnn.from_keras(live).save(tmp_path / "m.json")
+    rng = np.random.default_rng(29)
+    for i, (b, t) in enumerate(((1, 3), (3, 5))):
+        x = rng.standard_normal((b, t, 8, 6, 2)).astype("f4")
+        np.save(tmp_path / f"x{i}.npy", x)
+        np.save(tmp_path / f"y{i}.npy", np.asarray(live(x)))
+    env = {**os.environ, ENV: tier, "KEYDNN_CACHE_DIR": str(tmp_path / "cache"), "KEYDNN_ISOLATE_READER": "0"}
+    proc = subprocess.run([sys.executable, "-c", _TIER_SCRIPT, str(tmp_path)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    name, err = proc.stdout.split()[-2:]
+    assert name == tier and float(err) < 1e-4
