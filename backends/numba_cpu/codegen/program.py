@@ -24,6 +24,11 @@ share one compiled function, and ``entry`` calls them in order through their
 addresses. The literals above are then values in those tables; the text of a
 stage, as emitters write it, is the same either way.
 
+Time folded into the batch (``fold_time`` / ``unfold_time``, TimeDistributed
+and ConvLSTM's input convolution) is a view too: a value between them has
+``N * T`` rows (``Val.fold``), and its node's stages run with ``N`` standing
+for those rows, so every emitter handles any batch and any length unchanged.
+
 Emitters (``cg_emit.EMITTERS``, keyed by op kind) describe each node's stage;
 this module owns values, storage, blobs and the text around them.
 """

@@ -55,7 +55,9 @@ def assign_storage(graph: Graph, vals: dict[str, Val], views: frozenset = frozen
     n_inputs = len(graph.inputs)
     last_use: dict[str, int] = {}
     for step, node in enumerate(graph.nodes):
-        for name in node.inputs:
+        # an unfold_time reads its ``like`` operand for N and T only, never its storage
+        read = node.inputs[:1] if node.op.kind == "unfold_time" else node.inputs
+        for name in read:
             last_use[name] = step
     end = len(graph.nodes)
     for name in graph.outputs:
