@@ -108,7 +108,8 @@ def conv_lstm_sample(X, x_off, W, u_off, zb_off, k_off, M, m_off, H0, h0_off, C0
                     cq = c + q * f
                     hq = nxt + q * f
                     for j in range(f):
-                        cc = load_at(S, zq + f + j) * load_at(S, cq + j) + load_at(S, zq + j) * load_at(S, zq + 2 * f + j)
+                        cc = (load_at(S, zq + f + j) * load_at(S, cq + j)
+                              + load_at(S, zq + j) * load_at(S, zq + 2 * f + j))
                         store_at(S, cq + j, cc)
                         store_at(S, hq + j, cc)
                     _act_run(S, hq, hq + f, act, W, k_off, precise)
