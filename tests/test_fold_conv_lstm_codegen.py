@@ -393,3 +393,30 @@ def test_conv_lstm_and_folds_on_narrower_tiers(tier, tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     name, err = proc.stdout.split()[-2:]
     assert name == tier and float(err) < 1e-4
+
+
+def test_batch_1_input_beside_a_batched_one() -> None:
+    """A batch-1 input beside a batch-3 one, where the generated code needs the folded (and recurrent) values
+    batched: it runs the batch-3 code on the input repeated, and an output that depends on batch-1 inputs only
+    keeps its one row, as the reference (and the per-op kernels) give it."""
+    from keydnn.ir.ops import Add, Dense
+    from keydnn.ir.ops.recurrent import CELL_GATES, FoldTime, Rnn, UnfoldTime
+
+    b = GraphBuilder("broadcast", seed=6)
+    x = b.input("x", ("N", "T", 3))
+    y = b.input("y", ("N", 4))
+    folded = b.add(Dense(), b.add(FoldTime(), x, name="fold"), b.rand("w", (3, 2)), name="dense")
+    seq = b.add(UnfoldTime(), folded, x, name="unfold")
+    proj = b.add(Dense(), seq, b.rand("wp", (2, 12)), name="proj")
+    h = b.add(Rnn(cell="gru", units=4, gate_order=CELL_GATES["gru"]), proj, b.rand("u", (4, 12)),
+              b.rand("rb", (12,)), name="gru")
+    graph = b.build(seq, b.add(Add(), h, y, name="add"))
+    exe = compile_graph(graph)
+    assert isinstance(exe, CodegenExecutable)
+    rng = np.random.default_rng(7)
+    for bx, by in ((1, 3), (3, 3), (1, 1), (1, 3)):
+        feed = [rng.standard_normal((bx, 5, 3)).astype("f4"), rng.standard_normal((by, 4)).astype("f4")]
+        got, want = exe(*feed), run_reference(graph, *feed)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape, (bx, by)
+            np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
