@@ -1,6 +1,8 @@
-"""Single-thread CPU time of a ConvLSTM2D model and a TimeDistributed(Conv2D) model (issue 17): keydnn's
-generated code against its per-op kernels (which ran these graphs until ``fold_time`` / ``unfold_time`` and
-``conv_lstm`` got code generators), measured with ``time.thread_time`` in one process (run by hand, not in CI).
+"""Single-thread CPU time of a ConvLSTM2D model and a TimeDistributed(Conv2D) model (issue 17), before and after
+``fold_time`` / ``unfold_time`` and ``conv_lstm`` got code generators, measured with ``time.thread_time`` in one
+process (run by hand, not in CI). "before": the per-op kernels (the path these graphs took) on the IR as it was
+converted then (``eliminate-identity`` without its fold/unfold rules: a transpose pair between consecutive
+TimeDistributed layers); "ops": the per-op kernels on today's IR; "codegen": generated code (the default now).
 
 keydnn runs with ``NUMBA_NUM_THREADS=1`` and one thread per call, so the CPU time of the calling thread is
 the whole cost of a call (see ``seq_cputime.py`` for why thread CPU time on a shared machine). Prints one line
@@ -53,16 +55,25 @@ def main() -> None:
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
+    from keydnn.ir.passes import eliminate
+
     for name, (model, shape) in models(keras).items():
         km = keydnn.from_keras(model, allow_non_linear_activation=True)
-        runners = {mode: compile_graph(km.graph, mode=mode) for mode in ("ops", "codegen")}
+        rules = eliminate._unfolded_rows, eliminate._first_sequence
+        eliminate._unfolded_rows = eliminate._first_sequence = lambda node, producers: None
+        try:
+            old = keydnn.from_keras(model, allow_non_linear_activation=True)
+        finally:
+            eliminate._unfolded_rows, eliminate._first_sequence = rules
+        runners = {"before": compile_graph(old.graph, mode="ops"), "ops": compile_graph(km.graph, mode="ops"),
+                   "codegen": compile_graph(km.graph, mode="codegen")}
         for batch in (int(b) for b in args.batches.split(",")):
             x = rng.standard_normal((batch,) + shape).astype("f4")
             want = np.asarray(model(x))
             errs = {m: float(np.abs(np.asarray(fn(x)[0]) - want).max()) for m, fn in runners.items()}
             times = {m: cpu_ms(fn, x, args.rounds) for m, fn in runners.items()}
             cells = "  ".join(f"{m} {times[m]:8.3f} ms (err {errs[m]:.1e})" for m in runners)
-            print(f"{name:11s} batch {batch:2d}: {cells}  ops/codegen {times['ops'] / times['codegen']:.2f}x",
+            print(f"{name:11s} batch {batch:2d}: {cells}  before/codegen {times['before'] / times['codegen']:.2f}x",
                   flush=True)
 
 
