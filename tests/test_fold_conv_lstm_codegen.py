@@ -192,6 +192,8 @@ CASES = [
     dict(result="state_c", initial_states=2, masked=True),
     dict(result="state_h", initial_states=2, activation="relu", recurrent_activation="hard_sigmoid"),
     dict(masked=True, activation="softsign"),
+    dict(return_sequences=True, recurrent_activation="hard_sigmoid"),
+    dict(masked=True, initial_states=2, recurrent_activation="hard_sigmoid_k2"),
 ]
 
 

@@ -26,7 +26,7 @@ import logging
 
 import numba
 
-from keydnn.backends.numba_cpu.codegen.codes import SIGMOID, TANH
+from keydnn.backends.numba_cpu.codegen.codes import HARD_SIGMOID, HARD_SIGMOID_K2, SIGMOID, TANH
 from keydnn.backends.numba_cpu.kernels.helpers_seq import _act_run, _add_to, _copy_to, _fill, _matmul, _tanh_poly
 from keydnn.backends.numba_cpu.kernels.simd import load_at, store_at
 from keydnn.backends.numba_cpu.ops.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
@@ -41,34 +41,54 @@ def _al(n):
     return (n + 15) // 16 * 16
 
 
+#: Gate activations ``_gates_fast`` computes inline (Keras 3's default, and both hard sigmoids: Keras 2's default).
+FAST_GATES = (SIGMOID, HARD_SIGMOID, HARD_SIGMOID_K2)
+
+
 @numba.njit(**JIT_OPTIONS)
-def _gates_fast(S, z, X, x, c, h, npx, f, W, k_off):
-    """The default cell (sigmoid gates, tanh candidate and output) of ``npx`` pixels in one loop per pixel,
-    every activation inline (the rational tanh of ``helpers_seq``): z (pixels x 4f) += the projection X[x:],
-    then c and h. The per-gate activation calls of ``_gates`` cost a third of a ConvLSTM step."""
+def _gates_fast(S, z, X, x, c, h, npx, f, ract, W, k_off):
+    """The usual cell (``FAST_GATES`` gates, tanh candidate and output) of ``npx`` pixels in one loop per
+    pixel, every activation inline (the rational tanh of ``helpers_seq``): z (pixels x 4f) += the projection
+    X[x:], then c and h. The per-gate activation calls of the general path cost a third of a ConvLSTM step;
+    a branch on the gate kind inside the loop stops LLVM vectorizing it, so each kind has its own loop."""
     clamp = W[k_off]
     p6, p5, p4, p3, p2, p1, p0 = W[k_off + 1], W[k_off + 2], W[k_off + 3], W[k_off + 4], W[k_off + 5], \
         W[k_off + 6], W[k_off + 7]
     q3, q2, q1, q0 = W[k_off + 8], W[k_off + 9], W[k_off + 10], W[k_off + 11]
     hf = W[k_off + 13]
+    slope = 1.0 / 6.0 if ract == HARD_SIGMOID else 0.2
     g = 4 * f
     for px in range(npx):
         zq = z + px * g
         xq = x + px * g
         cq = c + px * f
         hq = h + px * f
-        for j in range(f):
-            zi = load_at(S, zq + j) + load_at(X, xq + j)
-            zf = load_at(S, zq + f + j) + load_at(X, xq + f + j)
-            zc = load_at(S, zq + 2 * f + j) + load_at(X, xq + 2 * f + j)
-            zo = load_at(S, zq + 3 * f + j) + load_at(X, xq + 3 * f + j)
-            gi = hf * _tanh_poly(zi * hf, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0) + hf
-            gf = hf * _tanh_poly(zf * hf, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0) + hf
-            gc = _tanh_poly(zc, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0)
-            go = hf * _tanh_poly(zo * hf, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0) + hf
-            cc = gf * load_at(S, cq + j) + gi * gc
-            store_at(S, cq + j, cc)
-            store_at(S, hq + j, go * _tanh_poly(cc, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0))
+        if ract == SIGMOID:
+            for j in range(f):
+                zi = load_at(S, zq + j) + load_at(X, xq + j)
+                zf = load_at(S, zq + f + j) + load_at(X, xq + f + j)
+                zc = load_at(S, zq + 2 * f + j) + load_at(X, xq + 2 * f + j)
+                zo = load_at(S, zq + 3 * f + j) + load_at(X, xq + 3 * f + j)
+                gi = hf * _tanh_poly(zi * hf, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0) + hf
+                gf = hf * _tanh_poly(zf * hf, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0) + hf
+                gc = _tanh_poly(zc, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0)
+                go = hf * _tanh_poly(zo * hf, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0) + hf
+                cc = gf * load_at(S, cq + j) + gi * gc
+                store_at(S, cq + j, cc)
+                store_at(S, hq + j, go * _tanh_poly(cc, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0))
+        else:  # clip(slope * x + 1/2, 0, 1)
+            for j in range(f):
+                zi = load_at(S, zq + j) + load_at(X, xq + j)
+                zf = load_at(S, zq + f + j) + load_at(X, xq + f + j)
+                zc = load_at(S, zq + 2 * f + j) + load_at(X, xq + 2 * f + j)
+                zo = load_at(S, zq + 3 * f + j) + load_at(X, xq + 3 * f + j)
+                gi = min(max(slope * zi + hf, 0.0), 1.0)
+                gf = min(max(slope * zf + hf, 0.0), 1.0)
+                gc = _tanh_poly(zc, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0)
+                go = min(max(slope * zo + hf, 0.0), 1.0)
+                cc = gf * load_at(S, cq + j) + gi * gc
+                store_at(S, cq + j, cc)
+                store_at(S, hq + j, go * _tanh_poly(cc, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0))
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -129,9 +149,9 @@ def conv_lstm_sample(X, x_off, W, u_off, zb_off, k_off, M, m_off, H0, h0_off, C0
                 npx = rows * ww
                 _im2col(S, cur, p, oh0, rows, hh, ww, f, kh, kw)
                 _matmul(S, p, npx, width, W, u_off, g, W, zb_off, S, z, g)
-                if ract == SIGMOID and act == TANH and not precise:
+                if act == TANH and not precise and (ract == SIGMOID or ract == HARD_SIGMOID or ract == HARD_SIGMOID_K2):
                     q = oh0 * ww
-                    _gates_fast(S, z, X, x_off + (t * hw + q) * g, c + q * f, nxt + q * f, npx, f, W, k_off)
+                    _gates_fast(S, z, X, x_off + (t * hw + q) * g, c + q * f, nxt + q * f, npx, f, ract, W, k_off)
                     continue
                 for px in range(npx):
                     q = oh0 * ww + px
