@@ -45,9 +45,9 @@ def test_every_kind_has_a_cpu_code_generator():
     about): a new op without generated code fails here until it gets an emitter or is declared."""
     from keydnn.backends.numba_cpu.modes import PER_OP_ONLY
     from keydnn.backends.numba_cpu.runtime.executable import EMITTERS
-    from keydnn.backends.numba_cpu.codegen.program import VIEW_KINDS
+    from keydnn.backends.numba_cpu.codegen.program import BATCH_VIEW_KINDS, VIEW_KINDS
 
-    missing = sorted(set(OP_CLASSES) - NOT_RUNNABLE - set(EMITTERS) - set(VIEW_KINDS))
+    missing = sorted(set(OP_CLASSES) - NOT_RUNNABLE - set(EMITTERS) - set(VIEW_KINDS) - set(BATCH_VIEW_KINDS))
     assert missing == sorted(PER_OP_ONLY), f"op kinds without generated CPU code: {missing}"
     assert PER_OP_ONLY <= {"fold_time", "unfold_time", "conv_lstm"}, "the declared gaps may only shrink"
 
@@ -84,6 +84,7 @@ def test_traits_are_consistent():
     assert kinds_with("is_activation") <= kinds_with("writes_in_place")
     assert kinds_with("is_elementwise_merge") <= kinds_with("writes_in_place")
     assert not kinds_with("is_view") & kinds_with("writes_in_place")
+    assert not kinds_with("is_batch_view") & (kinds_with("is_view") | kinds_with("writes_in_place"))
     with pytest.raises(AttributeError, match="not an op trait"):
         kinds_with("operands")
 
@@ -93,6 +94,7 @@ def test_passes_and_backends_read_the_traits():
     from keydnn.ir.passes import base, fold_constants, fuse_activation, layout_rules
 
     assert codegen.VIEW_KINDS == fold_constants.RESHAPE_LIKE == kinds_with("is_view")
+    assert codegen.BATCH_VIEW_KINDS == kinds_with("is_batch_view") == {"fold_time", "unfold_time"}
     assert codegen.INPLACE_KINDS == kinds_with("writes_in_place")
     assert codegen.FUSIBLE_INTO_MERGE == fuse_activation.FUSIBLE_ACTIVATIONS == layout_rules.FLATTEN_PASS_THROUGH
     assert fuse_activation.FUSING_PRODUCERS == kinds_with("accepts_epilogue")

@@ -241,6 +241,7 @@ def test_generic_rnn_wrapper_states(keras_sources) -> None:
     _check(sources, [[rng.standard_normal((2, 5, 3)).astype("float32"), rng.standard_normal((2, 4)).astype("float32")]])
 
 
+@pytest.mark.filterwarnings("error::keydnn.errors.SlowPathWarning")  # generated code, not per-op
 def test_time_distributed_folds_time_into_the_batch(keras_sources) -> None:
     def build(k):
         L = k.layers
@@ -258,6 +259,7 @@ def test_time_distributed_folds_time_into_the_batch(keras_sources) -> None:
                      rng.standard_normal((3, 5, 8, 8, 1)).astype("float32")])
 
 
+@pytest.mark.filterwarnings("error::keydnn.errors.SlowPathWarning")  # generated code, not per-op
 def test_conv_lstm_2d_and_1d(keras_sources) -> None:
     def build(k):
         L = k.layers

@@ -52,8 +52,11 @@ def load_kernels() -> None:
     from keydnn.backends.numba_cpu.ops import kernels_3d  # noqa: F401  (issue 18: 5-D volumes)
 
 
-#: Op kinds the whole-graph generator has no emitter for: graphs with them run on the per-op kernels.
-PER_OP_ONLY: frozenset[str] = frozenset({"fold_time", "unfold_time", "conv_lstm"})
+#: Op kinds the whole-graph generator has no emitter for: graphs with them run on the per-op kernels. None
+#: today: the last ones, ``fold_time`` / ``unfold_time`` (TimeDistributed over a non-Dense layer, ConvLSTM's
+#: input convolution) and ``conv_lstm``, run as generated code too (``cg_program.Val.fold``,
+#: ``cg_emit_conv_recurrent``).
+PER_OP_ONLY: frozenset[str] = frozenset()
 
 
 def _per_op_only(graph: Graph) -> str:

@@ -53,6 +53,9 @@ class OpBase(BaseModel):
     # -- traits: what passes and backends ask of an op, instead of each keeping its own list of kinds --
     #: The result is the operand's storage under another shape: no element moves (flatten, reshape, ...).
     is_view: ClassVar[bool] = False
+    #: The result is the operand's storage with an axis moved into or out of the batch axis (fold_time,
+    #: unfold_time): no element moves, but the ops after it see another number of batch rows.
+    is_batch_view: ClassVar[bool] = False
     #: The op computes nothing and its ``layout`` attribute only names its result's layout (reshape,
     #: expand_dims, squeeze, transpose): it may carry a channels_last layout in a channels-first graph.
     layout_is_result_only: ClassVar[bool] = False

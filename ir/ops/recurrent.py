@@ -206,6 +206,7 @@ class FoldTime(OpBase):
     unchanged on every step (a row-major view: no data moves)."""
 
     kind: Literal["fold_time"] = "fold_time"
+    is_batch_view: ClassVar[bool] = True
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
         x = inputs[0]
@@ -219,6 +220,7 @@ class UnfoldTime(OpBase):
     of ``fold_time`` at any batch size and length (a view)."""
 
     kind: Literal["unfold_time"] = "unfold_time"
+    is_batch_view: ClassVar[bool] = True
 
     operands: ClassVar[tuple[str, ...]] = ("x", "like")
 

@@ -53,7 +53,9 @@ _CONSTANT_IDENTITIES: dict[str, tuple[float, ...]] = {"scale_shift": (1.0, 0.0),
 class EliminateIdentity(Pass):
     """Guarantees: no identity remains: linear activation, identity transpose, shape-preserving
     reshape/flatten, pad2d/crop2d of zeros, upsample2d by (1, 1), scale_shift with
-    scale 1 and shift 0, prelu with alpha 1.
+    scale 1 and shift 0, prelu with alpha 1, and a fold_time of an unfold_time (time folded
+    back into the batch right after it was taken out: two TimeDistributed layers in a row,
+    whose inner layers then meet, so the layout pass needs no transposes between them).
 
     Uses of a removed node's output are renamed to its operand. An identity
     that maps a graph input straight to a graph output is kept, so the graph's
@@ -65,11 +67,22 @@ class EliminateIdentity(Pass):
     def run(self, graph: Graph) -> PassResult:
         types = graph.value_types()
         rename: dict[str, str] = {}
+        relinked = False
         inputs = {v.name for v in graph.inputs}
         kept: list[Node] = []
+        producers: dict[str, Node] = {}
         for node in graph.nodes:
             node = _renamed(node, rename)
             src = node.inputs[0] if node.inputs else None
+            folded = _unfolded_rows(node, producers)
+            if folded is not None and not (node.outputs[0].name in graph.outputs and folded in inputs):
+                rename[node.outputs[0].name] = folded
+                continue
+            like = _first_sequence(node, producers)
+            if like is not None:
+                node = node.model_copy(update={"inputs": (node.inputs[0], like)})
+                relinked = True
+            producers[node.outputs[0].name] = node
             in_type = types.get(src) if src is not None else None
             out = node.outputs[0].name
             if src is not None and is_identity(node, in_type.shape if in_type else None, graph.weights):
@@ -79,10 +92,32 @@ class EliminateIdentity(Pass):
                     rename[out] = src
                     continue
             kept.append(node)
-        if not rename:
+        if not rename and not relinked:
             return PassResult(graph, False)
         outputs = tuple(rename.get(o, o) for o in graph.outputs)
         return finish(graph, rebuild(graph, kept, outputs=outputs))
+
+
+def _unfolded_rows(node: Node, producers: Mapping[str, Node]) -> str | None:
+    """The ``(N*T, ...)`` rows that ``node`` (a fold_time of an unfold_time of them) gives back, or None."""
+    if node.op.kind != "fold_time":
+        return None
+    src = producers.get(node.inputs[0])
+    if src is None or src.op.kind != "unfold_time":
+        return None
+    return src.inputs[0]
+
+
+def _first_sequence(node: Node, producers: Mapping[str, Node]) -> str | None:
+    """For an unfold_time whose ``like`` (read for its N and T only) is another unfold_time's result: that
+    one's ``like``, so that the unfolded values of TimeDistributed layers whose folds were removed (and the
+    transposes feeding them) are left without uses. None otherwise."""
+    if node.op.kind != "unfold_time":
+        return None
+    src = producers.get(node.inputs[1])
+    if src is None or src.op.kind != "unfold_time":
+        return None
+    return src.inputs[1]
 
 
 def _renamed(node: Node, rename: dict[str, str]) -> Node:

@@ -24,6 +24,11 @@ share one compiled function, and ``entry`` calls them in order through their
 addresses. The literals above are then values in those tables; the text of a
 stage, as emitters write it, is the same either way.
 
+Time folded into the batch (``fold_time`` / ``unfold_time``, TimeDistributed
+and ConvLSTM's input convolution) is a view too: a value between them has
+``N * T`` rows (``Val.fold``), and its node's stages run with ``N`` standing
+for those rows, so every emitter handles any batch and any length unchanged.
+
 Emitters (``cg_emit.EMITTERS``, keyed by op kind) describe each node's stage;
 this module owns values, storage, blobs and the text around them.
 """
@@ -43,7 +48,7 @@ from keydnn.ir.ops import kinds_with
 from keydnn.ir.types import TensorType
 
 __all__ = ["Val", "Arr", "Stage", "EmitContext", "Program", "generate", "Unsupported", "GRAIN", "VIEW_KINDS",
-           "fold_merge_activations", "ALIGN", "aligned"]
+           "BATCH_VIEW_KINDS", "fold_merge_activations", "ALIGN", "aligned"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +59,8 @@ GRAIN = 1 << 15
 ALIGN = 16
 #: Ops that never move data: their result is a reshaped view of their operand's storage.
 VIEW_KINDS = kinds_with("is_view")
+#: Views that move an axis into or out of the batch (``fold_time`` / ``unfold_time``): see ``Val.fold``.
+BATCH_VIEW_KINDS = kinds_with("is_batch_view")
 #: Elementwise merges, and the activations the generated code folds into a merge's last pass when the merge's
 #: result feeds nothing else (a residual block's add + relu: one pass over the tensor instead of two).
 MERGE_KINDS = kinds_with("is_elementwise_merge")
@@ -92,17 +99,30 @@ class Storage:
 
 @dataclass
 class Val:
-    """One IR value as the generated code sees it."""
+    """One IR value as the generated code sees it.
+
+    ``fold``: rows of the value per graph sample. A value inside ``TimeDistributed`` (time folded into the
+    batch by ``fold_time``) has ``N * T`` rows of shape ``sample``, stored exactly where the unfolded
+    ``(N, T, ...)`` value is; its node's stages run with ``N`` standing for those ``N * T`` rows
+    (``Stage.fold``), so every emitter handles it unchanged.
+    """
 
     name: str
     batched: bool
     sample: tuple[int, ...]  # shape without the leading (batch) axis
     lead: int  # leading dim when not batched
     storage: Optional[Storage] = None
+    fold: int = 1
 
     @property
     def size(self) -> int:
+        """Elements of one row (one sample, or one time step of a sample where ``fold > 1``)."""
         return math.prod(self.sample)
+
+    @property
+    def per_sample(self) -> int:
+        """Elements per graph sample: its storage's size in the arena's per-sample units."""
+        return self.fold * self.size
 
     @property
     def shape(self) -> tuple:
@@ -121,6 +141,8 @@ class Val:
             return "N * 0" if self.batched else "0"
         if st.fixed_arena:
             return f"AF + {st.offset}"
+        if self.fold > 1:  # ``N`` counts folded rows in this value's stages (``Stage.fold``): N // fold samples
+            return f"N // {self.fold} * {st.offset}"
         return f"N * {st.offset}"
 
     def at(self, n: str = "n") -> str:
@@ -150,6 +172,8 @@ class Stage:
     items: Optional[str] = None
     work: float = 0.0  # per-sample (or total when unbatched) work estimate
     setup: list[str] = field(default_factory=list)  # lines before the claim loop (per thread)
+    #: rows per graph sample of the node's values (``Val.fold``): the stage runs with ``N`` set to ``N * fold``
+    fold: int = 1
 
 
 @dataclass
@@ -272,28 +296,52 @@ class _Generator:
         return offset + pad
 
 
+def _fold_of(node: Node, ins: list[tuple[bool, TensorType, int]]) -> int:
+    """Rows per graph sample (``Val.fold``) of ``node``'s result: a batch view multiplies or divides its
+    operand's by the time steps; any other op keeps the one of its batched operands, which must agree."""
+    if node.op.kind == "fold_time":
+        b, t, fold = ins[0]
+        if not b:
+            raise Unsupported(f"node {node.name}: fold_time of a value without the batch axis")
+        return fold * int(t.shape[1])
+    if node.op.kind == "unfold_time":
+        (_, x, x_fold), (b, like, like_fold) = ins
+        if not b or x_fold != like_fold * int(like.shape[1]):
+            raise Unsupported(f"node {node.name}: unfold_time of rows that are not its sequence's steps")
+        return like_fold
+    folds = {fold for b, _, fold in ins if b}
+    if len(folds) > 1:
+        raise Unsupported(f"node {node.name}: operands with time folded into the batch and without")
+    return folds.pop() if folds else 1
+
+
 def _types_of(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: tuple[bool, ...]) -> dict:
-    """Concrete (batched, sample, lead) of every value, from the ops' own shape rules (batch stands for N)."""
-    env: dict[str, tuple[bool, TensorType]] = {}
+    """Concrete (batched, sample, lead, fold) of every value, from the ops' own shape rules (batch stands for N;
+    a value with time folded into the batch has ``fold`` rows per sample, ``sample`` the shape of one)."""
+    env: dict[str, tuple[bool, TensorType, int]] = {}
     probe = 7  # a batch size no static dim is compared against (only the rule's own arithmetic)
     for value, sample, b in zip(graph.inputs, sample_shapes, batched):
-        env[value.name] = (b, value.type.with_shape(((probe if b else 1),) + tuple(sample)))
+        env[value.name] = (b, value.type.with_shape(((probe if b else 1),) + tuple(sample)), 1)
     for c in graph.constants:
-        env[c.name] = (False, c.type)
-    out: dict[str, tuple[bool, tuple[int, ...], int]] = {}
+        env[c.name] = (False, c.type, 1)
+    out: dict[str, tuple[bool, tuple[int, ...], int, int]] = {}
     for v in graph.inputs:
-        b, t = env[v.name]
-        out[v.name] = (b, tuple(t.shape[1:]), 1)
+        b, t, _ = env[v.name]
+        out[v.name] = (b, tuple(t.shape[1:]), 1, 1)
     for node in graph.nodes:
         ins = [env[i] for i in node.inputs]
         b = any(x[0] for x in ins if x is not None)
         t = node.op.infer([x[1] for x in ins])
         if not all(isinstance(d, int) for d in t.shape):
             raise Unsupported(f"node {node.name}: shape {t} is not static")
-        if t.rank == 0 or (b and t.shape[0] != probe) or (not b and t.shape[0] != 1):
+        fold = _fold_of(node, ins)
+        if t.rank == 0 or (b and t.shape[0] != probe * fold) or (not b and t.shape[0] != 1):
             raise Unsupported(f"node {node.name}: the batch axis does not stay first")
-        env[node.outputs[0].name] = (b, t)
-        out[node.outputs[0].name] = (b, tuple(t.shape[1:]), 1)
+        env[node.outputs[0].name] = (b, t, fold)
+        out[node.outputs[0].name] = (b, tuple(t.shape[1:]), 1, fold)
+    for name in graph.outputs:
+        if out[name][3] != 1:
+            raise Unsupported(f"graph output %{name} has time folded into the batch")
     return out
 
 
@@ -331,7 +379,7 @@ def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: 
     dtype = np.dtype(dtypes.pop())
     gen = _Generator(graph, dtype, lanes)
     info = _types_of(graph, sample_shapes, batched)
-    vals = {name: Val(name, b, s, lead) for name, (b, s, lead) in info.items()}
+    vals = {name: Val(name, b, s, lead, fold=fold) for name, (b, s, lead, fold) in info.items()}
     from keydnn.backends.numba_cpu.codegen.storage import assign_storage
 
     folded = fold_merge_activations(graph)
@@ -339,7 +387,7 @@ def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: 
     by_name = {node.name: node for node in graph.nodes}
     fused = {merge.name: by_name[act].op for act, merge in folded.items()}
     for node in graph.nodes:
-        if node.op.kind in VIEW_KINDS or node.name in folded:
+        if node.op.kind in VIEW_KINDS or node.op.kind in BATCH_VIEW_KINDS or node.name in folded:
             continue
         emit = emitters.get(node.op.kind)
         if emit is None:
@@ -348,8 +396,11 @@ def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: 
         ctx.fused = fused.get(node.name)
         start = len(gen.stages)
         emit(ctx)
+        fold = vals[node.outputs[0].name].fold
         for st in gen.stages[start:]:
             st.description = f"{node.name}: {st.description}"
+            if fold > 1:  # the stage's N counts the folded rows; its work stays per graph sample
+                st.fold, st.work = fold, st.work * fold
     for out_index, src, size in plan.copies:
         v = vals[src]
         ctx = EmitContext(gen, graph.nodes[0] if graph.nodes else None, [], v)

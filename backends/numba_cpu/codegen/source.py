@@ -60,6 +60,8 @@ def _stage(k: int, st: "Stage", profile: bool, uniform: bool = False) -> list[st
     claim = (k + _CONTROL) * STATE_STRIDE
     done = claim + STATE_STRIDE // 2
     lines = [f"    # stage {k}: {st.description}"]
+    if st.fold > 1:  # time folded into the batch: the stage's N counts rows (cg_program.Val.fold), put back after
+        lines.append(f"    N = N * {st.fold}")
     if profile:
         lines.append("    t_start = cycles()")
     if st.items is not None:
@@ -94,6 +96,8 @@ def _stage(k: int, st: "Stage", profile: bool, uniform: bool = False) -> list[st
     lines += [f"    wait_at_least(S, {done}, total, F[0])"]
     if profile:
         lines += [f"    S[{done + 1} + min(tid, 2)] += cycles() - t_mid"]
+    if st.fold > 1:
+        lines.append(f"    N = N // {st.fold}")
     return lines
 
 

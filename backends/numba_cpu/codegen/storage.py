@@ -1,6 +1,7 @@
 """Storage for the generated code: which array and offset every value lives at.
 
-Views (flatten, reshape, expand_dims, squeeze) share their operand's storage.
+Views (flatten, reshape, expand_dims, squeeze, and fold_time / unfold_time, which move time into or out of
+the batch) share their operand's storage.
 An elementwise op whose first operand is dead afterwards (and has its shape)
 writes over it. A graph output is computed straight into the caller's output
 array when its storage is free for that (not a graph input, not already
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from keydnn.backends.numba_cpu.codegen.program import INPLACE_KINDS, VIEW_KINDS, Storage, Val, aligned
+from keydnn.backends.numba_cpu.codegen.program import BATCH_VIEW_KINDS, INPLACE_KINDS, VIEW_KINDS, Storage, Val, aligned
 from keydnn.ir.graph import Graph
 
 __all__ = ["StoragePlan", "assign_storage", "SLACK"]
@@ -35,7 +36,7 @@ class StoragePlan:
 
 
 def _shape_equal(a: Val, b: Val) -> bool:
-    return a.batched == b.batched and a.sample == b.sample
+    return a.batched == b.batched and a.sample == b.sample and a.fold == b.fold
 
 
 def assign_storage(graph: Graph, vals: dict[str, Val], views: frozenset = frozenset()) -> StoragePlan:
@@ -54,7 +55,9 @@ def assign_storage(graph: Graph, vals: dict[str, Val], views: frozenset = frozen
     n_inputs = len(graph.inputs)
     last_use: dict[str, int] = {}
     for step, node in enumerate(graph.nodes):
-        for name in node.inputs:
+        # an unfold_time reads its ``like`` operand for N and T only, never its storage
+        read = node.inputs[:1] if node.op.kind == "unfold_time" else node.inputs
+        for name in read:
             last_use[name] = step
     end = len(graph.nodes)
     for name in graph.outputs:
@@ -66,7 +69,7 @@ def assign_storage(graph: Graph, vals: dict[str, Val], views: frozenset = frozen
     for step, node in enumerate(graph.nodes):
         out = node.outputs[0].name
         operands = [i for i in node.inputs if i in group]
-        if node.op.kind in VIEW_KINDS or node.name in views:
+        if node.op.kind in VIEW_KINDS or node.op.kind in BATCH_VIEW_KINDS or node.name in views:
             g = group[operands[0]]
         elif (node.op.kind in INPLACE_KINDS and operands and group[operands[0]] >= n_inputs
               and _shape_equal(vals[operands[0]], vals[out]) and group_end(group[operands[0]]) <= step
@@ -74,7 +77,7 @@ def assign_storage(graph: Graph, vals: dict[str, Val], views: frozenset = frozen
             g = group[operands[0]]
         else:
             g = len(storages)
-            storages.append(Storage("A", vals[out].size, vals[out].batched))
+            storages.append(Storage("A", vals[out].per_sample, vals[out].batched))
             members[g] = []
             defined_at[g] = step
         group[out] = g

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keydnn.backends.numba_cpu.codegen.emit_conv_recurrent import HELPERS_CONV_SEQ
 from keydnn.backends.numba_cpu.codegen.emit_tensor import HELPERS_TENSOR
 from keydnn.backends.numba_cpu.codegen.ukernel_source import (
     CHANNEL_TILES, DEPTHWISE_SHAPES, LANES, PACKED_TILES, TILES, blocks_kernel_name, channel_kernel_name,
@@ -84,6 +85,7 @@ HELPERS: dict[str, tuple[str, str]] = {
        for kh, kw, sw in DEPTHWISE_SHAPES},
 }
 HELPERS.update(HELPERS_TENSOR)  # issue 18's tensor math (cg_kernels_tensor)
+HELPERS.update(HELPERS_CONV_SEQ)  # issue 17's conv_lstm (cg_kernels_conv_seq)
 
 _KERNELS_ROOT = Path(__file__).resolve().parents[1]  # backends/numba_cpu
 

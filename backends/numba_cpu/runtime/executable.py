@@ -28,6 +28,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from keydnn.backends.numba_cpu.runtime.cache import cache_enabled, load_program
+from keydnn.backends.numba_cpu.codegen.emit_conv_recurrent import EMITTERS_CONV_SEQ
 from keydnn.backends.numba_cpu.codegen.emit_3d import EMITTERS_3D
 from keydnn.backends.numba_cpu.codegen.emit_misc import EMITTERS_MISC
 from keydnn.backends.numba_cpu.codegen.emit_nn import EMITTERS_NN
@@ -45,7 +46,7 @@ __all__ = ["CodegenExecutable", "EMITTERS", "PARALLEL_MIN_WORK", "MAX_THREADS"]
 logger = logging.getLogger(__name__)
 
 #: op kind -> code generator (the codegen twin of lowering.KERNELS).
-EMITTERS = {**EMITTERS_NN, **EMITTERS_MISC, **EMITTERS_3D, **EMITTERS_TENSOR, **EMITTERS_SEQ}
+EMITTERS = {**EMITTERS_NN, **EMITTERS_MISC, **EMITTERS_3D, **EMITTERS_TENSOR, **EMITTERS_SEQ, **EMITTERS_CONV_SEQ}
 #: A call whose estimated work (flops or element moves) is below this runs on the calling thread only.
 PARALLEL_MIN_WORK = 1 << 19
 #: Threads a call uses at most (numba's own thread count caps it too).
@@ -227,6 +228,9 @@ class _CallPlan:
     slots_address: int = 0
     chunk: int = 1 << 62  # samples per entry call: a larger batch runs in chunks (then this plan has no buffers)
     bound: Optional[Callable[..., None]] = None  # aot: ``_bind``'s call of the prebuilt entry
+    #: (inputs to repeat to the batch, outputs to cut to one row), where the generated code has no form with
+    #: batch-1 inputs beside batch-N ones (``_broadcast_plan``); None otherwise
+    broadcast: Optional[tuple[tuple[bool, ...], tuple[bool, ...]]] = None
 
 
 #: Input-shape keys whose call plans (and buffers) one thread keeps.
@@ -346,7 +350,12 @@ class CodegenExecutable:
     def _plan(self, shapes: tuple, arrays: list[np.ndarray]) -> "_CallPlan":
         """What calls with these input shapes need on this thread: variant, outputs, threads, buffers."""
         n, key = self._key(arrays)
-        var = self._variant(key)
+        try:
+            var = self._variant(key)
+        except Unsupported as exc:
+            if all(key[1]):
+                raise
+            return self._broadcast_plan(shapes, n, key, exc)
         prog = var.program
         chunk = batch_chunk(prog, key)
         if chunk < n:
@@ -366,6 +375,24 @@ class CodegenExecutable:
             plan.slots_address = plan.slots.ctypes.data
             plan.bound = self._bind(plan)
         return self._keep(shapes, plan)
+
+    def _broadcast_plan(self, shapes: tuple, n: int, key: tuple, why: Exception) -> "_CallPlan":
+        """The plan of a call whose batch-1 inputs sit beside batch-``n`` ones where the generated code needs
+        every operand of some op batched (time folded into the batch, a recurrence): the batch-``n`` code on
+        those inputs repeated ``n`` times, and one row of each output that depends on batch-1 inputs only
+        (every row of it is the same), so the results are what the per-op kernels give."""
+        logger.info("graph %r: %s; running its batch-%d code on the batch-1 inputs repeated", self.graph.name,
+                    why, n)
+        samples, batched = key
+        full = [np.empty((n,) + tuple(s), dtype=dt) for s, dt in zip(samples, self._dtypes)]
+        plan = self._plan(tuple(a.shape for a in full), full)
+        rows = dict(zip((v.name for v in self.graph.inputs), batched))
+        for node in self.graph.nodes:
+            rows[node.outputs[0].name] = any(rows.get(i, False) for i in node.inputs)
+        cut = tuple(not rows[name] for name in self.graph.outputs)
+        wide = _CallPlan(plan.var, n, [], 0, (), np.empty(0, self.dtype), np.empty(0, np.int64),
+                         broadcast=(tuple(not b for b in batched), cut))
+        return self._keep(shapes, wide)
 
     def _keep(self, shapes: tuple, plan: "_CallPlan") -> "_CallPlan":
         plans = self._local.plans
@@ -402,12 +429,23 @@ class CodegenExecutable:
             local.gen = 0
         shapes = tuple(a.shape for a in arrays)
         plan = plans.get(shapes) or self._plan(shapes, arrays)
+        if plan.broadcast is not None:
+            repeat, cut = plan.broadcast
+            full = [np.repeat(a, plan.n, axis=0) if r else a for a, r in zip(arrays, repeat)]
+            shapes = tuple(a.shape for a in full)
+            outs = self._run_all(plans.get(shapes) or self._plan(shapes, full), full, plans)
+            return [o[:1].copy() if c else o for o, c in zip(outs, cut)]
+        outs = self._run_all(plan, arrays, plans)
+        if plan.chunk >= plan.n and len(arrays) == 1 and plan.bound is not None and not (self._ids or self._checks):
+            local.fast = (arrays[0].shape, arrays[0].dtype, plan)
+        return outs
+
+    def _run_all(self, plan: "_CallPlan", arrays: list[np.ndarray], plans: dict) -> list[np.ndarray]:
+        """The outputs of one call on ``arrays`` (the plan's shapes): one entry call, or one per chunk."""
         outs = [np.empty(shape, dtype=self.dtype) for shape in plan.out_shapes]
         chunk = plan.chunk
         if chunk >= plan.n:
             self._run(plan, arrays, outs)
-            if len(arrays) == 1 and plan.bound is not None and not (self._ids or self._checks):
-                local.fast = (arrays[0].shape, arrays[0].dtype, plan)
             return outs
         for c0 in range(0, plan.n, chunk):  # every input and output is batched (else chunk covers the batch)
             part = [a[c0:c0 + chunk] for a in arrays]
