@@ -95,8 +95,9 @@ def _xla(fn: Any) -> Callable[[Any], Any]:
     import tensorflow as tf
 
     training = _takes_training(fn)
-    compiled = tf.function(lambda x: fn(x, training=False) if training else fn(x), jit_compile=True,
-                           reduce_retracing=True)
+    # One trace per input shape, never relaxed to symbolic shapes: with ``reduce_retracing=True`` XLA
+    # returned wrong outputs for TimeDistributed(Conv2D) -> LSTM at a second sequence length (TF 2.21).
+    compiled = tf.function(lambda x: fn(x, training=False) if training else fn(x), jit_compile=True)
     try:
         _XLA[fn] = compiled
     except TypeError:

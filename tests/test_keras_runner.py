@@ -133,3 +133,21 @@ def test_convert_verify_of_the_bundled_model_without_onednn(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "keydnn", "verify", str(dst)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and proc.stdout.startswith("OK"), proc.stdout + proc.stderr
+
+
+def test_xla_path_is_right_at_a_second_sequence_length():
+    """The XLA function (what channels_first models run on) traces each input shape for itself: a
+    ``reduce_retracing`` function, relaxed to symbolic shapes, returned wrong outputs for
+    TimeDistributed(Conv2D) -> LSTM at a second length (TF 2.21; ``../shared/KERAS_FILES.md``)."""
+    keras = pytest.importorskip("tensorflow").keras
+    x_in = keras.Input((None, 6, 6, 2))
+    h = keras.layers.TimeDistributed(keras.layers.Conv2D(3, 3, activation="relu"))(x_in)
+    h = keras.layers.TimeDistributed(keras.layers.Flatten())(h)
+    model = keras.Model(x_in, keras.layers.LSTM(4)(h))
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(size=w.shape).astype("f4") * 0.3 for w in model.get_weights()])
+    run = keras_runner._xla(model)
+    for shape in [(1, 3, 6, 6, 2), (3, 5, 6, 6, 2), (2, 3, 6, 6, 2)]:
+        x = rng.normal(size=shape).astype("f4")
+        np.testing.assert_allclose(np.asarray(run(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-5,
+                                   err_msg=f"input shape {shape}")
