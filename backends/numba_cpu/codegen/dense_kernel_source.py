@@ -35,9 +35,9 @@ __all__ = ["DENSE_TILES", "dense_kernel_name", "render_dense_ukernels", "write_d
 
 logger = logging.getLogger(__name__)
 
-#: (MR, NV): the two-vector tiles of 32-register (8 rows) and 16-register (6 rows) targets, the 4-row tail and
-#: the single-row kernel.
-DENSE_TILES: tuple[tuple[int, int], ...] = ((8, 2), (6, 2), (4, 2), (1, 4))
+#: (MR, NV): the two-vector tiles of 32-register (12 and 8 rows) and 16-register (6 rows) targets, the 4-row tail
+#: and the single-row kernel.
+DENSE_TILES: tuple[tuple[int, int], ...] = ((12, 2), (8, 2), (6, 2), (4, 2), (1, 4))
 #: Parameter kinds of the thunks (``thunks.HELPERS``): K, A a_off a_rs, B b_off b_ps, C c_off c_rs, rows cols,
 #: bias bias_off, bias_mode, act, p0..p3.
 DENSE_SIGNATURE = "i" + "aii" + "aii" + "aii" + "ii" + "aii" + "i" + "ffff"

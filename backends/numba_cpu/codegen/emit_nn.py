@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 PANEL_BYTES = 1 << 18
 #: Rows of a dense work item.
 DENSE_ROWS = 32
+#: Rows of the largest dense tile on 32-register targets (24 accumulators).
+DENSE_BIG_TILE = 12
 #: Work items a conv stage should offer per sample at least (so that both cores get work at batch 1).
 MIN_ITEMS = 4
 #: Outputs per vector of the depthwise kernels: the target's float32 vector (``cpu.DW_LANES``; 16 on AVX-512,
@@ -472,19 +474,23 @@ def emit_dense(ctx: EmitContext) -> None:
     tile = _conv_rows()  # two-vector tile rows: as many as the registers hold (8 on AVX-512, 6 on AVX2)
     dense_rows = tile * (DENSE_ROWS // tile)
     kc = dense_depth_block(k, half * ctx.dtype.itemsize)
+    # row tiles, largest first: 12 rows where 32 registers hold 24 accumulators (a tenth faster than 8 at
+    # depth 512-4096, measured on Sapphire Rapids), then the target's two-vector tile, then 4 rows
+    sizes = ([DENSE_BIG_TILE] if current_target().registers >= 32 else []) + [tile]
 
     def call(mr: int, nv: int, depth: str, k0: str, h: str, mode: str, act_code: str) -> str:
         return ctx.call(dense_kernel_name(mr, nv, lanes), depth, x, f"{xb} + r * {k} + {k0}", k, Arr("W"),
                         f"wp + {h} * {ps} + {k0} * {half}", ps, y, f"{yb} + r * {m} + col0 + {h} * {half}", m, mr,
                         f"cols - {h} * {half}", Arr("W"), f"{b_off} + col0 + {h} * {half}", mode, act_code, *params)
 
-    body = [
-        f"rb = it // {groups}",
-        f"jb = it - rb * {groups}",
-        f"r0 = rb * {dense_rows}",
-        f"r1 = min(rows, r0 + {dense_rows})",
-        f"rt = r0 + (r1 - r0) // {tile} * {tile}",
-        "r4 = rt + 4 if rt + 4 <= r1 else rt",
+    body = [f"rb = it // {groups}", f"jb = it - rb * {groups}", f"r0 = rb * {dense_rows}",
+            f"r1 = min(rows, r0 + {dense_rows})"]
+    prev = "r0"
+    for i, mr in enumerate(sizes):  # e{i}: where the tiles of sizes[i] rows end
+        body.append(f"e{i} = {prev} + (r1 - {prev}) // {mr} * {mr}")
+        prev = f"e{i}"
+    body += [
+        f"r4 = {prev} + 4 if {prev} + 4 <= r1 else {prev}",
         f"col0 = jb * {nb}",
         f"cols = min({nb}, {m} - col0)",
         f"wp = {w_off} + jb * {2 * ps}",
@@ -495,9 +501,11 @@ def emit_dense(ctx: EmitContext) -> None:
         "    for h in range(2):",
         f"        if h * {half} < cols:",
         "            r = r0",
-        "            while r < rt:",
-        f"                {call(tile, 2, 'kk', 'k0', 'h', 'bm', 'ac')}",
-        f"                r += {tile}",
+    ]
+    for i, mr in enumerate(sizes):
+        body += [f"            while r < e{i}:", f"                {call(mr, 2, 'kk', 'k0', 'h', 'bm', 'ac')}",
+                 f"                r += {mr}"]
+    body += [
         "            if r < r4:",
         f"                {call(4, 2, 'kk', 'k0', 'h', 'bm', 'ac')}",
         "r = r4",

@@ -16,6 +16,206 @@ __all__ = ["DENSE_UKERNELS"]
 
 
 @numba.njit(**JIT_OPTIONS)
+def mkn_12x2_l16(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,
+        bias_off, bias_mode, act, p0, p1, p2, p3):
+    z = vzero(C, 16)
+    c0_0 = c0_1 = z
+    c1_0 = c1_1 = z
+    c2_0 = c2_1 = z
+    c3_0 = c3_1 = z
+    c4_0 = c4_1 = z
+    c5_0 = c5_1 = z
+    c6_0 = c6_1 = z
+    c7_0 = c7_1 = z
+    c8_0 = c8_1 = z
+    c9_0 = c9_1 = z
+    c10_0 = c10_1 = z
+    c11_0 = c11_1 = z
+    ar0 = a_off + min(0, rows - 1) * a_rs
+    ar1 = a_off + min(1, rows - 1) * a_rs
+    ar2 = a_off + min(2, rows - 1) * a_rs
+    ar3 = a_off + min(3, rows - 1) * a_rs
+    ar4 = a_off + min(4, rows - 1) * a_rs
+    ar5 = a_off + min(5, rows - 1) * a_rs
+    ar6 = a_off + min(6, rows - 1) * a_rs
+    ar7 = a_off + min(7, rows - 1) * a_rs
+    ar8 = a_off + min(8, rows - 1) * a_rs
+    ar9 = a_off + min(9, rows - 1) * a_rs
+    ar10 = a_off + min(10, rows - 1) * a_rs
+    ar11 = a_off + min(11, rows - 1) * a_rs
+    n0 = min(16, max(0, cols - 0))
+    n1 = min(16, max(0, cols - 16))
+    bp0 = b_off
+    for k in range(K):
+        b0 = vload(B, bp0 + k * 32 + 0, 16)
+        b1 = vload(B, bp0 + k * 32 + 16, 16)
+        a = vbroadcast(A, ar0 + k, z)
+        c0_0 = vfma(a, b0, c0_0)
+        c0_1 = vfma(a, b1, c0_1)
+        a = vbroadcast(A, ar1 + k, z)
+        c1_0 = vfma(a, b0, c1_0)
+        c1_1 = vfma(a, b1, c1_1)
+        a = vbroadcast(A, ar2 + k, z)
+        c2_0 = vfma(a, b0, c2_0)
+        c2_1 = vfma(a, b1, c2_1)
+        a = vbroadcast(A, ar3 + k, z)
+        c3_0 = vfma(a, b0, c3_0)
+        c3_1 = vfma(a, b1, c3_1)
+        a = vbroadcast(A, ar4 + k, z)
+        c4_0 = vfma(a, b0, c4_0)
+        c4_1 = vfma(a, b1, c4_1)
+        a = vbroadcast(A, ar5 + k, z)
+        c5_0 = vfma(a, b0, c5_0)
+        c5_1 = vfma(a, b1, c5_1)
+        a = vbroadcast(A, ar6 + k, z)
+        c6_0 = vfma(a, b0, c6_0)
+        c6_1 = vfma(a, b1, c6_1)
+        a = vbroadcast(A, ar7 + k, z)
+        c7_0 = vfma(a, b0, c7_0)
+        c7_1 = vfma(a, b1, c7_1)
+        a = vbroadcast(A, ar8 + k, z)
+        c8_0 = vfma(a, b0, c8_0)
+        c8_1 = vfma(a, b1, c8_1)
+        a = vbroadcast(A, ar9 + k, z)
+        c9_0 = vfma(a, b0, c9_0)
+        c9_1 = vfma(a, b1, c9_1)
+        a = vbroadcast(A, ar10 + k, z)
+        c10_0 = vfma(a, b0, c10_0)
+        c10_1 = vfma(a, b1, c10_1)
+        a = vbroadcast(A, ar11 + k, z)
+        c11_0 = vfma(a, b0, c11_0)
+        c11_1 = vfma(a, b1, c11_1)
+    if bias_mode == 2:
+        bv = vload_n(bias, bias_off + 0, n0, 16)
+        c0_0 = vadd(c0_0, bv)
+        c1_0 = vadd(c1_0, bv)
+        c2_0 = vadd(c2_0, bv)
+        c3_0 = vadd(c3_0, bv)
+        c4_0 = vadd(c4_0, bv)
+        c5_0 = vadd(c5_0, bv)
+        c6_0 = vadd(c6_0, bv)
+        c7_0 = vadd(c7_0, bv)
+        c8_0 = vadd(c8_0, bv)
+        c9_0 = vadd(c9_0, bv)
+        c10_0 = vadd(c10_0, bv)
+        c11_0 = vadd(c11_0, bv)
+        bv = vload_n(bias, bias_off + 16, n1, 16)
+        c0_1 = vadd(c0_1, bv)
+        c1_1 = vadd(c1_1, bv)
+        c2_1 = vadd(c2_1, bv)
+        c3_1 = vadd(c3_1, bv)
+        c4_1 = vadd(c4_1, bv)
+        c5_1 = vadd(c5_1, bv)
+        c6_1 = vadd(c6_1, bv)
+        c7_1 = vadd(c7_1, bv)
+        c8_1 = vadd(c8_1, bv)
+        c9_1 = vadd(c9_1, bv)
+        c10_1 = vadd(c10_1, bv)
+        c11_1 = vadd(c11_1, bv)
+    elif bias_mode == 3:
+        c0_0 = vadd(c0_0, vload_n(C, c_off + min(0, rows - 1) * c_rs + 0, n0, 16))
+        c0_1 = vadd(c0_1, vload_n(C, c_off + min(0, rows - 1) * c_rs + 16, n1, 16))
+        c1_0 = vadd(c1_0, vload_n(C, c_off + min(1, rows - 1) * c_rs + 0, n0, 16))
+        c1_1 = vadd(c1_1, vload_n(C, c_off + min(1, rows - 1) * c_rs + 16, n1, 16))
+        c2_0 = vadd(c2_0, vload_n(C, c_off + min(2, rows - 1) * c_rs + 0, n0, 16))
+        c2_1 = vadd(c2_1, vload_n(C, c_off + min(2, rows - 1) * c_rs + 16, n1, 16))
+        c3_0 = vadd(c3_0, vload_n(C, c_off + min(3, rows - 1) * c_rs + 0, n0, 16))
+        c3_1 = vadd(c3_1, vload_n(C, c_off + min(3, rows - 1) * c_rs + 16, n1, 16))
+        c4_0 = vadd(c4_0, vload_n(C, c_off + min(4, rows - 1) * c_rs + 0, n0, 16))
+        c4_1 = vadd(c4_1, vload_n(C, c_off + min(4, rows - 1) * c_rs + 16, n1, 16))
+        c5_0 = vadd(c5_0, vload_n(C, c_off + min(5, rows - 1) * c_rs + 0, n0, 16))
+        c5_1 = vadd(c5_1, vload_n(C, c_off + min(5, rows - 1) * c_rs + 16, n1, 16))
+        c6_0 = vadd(c6_0, vload_n(C, c_off + min(6, rows - 1) * c_rs + 0, n0, 16))
+        c6_1 = vadd(c6_1, vload_n(C, c_off + min(6, rows - 1) * c_rs + 16, n1, 16))
+        c7_0 = vadd(c7_0, vload_n(C, c_off + min(7, rows - 1) * c_rs + 0, n0, 16))
+        c7_1 = vadd(c7_1, vload_n(C, c_off + min(7, rows - 1) * c_rs + 16, n1, 16))
+        c8_0 = vadd(c8_0, vload_n(C, c_off + min(8, rows - 1) * c_rs + 0, n0, 16))
+        c8_1 = vadd(c8_1, vload_n(C, c_off + min(8, rows - 1) * c_rs + 16, n1, 16))
+        c9_0 = vadd(c9_0, vload_n(C, c_off + min(9, rows - 1) * c_rs + 0, n0, 16))
+        c9_1 = vadd(c9_1, vload_n(C, c_off + min(9, rows - 1) * c_rs + 16, n1, 16))
+        c10_0 = vadd(c10_0, vload_n(C, c_off + min(10, rows - 1) * c_rs + 0, n0, 16))
+        c10_1 = vadd(c10_1, vload_n(C, c_off + min(10, rows - 1) * c_rs + 16, n1, 16))
+        c11_0 = vadd(c11_0, vload_n(C, c_off + min(11, rows - 1) * c_rs + 0, n0, 16))
+        c11_1 = vadd(c11_1, vload_n(C, c_off + min(11, rows - 1) * c_rs + 16, n1, 16))
+    if act == 1:
+        c0_0 = vmax_zero(c0_0)
+        c0_1 = vmax_zero(c0_1)
+        c1_0 = vmax_zero(c1_0)
+        c1_1 = vmax_zero(c1_1)
+        c2_0 = vmax_zero(c2_0)
+        c2_1 = vmax_zero(c2_1)
+        c3_0 = vmax_zero(c3_0)
+        c3_1 = vmax_zero(c3_1)
+        c4_0 = vmax_zero(c4_0)
+        c4_1 = vmax_zero(c4_1)
+        c5_0 = vmax_zero(c5_0)
+        c5_1 = vmax_zero(c5_1)
+        c6_0 = vmax_zero(c6_0)
+        c6_1 = vmax_zero(c6_1)
+        c7_0 = vmax_zero(c7_0)
+        c7_1 = vmax_zero(c7_1)
+        c8_0 = vmax_zero(c8_0)
+        c8_1 = vmax_zero(c8_1)
+        c9_0 = vmax_zero(c9_0)
+        c9_1 = vmax_zero(c9_1)
+        c10_0 = vmax_zero(c10_0)
+        c10_1 = vmax_zero(c10_1)
+        c11_0 = vmax_zero(c11_0)
+        c11_1 = vmax_zero(c11_1)
+    elif act == 2:
+        c0_0 = vrelu_general(c0_0, p0, p1, p2, p3)
+        c0_1 = vrelu_general(c0_1, p0, p1, p2, p3)
+        c1_0 = vrelu_general(c1_0, p0, p1, p2, p3)
+        c1_1 = vrelu_general(c1_1, p0, p1, p2, p3)
+        c2_0 = vrelu_general(c2_0, p0, p1, p2, p3)
+        c2_1 = vrelu_general(c2_1, p0, p1, p2, p3)
+        c3_0 = vrelu_general(c3_0, p0, p1, p2, p3)
+        c3_1 = vrelu_general(c3_1, p0, p1, p2, p3)
+        c4_0 = vrelu_general(c4_0, p0, p1, p2, p3)
+        c4_1 = vrelu_general(c4_1, p0, p1, p2, p3)
+        c5_0 = vrelu_general(c5_0, p0, p1, p2, p3)
+        c5_1 = vrelu_general(c5_1, p0, p1, p2, p3)
+        c6_0 = vrelu_general(c6_0, p0, p1, p2, p3)
+        c6_1 = vrelu_general(c6_1, p0, p1, p2, p3)
+        c7_0 = vrelu_general(c7_0, p0, p1, p2, p3)
+        c7_1 = vrelu_general(c7_1, p0, p1, p2, p3)
+        c8_0 = vrelu_general(c8_0, p0, p1, p2, p3)
+        c8_1 = vrelu_general(c8_1, p0, p1, p2, p3)
+        c9_0 = vrelu_general(c9_0, p0, p1, p2, p3)
+        c9_1 = vrelu_general(c9_1, p0, p1, p2, p3)
+        c10_0 = vrelu_general(c10_0, p0, p1, p2, p3)
+        c10_1 = vrelu_general(c10_1, p0, p1, p2, p3)
+        c11_0 = vrelu_general(c11_0, p0, p1, p2, p3)
+        c11_1 = vrelu_general(c11_1, p0, p1, p2, p3)
+    if n0 == 16 and n1 == 16:
+        vstore(C, c_off + 0 * c_rs + 0, c0_0); vstore(C, c_off + 0 * c_rs + 16, c0_1)
+        if rows > 1: vstore(C, c_off + 1 * c_rs + 0, c1_0); vstore(C, c_off + 1 * c_rs + 16, c1_1)
+        if rows > 2: vstore(C, c_off + 2 * c_rs + 0, c2_0); vstore(C, c_off + 2 * c_rs + 16, c2_1)
+        if rows > 3: vstore(C, c_off + 3 * c_rs + 0, c3_0); vstore(C, c_off + 3 * c_rs + 16, c3_1)
+        if rows > 4: vstore(C, c_off + 4 * c_rs + 0, c4_0); vstore(C, c_off + 4 * c_rs + 16, c4_1)
+        if rows > 5: vstore(C, c_off + 5 * c_rs + 0, c5_0); vstore(C, c_off + 5 * c_rs + 16, c5_1)
+        if rows > 6: vstore(C, c_off + 6 * c_rs + 0, c6_0); vstore(C, c_off + 6 * c_rs + 16, c6_1)
+        if rows > 7: vstore(C, c_off + 7 * c_rs + 0, c7_0); vstore(C, c_off + 7 * c_rs + 16, c7_1)
+        if rows > 8: vstore(C, c_off + 8 * c_rs + 0, c8_0); vstore(C, c_off + 8 * c_rs + 16, c8_1)
+        if rows > 9: vstore(C, c_off + 9 * c_rs + 0, c9_0); vstore(C, c_off + 9 * c_rs + 16, c9_1)
+        if rows > 10: vstore(C, c_off + 10 * c_rs + 0, c10_0); vstore(C, c_off + 10 * c_rs + 16, c10_1)
+        if rows > 11: vstore(C, c_off + 11 * c_rs + 0, c11_0); vstore(C, c_off + 11 * c_rs + 16, c11_1)
+    else:
+        vstore_n(C, c_off + 0 * c_rs + 0, c0_0, n0); vstore_n(C, c_off + 0 * c_rs + 16, c0_1, n1)
+        if rows > 1: vstore_n(C, c_off + 1 * c_rs + 0, c1_0, n0); vstore_n(C, c_off + 1 * c_rs + 16, c1_1, n1)
+        if rows > 2: vstore_n(C, c_off + 2 * c_rs + 0, c2_0, n0); vstore_n(C, c_off + 2 * c_rs + 16, c2_1, n1)
+        if rows > 3: vstore_n(C, c_off + 3 * c_rs + 0, c3_0, n0); vstore_n(C, c_off + 3 * c_rs + 16, c3_1, n1)
+        if rows > 4: vstore_n(C, c_off + 4 * c_rs + 0, c4_0, n0); vstore_n(C, c_off + 4 * c_rs + 16, c4_1, n1)
+        if rows > 5: vstore_n(C, c_off + 5 * c_rs + 0, c5_0, n0); vstore_n(C, c_off + 5 * c_rs + 16, c5_1, n1)
+        if rows > 6: vstore_n(C, c_off + 6 * c_rs + 0, c6_0, n0); vstore_n(C, c_off + 6 * c_rs + 16, c6_1, n1)
+        if rows > 7: vstore_n(C, c_off + 7 * c_rs + 0, c7_0, n0); vstore_n(C, c_off + 7 * c_rs + 16, c7_1, n1)
+        if rows > 8: vstore_n(C, c_off + 8 * c_rs + 0, c8_0, n0); vstore_n(C, c_off + 8 * c_rs + 16, c8_1, n1)
+        if rows > 9: vstore_n(C, c_off + 9 * c_rs + 0, c9_0, n0); vstore_n(C, c_off + 9 * c_rs + 16, c9_1, n1)
+        if rows > 10: vstore_n(C, c_off + 10 * c_rs + 0, c10_0, n0); vstore_n(C, c_off + 10 * c_rs + 16, c10_1, n1)
+        if rows > 11: vstore_n(C, c_off + 11 * c_rs + 0, c11_0, n0); vstore_n(C, c_off + 11 * c_rs + 16, c11_1, n1)
+
+
+@numba.njit(**JIT_OPTIONS)
 def mkn_8x2_l16(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,
         bias_off, bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 16)
@@ -398,6 +598,206 @@ def mkn_1x4_l16(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, b
 
 
 @numba.njit(**JIT_OPTIONS)
+def mkn_12x2_l8(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,
+        bias_off, bias_mode, act, p0, p1, p2, p3):
+    z = vzero(C, 8)
+    c0_0 = c0_1 = z
+    c1_0 = c1_1 = z
+    c2_0 = c2_1 = z
+    c3_0 = c3_1 = z
+    c4_0 = c4_1 = z
+    c5_0 = c5_1 = z
+    c6_0 = c6_1 = z
+    c7_0 = c7_1 = z
+    c8_0 = c8_1 = z
+    c9_0 = c9_1 = z
+    c10_0 = c10_1 = z
+    c11_0 = c11_1 = z
+    ar0 = a_off + min(0, rows - 1) * a_rs
+    ar1 = a_off + min(1, rows - 1) * a_rs
+    ar2 = a_off + min(2, rows - 1) * a_rs
+    ar3 = a_off + min(3, rows - 1) * a_rs
+    ar4 = a_off + min(4, rows - 1) * a_rs
+    ar5 = a_off + min(5, rows - 1) * a_rs
+    ar6 = a_off + min(6, rows - 1) * a_rs
+    ar7 = a_off + min(7, rows - 1) * a_rs
+    ar8 = a_off + min(8, rows - 1) * a_rs
+    ar9 = a_off + min(9, rows - 1) * a_rs
+    ar10 = a_off + min(10, rows - 1) * a_rs
+    ar11 = a_off + min(11, rows - 1) * a_rs
+    n0 = min(8, max(0, cols - 0))
+    n1 = min(8, max(0, cols - 8))
+    bp0 = b_off
+    for k in range(K):
+        b0 = vload(B, bp0 + k * 16 + 0, 8)
+        b1 = vload(B, bp0 + k * 16 + 8, 8)
+        a = vbroadcast(A, ar0 + k, z)
+        c0_0 = vfma(a, b0, c0_0)
+        c0_1 = vfma(a, b1, c0_1)
+        a = vbroadcast(A, ar1 + k, z)
+        c1_0 = vfma(a, b0, c1_0)
+        c1_1 = vfma(a, b1, c1_1)
+        a = vbroadcast(A, ar2 + k, z)
+        c2_0 = vfma(a, b0, c2_0)
+        c2_1 = vfma(a, b1, c2_1)
+        a = vbroadcast(A, ar3 + k, z)
+        c3_0 = vfma(a, b0, c3_0)
+        c3_1 = vfma(a, b1, c3_1)
+        a = vbroadcast(A, ar4 + k, z)
+        c4_0 = vfma(a, b0, c4_0)
+        c4_1 = vfma(a, b1, c4_1)
+        a = vbroadcast(A, ar5 + k, z)
+        c5_0 = vfma(a, b0, c5_0)
+        c5_1 = vfma(a, b1, c5_1)
+        a = vbroadcast(A, ar6 + k, z)
+        c6_0 = vfma(a, b0, c6_0)
+        c6_1 = vfma(a, b1, c6_1)
+        a = vbroadcast(A, ar7 + k, z)
+        c7_0 = vfma(a, b0, c7_0)
+        c7_1 = vfma(a, b1, c7_1)
+        a = vbroadcast(A, ar8 + k, z)
+        c8_0 = vfma(a, b0, c8_0)
+        c8_1 = vfma(a, b1, c8_1)
+        a = vbroadcast(A, ar9 + k, z)
+        c9_0 = vfma(a, b0, c9_0)
+        c9_1 = vfma(a, b1, c9_1)
+        a = vbroadcast(A, ar10 + k, z)
+        c10_0 = vfma(a, b0, c10_0)
+        c10_1 = vfma(a, b1, c10_1)
+        a = vbroadcast(A, ar11 + k, z)
+        c11_0 = vfma(a, b0, c11_0)
+        c11_1 = vfma(a, b1, c11_1)
+    if bias_mode == 2:
+        bv = vload_n(bias, bias_off + 0, n0, 8)
+        c0_0 = vadd(c0_0, bv)
+        c1_0 = vadd(c1_0, bv)
+        c2_0 = vadd(c2_0, bv)
+        c3_0 = vadd(c3_0, bv)
+        c4_0 = vadd(c4_0, bv)
+        c5_0 = vadd(c5_0, bv)
+        c6_0 = vadd(c6_0, bv)
+        c7_0 = vadd(c7_0, bv)
+        c8_0 = vadd(c8_0, bv)
+        c9_0 = vadd(c9_0, bv)
+        c10_0 = vadd(c10_0, bv)
+        c11_0 = vadd(c11_0, bv)
+        bv = vload_n(bias, bias_off + 8, n1, 8)
+        c0_1 = vadd(c0_1, bv)
+        c1_1 = vadd(c1_1, bv)
+        c2_1 = vadd(c2_1, bv)
+        c3_1 = vadd(c3_1, bv)
+        c4_1 = vadd(c4_1, bv)
+        c5_1 = vadd(c5_1, bv)
+        c6_1 = vadd(c6_1, bv)
+        c7_1 = vadd(c7_1, bv)
+        c8_1 = vadd(c8_1, bv)
+        c9_1 = vadd(c9_1, bv)
+        c10_1 = vadd(c10_1, bv)
+        c11_1 = vadd(c11_1, bv)
+    elif bias_mode == 3:
+        c0_0 = vadd(c0_0, vload_n(C, c_off + min(0, rows - 1) * c_rs + 0, n0, 8))
+        c0_1 = vadd(c0_1, vload_n(C, c_off + min(0, rows - 1) * c_rs + 8, n1, 8))
+        c1_0 = vadd(c1_0, vload_n(C, c_off + min(1, rows - 1) * c_rs + 0, n0, 8))
+        c1_1 = vadd(c1_1, vload_n(C, c_off + min(1, rows - 1) * c_rs + 8, n1, 8))
+        c2_0 = vadd(c2_0, vload_n(C, c_off + min(2, rows - 1) * c_rs + 0, n0, 8))
+        c2_1 = vadd(c2_1, vload_n(C, c_off + min(2, rows - 1) * c_rs + 8, n1, 8))
+        c3_0 = vadd(c3_0, vload_n(C, c_off + min(3, rows - 1) * c_rs + 0, n0, 8))
+        c3_1 = vadd(c3_1, vload_n(C, c_off + min(3, rows - 1) * c_rs + 8, n1, 8))
+        c4_0 = vadd(c4_0, vload_n(C, c_off + min(4, rows - 1) * c_rs + 0, n0, 8))
+        c4_1 = vadd(c4_1, vload_n(C, c_off + min(4, rows - 1) * c_rs + 8, n1, 8))
+        c5_0 = vadd(c5_0, vload_n(C, c_off + min(5, rows - 1) * c_rs + 0, n0, 8))
+        c5_1 = vadd(c5_1, vload_n(C, c_off + min(5, rows - 1) * c_rs + 8, n1, 8))
+        c6_0 = vadd(c6_0, vload_n(C, c_off + min(6, rows - 1) * c_rs + 0, n0, 8))
+        c6_1 = vadd(c6_1, vload_n(C, c_off + min(6, rows - 1) * c_rs + 8, n1, 8))
+        c7_0 = vadd(c7_0, vload_n(C, c_off + min(7, rows - 1) * c_rs + 0, n0, 8))
+        c7_1 = vadd(c7_1, vload_n(C, c_off + min(7, rows - 1) * c_rs + 8, n1, 8))
+        c8_0 = vadd(c8_0, vload_n(C, c_off + min(8, rows - 1) * c_rs + 0, n0, 8))
+        c8_1 = vadd(c8_1, vload_n(C, c_off + min(8, rows - 1) * c_rs + 8, n1, 8))
+        c9_0 = vadd(c9_0, vload_n(C, c_off + min(9, rows - 1) * c_rs + 0, n0, 8))
+        c9_1 = vadd(c9_1, vload_n(C, c_off + min(9, rows - 1) * c_rs + 8, n1, 8))
+        c10_0 = vadd(c10_0, vload_n(C, c_off + min(10, rows - 1) * c_rs + 0, n0, 8))
+        c10_1 = vadd(c10_1, vload_n(C, c_off + min(10, rows - 1) * c_rs + 8, n1, 8))
+        c11_0 = vadd(c11_0, vload_n(C, c_off + min(11, rows - 1) * c_rs + 0, n0, 8))
+        c11_1 = vadd(c11_1, vload_n(C, c_off + min(11, rows - 1) * c_rs + 8, n1, 8))
+    if act == 1:
+        c0_0 = vmax_zero(c0_0)
+        c0_1 = vmax_zero(c0_1)
+        c1_0 = vmax_zero(c1_0)
+        c1_1 = vmax_zero(c1_1)
+        c2_0 = vmax_zero(c2_0)
+        c2_1 = vmax_zero(c2_1)
+        c3_0 = vmax_zero(c3_0)
+        c3_1 = vmax_zero(c3_1)
+        c4_0 = vmax_zero(c4_0)
+        c4_1 = vmax_zero(c4_1)
+        c5_0 = vmax_zero(c5_0)
+        c5_1 = vmax_zero(c5_1)
+        c6_0 = vmax_zero(c6_0)
+        c6_1 = vmax_zero(c6_1)
+        c7_0 = vmax_zero(c7_0)
+        c7_1 = vmax_zero(c7_1)
+        c8_0 = vmax_zero(c8_0)
+        c8_1 = vmax_zero(c8_1)
+        c9_0 = vmax_zero(c9_0)
+        c9_1 = vmax_zero(c9_1)
+        c10_0 = vmax_zero(c10_0)
+        c10_1 = vmax_zero(c10_1)
+        c11_0 = vmax_zero(c11_0)
+        c11_1 = vmax_zero(c11_1)
+    elif act == 2:
+        c0_0 = vrelu_general(c0_0, p0, p1, p2, p3)
+        c0_1 = vrelu_general(c0_1, p0, p1, p2, p3)
+        c1_0 = vrelu_general(c1_0, p0, p1, p2, p3)
+        c1_1 = vrelu_general(c1_1, p0, p1, p2, p3)
+        c2_0 = vrelu_general(c2_0, p0, p1, p2, p3)
+        c2_1 = vrelu_general(c2_1, p0, p1, p2, p3)
+        c3_0 = vrelu_general(c3_0, p0, p1, p2, p3)
+        c3_1 = vrelu_general(c3_1, p0, p1, p2, p3)
+        c4_0 = vrelu_general(c4_0, p0, p1, p2, p3)
+        c4_1 = vrelu_general(c4_1, p0, p1, p2, p3)
+        c5_0 = vrelu_general(c5_0, p0, p1, p2, p3)
+        c5_1 = vrelu_general(c5_1, p0, p1, p2, p3)
+        c6_0 = vrelu_general(c6_0, p0, p1, p2, p3)
+        c6_1 = vrelu_general(c6_1, p0, p1, p2, p3)
+        c7_0 = vrelu_general(c7_0, p0, p1, p2, p3)
+        c7_1 = vrelu_general(c7_1, p0, p1, p2, p3)
+        c8_0 = vrelu_general(c8_0, p0, p1, p2, p3)
+        c8_1 = vrelu_general(c8_1, p0, p1, p2, p3)
+        c9_0 = vrelu_general(c9_0, p0, p1, p2, p3)
+        c9_1 = vrelu_general(c9_1, p0, p1, p2, p3)
+        c10_0 = vrelu_general(c10_0, p0, p1, p2, p3)
+        c10_1 = vrelu_general(c10_1, p0, p1, p2, p3)
+        c11_0 = vrelu_general(c11_0, p0, p1, p2, p3)
+        c11_1 = vrelu_general(c11_1, p0, p1, p2, p3)
+    if n0 == 8 and n1 == 8:
+        vstore(C, c_off + 0 * c_rs + 0, c0_0); vstore(C, c_off + 0 * c_rs + 8, c0_1)
+        if rows > 1: vstore(C, c_off + 1 * c_rs + 0, c1_0); vstore(C, c_off + 1 * c_rs + 8, c1_1)
+        if rows > 2: vstore(C, c_off + 2 * c_rs + 0, c2_0); vstore(C, c_off + 2 * c_rs + 8, c2_1)
+        if rows > 3: vstore(C, c_off + 3 * c_rs + 0, c3_0); vstore(C, c_off + 3 * c_rs + 8, c3_1)
+        if rows > 4: vstore(C, c_off + 4 * c_rs + 0, c4_0); vstore(C, c_off + 4 * c_rs + 8, c4_1)
+        if rows > 5: vstore(C, c_off + 5 * c_rs + 0, c5_0); vstore(C, c_off + 5 * c_rs + 8, c5_1)
+        if rows > 6: vstore(C, c_off + 6 * c_rs + 0, c6_0); vstore(C, c_off + 6 * c_rs + 8, c6_1)
+        if rows > 7: vstore(C, c_off + 7 * c_rs + 0, c7_0); vstore(C, c_off + 7 * c_rs + 8, c7_1)
+        if rows > 8: vstore(C, c_off + 8 * c_rs + 0, c8_0); vstore(C, c_off + 8 * c_rs + 8, c8_1)
+        if rows > 9: vstore(C, c_off + 9 * c_rs + 0, c9_0); vstore(C, c_off + 9 * c_rs + 8, c9_1)
+        if rows > 10: vstore(C, c_off + 10 * c_rs + 0, c10_0); vstore(C, c_off + 10 * c_rs + 8, c10_1)
+        if rows > 11: vstore(C, c_off + 11 * c_rs + 0, c11_0); vstore(C, c_off + 11 * c_rs + 8, c11_1)
+    else:
+        vstore_n(C, c_off + 0 * c_rs + 0, c0_0, n0); vstore_n(C, c_off + 0 * c_rs + 8, c0_1, n1)
+        if rows > 1: vstore_n(C, c_off + 1 * c_rs + 0, c1_0, n0); vstore_n(C, c_off + 1 * c_rs + 8, c1_1, n1)
+        if rows > 2: vstore_n(C, c_off + 2 * c_rs + 0, c2_0, n0); vstore_n(C, c_off + 2 * c_rs + 8, c2_1, n1)
+        if rows > 3: vstore_n(C, c_off + 3 * c_rs + 0, c3_0, n0); vstore_n(C, c_off + 3 * c_rs + 8, c3_1, n1)
+        if rows > 4: vstore_n(C, c_off + 4 * c_rs + 0, c4_0, n0); vstore_n(C, c_off + 4 * c_rs + 8, c4_1, n1)
+        if rows > 5: vstore_n(C, c_off + 5 * c_rs + 0, c5_0, n0); vstore_n(C, c_off + 5 * c_rs + 8, c5_1, n1)
+        if rows > 6: vstore_n(C, c_off + 6 * c_rs + 0, c6_0, n0); vstore_n(C, c_off + 6 * c_rs + 8, c6_1, n1)
+        if rows > 7: vstore_n(C, c_off + 7 * c_rs + 0, c7_0, n0); vstore_n(C, c_off + 7 * c_rs + 8, c7_1, n1)
+        if rows > 8: vstore_n(C, c_off + 8 * c_rs + 0, c8_0, n0); vstore_n(C, c_off + 8 * c_rs + 8, c8_1, n1)
+        if rows > 9: vstore_n(C, c_off + 9 * c_rs + 0, c9_0, n0); vstore_n(C, c_off + 9 * c_rs + 8, c9_1, n1)
+        if rows > 10: vstore_n(C, c_off + 10 * c_rs + 0, c10_0, n0); vstore_n(C, c_off + 10 * c_rs + 8, c10_1, n1)
+        if rows > 11: vstore_n(C, c_off + 11 * c_rs + 0, c11_0, n0); vstore_n(C, c_off + 11 * c_rs + 8, c11_1, n1)
+
+
+@numba.njit(**JIT_OPTIONS)
 def mkn_8x2_l8(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,
         bias_off, bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 8)
@@ -777,6 +1177,206 @@ def mkn_1x4_l8(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bi
         vstore(C, c_off + 0 * c_rs + 0, c0_0); vstore(C, c_off + 0 * c_rs + 8, c0_1); vstore(C, c_off + 0 * c_rs + 16, c0_2); vstore(C, c_off + 0 * c_rs + 24, c0_3)
     else:
         vstore_n(C, c_off + 0 * c_rs + 0, c0_0, n0); vstore_n(C, c_off + 0 * c_rs + 8, c0_1, n1); vstore_n(C, c_off + 0 * c_rs + 16, c0_2, n2); vstore_n(C, c_off + 0 * c_rs + 24, c0_3, n3)
+
+
+@numba.njit(**JIT_OPTIONS)
+def mkn_12x2_l4(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,
+        bias_off, bias_mode, act, p0, p1, p2, p3):
+    z = vzero(C, 4)
+    c0_0 = c0_1 = z
+    c1_0 = c1_1 = z
+    c2_0 = c2_1 = z
+    c3_0 = c3_1 = z
+    c4_0 = c4_1 = z
+    c5_0 = c5_1 = z
+    c6_0 = c6_1 = z
+    c7_0 = c7_1 = z
+    c8_0 = c8_1 = z
+    c9_0 = c9_1 = z
+    c10_0 = c10_1 = z
+    c11_0 = c11_1 = z
+    ar0 = a_off + min(0, rows - 1) * a_rs
+    ar1 = a_off + min(1, rows - 1) * a_rs
+    ar2 = a_off + min(2, rows - 1) * a_rs
+    ar3 = a_off + min(3, rows - 1) * a_rs
+    ar4 = a_off + min(4, rows - 1) * a_rs
+    ar5 = a_off + min(5, rows - 1) * a_rs
+    ar6 = a_off + min(6, rows - 1) * a_rs
+    ar7 = a_off + min(7, rows - 1) * a_rs
+    ar8 = a_off + min(8, rows - 1) * a_rs
+    ar9 = a_off + min(9, rows - 1) * a_rs
+    ar10 = a_off + min(10, rows - 1) * a_rs
+    ar11 = a_off + min(11, rows - 1) * a_rs
+    n0 = min(4, max(0, cols - 0))
+    n1 = min(4, max(0, cols - 4))
+    bp0 = b_off
+    for k in range(K):
+        b0 = vload(B, bp0 + k * 8 + 0, 4)
+        b1 = vload(B, bp0 + k * 8 + 4, 4)
+        a = vbroadcast(A, ar0 + k, z)
+        c0_0 = vfma(a, b0, c0_0)
+        c0_1 = vfma(a, b1, c0_1)
+        a = vbroadcast(A, ar1 + k, z)
+        c1_0 = vfma(a, b0, c1_0)
+        c1_1 = vfma(a, b1, c1_1)
+        a = vbroadcast(A, ar2 + k, z)
+        c2_0 = vfma(a, b0, c2_0)
+        c2_1 = vfma(a, b1, c2_1)
+        a = vbroadcast(A, ar3 + k, z)
+        c3_0 = vfma(a, b0, c3_0)
+        c3_1 = vfma(a, b1, c3_1)
+        a = vbroadcast(A, ar4 + k, z)
+        c4_0 = vfma(a, b0, c4_0)
+        c4_1 = vfma(a, b1, c4_1)
+        a = vbroadcast(A, ar5 + k, z)
+        c5_0 = vfma(a, b0, c5_0)
+        c5_1 = vfma(a, b1, c5_1)
+        a = vbroadcast(A, ar6 + k, z)
+        c6_0 = vfma(a, b0, c6_0)
+        c6_1 = vfma(a, b1, c6_1)
+        a = vbroadcast(A, ar7 + k, z)
+        c7_0 = vfma(a, b0, c7_0)
+        c7_1 = vfma(a, b1, c7_1)
+        a = vbroadcast(A, ar8 + k, z)
+        c8_0 = vfma(a, b0, c8_0)
+        c8_1 = vfma(a, b1, c8_1)
+        a = vbroadcast(A, ar9 + k, z)
+        c9_0 = vfma(a, b0, c9_0)
+        c9_1 = vfma(a, b1, c9_1)
+        a = vbroadcast(A, ar10 + k, z)
+        c10_0 = vfma(a, b0, c10_0)
+        c10_1 = vfma(a, b1, c10_1)
+        a = vbroadcast(A, ar11 + k, z)
+        c11_0 = vfma(a, b0, c11_0)
+        c11_1 = vfma(a, b1, c11_1)
+    if bias_mode == 2:
+        bv = vload_n(bias, bias_off + 0, n0, 4)
+        c0_0 = vadd(c0_0, bv)
+        c1_0 = vadd(c1_0, bv)
+        c2_0 = vadd(c2_0, bv)
+        c3_0 = vadd(c3_0, bv)
+        c4_0 = vadd(c4_0, bv)
+        c5_0 = vadd(c5_0, bv)
+        c6_0 = vadd(c6_0, bv)
+        c7_0 = vadd(c7_0, bv)
+        c8_0 = vadd(c8_0, bv)
+        c9_0 = vadd(c9_0, bv)
+        c10_0 = vadd(c10_0, bv)
+        c11_0 = vadd(c11_0, bv)
+        bv = vload_n(bias, bias_off + 4, n1, 4)
+        c0_1 = vadd(c0_1, bv)
+        c1_1 = vadd(c1_1, bv)
+        c2_1 = vadd(c2_1, bv)
+        c3_1 = vadd(c3_1, bv)
+        c4_1 = vadd(c4_1, bv)
+        c5_1 = vadd(c5_1, bv)
+        c6_1 = vadd(c6_1, bv)
+        c7_1 = vadd(c7_1, bv)
+        c8_1 = vadd(c8_1, bv)
+        c9_1 = vadd(c9_1, bv)
+        c10_1 = vadd(c10_1, bv)
+        c11_1 = vadd(c11_1, bv)
+    elif bias_mode == 3:
+        c0_0 = vadd(c0_0, vload_n(C, c_off + min(0, rows - 1) * c_rs + 0, n0, 4))
+        c0_1 = vadd(c0_1, vload_n(C, c_off + min(0, rows - 1) * c_rs + 4, n1, 4))
+        c1_0 = vadd(c1_0, vload_n(C, c_off + min(1, rows - 1) * c_rs + 0, n0, 4))
+        c1_1 = vadd(c1_1, vload_n(C, c_off + min(1, rows - 1) * c_rs + 4, n1, 4))
+        c2_0 = vadd(c2_0, vload_n(C, c_off + min(2, rows - 1) * c_rs + 0, n0, 4))
+        c2_1 = vadd(c2_1, vload_n(C, c_off + min(2, rows - 1) * c_rs + 4, n1, 4))
+        c3_0 = vadd(c3_0, vload_n(C, c_off + min(3, rows - 1) * c_rs + 0, n0, 4))
+        c3_1 = vadd(c3_1, vload_n(C, c_off + min(3, rows - 1) * c_rs + 4, n1, 4))
+        c4_0 = vadd(c4_0, vload_n(C, c_off + min(4, rows - 1) * c_rs + 0, n0, 4))
+        c4_1 = vadd(c4_1, vload_n(C, c_off + min(4, rows - 1) * c_rs + 4, n1, 4))
+        c5_0 = vadd(c5_0, vload_n(C, c_off + min(5, rows - 1) * c_rs + 0, n0, 4))
+        c5_1 = vadd(c5_1, vload_n(C, c_off + min(5, rows - 1) * c_rs + 4, n1, 4))
+        c6_0 = vadd(c6_0, vload_n(C, c_off + min(6, rows - 1) * c_rs + 0, n0, 4))
+        c6_1 = vadd(c6_1, vload_n(C, c_off + min(6, rows - 1) * c_rs + 4, n1, 4))
+        c7_0 = vadd(c7_0, vload_n(C, c_off + min(7, rows - 1) * c_rs + 0, n0, 4))
+        c7_1 = vadd(c7_1, vload_n(C, c_off + min(7, rows - 1) * c_rs + 4, n1, 4))
+        c8_0 = vadd(c8_0, vload_n(C, c_off + min(8, rows - 1) * c_rs + 0, n0, 4))
+        c8_1 = vadd(c8_1, vload_n(C, c_off + min(8, rows - 1) * c_rs + 4, n1, 4))
+        c9_0 = vadd(c9_0, vload_n(C, c_off + min(9, rows - 1) * c_rs + 0, n0, 4))
+        c9_1 = vadd(c9_1, vload_n(C, c_off + min(9, rows - 1) * c_rs + 4, n1, 4))
+        c10_0 = vadd(c10_0, vload_n(C, c_off + min(10, rows - 1) * c_rs + 0, n0, 4))
+        c10_1 = vadd(c10_1, vload_n(C, c_off + min(10, rows - 1) * c_rs + 4, n1, 4))
+        c11_0 = vadd(c11_0, vload_n(C, c_off + min(11, rows - 1) * c_rs + 0, n0, 4))
+        c11_1 = vadd(c11_1, vload_n(C, c_off + min(11, rows - 1) * c_rs + 4, n1, 4))
+    if act == 1:
+        c0_0 = vmax_zero(c0_0)
+        c0_1 = vmax_zero(c0_1)
+        c1_0 = vmax_zero(c1_0)
+        c1_1 = vmax_zero(c1_1)
+        c2_0 = vmax_zero(c2_0)
+        c2_1 = vmax_zero(c2_1)
+        c3_0 = vmax_zero(c3_0)
+        c3_1 = vmax_zero(c3_1)
+        c4_0 = vmax_zero(c4_0)
+        c4_1 = vmax_zero(c4_1)
+        c5_0 = vmax_zero(c5_0)
+        c5_1 = vmax_zero(c5_1)
+        c6_0 = vmax_zero(c6_0)
+        c6_1 = vmax_zero(c6_1)
+        c7_0 = vmax_zero(c7_0)
+        c7_1 = vmax_zero(c7_1)
+        c8_0 = vmax_zero(c8_0)
+        c8_1 = vmax_zero(c8_1)
+        c9_0 = vmax_zero(c9_0)
+        c9_1 = vmax_zero(c9_1)
+        c10_0 = vmax_zero(c10_0)
+        c10_1 = vmax_zero(c10_1)
+        c11_0 = vmax_zero(c11_0)
+        c11_1 = vmax_zero(c11_1)
+    elif act == 2:
+        c0_0 = vrelu_general(c0_0, p0, p1, p2, p3)
+        c0_1 = vrelu_general(c0_1, p0, p1, p2, p3)
+        c1_0 = vrelu_general(c1_0, p0, p1, p2, p3)
+        c1_1 = vrelu_general(c1_1, p0, p1, p2, p3)
+        c2_0 = vrelu_general(c2_0, p0, p1, p2, p3)
+        c2_1 = vrelu_general(c2_1, p0, p1, p2, p3)
+        c3_0 = vrelu_general(c3_0, p0, p1, p2, p3)
+        c3_1 = vrelu_general(c3_1, p0, p1, p2, p3)
+        c4_0 = vrelu_general(c4_0, p0, p1, p2, p3)
+        c4_1 = vrelu_general(c4_1, p0, p1, p2, p3)
+        c5_0 = vrelu_general(c5_0, p0, p1, p2, p3)
+        c5_1 = vrelu_general(c5_1, p0, p1, p2, p3)
+        c6_0 = vrelu_general(c6_0, p0, p1, p2, p3)
+        c6_1 = vrelu_general(c6_1, p0, p1, p2, p3)
+        c7_0 = vrelu_general(c7_0, p0, p1, p2, p3)
+        c7_1 = vrelu_general(c7_1, p0, p1, p2, p3)
+        c8_0 = vrelu_general(c8_0, p0, p1, p2, p3)
+        c8_1 = vrelu_general(c8_1, p0, p1, p2, p3)
+        c9_0 = vrelu_general(c9_0, p0, p1, p2, p3)
+        c9_1 = vrelu_general(c9_1, p0, p1, p2, p3)
+        c10_0 = vrelu_general(c10_0, p0, p1, p2, p3)
+        c10_1 = vrelu_general(c10_1, p0, p1, p2, p3)
+        c11_0 = vrelu_general(c11_0, p0, p1, p2, p3)
+        c11_1 = vrelu_general(c11_1, p0, p1, p2, p3)
+    if n0 == 4 and n1 == 4:
+        vstore(C, c_off + 0 * c_rs + 0, c0_0); vstore(C, c_off + 0 * c_rs + 4, c0_1)
+        if rows > 1: vstore(C, c_off + 1 * c_rs + 0, c1_0); vstore(C, c_off + 1 * c_rs + 4, c1_1)
+        if rows > 2: vstore(C, c_off + 2 * c_rs + 0, c2_0); vstore(C, c_off + 2 * c_rs + 4, c2_1)
+        if rows > 3: vstore(C, c_off + 3 * c_rs + 0, c3_0); vstore(C, c_off + 3 * c_rs + 4, c3_1)
+        if rows > 4: vstore(C, c_off + 4 * c_rs + 0, c4_0); vstore(C, c_off + 4 * c_rs + 4, c4_1)
+        if rows > 5: vstore(C, c_off + 5 * c_rs + 0, c5_0); vstore(C, c_off + 5 * c_rs + 4, c5_1)
+        if rows > 6: vstore(C, c_off + 6 * c_rs + 0, c6_0); vstore(C, c_off + 6 * c_rs + 4, c6_1)
+        if rows > 7: vstore(C, c_off + 7 * c_rs + 0, c7_0); vstore(C, c_off + 7 * c_rs + 4, c7_1)
+        if rows > 8: vstore(C, c_off + 8 * c_rs + 0, c8_0); vstore(C, c_off + 8 * c_rs + 4, c8_1)
+        if rows > 9: vstore(C, c_off + 9 * c_rs + 0, c9_0); vstore(C, c_off + 9 * c_rs + 4, c9_1)
+        if rows > 10: vstore(C, c_off + 10 * c_rs + 0, c10_0); vstore(C, c_off + 10 * c_rs + 4, c10_1)
+        if rows > 11: vstore(C, c_off + 11 * c_rs + 0, c11_0); vstore(C, c_off + 11 * c_rs + 4, c11_1)
+    else:
+        vstore_n(C, c_off + 0 * c_rs + 0, c0_0, n0); vstore_n(C, c_off + 0 * c_rs + 4, c0_1, n1)
+        if rows > 1: vstore_n(C, c_off + 1 * c_rs + 0, c1_0, n0); vstore_n(C, c_off + 1 * c_rs + 4, c1_1, n1)
+        if rows > 2: vstore_n(C, c_off + 2 * c_rs + 0, c2_0, n0); vstore_n(C, c_off + 2 * c_rs + 4, c2_1, n1)
+        if rows > 3: vstore_n(C, c_off + 3 * c_rs + 0, c3_0, n0); vstore_n(C, c_off + 3 * c_rs + 4, c3_1, n1)
+        if rows > 4: vstore_n(C, c_off + 4 * c_rs + 0, c4_0, n0); vstore_n(C, c_off + 4 * c_rs + 4, c4_1, n1)
+        if rows > 5: vstore_n(C, c_off + 5 * c_rs + 0, c5_0, n0); vstore_n(C, c_off + 5 * c_rs + 4, c5_1, n1)
+        if rows > 6: vstore_n(C, c_off + 6 * c_rs + 0, c6_0, n0); vstore_n(C, c_off + 6 * c_rs + 4, c6_1, n1)
+        if rows > 7: vstore_n(C, c_off + 7 * c_rs + 0, c7_0, n0); vstore_n(C, c_off + 7 * c_rs + 4, c7_1, n1)
+        if rows > 8: vstore_n(C, c_off + 8 * c_rs + 0, c8_0, n0); vstore_n(C, c_off + 8 * c_rs + 4, c8_1, n1)
+        if rows > 9: vstore_n(C, c_off + 9 * c_rs + 0, c9_0, n0); vstore_n(C, c_off + 9 * c_rs + 4, c9_1, n1)
+        if rows > 10: vstore_n(C, c_off + 10 * c_rs + 0, c10_0, n0); vstore_n(C, c_off + 10 * c_rs + 4, c10_1, n1)
+        if rows > 11: vstore_n(C, c_off + 11 * c_rs + 0, c11_0, n0); vstore_n(C, c_off + 11 * c_rs + 4, c11_1, n1)
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -1163,14 +1763,17 @@ def mkn_1x4_l4(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bi
 
 #: (MR, NV, lanes) -> kernel
 DENSE_UKERNELS = {
+    (12, 2, 16): mkn_12x2_l16,
     (8, 2, 16): mkn_8x2_l16,
     (6, 2, 16): mkn_6x2_l16,
     (4, 2, 16): mkn_4x2_l16,
     (1, 4, 16): mkn_1x4_l16,
+    (12, 2, 8): mkn_12x2_l8,
     (8, 2, 8): mkn_8x2_l8,
     (6, 2, 8): mkn_6x2_l8,
     (4, 2, 8): mkn_4x2_l8,
     (1, 4, 8): mkn_1x4_l8,
+    (12, 2, 4): mkn_12x2_l4,
     (8, 2, 4): mkn_8x2_l4,
     (6, 2, 4): mkn_6x2_l4,
     (4, 2, 4): mkn_4x2_l4,
