@@ -421,6 +421,11 @@ def _conv_depthwise(ctx: EmitContext) -> None:
 
 def emit_conv2d(ctx: EmitContext) -> None:
     _require_nchw(ctx)
+    if getattr(ctx, "unstuffed", None) is not None:  # a transposed conv with kernel == stride (emit_convt)
+        from keydnn.backends.numba_cpu.codegen.emit_convt import emit_conv_transpose
+
+        emit_conv_transpose(ctx, ctx.unstuffed)
+        return
     if ctx.op.groups == 1:
         _conv_gemm(ctx)
     elif ctx.constant(1).shape[1] == 1:

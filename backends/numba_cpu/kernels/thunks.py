@@ -85,6 +85,8 @@ HELPERS: dict[str, tuple[str, str]] = {
        for kh, kw, sw in DEPTHWISE_SHAPES},
 }
 HELPERS.update(HELPERS_TENSOR)  # issue 18's tensor math (cg_kernels_tensor)
+HELPERS["transpose_matrix"] = ("transpose2d", "aiai" + "iiii")  # boundary layout transposes
+HELPERS["scatter_phases"] = ("convt", "aii" + "ai" + "i" * 10)  # transposed convs with kernel == stride
 HELPERS.update({dense_kernel_name(mr, nv, lanes): ("ukernels_dense", DENSE_SIGNATURE)  # dense over 2L panels
                 for lanes in LANES for mr, nv in DENSE_TILES})
 
