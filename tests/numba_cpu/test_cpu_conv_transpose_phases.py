@@ -75,3 +75,14 @@ def test_keras_conv2d_transpose_matches(keras_sources, padding: str) -> None:
     from keydnn.backends.numba_cpu.runtime import executable as cg_exec
 
     assert _stages(cg_exec.try_codegen(model.graph)).count("phases-gemm") == 2
+
+
+def test_float64_phases() -> None:
+    weights = {"w": randn(6, 4, 2, 2, seed=1, dtype="float64"), "b": randn(6, seed=2, dtype="float64")}
+    nodes = [node("r", Relu(), "x"), node("d", DilatePad2d(factors=(2, 2), pads=(1, 1, 1, 1)), "r"),
+             node("c", Conv2d(activation=Relu()), "d", "w", "b")]
+    g = make_graph(nodes, (1, 4, 9, 11), weights, dtype="float64")
+    exe = compile_graph(g, mode="codegen")
+    assert "phases-gemm" in _stages(exe)
+    for n in (1, 3):
+        check(g, np.random.default_rng(n).standard_normal((n, 4, 9, 11)), exe=exe, rtol=1e-10, atol=1e-10)
