@@ -91,7 +91,8 @@ def main() -> None:
     models = cpu_bench.build_models()
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     print(f"tier {current_target().name}; noisy shared machine (2 cores, other agents)")
-    print(f"{'model':16s} {'b':>3s} {'k ms':>8s} {'ort ms':>8s} {'wall':>6s} | {'k1 ms':>8s} {'ort1 ms':>8s} {'cpu':>6s}")
+    print(f"{'model':16s} {'b':>3s} {'k ms':>8s} {'ort ms':>8s} {'wall':>6s} | "
+          f"{'k1 ms':>8s} {'ort1 ms':>8s} {'cpu':>6s}")
     walls, cpus = [], []
     for name in names:
         model = models[name]

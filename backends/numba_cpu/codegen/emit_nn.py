@@ -519,7 +519,7 @@ def emit_dense(ctx: EmitContext) -> None:
         "    r += 1",
     ]
     if post_activation(act):
-        body += [f"for rr in range(r0, r1):",
+        body += ["for rr in range(r0, r1):",
                  "    " + ctx.call("act_copy", y, f"{yb} + rr * {m} + col0", y, f"{yb} + rr * {m} + col0", "cols",
                                    *_act_args(act))]
     work = 2.0 * k * m * per_sample_rows
