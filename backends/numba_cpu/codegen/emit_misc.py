@@ -134,6 +134,13 @@ def emit_transpose(ctx: EmitContext) -> None:
         ctx.stage(Stage(f"transpose {list(perm)}", [ctx.call("copy_flat", x, x.at(), y, y.at(), 1)],
                         batched=y.batched, work=work))
         return
+    turn = next((k for k in range(1, rank) if sample_perm == list(range(k, rank)) + list(range(k))), None)
+    if turn is not None:  # a rotation of the axes (NHWC <-> NCHW): y (C x R) = x (R x C) transposed
+        r_, c_ = math.prod(x.sample[:turn]), math.prod(x.sample[turn:])
+        body = [ctx.call("transpose_matrix", x, x.at(), y, y.at(), r_, c_, "lo", "hi")]
+        ctx.stage(Stage(f"transpose {list(perm)} as {r_}x{c_}", body, batched=y.batched, split=max(1, c_),
+                        max_blocks=_blocks(2 * work, max(1, c_)), work=work))
+        return
     shape_off = ctx.table(y.sample)
     stride_off = ctx.table([strides[p] for p in sample_perm])
     rows = y.size // y.sample[-1] if y.sample[-1] else 0  # innermost runs: items split them (an input

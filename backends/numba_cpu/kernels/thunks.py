@@ -30,6 +30,7 @@ import numpy as np
 
 from keydnn.backends.numba_cpu.codegen.emit_conv_recurrent import HELPERS_CONV_SEQ
 from keydnn.backends.numba_cpu.codegen.emit_tensor import HELPERS_TENSOR
+from keydnn.backends.numba_cpu.codegen.dense_kernel_source import DENSE_SIGNATURE, DENSE_TILES, dense_kernel_name
 from keydnn.backends.numba_cpu.codegen.ukernel_source import (
     CHANNEL_TILES, DEPTHWISE_SHAPES, LANES, PACKED_TILES, TILES, blocks_kernel_name, channel_kernel_name,
     depthwise_kernel_name, kernel_name,
@@ -86,6 +87,10 @@ HELPERS: dict[str, tuple[str, str]] = {
 }
 HELPERS.update(HELPERS_TENSOR)  # issue 18's tensor math (cg_kernels_tensor)
 HELPERS.update(HELPERS_CONV_SEQ)  # issue 17's conv_lstm (cg_kernels_conv_seq)
+HELPERS["transpose_matrix"] = ("transpose2d", "aiai" + "iiii")  # boundary layout transposes
+HELPERS["scatter_phases"] = ("convt", "aii" + "ai" + "i" * 10)  # transposed convs with kernel == stride
+HELPERS.update({dense_kernel_name(mr, nv, lanes): ("ukernels_dense", DENSE_SIGNATURE)  # dense over 2L panels
+                for lanes in LANES for mr, nv in DENSE_TILES})
 
 _KERNELS_ROOT = Path(__file__).resolve().parents[1]  # backends/numba_cpu
 
