@@ -360,8 +360,18 @@ def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: 
 
     source = render(graph, gen, plan, cache=cache, profile=profile, shared=shared)
 
-    def blob(parts, dtype_):
-        return np.concatenate(parts + [np.zeros(64, dtype=dtype_)]) if parts else np.zeros(64, dtype=dtype_)
+    def blob(parts: list, dtype_) -> np.ndarray:
+        # parts are copied in and released one at a time: ``np.concatenate`` held every part and the whole
+        # blob at once, twice a large model's weights (the pages of ``out`` are touched only as they fill)
+        out = np.empty(sum(p.size for p in parts) + 64, dtype=dtype_)
+        pos = 0
+        for i, part in enumerate(parts):
+            out[pos:pos + part.size] = part
+            pos += part.size
+            parts[i] = None
+        out[pos:] = 0
+        parts.clear()
+        return out
 
     work = sum(st.work for st in gen.stages)
     descriptions = [st.description for st in gen.stages]
