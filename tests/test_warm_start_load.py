@@ -193,3 +193,23 @@ def test_packing_weights_for_generated_code_holds_about_two_copies() -> None:
     grown, packed, weights = map(int, proc.stdout.split())
     assert packed >= weights
     assert grown <= 2.3 * weights, f"generating took {grown / 2**20:.0f} MiB for {weights / 2**20:.0f} MiB of weights"
+
+
+def test_stage_templates_do_not_depend_on_the_line_cache() -> None:
+    """Code generation parses each distinct stage line once per process (``stageroll._SPLIT_CACHE``); a line
+    naming an array is cached per array slot, and a cached parse gives what a fresh one gives."""
+    from keydnn.backends.numba_cpu.codegen import stageroll
+
+    lines = ["    for k in range(lo, hi):", "        fcall(F[3], p_A, k * 12, 1.5)",
+             "        fcall(F[3], p_A, k * 13, 2.5e-3)"]
+    stageroll._SPLIT_CACHE.clear()
+    one = stageroll.stage_parameters(lines, {"A": 1})
+    two = stageroll.stage_parameters(lines, {"A": 2})
+    assert one is not None and two is not None and one[1] != two[1]  # the array's slot is a parameter
+    assert one[0] == two[0]  # the same template text
+    stageroll._SPLIT_CACHE.clear()
+    assert stageroll.stage_parameters(lines, {"A": 2}) == two
+    assert stageroll.stage_parameters(["    x = 1  # a comment before a token"], {}) is None
+    assert stageroll.stage_parameters(["    x = 'text'"], {}) is None
+    trailing = stageroll.stage_parameters(["    x = name12 + 7  #"], {})  # nothing after the '#': kept
+    assert trailing == (["    x = name12 + ld_i64(k_qi, 0)  #"], [7], [])

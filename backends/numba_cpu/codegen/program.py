@@ -189,7 +189,9 @@ class EmitContext:
         self.fused = None
 
     def weight(self, array: np.ndarray) -> int:
-        return self._gen.add_blob(self._gen.w_parts, "w_len", np.asarray(array, dtype=self.dtype).reshape(-1))
+        """Append ``array`` (C order) to ``W``; its offset. A view such as a transposed packing is kept as it
+        is and copied once, straight into the blob (flattening it here copied every packed weight twice)."""
+        return self._gen.add_blob(self._gen.w_parts, "w_len", np.asarray(array, dtype=self.dtype))
 
     def param64(self, array: np.ndarray) -> int:
         return self._gen.add_blob(self._gen.d_parts, "d_len", np.asarray(array, dtype=np.float64).reshape(-1))
@@ -366,7 +368,7 @@ def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: 
         out = np.empty(sum(p.size for p in parts) + 64, dtype=dtype_)
         pos = 0
         for i, part in enumerate(parts):
-            out[pos:pos + part.size] = part
+            out[pos:pos + part.size].reshape(part.shape)[...] = part  # C order, as ``reshape(-1)`` would give
             pos += part.size
             parts[i] = None
         out[pos:] = 0
