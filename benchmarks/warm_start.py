@@ -8,6 +8,8 @@ cache. Issue 16's target is at most 1.5 s and 400 MiB for each model.
     python benchmarks/warm_start.py                        # build, convert, save, warm the cache, measure
     python benchmarks/warm_start.py --dir /tmp/ws --runs 7 # keep the artifacts and the cache between runs
     python benchmarks/warm_start.py --format inline        # weights as inline base64 (the old default form)
+    git archive 7bae071 | tar -x -C /tmp/old               # an older keydnn, to compare with in the same run:
+    python benchmarks/warm_start.py --baseline /tmp/old --baseline-format inline
 
 The first run builds MobileNetV2, ResNet50, EfficientNetB0 and NASNetMobile
 with ``weights=None`` (``app_models.application_models``: random weights,
@@ -21,7 +23,10 @@ tensor decoding and checksums, the graph check), building the model, loading
 the executable from the compile cache (code generation, the cache lookup and
 library load) and the first call, and say whether numba was imported. A
 phase's time is the minimum over the runs (the machine is shared, and the
-minimum is the least disturbed).
+minimum is the least disturbed). ``--baseline SRC`` runs every child a second time
+with ``PYTHONPATH=SRC`` (a source tree of another keydnn version, on its own
+artifacts in ``--baseline-format``), alternating with the current code, so
+that both see the same background load.
 """
 
 from __future__ import annotations
@@ -108,19 +113,34 @@ x = np.load(sys.argv[2])
 y = m(x)
 t = mark("first call", t)
 print("RESULT", json.dumps({"total": t - t0, "peak": peak_mib(), "phases": phases, "nested": nested, "rss": rss,
-                            "numba": "numba" in sys.modules, "llvmlite": "llvmlite" in sys.modules}))
+                            "numba": "numba" in sys.modules, "llvmlite": "llvmlite" in sys.modules,
+                            "keydnn": keydnn.__file__}))
 """
 
 
-def _child(script: str, args: list[str], cache: Path) -> str:
+#: Run first in a baseline child: an editable install's import hook would otherwise find this checkout's keydnn
+#: before the baseline's source tree on PYTHONPATH.
+_BASELINE_PRELUDE = """
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+"""
+
+
+def _child(script: str, args: list[str], cache: Path, source: Path | None = None) -> str:
     env = {**os.environ, "KEYDNN_CACHE_DIR": str(cache), "KEYDNN_PROGRESS": "0"}
-    proc = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True)
+    if source is not None:  # another keydnn: its source tree first on the path
+        env["PYTHONPATH"] = str(source)
+        script = _BASELINE_PRELUDE + script
+    # run in the cache's folder: ``-c`` puts the working directory first on the path, and a checkout's own
+    # ``keydnn/`` there would shadow the baseline's
+    proc = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
+                          cwd=cache.parent)
     if proc.returncode:
         raise SystemExit(f"child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))[len("RESULT "):]
 
 
-def prepare(directory: Path, names: tuple[str, ...], fmt: str) -> None:
+def prepare(directory: Path, names: tuple[str, ...], fmt: str, source: Path | None = None) -> None:
     """Build, convert and save the models whose artifacts are missing, and warm the compile cache."""
     missing = [n for n in names if not (directory / f"{_key(n)}.{fmt}.json").exists()]
     if missing:
@@ -143,8 +163,9 @@ def prepare(directory: Path, names: tuple[str, ...], fmt: str) -> None:
     for name in names:  # a cold compile where the cache lacks the model (or the backend changed since)
         t = time.perf_counter()
         _child(_CHILD, [str(directory / f"{_key(name)}.{fmt}.json"), str(directory / f"{_key(name)}.x.npy")],
-               directory / "cache")
-        print(f"{name}: cache warm ({time.perf_counter() - t:.1f} s)", flush=True)
+               directory / "cache", source)
+        print(f"{name}: cache warm ({time.perf_counter() - t:.1f} s){' for ' + str(source) if source else ''}",
+              flush=True)
 
 
 def save_as(km, path: Path, fmt: str) -> None:
@@ -155,22 +176,34 @@ def save_as(km, path: Path, fmt: str) -> None:
         km.save(path, sidecar=(fmt == "sidecar"))
 
 
-def measure(directory: Path, name: str, fmt: str, runs: int) -> dict:
-    art, x = str(directory / f"{_key(name)}.{fmt}.json"), str(directory / f"{_key(name)}.x.npy")
-    plain = [_child(_CHILD, [art, x], directory / "cache").split() for _ in range(runs)]
+def measure(directory: Path, name: str, configs: list[tuple[str, Path | None]], runs: int) -> list[dict]:
+    """One result per (format, source) config; the configs' children alternate run by run."""
+    x = str(directory / f"{_key(name)}.x.npy")
+    arts = [str(directory / f"{_key(name)}.{fmt}.json") for fmt, _ in configs]
+    plain: list[list] = [[] for _ in configs]
+    detail: list[list] = [[] for _ in configs]
+    for _ in range(runs):
+        for i, (art, (_, source)) in enumerate(zip(arts, configs)):
+            plain[i].append(_child(_CHILD, [art, x], directory / "cache", source).split())
+    for _ in range(runs):
+        for i, (art, (_, source)) in enumerate(zip(arts, configs)):
+            detail[i].append(json.loads(_child(_INSTRUMENTED, [art, x, json.dumps(PROBES)], directory / "cache",
+                                               source)))
+    return [_summary(directory, name, fmt, p, d) for (fmt, _), p, d in zip(configs, plain, detail)]
+
+
+def _summary(directory: Path, name: str, fmt: str, plain: list, detail: list) -> dict:
     times = sorted(float(p[0]) for p in plain)
-    detail = [json.loads(_child(_INSTRUMENTED, [art, x, json.dumps(PROBES)], directory / "cache"))
-              for _ in range(runs)]
     phases = {k: min(d["phases"][k] for d in detail) for k in detail[0]["phases"]}
     nested = {k: min(d["nested"].get(k, float("inf")) for d in detail) for k in detail[0]["nested"]}
     size = sum(p.stat().st_size for p in directory.glob(f"{_key(name)}.{fmt}.*"))
     return {"min": times[0], "median": float(np.median(times)), "peak": max(float(p[1]) for p in plain),
             "phases": phases, "nested": nested, "rss": detail[0]["rss"], "numba": any(d["numba"] for d in detail),
-            "llvmlite": any(d["llvmlite"] for d in detail), "bytes": size}
+            "llvmlite": any(d["llvmlite"] for d in detail), "bytes": size, "keydnn": detail[0]["keydnn"]}
 
 
 def report(name: str, r: dict) -> str:
-    lines = [f"{name}: warm start min {r['min']:.2f} s, median {r['median']:.2f} s, peak RSS {r['peak']:.0f} MiB "
+    lines = [f"{name} ({r['keydnn']}): warm start min {r['min']:.2f} s, median {r['median']:.2f} s, peak RSS {r['peak']:.0f} MiB "
              f"(artifact files {r['bytes'] / 2**20:.0f} MiB; numba imported: {r['numba']}, llvmlite: {r['llvmlite']})"]
     for k, v in r["phases"].items():
         lines.append(f"    {k:34s} {v * 1e3:8.1f} ms   RSS after {r['rss'][k]:6.0f} MiB")
@@ -187,6 +220,10 @@ def main() -> None:
     parser.add_argument("--format", choices=("default", "inline", "sidecar"), default="default",
                         help="how the artifacts hold their weights (default: what Model.save writes by default)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--baseline", type=Path, help="source tree of another keydnn to measure alongside "
+                                                      "(run with PYTHONPATH=BASELINE)")
+    parser.add_argument("--baseline-format", choices=("default", "inline", "sidecar"), default="inline",
+                        help="the weight form of the baseline's artifacts (default: inline, the old default)")
     args = parser.parse_args()
     names = tuple(m.strip() for m in args.models.split(",") if m.strip())
     unknown = [n for n in names if n not in MODELS]
@@ -195,13 +232,19 @@ def main() -> None:
     directory = args.dir or Path(tempfile.mkdtemp(prefix="keydnn-warm-"))
     directory.mkdir(parents=True, exist_ok=True)
     print(f"working in {directory}; {machine()}", flush=True)
+    configs: list[tuple[str, Path | None]] = [(args.format, None)]
     prepare(directory, names, args.format)
+    if args.baseline:
+        configs.append((args.baseline_format, args.baseline.resolve()))
+        prepare(directory, names, args.baseline_format, args.baseline.resolve())
     results = {}
     for name in names:
-        results[name] = measure(directory, name, args.format, args.runs)
-        print(report(name, results[name]), flush=True)
+        results[name] = measure(directory, name, configs, args.runs)
+        for r in results[name]:
+            print(report(name, r), flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "format": args.format, "results": results}, indent=1))
+        args.json.write_text(json.dumps({"machine": machine(), "configs": [[f, str(s)] for f, s in configs],
+                                         "results": results}, indent=1))
 
 
 if __name__ == "__main__":
