@@ -213,3 +213,22 @@ def test_stage_templates_do_not_depend_on_the_line_cache() -> None:
     assert stageroll.stage_parameters(["    x = 'text'"], {}) is None
     trailing = stageroll.stage_parameters(["    x = name12 + 7  #"], {})  # nothing after the '#': kept
     assert trailing == (["    x = name12 + ld_i64(k_qi, 0)  #"], [7], [])
+
+
+def test_the_code_generator_does_not_import_the_runtime_directly() -> None:
+    """Generating code (which a warm start does, to find its cache entry) imports no runtime module: the text
+    side of shared stage functions lives in ``codegen.stagefn``; pyproject's import-linter contract
+    ``cpu-codegen-below-runtime`` says the same for ``lint-imports``."""
+    import ast
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["importlinter"]
+    assert "cpu-codegen-below-runtime" in {c["id"] for c in config["contracts"]}
+    offenders = []
+    for path in sorted((root / "backends" / "numba_cpu" / "codegen").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith("keydnn.backends.numba_cpu.runtime")]
+    assert offenders == []
