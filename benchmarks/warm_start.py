@@ -80,7 +80,10 @@ def mark(name, start):
     return t
 import numpy as np
 import keydnn
-from keydnn.api import model_from_artifact
+try:
+    from keydnn.loading import model_from_artifact  # what keydnn.load imports
+except ImportError:  # an older keydnn (a --baseline): keydnn.load lived in keydnn.api
+    from keydnn.api import model_from_artifact
 from keydnn.backends.artifact import load_artifact
 t = mark("import numpy + keydnn + loader", t0)
 nested = {}

@@ -324,7 +324,7 @@ def check_threads(threads: Any) -> int | None:
 
 
 def _unpickle(data: bytes, device: str, threads: int | None, progress: bool | None) -> "Model":
-    from keydnn.api import model_from_artifact
+    from keydnn.loading import model_from_artifact
     from keydnn.backends.artifact import load_artifact_bytes
 
     return model_from_artifact(load_artifact_bytes(data, "<pickled keydnn model>"), device=device, threads=threads,
