@@ -82,6 +82,8 @@ def test_cli_convert_sidecar_and_inline_flags(tmp_path: Path) -> None:
         result = runner.invoke(cli, args, catch_exceptions=False)
         assert result.exit_code == 0, result.output
         assert sidecar_path(dst).exists() == expect, flag
+        said = result.output + (result.stderr if result.stderr_bytes is not None else "")
+        assert (f"weights in {dst.stem}.weights.bin beside it" in said) == expect, said
 
 
 def test_an_artifact_written_before_the_automatic_sidecar_still_loads_and_runs() -> None:

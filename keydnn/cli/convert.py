@@ -109,9 +109,14 @@ def convert(src_arg: str | None, dst_arg: str | None, src: str | None, dst: str 
             outputs = [np.asarray(e, dtype=t.np_dtype) for e, t in zip(expected, model.output_types)]
             model.verification = {"inputs": xs, "outputs": outputs, "rtol": rtol, "atol": atol, "source": "keras"}
         stages.next("writing " + Path(dst).name)
+        from keydnn.backends.artifact import default_sidecar, sidecar_path
+
+        if sidecar is None:
+            sidecar = default_sidecar(model.graph)
         written = model.save(dst, sidecar=sidecar)
         n_params = sum(int(a.size) for a in model.graph.weights.values())
-        click.echo(f"wrote {written}: {len(model.graph.nodes)} nodes, {n_params} parameters, "
+        beside = f" (weights in {sidecar_path(written).name} beside it)" if sidecar else ""
+        click.echo(f"wrote {written}{beside}: {len(model.graph.nodes)} nodes, {n_params} parameters, "
                    f"input {model.input_types[0]}, output {model.output_names[0]} {model.output_types[0]}", err=True)
 
 
