@@ -39,6 +39,9 @@ class _Line:
     def __init__(self, pieces: list[Piece], ints: list[int], floats: list[float]) -> None:
         self.pieces, self.ints, self.floats = pieces, ints, floats
         self.shape = tuple(p if isinstance(p, str) else p[0] for p in pieces)
+        #: the text with ``{}`` where the parameters go, and the parameters in order: rendering is one ``format``
+        self.fmt = "".join(p.replace("{", "{{").replace("}", "}}") if isinstance(p, str) else "{}" for p in pieces)
+        self.slots = [p for p in pieces if not isinstance(p, str)]
 
 
 #: Only the tokens that become pieces (strings, to refuse; ``p_`` names; numbers not inside a name): names are
@@ -110,7 +113,9 @@ class _Writer:
         bi, bf = len(self.fixed_i), len(self.fixed_f)
         self.fixed_i += ln.ints
         self.fixed_f += ln.floats
-        self.lines.append(_render(ln, lambda j: f"ld_i64(k_qi, {bi + j})", lambda j: f"ld_f64(k_qf, {bf + j})"))
+        self.lines.append(ln.fmt.format(*[
+            f"ld_i64(k_qi, {bi + j})" if k == "i" else f"ld_f64(k_qf, {bf + j})" if k == "f"
+            else f"ld_i64(k_pa, ld_i64(k_qi, {bi + j}))" for k, j in ln.slots]))
 
     def run(self, blocks: list[list[_Line]], pad: str) -> None:
         r = len(self.runs)
@@ -142,17 +147,8 @@ class _Writer:
 
 
 def _render(ln: _Line, int_at, float_at) -> str:
-    out = []
-    for p in ln.pieces:
-        if isinstance(p, str):
-            out.append(p)
-        elif p[0] == "i":
-            out.append(int_at(p[1]))
-        elif p[0] == "a":
-            out.append(f"ld_i64(k_pa, {int_at(p[1])})")
-        else:
-            out.append(float_at(p[1]))
-    return "".join(out)
+    return ln.fmt.format(*[int_at(j) if k == "i" else float_at(j) if k == "f" else f"ld_i64(k_pa, {int_at(j)})"
+                           for k, j in ln.slots])
 
 
 def _walk(writer: _Writer, lines: list[_Line], raw: list[str]) -> None:
