@@ -308,7 +308,7 @@ def run(seconds: float, cold_runs: int, only: tuple[str, ...] = (), applications
         artifacts[name] = km
         if name in apps:  # cold compile: a fresh process, an empty compile cache, one inference
             art, xin = tmp / f"{_key(name)}.json", tmp / f"{_key(name)}.x.npy"
-            km.save(art)
+            km.save(art)  # weights of 8 MiB or more go into a memory-mapped sidecar (Model.save's default)
             np.save(xin, sample_input(name, model, 1, np.random.default_rng(0)))
             cache = tmp / f"cache-{_key(name)}"
             cold = cold_start(art, xin, cache, runs=1)

@@ -19,7 +19,8 @@ from keydnn._version import __version__
 from keydnn.errors import ArtifactError, BackendError, IRError, KerasInteropError, KeydnnError, PassError
 
 if TYPE_CHECKING:
-    from keydnn.api import from_keras, load
+    from keydnn.api import from_keras
+    from keydnn.loading import load
     from keydnn.device import Device
     from keydnn.model import Model
     from keydnn.runtime import Sequential
@@ -32,7 +33,7 @@ __all__ = [
 #: Lazily loaded API name -> the module that defines it.
 _LAZY = {
     "from_keras": "keydnn.api",
-    "load": "keydnn.api",
+    "load": "keydnn.loading",  # without the passes: a warm start only loads
     "Device": "keydnn.device",
     "Model": "keydnn.model",
     "Sequential": "keydnn.runtime",

@@ -285,9 +285,17 @@ class Model:
         return (_unpickle, (data, str(self.device), self.threads, self.progress))
 
     # -- saving -----------------------------------------------------------------
-    def save(self, path: str | os.PathLike, *, sidecar: bool = False) -> str:
-        """Write the KeyDNN artifact (atomically); returns the path written."""
-        from keydnn.backends.artifact import save_artifact
+    def save(self, path: str | os.PathLike, *, sidecar: bool | None = None) -> str:
+        """Write the KeyDNN artifact (atomically); returns the path written.
+
+        ``sidecar=True`` puts the weights into ``<stem>.weights.bin`` beside the JSON (memory-mapped on load),
+        ``False`` inline as base64; ``None`` (the default) chooses the sidecar for weights of 8 MiB or more
+        (``AUTO_SIDECAR_BYTES``), where decoding base64 would dominate loading the model.
+        """
+        from keydnn.backends.artifact import default_sidecar, save_artifact
+
+        if sidecar is None:
+            sidecar = default_sidecar(self.graph)
 
         return str(save_artifact(path, self.graph, pipeline=self.pipeline, layers=self._layer_records(),
                                  source=self.source or None, verification=self.verification, sidecar=sidecar,
@@ -316,7 +324,7 @@ def check_threads(threads: Any) -> int | None:
 
 
 def _unpickle(data: bytes, device: str, threads: int | None, progress: bool | None) -> "Model":
-    from keydnn.api import model_from_artifact
+    from keydnn.loading import model_from_artifact
     from keydnn.backends.artifact import load_artifact_bytes
 
     return model_from_artifact(load_artifact_bytes(data, "<pickled keydnn model>"), device=device, threads=threads,

@@ -74,7 +74,7 @@ def artifacts(tmp_path_factory):
     folder = tmp_path_factory.mktemp("big")
     model = _big_model()
     model.save(folder / "side.json", sidecar=True)
-    model.save(folder / "inline.json")
+    model.save(folder / "inline.json", sidecar=False)  # above the automatic sidecar's threshold
     return folder
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import threading
 from math import prod
 from typing import Sequence, Union
 
@@ -19,13 +20,57 @@ import numpy as np
 from keydnn.backends.artifact.format import ALIGNMENT, TENSOR_DTYPES, Base64Tensor, SidecarTensor
 from keydnn.errors import ArtifactError
 
-__all__ = ["to_little_endian", "encode_base64", "SidecarBuilder", "decode_tensor", "decode_all", "sha256_hex"]
+__all__ = ["to_little_endian", "encode_base64", "SidecarBuilder", "decode_tensor", "decode_all", "sha256_hex",
+           "BackgroundDigest"]
 
 Entry = Union[Base64Tensor, SidecarTensor]
 
 
 def sha256_hex(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+class BackgroundDigest:
+    """The SHA-256 of a large buffer, computed on another thread while the caller goes on.
+
+    A sidecar has its own checksum besides each tensor's, and both are checked:
+    hashlib releases the GIL while it hashes, so the whole-file digest runs on
+    a second core while the loader hashes the tensors and checks the graph, and
+    a 100 MB sidecar costs one pass of wall time instead of two. ``result()``
+    waits for it; the caller must call it (also when loading fails) before the
+    mapping can go away, since the thread reads the mapped bytes.
+    """
+
+    #: Smaller buffers are hashed at once: a thread is not worth starting for them.
+    THRESHOLD = 1 << 20
+
+    def __init__(self, data: "bytes | memoryview | object") -> None:
+        self._digest: str | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if len(data) < self.THRESHOLD:  # type: ignore[arg-type]
+            self._digest = sha256_hex(data)  # type: ignore[arg-type]
+        else:
+            self._thread = threading.Thread(target=self._run, args=(data,), name="keydnn-sha256", daemon=True)
+            self._thread.start()
+
+    def _run(self, data) -> None:
+        try:
+            self._digest = sha256_hex(data)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by ``result``
+            self._error = exc
+
+    def join(self) -> None:
+        """Wait for the thread (if any) to finish reading the buffer."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def result(self) -> str:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._digest  # type: ignore[return-value]
 
 
 def to_little_endian(name: str, array: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -78,11 +79,14 @@ def _no_constants(name: str) -> Any:
     raise ArtifactError(f"{name} is not valid JSON")
 
 
-def _parse(path: Path, raw: bytes) -> Any:
+def _decode(path: Path, raw: bytes) -> str:
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ArtifactError(f"{path}: not a keydnn artifact (not UTF-8 text at byte {exc.start})") from None
+
+
+def _parse(path: Path, text: str) -> Any:
     try:
         return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
@@ -95,21 +99,36 @@ def _parse(path: Path, raw: bytes) -> Any:
         raise ArtifactError(f"{path}: JSON is nested too deeply") from None
 
 
+def _read_text(path: Path, size: int) -> str:
+    """The file's text; its bytes are freed on return, so parsing holds the text and the parsed document but
+    not the bytes too (a 136 MB inline artifact peaked at three copies of itself)."""
+    raw = _read(path, min(size, MAX_FILE_BYTES) + 1)
+    if len(raw) > size:  # grew since stat: a writer is still at work, or something is wrong
+        raise ArtifactError(f"{path}: file changed size while being read")
+    return _decode(path, raw)
+
+
 def read_json_document(path: Path) -> dict[str, Any]:
     """The parsed top level of ``path`` if it is JSON carrying ``format: keydnn-artifact``."""
     size = _open_checked(path)
     _sniff(path)
-    raw = _read(path, min(size, MAX_FILE_BYTES) + 1)
-    if len(raw) > size:  # grew since stat: a writer is still at work, or something is wrong
-        raise ArtifactError(f"{path}: file changed size while being read")
-    return parse_json_document(path, raw)
+    return _document(path, _read_text(path, size))
 
 
 def parse_json_document(path: Path, raw: bytes) -> dict[str, Any]:
     """``raw`` parsed, if it is JSON carrying ``format: keydnn-artifact`` (``path`` names it in errors)."""
-    if not raw.lstrip(b" \t\r\n").startswith(b"{"):
+    if not raw.lstrip(b" \t\r\n").startswith(b"{"):  # before decoding, as a file's first bytes are sniffed
         raise ArtifactError(f"{path}: not a keydnn artifact (not a JSON object)")
-    data = _parse(path, raw)
+    return _document(path, _decode(path, raw))
+
+
+_OBJECT_START = re.compile(r"[ \t\r\n]*\{")
+
+
+def _document(path: Path, text: str) -> dict[str, Any]:
+    if not _OBJECT_START.match(text):  # a match, not ``lstrip``: no copy of a large text
+        raise ArtifactError(f"{path}: not a keydnn artifact (not a JSON object)")
+    data = _parse(path, text)
     if not isinstance(data, dict):
         raise ArtifactError(f"{path}: not a keydnn artifact (top level is not a JSON object)")
     if "format" not in data:

@@ -31,8 +31,9 @@ from keydnn.progress import Stages
 @click.option("--passes", default=None, help="Pass pipeline, comma-separated (default: the standard pipeline).")
 @click.option("--input-layout", type=click.Choice(["keras", "channels_first"]), default="keras", show_default=True,
               help="Feed data as Keras did, or feed channels_first data to a channels_last model (no input transpose).")
-@click.option("--sidecar", is_flag=True,
-              help="Store weights in a binary file beside the JSON (memory-mapped on load: for large models).")
+@click.option("--sidecar/--inline", default=None,
+              help="Store weights in a binary file beside the JSON (memory-mapped on load) or inline as base64 "
+                   "(default: a sidecar for 8 MiB of weights or more).")
 @click.option("--verify", "verify", is_flag=True,
               help="Run Keras (needs TensorFlow) and the converted model on sample inputs; fail (exit 1) with a "
                    "per-layer report if they differ; record the vectors in the artifact for `keydnn verify`.")
@@ -42,7 +43,8 @@ from keydnn.progress import Stages
 @click.option("--rtol", type=float, default=1e-4, show_default=True, help="Relative tolerance for --verify.")
 @click.option("--atol", type=float, default=1e-5, show_default=True, help="Absolute tolerance for --verify.")
 def convert(src_arg: str | None, dst_arg: str | None, src: str | None, dst: str | None, device: str, dtype: str,
-            strict: bool, allow_non_linear_activation: bool, passes: str | None, input_layout: str, sidecar: bool,
+            strict: bool, allow_non_linear_activation: bool, passes: str | None, input_layout: str,
+            sidecar: bool | None,
             verify: bool, verify_input: str | None, rtol: float, atol: float) -> None:
     """Convert a Keras model file SRC (.keras or .h5) into a KeyDNN artifact DST (.json).
 
@@ -107,9 +109,14 @@ def convert(src_arg: str | None, dst_arg: str | None, src: str | None, dst: str 
             outputs = [np.asarray(e, dtype=t.np_dtype) for e, t in zip(expected, model.output_types)]
             model.verification = {"inputs": xs, "outputs": outputs, "rtol": rtol, "atol": atol, "source": "keras"}
         stages.next("writing " + Path(dst).name)
+        from keydnn.backends.artifact import default_sidecar, sidecar_path
+
+        if sidecar is None:
+            sidecar = default_sidecar(model.graph)
         written = model.save(dst, sidecar=sidecar)
         n_params = sum(int(a.size) for a in model.graph.weights.values())
-        click.echo(f"wrote {written}: {len(model.graph.nodes)} nodes, {n_params} parameters, "
+        beside = f" (weights in {sidecar_path(written).name} beside it)" if sidecar else ""
+        click.echo(f"wrote {written}{beside}: {len(model.graph.nodes)} nodes, {n_params} parameters, "
                    f"input {model.input_types[0]}, output {model.output_names[0]} {model.output_types[0]}", err=True)
 
 

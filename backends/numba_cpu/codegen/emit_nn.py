@@ -117,8 +117,10 @@ def _pack_conv_weights(ctx: EmitContext, w: np.ndarray, mr: int) -> tuple[int, i
     o_ch = w.shape[0]
     depth = w[0].size
     blocks = -(-o_ch // mr)
-    packed = np.zeros((blocks * mr, depth), dtype=np.float64)
-    packed[:o_ch] = np.asarray(w, dtype=np.float64).reshape(o_ch, depth)
+    # packed in the graph's dtype (``ctx.weight`` stores that anyway): a float64 staging copy doubled the
+    # memory a large model's warm start peaked at (ResNet50: 200 MB of it)
+    packed = np.zeros((blocks * mr, depth), dtype=ctx.dtype)
+    packed[:o_ch] = np.asarray(w).reshape(o_ch, depth)
     return ctx.weight(packed.reshape(blocks, mr, depth).transpose(0, 2, 1)), blocks
 
 
@@ -168,10 +170,10 @@ def _conv_channel(ctx: EmitContext) -> None:
     # channel blocks: 4 vectors each, the rest in one narrower block; filters packed [block][tap][channel]
     vectors = -(-o_ch // lanes)
     widths = [4] * (vectors // 4) + ([vectors % 4] if vectors % 4 else [])
-    taps = np.asarray(w, dtype=np.float64).reshape(o_ch, depth).T  # [tap][channel]
+    taps = np.asarray(w).reshape(o_ch, depth).T  # [tap][channel]
     blocks, start = [], 0
     for nv in widths:
-        panel = np.zeros((depth, nv * lanes))
+        panel = np.zeros((depth, nv * lanes), dtype=ctx.dtype)
         width = min(nv * lanes, o_ch - start)
         panel[:, :width] = taps[:, start:start + width]
         blocks.append((nv, start, ctx.weight(panel)))
@@ -462,12 +464,12 @@ def emit_dense(ctx: EmitContext) -> None:
     half = 2 * lanes
     nb = 2 * half
     groups = -(-m // nb)
-    packed = np.zeros((k, groups * nb), dtype=np.float64)
+    packed = np.zeros((k, groups * nb), dtype=ctx.dtype)
     packed[:, :m] = w
     w_off = ctx.weight(packed.reshape(k, 2 * groups, half).transpose(1, 0, 2))
     ps = k * half  # one panel
     if b is not None:
-        bias = np.zeros(groups * nb, dtype=np.float64)
+        bias = np.zeros(groups * nb, dtype=ctx.dtype)
         bias[:m] = b
         b_off, bias_mode = ctx.weight(bias), 2
     else:

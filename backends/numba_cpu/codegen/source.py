@@ -106,7 +106,7 @@ def _shared_stages(gen: "_Generator") -> list[str]:
     in ``T`` (thunk slot, offset of the stage's int parameters in ``T``, of its float parameters in ``D``);
     a stage that cannot be templated stays inline. The array addresses the functions read go into the state
     array after the stage counters (``gen.state_extra`` slots), written by thread 0 before it opens the call."""
-    from keydnn.backends.numba_cpu.runtime.stages import template
+    from keydnn.backends.numba_cpu.codegen.stagefn import template
 
     import numpy as np
 
