@@ -17,7 +17,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from keydnn.backends.numba_cpu.ops.kernels_recurrent import RESULTS, _apply, cell_code
+from keydnn.backends.numba_cpu.ops.per_op_only import RESULTS, cell_code
+from keydnn.backends.numba_cpu.ops.per_op_only import apply_range as _apply
 from keydnn.backends.numba_cpu.ops.lowering import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, LowerContext, LoweredOp, register_kernel
 
 __all__ = ["conv_lstm_kernel"]
