@@ -89,10 +89,10 @@ _KERNELS_ROOT = Path(__file__).resolve().parents[1]  # backends/numba_cpu
 
 
 def sources_digest() -> str:
-    """Digest of the sources whose code numba inlines into the thunks: the kernels and per-op modules (helpers
-    import a few of their functions), and the shared activation codes."""
+    """Digest of the sources whose code numba inlines into the thunks: the kernels, the jit options they import
+    (``ops/lowering.py``), and the shared activation codes."""
     h = hashlib.sha256()
-    paths = [*sorted((_KERNELS_ROOT / "kernels").glob("*.py")), *sorted((_KERNELS_ROOT / "ops").glob("*.py")),
+    paths = [*sorted((_KERNELS_ROOT / "kernels").glob("*.py")), _KERNELS_ROOT / "ops" / "lowering.py",
              _KERNELS_ROOT / "codegen" / "codes.py", _KERNELS_ROOT.parent / "epilogues.py"]
     for path in paths:
         h.update(path.relative_to(_KERNELS_ROOT.parent).as_posix().encode())

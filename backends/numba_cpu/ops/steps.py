@@ -19,6 +19,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from keydnn.backends.numba_cpu.codegen.program import INPLACE_KINDS, VIEW_KINDS
+from keydnn.backends.numba_cpu.codegen.program import LayoutUnsupported
 from keydnn.backends.numba_cpu.codegen.program import Unsupported as GeneratorRefusal
 from keydnn.backends.numba_cpu.ops.lowering import KERNELS, LowerContext, LoweredOp, Unsupported
 from keydnn.errors import SlowPathWarning
@@ -42,14 +43,6 @@ def _emitters() -> Mapping[str, object]:
 def ops_mode_kinds() -> frozenset[str]:
     """Every op kind the per-op mode runs: the generator's, the views and the per-op-only kernels."""
     return frozenset(_emitters()) | VIEW_STEP_KINDS | frozenset(KERNELS)
-
-
-def _require_channels_first(node: Node) -> None:
-    """Kernels are channels-first; a channels-last op is refused by name (layout is a pass's job)."""
-    layout = getattr(node.op, "layout", "NCHW")
-    if len(layout) > 2 and layout.endswith("C"):
-        raise Unsupported(f"{node.op.kind} with layout {layout} is not supported by numba-cpu "
-                          "(kernels are channels-first); run the canonicalize-layout pass first")
 
 
 def _view(kind: str) -> LoweredOp:
@@ -93,7 +86,6 @@ def lower_node(node: Node, in_types: tuple[TensorType, ...], types: Mapping[str,
                weights: Mapping[str, np.ndarray]) -> LoweredOp:
     """The step of ``node``; ``Unsupported`` (naming what is wrong) where the per-op mode cannot run it."""
     kind = node.op.kind
-    _require_channels_first(node)
     if kind in VIEW_STEP_KINDS:
         return _view(kind)
     lowering = KERNELS.get(kind)
@@ -104,5 +96,7 @@ def lower_node(node: Node, in_types: tuple[TensorType, ...], types: Mapping[str,
                           f"{', '.join(sorted(ops_mode_kinds()))}")
     try:
         return _program(node, types, weights)
+    except LayoutUnsupported as exc:  # a pass's job, refused in both modes
+        raise Unsupported(f"{exc}; the per-op mode runs channels-first kernels too") from exc
     except GeneratorRefusal as exc:
         return _reference(node, str(exc))
