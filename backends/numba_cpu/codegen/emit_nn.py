@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from keydnn.backends.numba_cpu.codegen.program import GRAIN, Arr, EmitContext, LayoutUnsupported, Stage, Unsupported
+from keydnn.backends.numba_cpu.codegen.program import GRAIN, Arr, EmitContext, LayoutUnsupported, Stage
 from keydnn.backends.numba_cpu.codegen.codes import LINEAR, RELU, RELU0, encode_activation
 from keydnn.backends.numba_cpu.codegen.cpu import dw_lanes
 from keydnn.backends.numba_cpu.codegen.target import current_target
