@@ -135,8 +135,9 @@ class NumbaCpuExecutable:
             cache.move_to_end(key)
         return bufs
 
-    def _execute(self, inputs: tuple, layout_for) -> list:
-        """Run every step; ``layout_for(key)`` gives (memory layout, arena buffers, fresh storages)."""
+    def _execute(self, inputs: tuple, private: bool = False) -> tuple[list, MemoryLayout]:
+        """Run every step: into the planned buffers (arena reuse, in-place steps), or with ``private`` each
+        allocating step into a new array of its own (``trace``)."""
         plan = self.plan
         if len(inputs) != len(plan.input_slots):
             raise ValueError(f"graph {self.graph.name!r} takes {len(plan.input_slots)} inputs, got {len(inputs)}")
@@ -147,7 +148,9 @@ class NumbaCpuExecutable:
             for a, dt in zip(map(np.asarray, inputs), self._input_dtypes)
         ]
         key = tuple(a.shape for a in arrays)
-        layout, bufs, fresh = layout_for(key)
+        layout = self._layout(key)
+        bufs = [None] * len(layout.placements) if private else self._arena(key, layout)
+        fresh = [np.empty(n, dtype=d) for n, d in layout.fresh]
         env = list(plan.template)
         for s, a in zip(plan.input_slots, arrays):
             env[s] = a
@@ -163,7 +166,9 @@ class NumbaCpuExecutable:
                     if want != current:  # thread-local in numba (per-op-only kernels): other callers unaffected
                         numba.set_num_threads(want)
                         current = want
-                    if place.kind == "fresh":
+                    if private:
+                        buf = np.empty(place.shape, dtype=place.dtype)
+                    elif place.kind == "fresh":
                         buf = fresh[place.index].reshape(place.shape)
                     env[step.output] = step.op.run([env[s] for s in step.operands], buf)
             finally:
@@ -172,11 +177,7 @@ class NumbaCpuExecutable:
         return env, layout
 
     def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
-        def planned(key: tuple):
-            layout = self._layout(key)
-            return layout, self._arena(key, layout), [np.empty(n, dtype=d) for n, d in layout.fresh]
-
-        env, layout = self._execute(inputs, planned)
+        env, layout = self._execute(inputs)
         results: list[np.ndarray] = []
         handed_out: set[int] = set()
         for s, f in zip(self.plan.output_slots, layout.output_fresh):
@@ -189,14 +190,9 @@ class NumbaCpuExecutable:
 
     def trace(self, *inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Every value of one call by name (graph inputs, then each node's result in order), for debugging:
-        each step writes a buffer of its own here (no arena reuse, nothing in place), so every intermediate
-        result survives the call; the values are what ``__call__`` computes."""
-        def private(key: tuple):
-            layout = self._layout(key)
-            bufs = [np.empty(p.shape, dtype=p.dtype) if p.kind == "arena" else None for p in layout.placements]
-            return layout, bufs, [np.empty(n, dtype=d) for n, d in layout.fresh]
-
-        env, _ = self._execute(inputs, private)
+        each step writes an array of its own here (no arena reuse, nothing in place), so every intermediate
+        result survives the call; the values are what ``__call__`` computes (views stay views)."""
+        env, _ = self._execute(inputs, private=True)
         names = [v.name for v in self.graph.inputs] + [n.outputs[0].name for n in self.graph.nodes]
         slot = {name: i for i, name in enumerate(self.plan.slot_names)}
         return {name: env[slot[name]] for name in names}
