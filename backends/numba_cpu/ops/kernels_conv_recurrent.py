@@ -4,7 +4,7 @@ in place of the matrix product. The input convolution of all steps is the ``conv
 Batch rows run on separate threads (``prange``); per row, h, c and the gate
 pre-activations of one step are small arrays, the convolution accumulates
 whole 4*filters gate vectors per tap (a contiguous inner loop), and the gate
-activations run per gate block (``kernels_recurrent._apply``). Shapes are read
+activations run per gate block (``per_op_only.apply_range``). Shapes are read
 at call time: one compiled kernel for every length.
 """
 
