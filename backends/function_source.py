@@ -156,6 +156,39 @@ _CUDA_NAMES = {"sqrt": "_sqrt", "log": "_log", "log1p": "_log1p", "floor": "math
                "rint": "_rint", "max": "_max", "min": "_min", "abs": "abs"}
 
 
+#: The device helpers of the prelude, in the order ``_prelude`` returns them.
+_CUDA_HELPERS = ("_max", "_min", "_div", "_sqrt", "_log", "_log1p", "_rint")
+
+
+def _cuda_prelude() -> list[str]:
+    """``_prelude(dtype_name)``: the helpers both factories' functions call, rendered (and compiled) once."""
+    lines = ["@functools.lru_cache(maxsize=None)",
+             "def _prelude(dtype_name):",
+             '    """The device helpers every function of ``dtype_name`` calls (division, sqrt, log and rint with the',
+             "    reference's edge values), compiled once per dtype for both factories.\"\"\"",
+             "    f = np.dtype(dtype_name).type",
+             "    zero, nan, inf, half = f(0.0), f(math.nan), f(math.inf), f(0.5)",
+             "",
+             "    @cuda.jit(device=True)", "    def _max(p, q):  # pragma: no cover - device code",
+             "        return p if p > q else q", "",
+             "    @cuda.jit(device=True)", "    def _min(p, q):  # pragma: no cover - device code",
+             "        return p if p < q else q", "",
+             "    @cuda.jit(device=True)", "    def _div(p, q):  # pragma: no cover - device code",
+             "        if q != zero:", "            return p / q",
+             "        if p == zero or p != p:", "            return nan",
+             "        return math.copysign(inf, p) * math.copysign(f(1.0), q)", "",
+             "    @cuda.jit(device=True)", "    def _sqrt(v):  # pragma: no cover - device code",
+             "        return math.sqrt(v) if v >= zero else nan", "",
+             "    @cuda.jit(device=True)", "    def _log(v):  # pragma: no cover - device code",
+             "        return math.log(v) if v > zero else (-inf if v == zero else nan)", "",
+             "    @cuda.jit(device=True)", "    def _log1p(v):  # pragma: no cover - device code",
+             "        return math.log1p(v) if v > -f(1.0) else (-inf if v == -f(1.0) else nan)", "",
+             "    @cuda.jit(device=True)", "    def _rint(v):  # pragma: no cover - device code (half to even)",
+             "        r = math.floor(v + half)", "        if r - v == half and r % 2.0 != 0.0:", "            r -= 1.0",
+             "        return f(r)", "", f"    return {', '.join(_CUDA_HELPERS)}", "", ""]
+    return lines
+
+
 def _cuda_factory(name: str, rows, params: str, doc: str) -> list[str]:
     """A factory ``name(dtype_name, code)`` returning the device function of row ``code``."""
     constants: dict[float, str] = {}
@@ -172,27 +205,9 @@ def _cuda_factory(name: str, rows, params: str, doc: str) -> list[str]:
     lines = ["@functools.lru_cache(maxsize=None)",
              f"def {name}(dtype_name, code):  # noqa: C901 - one branch per function",
              f'    """{doc}"""',
-             "    f = np.dtype(dtype_name).type",
-             "    zero, nan, inf, half = f(0.0), f(math.nan), f(math.inf), f(0.5)"]
+             "    f = np.dtype(dtype_name).type"]
     lines += [f"    {k} = f({value!r})" for value, k in constants.items()]
-    lines += ["",
-              "    @cuda.jit(device=True)", "    def _max(p, q):  # pragma: no cover - device code",
-              "        return p if p > q else q", "",
-              "    @cuda.jit(device=True)", "    def _min(p, q):  # pragma: no cover - device code",
-              "        return p if p < q else q", "",
-              "    @cuda.jit(device=True)", "    def _div(p, q):  # pragma: no cover - device code",
-              "        if q != zero:", "            return p / q",
-              "        if p == zero or p != p:", "            return nan",
-              "        return math.copysign(inf, p) * math.copysign(f(1.0), q)", "",
-              "    @cuda.jit(device=True)", "    def _sqrt(v):  # pragma: no cover - device code",
-              "        return math.sqrt(v) if v >= zero else nan", "",
-              "    @cuda.jit(device=True)", "    def _log(v):  # pragma: no cover - device code",
-              "        return math.log(v) if v > zero else (-inf if v == zero else nan)", "",
-              "    @cuda.jit(device=True)", "    def _log1p(v):  # pragma: no cover - device code",
-              "        return math.log1p(v) if v > -f(1.0) else (-inf if v == -f(1.0) else nan)", "",
-              "    @cuda.jit(device=True)", "    def _rint(v):  # pragma: no cover - device code (half to even)",
-              "        r = math.floor(v + half)", "        if r - v == half and r % 2.0 != 0.0:", "            r -= 1.0",
-              "        return f(r)", ""]
+    lines += [f"    {', '.join(_CUDA_HELPERS)} = _prelude(dtype_name)", ""]
     for i, (fn, body) in enumerate(zip(rows, bodies)):
         lines += [f"    if code == {i}:  # {fn.name}", "        @cuda.jit(device=True)",
                   f"        def fn({params}):  # pragma: no cover - device code", f"            return {body}", "",
@@ -208,6 +223,7 @@ def render_cuda() -> str:
              "from __future__ import annotations", "", "import functools", "import math", "",
              "import numpy as np", "", "from keydnn.backends.numba_cuda.device import cuda", "",
              '__all__ = ["make_function", "make_binary"]', "", ""]
+    lines += _cuda_prelude()
     lines += _cuda_factory("make_function", FUNCTIONS, "x, a, b, c, d",
                            "``f(x, a, b, c, d)`` computing function ``code`` in ``dtype_name`` on the device.")
     lines += _cuda_factory("make_binary", BINARY, "x, y",

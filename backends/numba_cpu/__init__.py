@@ -1,12 +1,13 @@
 """numba-cpu: the default backend.
 
 Two execution modes behind ``compile_graph`` (see ``modes``): generated code
-for the whole graph (``codegen``, the default; ``cg_*`` modules, with a disk
-cache of compiled code and prebuilt libraries), and one ``@numba.njit`` kernel
-per IR op run from a precomputed plan (``ops``; ``KERNELS`` maps op kind to
-lowering). Importing the package imports neither numba nor the kernels: the
-names below that need them load on first use, so that running a prebuilt
-library stays light.
+for the whole graph (``codegen``, the default; ``codegen/``, ``kernels/``,
+``runtime/``, with a disk cache of compiled code and prebuilt libraries), and
+one step per IR op run from a precomputed plan (``ops``): each node a one-node
+generated program on the same emitters and helpers, except the kinds
+``modes.PER_OP_ONLY`` names, whose per-op kernels ``KERNELS`` maps. Importing
+the package imports neither numba nor the kernels: the names below that need
+them load on first use, so that running a prebuilt library stays light.
 """
 
 from __future__ import annotations

@@ -32,30 +32,18 @@ def default_mode() -> str:
 
 
 def load_kernels() -> None:
-    """Import every per-op kernel module (each registers its lowerings in ``lowering.KERNELS``)."""
+    """Prepare the per-op mode: numba compiles for the target tier. Every op kind runs generated code in both
+    modes (the per-op mode as one-node programs), so no per-op kernel is left to register (``ops.lowering``'s
+    ``KERNELS`` stays as the place a kind without an emitter would register one; ``PER_OP_ONLY`` is empty)."""
     from keydnn.backends.numba_cpu.codegen.target import apply_to_numba
 
-    apply_to_numba()  # the kernels compile for the target tier too
-    from keydnn.backends.numba_cpu.ops import kernels_conv  # noqa: F401
-    from keydnn.backends.numba_cpu.ops import kernels_dense  # noqa: F401
-    from keydnn.backends.numba_cpu.ops import kernels_elementwise  # noqa: F401
-    from keydnn.backends.numba_cpu.ops import kernels_merge  # noqa: F401
-    from keydnn.backends.numba_cpu.ops import kernels_norm  # noqa: F401
-    from keydnn.backends.numba_cpu.ops import kernels_pool  # noqa: F401
-    from keydnn.backends.numba_cpu.ops import kernels_shape  # noqa: F401
-    from keydnn.backends.numba_cpu.ops import kernels_spatial  # noqa: F401
-    from keydnn.backends.numba_cpu.ops import kernels_conv_recurrent  # noqa: F401
-    from keydnn.backends.numba_cpu.ops import kernels_recurrent  # noqa: F401
-    from keydnn.backends.numba_cpu.ops import kernels_math  # noqa: F401  (issue 18)
-    from keydnn.backends.numba_cpu.ops import kernels_reduce  # noqa: F401  (issue 18)
-    from keydnn.backends.numba_cpu.ops import kernels_resize  # noqa: F401  (issue 18)
-    from keydnn.backends.numba_cpu.ops import kernels_3d  # noqa: F401  (issue 18: 5-D volumes)
+    apply_to_numba()
 
 
 #: Op kinds the whole-graph generator has no emitter for: graphs with them run on the per-op kernels. None
 #: today: the last ones, ``fold_time`` / ``unfold_time`` (TimeDistributed over a non-Dense layer, ConvLSTM's
-#: input convolution) and ``conv_lstm``, run as generated code too (``cg_program.Val.fold``,
-#: ``cg_emit_conv_recurrent``).
+#: input convolution) and ``conv_lstm``, run as generated code too (``codegen.program.Val.fold``,
+#: ``codegen.emit_conv_recurrent``).
 PER_OP_ONLY: frozenset[str] = frozenset()
 
 
@@ -82,9 +70,11 @@ def compile_graph(graph: Graph, mode: Optional[str] = None):
 
     ``mode="codegen"`` (the default, or ``$KEYDNN_CPU_MODE``) generates one
     shape-specialized numba function for the whole graph; a graph it does not
-    handle (mixed dtypes, a transpose that moves the batch axis) runs on the
-    per-op kernels instead. ``mode="ops"`` always runs one kernel per op, with
-    the Python loop between them (slower at small batch; easier to debug).
+    handle (mixed dtypes, a transpose that moves the batch axis) runs in the
+    per-op mode instead. ``mode="ops"`` always runs one step per op (each a
+    one-node generated program on the same kernel library), with the Python
+    loop between them (slower at small batch; every node's result can be
+    inspected with ``trace``).
     """
     mode = default_mode() if mode is None else mode
     if mode not in MODES:

@@ -17,23 +17,11 @@ __all__ = ["make_function", "make_binary"]
 
 
 @functools.lru_cache(maxsize=None)
-def make_function(dtype_name, code):  # noqa: C901 - one branch per function
-    """``f(x, a, b, c, d)`` computing function ``code`` in ``dtype_name`` on the device."""
+def _prelude(dtype_name):
+    """The device helpers every function of ``dtype_name`` calls (division, sqrt, log and rint with the
+    reference's edge values), compiled once per dtype for both factories."""
     f = np.dtype(dtype_name).type
     zero, nan, inf, half = f(0.0), f(math.nan), f(math.inf), f(0.5)
-    k0 = f(0.0)
-    k1 = f(1.0)
-    k2 = f(1.0507009873554805)
-    k3 = f(1.6732632423543772)
-    k4 = f(0.5)
-    k5 = f(0.7071067811865476)
-    k6 = f(0.7978845608028654)
-    k7 = f(0.044715)
-    k8 = f(6.0)
-    k9 = f(0.2)
-    k10 = f(3.0)
-    k11 = f(4.0)
-    k12 = f(2.0)
 
     @cuda.jit(device=True)
     def _max(p, q):  # pragma: no cover - device code
@@ -69,6 +57,28 @@ def make_function(dtype_name, code):  # noqa: C901 - one branch per function
         if r - v == half and r % 2.0 != 0.0:
             r -= 1.0
         return f(r)
+
+    return _max, _min, _div, _sqrt, _log, _log1p, _rint
+
+
+@functools.lru_cache(maxsize=None)
+def make_function(dtype_name, code):  # noqa: C901 - one branch per function
+    """``f(x, a, b, c, d)`` computing function ``code`` in ``dtype_name`` on the device."""
+    f = np.dtype(dtype_name).type
+    k0 = f(0.0)
+    k1 = f(1.0)
+    k2 = f(1.0507009873554805)
+    k3 = f(1.6732632423543772)
+    k4 = f(0.5)
+    k5 = f(0.7071067811865476)
+    k6 = f(0.7978845608028654)
+    k7 = f(0.044715)
+    k8 = f(6.0)
+    k9 = f(0.2)
+    k10 = f(3.0)
+    k11 = f(4.0)
+    k12 = f(2.0)
+    _max, _min, _div, _sqrt, _log, _log1p, _rint = _prelude(dtype_name)
 
     if code == 0:  # linear
         @cuda.jit(device=True)
@@ -347,44 +357,9 @@ def make_function(dtype_name, code):  # noqa: C901 - one branch per function
 def make_binary(dtype_name, code):  # noqa: C901 - one branch per function
     """``f(x, y)`` computing binary function ``code`` in ``dtype_name`` on the device."""
     f = np.dtype(dtype_name).type
-    zero, nan, inf, half = f(0.0), f(math.nan), f(math.inf), f(0.5)
     k0 = f(1.0)
     k1 = f(0.0)
-
-    @cuda.jit(device=True)
-    def _max(p, q):  # pragma: no cover - device code
-        return p if p > q else q
-
-    @cuda.jit(device=True)
-    def _min(p, q):  # pragma: no cover - device code
-        return p if p < q else q
-
-    @cuda.jit(device=True)
-    def _div(p, q):  # pragma: no cover - device code
-        if q != zero:
-            return p / q
-        if p == zero or p != p:
-            return nan
-        return math.copysign(inf, p) * math.copysign(f(1.0), q)
-
-    @cuda.jit(device=True)
-    def _sqrt(v):  # pragma: no cover - device code
-        return math.sqrt(v) if v >= zero else nan
-
-    @cuda.jit(device=True)
-    def _log(v):  # pragma: no cover - device code
-        return math.log(v) if v > zero else (-inf if v == zero else nan)
-
-    @cuda.jit(device=True)
-    def _log1p(v):  # pragma: no cover - device code
-        return math.log1p(v) if v > -f(1.0) else (-inf if v == -f(1.0) else nan)
-
-    @cuda.jit(device=True)
-    def _rint(v):  # pragma: no cover - device code (half to even)
-        r = math.floor(v + half)
-        if r - v == half and r % 2.0 != 0.0:
-            r -= 1.0
-        return f(r)
+    _max, _min, _div, _sqrt, _log, _log1p, _rint = _prelude(dtype_name)
 
     if code == 0:  # add
         @cuda.jit(device=True)

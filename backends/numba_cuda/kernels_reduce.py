@@ -1,6 +1,6 @@
 """CUDA kernels of the reducing ops: ``layer_norm`` and ``reduce``, one thread per lane.
 
-Mirrors ``keydnn.backends.numba_cpu.ops.kernels_reduce``: the two index tables of
+As the CPU's generated code (``numba_cpu.codegen.emit_tensor``) does: the two index tables of
 ``reduction_tables`` (lane offsets, reduced-element offsets) are built and
 uploaded once per input shape, so one kernel per dtype serves every axis set.
 Statistics accumulate in float64.

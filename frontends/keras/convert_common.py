@@ -15,24 +15,31 @@ parameters the identity.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from keydnn.frontends.keras.convert_core import same_padding
+from keydnn.frontends.keras.convert_core import check_dtype_policy, same_padding
 from keydnn.frontends.keras.registry import LayerContext, Unconvertible
 from keydnn.frontends.keras.values import is_int, is_number
-from keydnn.ir.ops import ExpandDims, Squeeze
+from keydnn.ir.ops import ExpandDims, OpBase, Squeeze
 from keydnn.ir.types import TensorType
 
 __all__ = [
-    "is_int", "is_number", "positive_int", "finite_number", "padding_pairs", "spatial_pads",
+    "is_int", "is_number", "positive_int", "finite_number", "padding_amounts", "spatial_pads", "emit_spatial",
     "data_format", "require_rank", "spatial_sizes", "channels", "expand_1d", "squeeze_1d", "pads_1d",
     "numeric_array",
 ]
 
 _FORMATS_2D = {"channels_last": "NHWC", "channels_first": "NCHW"}
 _FORMATS_1D = {"channels_last": "NWC", "channels_first": "NCW"}
+_FORMATS_3D = {"channels_last": "NDHWC", "channels_first": "NCDHW"}
+_FORMATS = {3: _FORMATS_1D, 4: _FORMATS_2D, 5: _FORMATS_3D}
+#: Layouts with channels right after the batch axis.
+_CHANNELS_FIRST = ("NCW", "NCHW", "NCDHW")
+#: Names of the spatial axes and of their borders, per number of axes (what the padding errors say).
+_AXES = {2: ("(rows, cols)", "((top, bottom), (left, right))"),
+         3: ("3 ints (depth, rows, cols)", "3 pairs ((front, back), (top, bottom), (left, right))")}
 #: 1-D layout -> (axis expand_dims inserts, layout of the 2-D op).
 _EXPAND = {"NWC": (1, "NHWC"), "NCW": (2, "NCHW")}
 
@@ -55,35 +62,47 @@ def finite_number(ctx: LayerContext, key: str, default: Any) -> float:
     raise Unconvertible
 
 
-def padding_pairs(ctx: LayerContext, key: str, value: Any) -> tuple[int, int, int, int]:
-    """ZeroPadding2D / Cropping2D amounts: ``n``, ``(h, w)`` or ``((top, bottom), (left, right))``."""
+def padding_amounts(ctx: LayerContext, key: str, value: Any, axes: int) -> tuple[int, ...]:
+    """ZeroPadding / Cropping amounts of ``axes`` spatial axes (2 or 3): ``n``, one int per axis, or one
+    (before, after) pair per axis; returned as (before, after) per axis."""
     def ok(v: Any) -> bool:
         return is_int(v) and v >= 0
 
     if ok(value):
-        return (int(value),) * 4  # type: ignore[return-value]
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        a, b = value
-        if ok(a) and ok(b):
-            return int(a), int(a), int(b), int(b)
-        if all(isinstance(p, (list, tuple)) and len(p) == 2 and all(ok(v) for v in p) for p in (a, b)):
-            return int(a[0]), int(a[1]), int(b[0]), int(b[1])
+        return (int(value),) * (2 * axes)
+    if isinstance(value, (list, tuple)) and len(value) == axes:
+        if all(ok(v) for v in value):
+            return tuple(int(v) for v in value for _ in range(2))
+        if all(isinstance(p, (list, tuple)) and len(p) == 2 and all(ok(v) for v in p) for p in value):
+            return tuple(int(v) for p in value for v in p)
+    per_axis, pairs = _AXES[axes]
     ctx.refuse(f"invalid {key} {value!r}", field=key, value=value,
-               supported="an int >= 0, a pair (rows, cols), or ((top, bottom), (left, right))")
+               supported=f"an int >= 0, {'a pair ' if axes == 2 else ''}{per_axis}, or {pairs}")
     raise Unconvertible
 
 
-def spatial_pads(ctx: LayerContext, padding: str, sizes: tuple[Any, Any], kernel: tuple[int, int],
-                 strides: tuple[int, int], dilations: tuple[int, int]) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) for Keras ``padding`` 'valid' / 'same' (TensorFlow's rule)."""
+def spatial_pads(ctx: LayerContext, padding: str, sizes: tuple[Any, ...], kernel: tuple[int, ...],
+                 strides: tuple[int, ...], dilations: tuple[int, ...]) -> tuple[int, ...]:
+    """(before, after) per spatial axis for Keras ``padding`` 'valid' / 'same' (TensorFlow's rule)."""
     if padding != "same":
-        return (0, 0, 0, 0)
+        return (0,) * (2 * len(sizes))
     if not all(is_int(s) for s in sizes):
         ctx.refuse("'same' padding needs static spatial dimensions", field="padding", value=padding)
         raise Unconvertible
-    top, bottom = same_padding(int(sizes[0]), kernel[0], strides[0], dilations[0])
-    left, right = same_padding(int(sizes[1]), kernel[1], strides[1], dilations[1])
-    return top, bottom, left, right
+    return tuple(v for s, k, st, d in zip(sizes, kernel, strides, dilations)
+                 for v in same_padding(int(s), k, st, d))
+
+
+def emit_spatial(ctx: LayerContext, rank: int, key: str, default: Any,
+                 parse: Callable[[LayerContext, str, Any], Any], make: Callable[[Any, str], OpBase]) -> None:
+    """A weightless spatial layer (ZeroPadding, Cropping, UpSampling in 2-D and 3-D): the dtype policy,
+    ``data_format``, the one amount config ``key`` read by ``parse``, the input's rank, one op
+    ``make(amount, layout)``."""
+    check_dtype_policy(ctx)
+    layout = data_format(ctx, rank)
+    amount = parse(ctx, key, ctx.cfg(key, default))
+    require_rank(ctx, rank)
+    ctx.emit(make(amount, layout))
 
 
 # -- data formats and ranks ---------------------------------------------------------
@@ -94,7 +113,7 @@ def data_format(ctx: LayerContext, rank: int) -> str:
     input type, so a layer after an unconvertible one reports no spurious fields.
     An invalid value is recorded and channels_last is assumed to go on reading.
     """
-    formats = _FORMATS_2D if rank == 4 else _FORMATS_1D
+    formats = _FORMATS.get(rank, _FORMATS_1D)
     fmt = ctx.check_in("data_format", formats, "channels_last")
     return formats[fmt] if isinstance(fmt, str) and fmt in formats else formats["channels_last"]
 
@@ -103,19 +122,20 @@ def require_rank(ctx: LayerContext, rank: int) -> TensorType:
     """The input type, which must have ``rank`` axes (batch included)."""
     x = ctx.need_type()
     if x.rank != rank:
-        what = "(batch, steps, channels)" if rank == 3 else "(batch, rows, cols, channels)"
+        what = {3: "(batch, steps, channels)", 5: "(batch, depth, rows, cols, channels)"}.get(
+            rank, "(batch, rows, cols, channels)")
         ctx.refuse(f"expects a rank-{rank} input {what}, got {x}")
         raise Unconvertible
     return x
 
 
 def spatial_sizes(x: TensorType, layout: str) -> tuple[Any, ...]:
-    """The spatial dims of ``x`` in ``layout`` (H, W for 2-D layouts; W for 1-D ones)."""
-    return tuple(x.shape[2:]) if layout in ("NCHW", "NCW") else tuple(x.shape[1:-1])
+    """The spatial dims of ``x`` in ``layout`` (D, H, W; H, W; or W)."""
+    return tuple(x.shape[2:]) if layout in _CHANNELS_FIRST else tuple(x.shape[1:-1])
 
 
 def channels(x: TensorType, layout: str) -> Any:
-    return x.shape[1] if layout in ("NCHW", "NCW") else x.shape[-1]
+    return x.shape[1] if layout in _CHANNELS_FIRST else x.shape[-1]
 
 
 # -- 1-D layers -------------------------------------------------------------------

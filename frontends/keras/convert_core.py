@@ -24,15 +24,21 @@ def same_padding(size: int, k: int, stride: int, dilation: int = 1) -> tuple[int
     return total // 2, total - total // 2
 
 
-def pair(ctx: LayerContext, key: str, value: Any) -> tuple[int, int]:
-    """An int or a 2-sequence of positive ints, as Keras accepts for sizes and strides."""
+def positive_ints(ctx: LayerContext, key: str, value: Any, n: int) -> tuple[int, ...]:
+    """An int or an ``n``-sequence of positive ints, as Keras accepts for sizes, strides and dilation rates."""
     if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    if (isinstance(value, (list, tuple)) and len(value) == 2
+        value = (value,) * n
+    if (isinstance(value, (list, tuple)) and len(value) == n
             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
-        return int(value[0]), int(value[1])
-    ctx.refuse(f"invalid {key} {value!r}", field=key, value=value, supported="a positive int or a pair of them")
+        return tuple(int(v) for v in value)
+    them = "a pair of them" if n == 2 else f"{n} of them"
+    ctx.refuse(f"invalid {key} {value!r}", field=key, value=value, supported=f"a positive int or {them}")
     raise Unconvertible
+
+
+def pair(ctx: LayerContext, key: str, value: Any) -> tuple[int, int]:
+    """``positive_ints`` of 2-D layers."""
+    return positive_ints(ctx, key, value, 2)  # type: ignore[return-value]
 
 
 def check_dtype_policy(ctx: LayerContext) -> None:

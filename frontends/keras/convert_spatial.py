@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from keydnn.frontends.keras.convert_core import check_dtype_policy, pair
 from keydnn.frontends.keras.convert_common import (
-    data_format, expand_1d, is_int, padding_pairs, pads_1d, positive_int, require_rank, spatial_pads, spatial_sizes,
+    data_format, emit_spatial, expand_1d, is_int, padding_amounts, pads_1d, positive_int, require_rank, spatial_pads, spatial_sizes,
     squeeze_1d,
 )
 from keydnn.frontends.keras.registry import LayerContext, Unconvertible, register_converter
@@ -15,6 +15,10 @@ from keydnn.ir.ops import AvgPool2d, Crop2d, GlobalAvgPool2d, GlobalMaxPool2d, M
 __all__: list[str] = []
 
 _BOTH = "both data formats"
+
+
+def _amounts2d(ctx: LayerContext, key: str, value: Any) -> tuple[int, ...]:
+    return padding_amounts(ctx, key, value, 2)
 
 
 # -- 2-D ----------------------------------------------------------------------------
@@ -44,21 +48,13 @@ def convert_global_max_pool2d(ctx: LayerContext) -> None:
 @register_converter("ZeroPadding2D", constraints=(
     "padding n, (rows, cols) or ((top, bottom), (left, right)); " + _BOTH))
 def convert_zero_padding2d(ctx: LayerContext) -> None:
-    check_dtype_policy(ctx)
-    layout = data_format(ctx, 4)
-    pads = padding_pairs(ctx, "padding", ctx.cfg("padding", 1))
-    require_rank(ctx, 4)
-    ctx.emit(Pad2d(pads=pads, layout=layout))
+    emit_spatial(ctx, 4, "padding", 1, _amounts2d, lambda pads, layout: Pad2d(pads=pads, layout=layout))
 
 
 @register_converter("Cropping2D", constraints=(
     "cropping n, (rows, cols) or ((top, bottom), (left, right)); " + _BOTH))
 def convert_cropping2d(ctx: LayerContext) -> None:
-    check_dtype_policy(ctx)
-    layout = data_format(ctx, 4)
-    crops = padding_pairs(ctx, "cropping", ctx.cfg("cropping", 0))
-    require_rank(ctx, 4)
-    ctx.emit(Crop2d(crops=crops, layout=layout))
+    emit_spatial(ctx, 4, "cropping", 0, _amounts2d, lambda crops, layout: Crop2d(crops=crops, layout=layout))
 
 
 @register_converter("UpSampling2D", constraints=(

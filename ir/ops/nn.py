@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal, Optional, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field
 
 from keydnn.ir.ops.base import OpBase, ShapeError, dim_eq
+from keydnn.ir.ops.windows import ConvAttrs, PoolAttrs, positive, window_out
 from keydnn.ir.ops.elementwise import Activation, Relu
 from keydnn.ir.types import Dim, TensorType
 
@@ -19,20 +20,9 @@ Pair = tuple[int, int]
 Pads = tuple[int, int, int, int]  # top, bottom, left, right
 
 
-def _positive(values: tuple[int, ...], what: str) -> tuple[int, ...]:
-    if any(v < 1 for v in values):
-        raise ValueError(f"{what} must be >= 1, got {list(values)}")
-    return values
-
-
-def _window_out(size: Dim, k: int, stride: int, dilation: int, before: int, after: int) -> Dim:
-    if isinstance(size, str):
-        return size
-    span = dilation * (k - 1) + 1
-    padded = size + before + after
-    if padded < span:
-        raise ShapeError(f"window of extent {span} does not fit in padded size {padded}")
-    return (padded - span) // stride + 1
+#: Re-exported for the ops that import them from here (``resize``, ``spatial``).
+_positive = positive
+_window_out = window_out
 
 
 def _spatial(x: TensorType, layout: str) -> tuple[Dim, Dim, Dim, Dim]:
@@ -51,7 +41,7 @@ def _assemble(n: Dim, c: Dim, h: Dim, w: Dim, layout: str, like: TensorType) -> 
     return TensorType(shape=shape, dtype=like.dtype, layout=layout)
 
 
-class Conv2d(OpBase):
+class Conv2d(ConvAttrs):
     """2-D convolution (cross-correlation); weight is (O, I/groups, KH, KW)."""
 
     kind: Literal["conv2d"] = "conv2d"
@@ -66,67 +56,21 @@ class Conv2d(OpBase):
     operands: ClassVar[tuple[str, ...]] = ("x", "weight", "bias?")
     constant_operands: ClassVar[tuple[str, ...]] = ("weight", "bias")
 
-    @field_validator("strides", "dilations")
-    @classmethod
-    def _strides_ok(cls, v: Pair) -> Pair:
-        return _positive(v, "strides and dilations")  # type: ignore[return-value]
-
-    @field_validator("pads")
-    @classmethod
-    def _pads_ok(cls, v: Pads) -> Pads:
-        if any(p < 0 for p in v):
-            raise ValueError(f"pads must be >= 0, got {list(v)}")
-        return v
-
-    @field_validator("groups")
-    @classmethod
-    def _groups_ok(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"groups must be >= 1, got {v}")
-        return v
-
     def infer(self, inputs: list[TensorType]) -> TensorType:
-        x, w = inputs[0], inputs[1]
-        n, c, h, wd = _spatial(x, self.layout)
-        if w.rank != 4:
-            raise ShapeError(f"conv2d weight must be 4-D (O, I/groups, KH, KW), got {w}")
-        o, i, kh, kw = w.shape
-        if not dim_eq(c, i * self.groups if isinstance(i, int) else i):
-            raise ShapeError(f"input has {c} channels but weight expects {i} x {self.groups} groups")
-        if isinstance(o, int) and o % self.groups:
-            raise ShapeError(f"{o} output channels are not divisible by groups={self.groups}")
-        if len(inputs) > 2 and inputs[2].shape != (o,):
-            raise ShapeError(f"bias must have shape ({o},), got {inputs[2]}")
-        pt, pb, pl, pr = self.pads
-        oh = _window_out(h, int(kh), self.strides[0], self.dilations[0], pt, pb)
-        ow = _window_out(wd, int(kw), self.strides[1], self.dilations[1], pl, pr)
-        return _assemble(n, o, oh, ow, self.layout, x)
+        n, c, h, wd = _spatial(inputs[0], self.layout)
+        o, (oh, ow) = self.conv_out(c, (h, wd), inputs, "(O, I/groups, KH, KW)")
+        return _assemble(n, o, oh, ow, self.layout, inputs[0])
 
 
-class _Pool2d(OpBase):
+class _Pool2d(PoolAttrs):
     kernel: Pair
     strides: Pair
     pads: Pads = (0, 0, 0, 0)
     layout: Literal["NCHW", "NHWC"] = "NCHW"
 
-    @field_validator("kernel", "strides")
-    @classmethod
-    def _sizes_ok(cls, v: Pair) -> Pair:
-        return _positive(v, "kernel and strides")  # type: ignore[return-value]
-
-    @model_validator(mode="after")
-    def _pads_ok(self):
-        kh, kw = self.kernel
-        pt, pb, pl, pr = self.pads
-        if min(self.pads) < 0 or max(pt, pb) >= kh or max(pl, pr) >= kw:
-            raise ValueError(f"pads {list(self.pads)} must be >= 0 and smaller than the window {list(self.kernel)}")
-        return self
-
     def infer(self, inputs: list[TensorType]) -> TensorType:
         n, c, h, w = _spatial(inputs[0], self.layout)
-        pt, pb, pl, pr = self.pads
-        oh = _window_out(h, self.kernel[0], self.strides[0], 1, pt, pb)
-        ow = _window_out(w, self.kernel[1], self.strides[1], 1, pl, pr)
+        oh, ow = self.pool_out((h, w))
         return _assemble(n, c, oh, ow, self.layout, inputs[0])
 
 

@@ -16,15 +16,10 @@ from pydantic import field_validator
 
 from keydnn.ir.ops.base import OpBase, ShapeError
 from keydnn.ir.ops.nn import Pads, Pair, _assemble, _positive, _spatial
+from keydnn.ir.ops.windows import non_negative as _non_negative
 from keydnn.ir.types import Dim, TensorType
 
 __all__ = ["Pad2d", "Crop2d", "Upsample2d", "GlobalMaxPool2d"]
-
-
-def _non_negative(v: Pads, what: str) -> Pads:
-    if any(p < 0 for p in v):
-        raise ValueError(f"{what} must be >= 0, got {list(v)}")
-    return v
 
 
 class Pad2d(OpBase):

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal, Optional
 
-from pydantic import field_validator, model_validator
+from pydantic import field_validator
 
-from keydnn.ir.ops.base import OpBase, ShapeError, dim_eq
-from keydnn.ir.ops.nn import Epilogue, _positive, _window_out
+from keydnn.ir.ops.base import OpBase, ShapeError
+from keydnn.ir.ops.nn import Epilogue
+from keydnn.ir.ops.windows import ConvAttrs, PoolAttrs, non_negative, positive
 from keydnn.ir.types import Dim, TensorType
 
 __all__ = ["Conv3d", "MaxPool3d", "AvgPool3d", "Pad3d", "Crop3d", "Upsample3d", "Triple", "Pads3", "volume", "assemble"]
@@ -48,13 +49,7 @@ def assemble(n: Dim, c: Dim, sizes: tuple[Dim, ...], layout: str, like: TensorTy
     return TensorType(shape=shape, dtype=like.dtype, layout=layout)
 
 
-def _non_negative(v: tuple[int, ...], what: str) -> tuple[int, ...]:
-    if any(p < 0 for p in v):
-        raise ValueError(f"{what} must be >= 0, got {list(v)}")
-    return v
-
-
-class Conv3d(OpBase):
+class Conv3d(ConvAttrs):
     """3-D convolution (cross-correlation); weight is (O, I/groups, KD, KH, KW)."""
 
     kind: Literal["conv3d"] = "conv3d"
@@ -69,63 +64,21 @@ class Conv3d(OpBase):
     operands: ClassVar[tuple[str, ...]] = ("x", "weight", "bias?")
     constant_operands: ClassVar[tuple[str, ...]] = ("weight", "bias")
 
-    @field_validator("strides", "dilations")
-    @classmethod
-    def _strides_ok(cls, v: Triple) -> Triple:
-        return _positive(v, "strides and dilations")  # type: ignore[return-value]
-
-    @field_validator("pads")
-    @classmethod
-    def _pads_ok(cls, v: Pads3) -> Pads3:
-        return _non_negative(v, "pads")  # type: ignore[return-value]
-
-    @field_validator("groups")
-    @classmethod
-    def _groups_ok(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"groups must be >= 1, got {v}")
-        return v
-
     def infer(self, inputs: list[TensorType]) -> TensorType:
-        x, w = inputs[0], inputs[1]
-        n, c, sizes = volume(x, self.layout)
-        if w.rank != 5:
-            raise ShapeError(f"conv3d weight must be 5-D (O, I/groups, KD, KH, KW), got {w}")
-        o, i = w.shape[0], w.shape[1]
-        if not dim_eq(c, i * self.groups if isinstance(i, int) else i):
-            raise ShapeError(f"input has {c} channels but weight expects {i} x {self.groups} groups")
-        if isinstance(o, int) and o % self.groups:
-            raise ShapeError(f"{o} output channels are not divisible by groups={self.groups}")
-        if len(inputs) > 2 and inputs[2].shape != (o,):
-            raise ShapeError(f"bias must have shape ({o},), got {inputs[2]}")
-        out = tuple(_window_out(s, int(k), st, dl, self.pads[2 * a], self.pads[2 * a + 1])
-                    for a, (s, k, st, dl) in enumerate(zip(sizes, w.shape[2:], self.strides, self.dilations)))
-        return assemble(n, o, out, self.layout, x)
+        n, c, sizes = volume(inputs[0], self.layout)
+        o, out = self.conv_out(c, sizes, inputs, "(O, I/groups, KD, KH, KW)")
+        return assemble(n, o, out, self.layout, inputs[0])
 
 
-class _Pool3d(OpBase):
+class _Pool3d(PoolAttrs):
     kernel: Triple
     strides: Triple
     pads: Pads3 = (0, 0, 0, 0, 0, 0)
     layout: Layout3 = "NCDHW"
 
-    @field_validator("kernel", "strides")
-    @classmethod
-    def _sizes_ok(cls, v: Triple) -> Triple:
-        return _positive(v, "kernel and strides")  # type: ignore[return-value]
-
-    @model_validator(mode="after")
-    def _pads_ok(self):
-        if min(self.pads) < 0 or any(max(self.pads[2 * a], self.pads[2 * a + 1]) >= k
-                                     for a, k in enumerate(self.kernel)):
-            raise ValueError(f"pads {list(self.pads)} must be >= 0 and smaller than the window {list(self.kernel)}")
-        return self
-
     def infer(self, inputs: list[TensorType]) -> TensorType:
         n, c, sizes = volume(inputs[0], self.layout)
-        out = tuple(_window_out(s, k, st, 1, self.pads[2 * a], self.pads[2 * a + 1])
-                    for a, (s, k, st) in enumerate(zip(sizes, self.kernel, self.strides)))
-        return assemble(n, c, out, self.layout, inputs[0])
+        return assemble(n, c, self.pool_out(sizes), self.layout, inputs[0])
 
 
 class MaxPool3d(_Pool3d):
@@ -156,12 +109,12 @@ class Pad3d(OpBase):
     @field_validator("factors")
     @classmethod
     def _factors_ok(cls, v: Triple) -> Triple:
-        return _positive(v, "factors")  # type: ignore[return-value]
+        return positive(v, "factors")  # type: ignore[return-value]
 
     @field_validator("pads")
     @classmethod
     def _pads_ok(cls, v: Pads3) -> Pads3:
-        return _non_negative(v, "pads")  # type: ignore[return-value]
+        return non_negative(v, "pads")  # type: ignore[return-value]
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
         n, c, sizes = volume(inputs[0], self.layout)
@@ -181,7 +134,7 @@ class Crop3d(OpBase):
     @field_validator("crops")
     @classmethod
     def _crops_ok(cls, v: Pads3) -> Pads3:
-        return _non_negative(v, "crops")  # type: ignore[return-value]
+        return non_negative(v, "crops")  # type: ignore[return-value]
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
         n, c, sizes = volume(inputs[0], self.layout)
@@ -203,7 +156,7 @@ class Upsample3d(OpBase):
     @field_validator("factors")
     @classmethod
     def _factors_ok(cls, v: Triple) -> Triple:
-        return _positive(v, "factors")  # type: ignore[return-value]
+        return positive(v, "factors")  # type: ignore[return-value]
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
         n, c, sizes = volume(inputs[0], self.layout)

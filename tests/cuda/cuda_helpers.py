@@ -65,16 +65,17 @@ def compile_cuda(graph: Graph, index: int = 0):
 
 
 def _cpu_can_run(graph: Graph) -> bool:
-    from keydnn.backends.numba_cpu import KERNELS
+    from keydnn.backends.numba_cpu.ops.steps import ops_mode_kinds
 
-    return all(n.op.kind in KERNELS for n in graph.nodes)
+    return all(n.op.kind in ops_mode_kinds() for n in graph.nodes)
 
 
 def assert_parity(graph: Graph, *inputs: np.ndarray, atol: float | None = None, cpu: bool = True,
                   cpu_mode: str | None = None) -> list[np.ndarray]:
     """CUDA == reference (and == numba-cpu where it has every kernel); returns the CUDA outputs.
 
-    ``cpu_mode`` picks numba-cpu's mode ("ops": its per-op kernels, compiled once for every graph;
+    ``cpu_mode`` picks numba-cpu's mode ("ops": a one-node generated program per node, compiled once per
+    node signature;
     default: whole-graph generated code, compiled once per graph)."""
     dtype = graph.inputs[0].type.dtype
     atol = ATOL[dtype] if atol is None else atol

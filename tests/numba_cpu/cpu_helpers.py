@@ -9,7 +9,6 @@ import numpy as np
 
 from keydnn.backends.numba_cpu import NumbaCpuExecutable, compile_graph
 from keydnn.backends.numba_cpu.codegen import emit_nn as cg_emit_nn
-from keydnn.backends.numba_cpu.ops import kernels_conv
 from keydnn.ir import Graph, Node, TensorType, Value, run_reference
 from keydnn.ir.ops import (
     Activation,
@@ -69,16 +68,10 @@ def patched(module, name: str, value) -> Iterator[None]:
         setattr(module, name, saved)
 
 
-def conv_algorithm(name: Optional[str]):
-    """Force one conv2d kernel of the per-op path while graphs are compiled (chosen at compile time)."""
-    return patched(kernels_conv, "FORCE_ALGORITHM", name)
-
-
-#: Every way a conv2d runs: each per-op kernel forced, and the generated code (which picks implicit GEMM,
-#: channel-vector tiles or an im2col panel, or direct loops for grouped filters, by shape), also with each
-#: GEMM form forced where it applies.
-CONV_PATHS = (tuple(f"ops:{a}" for a in kernels_conv.ALGORITHMS) + ("codegen",)
-              + tuple(f"codegen:{f}" for f in cg_emit_nn.CONV_FORMS))
+#: Every way a conv2d runs: the per-op mode (a one-node generated program per node), and the generated code
+#: (which picks implicit GEMM, channel-vector tiles or an im2col panel, or direct loops for grouped filters,
+#: by shape), also with each GEMM form forced where it applies.
+CONV_PATHS = ("ops", "codegen") + tuple(f"codegen:{f}" for f in cg_emit_nn.CONV_FORMS)
 
 
 def conv_form(name: Optional[str]):
@@ -105,8 +98,7 @@ def compile_path(graph: Graph, path: str):
 
         forced._variants = exe._variants  # what was compiled stays inspectable
         return forced
-    with conv_algorithm(path.split(":")[1]):
-        return compile_graph(graph, mode="ops")
+    return compile_graph(graph, mode="ops")
 
 
 def conv_graph(n: int, c: int, h: int, w: int, o: int, k: tuple[int, int], *, bias: bool = True,

@@ -117,8 +117,13 @@ def test_concurrent_calls_from_8_threads() -> None:
 # -- errors -------------------------------------------------------------------------------------
 
 def test_kernel_table_covers_every_op_kind() -> None:
-    """Every op of the IR (but the placeholder that never runs) has a numba-cpu kernel."""
-    assert set(KERNELS) == set(OP_CLASSES) - {"opaque"}
+    """Every op of the IR (but the placeholder that never runs) runs in numba-cpu's per-op mode: generated
+    code, a view, or one of the declared per-op-only kernels (and nothing else has a per-op kernel)."""
+    from keydnn.backends.numba_cpu.modes import PER_OP_ONLY
+    from keydnn.backends.numba_cpu.ops.steps import ops_mode_kinds
+
+    assert ops_mode_kinds() == set(OP_CLASSES) - {"opaque"}
+    assert set(KERNELS) <= PER_OP_ONLY
 
 
 def test_opaque_node_is_rejected_by_name() -> None:
@@ -149,8 +154,7 @@ def test_nhwc_pool_asks_for_canonicalize_layout() -> None:
 def test_op_without_kernel_is_rejected_by_name(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     from keydnn.backends.numba_cpu.runtime.executable import EMITTERS
 
-    monkeypatch.delitem(KERNELS, "softmax")
-    monkeypatch.delitem(EMITTERS, "softmax")  # codegen falls back to the per-op kernels, which lack it too
+    monkeypatch.delitem(EMITTERS, "softmax")  # codegen falls back to the per-op mode, which runs emitters too
     g = make_graph([node("probabilities", Softmax(), "x")], (1, 4), layout="NC")
     with pytest.raises(BackendError, match=r"probabilities.*softmax"):
         compile_graph(g, mode=mode)

@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from keydnn.backends.numba_cpu.codegen.emit_nn import _act_args, _conv_rows, kernel_activation, panel_columns, post_activation
-from keydnn.backends.numba_cpu.codegen.program import GRAIN, Arr, EmitContext, Stage, Unsupported
+from keydnn.backends.numba_cpu.codegen.program import GRAIN, Arr, EmitContext, LayoutUnsupported, Stage
 from keydnn.backends.numba_cpu.codegen.ukernel_source import blocks_kernel_name
 
 __all__ = ["EMITTERS_3D"]
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 def _require_ncdhw(ctx: EmitContext) -> None:
     if ctx.op.layout != "NCDHW":
-        raise Unsupported(f"{ctx.op.kind} with layout {ctx.op.layout} (kernels are NCDHW; run canonicalize-layout)")
+        raise LayoutUnsupported(f"{ctx.op.kind} with layout {ctx.op.layout} (kernels are NCDHW; run canonicalize-layout)")
 
 
 def _per_channel(ctx: EmitContext, description: str, body: list[str], work: float) -> None:

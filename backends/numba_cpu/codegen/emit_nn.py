@@ -33,7 +33,7 @@ import math
 
 import numpy as np
 
-from keydnn.backends.numba_cpu.codegen.program import GRAIN, Arr, EmitContext, Stage, Unsupported
+from keydnn.backends.numba_cpu.codegen.program import GRAIN, Arr, EmitContext, LayoutUnsupported, Stage
 from keydnn.backends.numba_cpu.codegen.codes import LINEAR, RELU, RELU0, encode_activation
 from keydnn.backends.numba_cpu.codegen.cpu import dw_lanes
 from keydnn.backends.numba_cpu.codegen.dense_kernel_source import dense_kernel_name
@@ -89,7 +89,7 @@ def post_activation(act: tuple) -> bool:
 def _require_nchw(ctx: EmitContext) -> None:
     layout = getattr(ctx.op, "layout", "NCHW")
     if layout != "NCHW":
-        raise Unsupported(f"{ctx.op.kind} with layout {layout} (kernels are NCHW; run canonicalize-layout)")
+        raise LayoutUnsupported(f"{ctx.op.kind} with layout {layout} (kernels are NCHW; run canonicalize-layout)")
 
 
 def panel_columns(depth: int, pixels: int, slab: int, itemsize: int) -> int:
@@ -555,7 +555,7 @@ def emit_global_pool(ctx: EmitContext) -> None:
         h, w, c = x.sample
         call = ctx.call("max_cols_flat", x, x.at(), y, y.at(), h * w, c)
     else:
-        raise Unsupported("global_avg_pool2d with layout NHWC (run canonicalize-layout)")
+        raise LayoutUnsupported("global_avg_pool2d with layout NHWC (run canonicalize-layout)")
     ctx.stage(Stage(op.kind, [call], batched=y.batched, work=float(x.size)))
 
 

@@ -47,8 +47,8 @@ from keydnn.ir.graph import Graph, Node
 from keydnn.ir.ops import kinds_with
 from keydnn.ir.types import TensorType
 
-__all__ = ["Val", "Arr", "Stage", "EmitContext", "Program", "generate", "Unsupported", "GRAIN", "VIEW_KINDS",
-           "BATCH_VIEW_KINDS", "fold_merge_activations", "ALIGN", "aligned"]
+__all__ = ["Val", "Arr", "Stage", "EmitContext", "Program", "generate", "Unsupported", "LayoutUnsupported", "GRAIN",
+           "VIEW_KINDS", "BATCH_VIEW_KINDS", "fold_merge_activations", "ALIGN", "aligned"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,11 @@ def aligned(elements: int) -> int:
 
 class Unsupported(BackendError):
     """A graph (or node) the code generator does not handle; the ops path still may."""
+
+
+class LayoutUnsupported(Unsupported):
+    """A node in a layout the kernels do not take (channels-last): a pass's job (canonicalize-layout), so the
+    per-op mode refuses it too, by name, rather than running it on the reference kernel."""
 
 
 @dataclass

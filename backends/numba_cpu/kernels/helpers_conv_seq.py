@@ -14,8 +14,8 @@ new ``h``. ``h`` is double-buffered: the convolution of a later band reads
 the previous step's ``h`` around the band's border, never the new one. Bands
 keep the panel in L2 for large images (``band`` output rows at a time).
 
-Semantics are those of ``kernels_conv_recurrent._row`` (the per-op kernel),
-which the parity tests pin: a masked step keeps ``h`` and ``c``, and its
+Semantics are those of the reference (``ir/reference_recurrent.py``), which
+the parity tests pin: a masked step keeps ``h`` and ``c``, and its
 output is the previous output (or zeros with ``zero_out``); a sequence
 output is in processing order (reversed for ``go_backwards``, as Keras).
 """

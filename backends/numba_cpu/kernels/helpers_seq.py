@@ -8,14 +8,15 @@ over every time step. The input projection of all steps is already in ``X``
 rows of the block share every load of ``U``, which stays in L1/L2 between
 steps), then one pass per row adds the projection, applies the gate
 activations and updates the state (``h``, ``c``, the last output and ``z``
-live in the thread's scratch: a few KiB, L1-resident). Semantics are those of
-``kernels_recurrent._block`` (the per-op kernel), which the parity tests pin.
+live in the thread's scratch: a few KiB, L1-resident). Semantics are the
+reference's (``ir/reference.py``), which the parity tests pin to Keras.
 
-Sigmoid and tanh use a rational approximation of tanh (Eigen's, within a few
-float32 ulps; ``sigmoid(x) = (1 + tanh(x/2)) / 2``) in plain arithmetic that
-LLVM vectorizes: numba's ``exp`` is a scalar libm call without SVML, and the
-gates of a 128-unit LSTM take 640 of them per step. Float64 graphs
-(``precise``) keep ``exp``.
+Sigmoid and tanh use the float32 helpers' one tanh approximation
+(``vmath.tanh_rational``, Eigen's, within a few float32 ulps; ``sigmoid(x) =
+(1 + tanh(x/2)) / 2``) in plain arithmetic that LLVM vectorizes: numba's
+``exp`` is a scalar libm call without SVML, and the gates of a 128-unit LSTM
+take 640 of them per step. Float64 graphs (``precise``) use ``vmath``'s
+float64 ``tanh64`` / ``sigmoid64``.
 
 Index inputs (token ids) arrive as raw addresses (``xaddr``) holding int32
 (float32 graphs) or int64 (float64 graphs) values in the graph dtype's
@@ -39,6 +40,7 @@ from keydnn.backends.numba_cpu.codegen.cpu import dw_lanes
 from keydnn.backends.numba_cpu.kernels.functions import apply_function
 from keydnn.backends.numba_cpu.ops.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
 from keydnn.backends.numba_cpu.kernels.simd import farray, load_at, store_at
+from keydnn.backends.numba_cpu.kernels.vmath import TANH_COEFFS, sigmoid64, tanh64, tanh_rational  # noqa: F401
 from keydnn.backends.numba_cpu.codegen.target import current_target
 from keydnn.backends.numba_cpu.codegen.ukernel_source import kernel_name
 
@@ -57,34 +59,10 @@ _MK1 = getattr(ukernels, kernel_name(1, 4, SEQ_LANES))
 _MK4 = getattr(ukernels, kernel_name(4, 2, SEQ_LANES))
 _MKT = getattr(ukernels, kernel_name(SEQ_TILE, 2, SEQ_LANES))
 
-#: Eigen's rational tanh: clamp, then x * P(x^2) / Q(x^2) (P: 7 coefficients, highest first; Q: 4), then 1 and
-#: 1/2. The emitter
-#: stores them in the weight blob, so the helper reads them in the graph's dtype (float32 arithmetic stays
-#: float32 and vectorizes 16 wide).
-TANH_COEFFS = (7.90531110763549805, -2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
-               5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03,
-               1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03, 1.0, 0.5)
-
-
-@numba.njit(**JIT_OPTIONS)
-def _tanh_poly(x, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0):
-    x = min(max(x, -clamp), clamp)
-    x2 = x * x
-    p = x2 * p6 + p5
-    p = x2 * p + p4
-    p = x2 * p + p3
-    p = x2 * p + p2
-    p = x2 * p + p1
-    p = x2 * p + p0
-    q = x2 * q3 + q2
-    q = x2 * q + q1
-    q = x2 * q + q0
-    return x * p / q
-
-
 @numba.njit(**JIT_OPTIONS)
 def _tanh_run(a, lo, hi, k, k_off, half):
-    """a[lo:hi] = tanh(a) (``half``: sigmoid(a) = (1 + tanh(a / 2)) / 2), rational approximation. Two
+    """a[lo:hi] = tanh(a) (``half``: sigmoid(a) = (1 + tanh(a / 2)) / 2), by ``vmath.tanh_rational`` with
+    the coefficients (``TANH_COEFFS``) the emitter put at ``k[k_off:]``, in the graph's dtype. Two
     branch-free loops over ``load_at``/``store_at`` (numba's negative-index wraparound on a runtime offset
     kept LLVM from vectorizing: 10x slower)."""
     clamp = k[k_off]
@@ -94,11 +72,11 @@ def _tanh_run(a, lo, hi, k, k_off, half):
     hf = k[k_off + 13]
     if half:
         for j in range(lo, hi):
-            t = _tanh_poly(load_at(a, j) * hf, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0)
+            t = tanh_rational(load_at(a, j) * hf, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0)
             store_at(a, j, hf * t + hf)
     else:
         for j in range(lo, hi):
-            store_at(a, j, _tanh_poly(load_at(a, j), clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0))
+            store_at(a, j, tanh_rational(load_at(a, j), clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0))
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -110,11 +88,10 @@ def _act_run(a, lo, hi, code, k, k_off, precise):
         _tanh_run(a, lo, hi, k, k_off, code == SIGMOID)
     elif code == SIGMOID:
         for j in range(lo, hi):
-            store_at(a, j, 1.0 / (1.0 + np.exp(-load_at(a, j))))
+            store_at(a, j, sigmoid64(load_at(a, j)))
     elif code == TANH:
         for j in range(lo, hi):
-            v = load_at(a, j)
-            store_at(a, j, 1.0 - 2.0 / (np.exp(v + v) + 1.0))
+            store_at(a, j, tanh64(load_at(a, j)))
     else:
         for j in range(lo, hi):
             store_at(a, j, apply_function(load_at(a, j), code, 1.0, 0.0, 0.0, 0.0))

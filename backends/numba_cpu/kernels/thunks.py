@@ -61,14 +61,14 @@ HELPERS: dict[str, tuple[str, str]] = {
     "softmax_flat": ("helpers", "aiaiiii"),
     "affine_flat": ("helpers", "aiaiiii" + "dii"),
     "prelu_flat": ("helpers", "aiaiiii" + "di"),
-    "pad_flat": ("helpers", "aiai" + "i" * 7 + "f"),
-    "crop_flat": ("helpers", "aiai" + "i" * 7),
-    "upsample_flat": ("helpers", "aiai" + "i" * 6),
-    "dilate_flat": ("helpers", "aiai" + "i" * 10),
-    "transpose_flat": ("helpers", "aiai" + "t" + "iii" + "ii"),
-    "merge_flat": ("helpers", "aiai" + "t" + "iiii" + "f"),
-    "merge_span": ("helpers", "aiaiii" + "f" + "i" + "ffff"),
-    "concat_rows": ("helpers", "aiai" + "iiii"),
+    "pad_flat": ("helpers_move", "aiai" + "i" * 7 + "f"),
+    "crop_flat": ("helpers_move", "aiai" + "i" * 7),
+    "upsample_flat": ("helpers_move", "aiai" + "i" * 6),
+    "dilate_flat": ("helpers_move", "aiai" + "i" * 10),
+    "transpose_flat": ("helpers_move", "aiai" + "t" + "iii" + "ii"),
+    "merge_flat": ("helpers_move", "aiai" + "t" + "iiii" + "f"),
+    "merge_span": ("helpers_move", "aiaiii" + "f" + "i" + "ffff"),
+    "concat_rows": ("helpers_move", "aiai" + "iiii"),
     "conv_direct_planes": ("helpers", "aiiii" + "aiii" + "ai" + "i" * 14),
     "pad_rows_phased": ("depthwise", "aiiii" + "ai" + "ii" + "i" + "ii" + "ii"),
     "dw_conv_planes": ("depthwise", "aiii" + "aiii" + "ai" + "i" * 13 + "ai" + "ii" + "i" + "ffff"),
@@ -96,10 +96,10 @@ _KERNELS_ROOT = Path(__file__).resolve().parents[1]  # backends/numba_cpu
 
 
 def sources_digest() -> str:
-    """Digest of the sources whose code numba inlines into the thunks: the kernels and per-op modules (helpers
-    import a few of their functions), and the shared activation codes."""
+    """Digest of the sources whose code numba inlines into the thunks: the kernels, the jit options they import
+    (``ops/lowering.py``), and the shared activation codes."""
     h = hashlib.sha256()
-    paths = [*sorted((_KERNELS_ROOT / "kernels").glob("*.py")), *sorted((_KERNELS_ROOT / "ops").glob("*.py")),
+    paths = [*sorted((_KERNELS_ROOT / "kernels").glob("*.py")), _KERNELS_ROOT / "ops" / "lowering.py",
              _KERNELS_ROOT / "codegen" / "codes.py", _KERNELS_ROOT.parent / "epilogues.py"]
     for path in paths:
         h.update(path.relative_to(_KERNELS_ROOT.parent).as_posix().encode())

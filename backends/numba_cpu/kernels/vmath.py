@@ -26,7 +26,7 @@ from keydnn.backends.numba_cpu.codegen.cpu import dw_lanes
 from keydnn.backends.numba_cpu.ops.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
 from keydnn.backends.numba_cpu.kernels.simd import Vec, load_at, store_at, vload
 
-__all__ = ["exp64", "tanh64", "sigmoid64", "gelu_tanh64", "exp32", "tanh32", "sigmoid32", "gelu_tanh32", "row_max", "softmax_row", "activate_inplace"]
+__all__ = ["exp64", "tanh64", "sigmoid64", "gelu_tanh64", "exp32", "tanh32", "tanh_rational", "TANH_COEFFS", "sigmoid32", "gelu_tanh32", "row_max", "softmax_row", "activate_inplace"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,15 +122,37 @@ def exp32(x):
     return e if x == x else x
 
 
+#: Eigen's rational tanh, the one tanh approximation of the float32 helpers: clamp, then x * P(x^2) / Q(x^2)
+#: (P: 7 coefficients, highest first; Q: 4), then 1 and 1/2; within a few float32 ulps, in plain arithmetic
+#: that LLVM vectorizes. ``tanh32`` uses these as float32 constants; the sequence helpers (``helpers_seq``)
+#: read them from the weight blob, in the graph's dtype.
+TANH_COEFFS = (7.90531110763549805, -2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
+               5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03,
+               1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03, 1.0, 0.5)
+_TCLAMP, _TP6, _TP5, _TP4, _TP3, _TP2, _TP1, _TP0, _TQ3, _TQ2, _TQ1, _TQ0 = (_F(c) for c in TANH_COEFFS[:12])
+
+
+@numba.njit(**JIT_OPTIONS)
+def tanh_rational(x, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0):
+    """tanh(x) by ``TANH_COEFFS`` (passed in, so that the arithmetic stays in the caller's dtype)."""
+    x = min(max(x, -clamp), clamp)
+    x2 = x * x
+    p = x2 * p6 + p5
+    p = x2 * p + p4
+    p = x2 * p + p3
+    p = x2 * p + p2
+    p = x2 * p + p1
+    p = x2 * p + p0
+    q = x2 * q3 + q2
+    q = x2 * q + q1
+    q = x2 * q + q0
+    return x * p / q
+
+
 @numba.njit(**JIT_OPTIONS)
 def tanh32(x):
-    """tanh in float32: exp32 of -2|x|, and the Taylor series below |x| = 1/16 (no cancellation there)."""
-    a = abs(x)
-    e = exp32(-_TWO_F * a)
-    t = (_ONE_F - e) / (_ONE_F + e)
-    x2 = x * x
-    small = x + x * x2 * (_T3 + _T5 * x2)
-    t = small if a < _SMALL_F else (-t if x < _ZERO_F else t)
+    """tanh in float32: the rational approximation; NaN passes through."""
+    t = tanh_rational(x, _TCLAMP, _TP6, _TP5, _TP4, _TP3, _TP2, _TP1, _TP0, _TQ3, _TQ2, _TQ1, _TQ0)
     return t if x == x else x
 
 
@@ -141,27 +163,9 @@ def sigmoid32(x):
 
 @numba.njit(**JIT_OPTIONS)
 def gelu_tanh32(x):
-    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) with tanh32 written out: through the nested calls
-    LLVM kept the loop scalar (3x slower)."""
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), tanh by the rational approximation."""
     u = _SQ2PI_F * (x + _GC_F * x * x * x)
-    a = abs(u)
-    c = min(-_TWO_F * a, _ZERO_F)
-    c = max(c, _LO_F)
-    t = np.floor(c * _LOG2E_F + _HALF_F)
-    r = (c - t * _LN2_HI_F) - t * _LN2_LO_F
-    p = _P7
-    p = p * r + _P6
-    p = p * r + _P5
-    p = p * r + _P4
-    p = p * r + _P3
-    p = p * r + _P2
-    p = p * r + _ONE_F
-    p = p * r + _ONE_F
-    e = p * _pow2f(numba.int32(t))
-    th = (_ONE_F - e) / (_ONE_F + e)
-    u2 = u * u
-    small = u + u * u2 * (_T3 + _T5 * u2)
-    th = small if a < _SMALL_F else (-th if u < _ZERO_F else th)
+    th = tanh_rational(u, _TCLAMP, _TP6, _TP5, _TP4, _TP3, _TP2, _TP1, _TP0, _TQ3, _TQ2, _TQ1, _TQ0)
     g = _HALF_F * x * (_ONE_F + th)
     return g if x == x else x
 

@@ -1,9 +1,11 @@
-"""The numba-cpu executable: lower every node once, then run the plan.
+"""The per-op executable (``mode="ops"``): every node its own step, run from a plan in a Python loop.
 
-Compile time does all the decoding (attributes, weight casts and layouts,
-kernel choice); a call only looks up the memory layout for its input shapes
-and runs one bound kernel per step. State shared between threads is
-immutable or guarded by a lock; scratch buffers are per thread.
+Each node runs as a one-node generated program (``steps``/``one_node``): the same emitters and helpers as
+the whole-graph code, compiled once per node signature, so the per-op mode (debugging; the fallback for
+graphs the generator cannot specialize as a whole) has no kernels of its own. Compile time builds every
+step; a call only looks up the memory layout for its input shapes (arena buffers reused along the graph,
+in-place steps, views) and runs one step per node. ``trace`` returns every node's result, for
+inspection. State shared between threads is immutable or guarded by a lock; buffers are per thread.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Optional
 import numba
 import numpy as np
 
-from keydnn.backends.numba_cpu.ops.lowering import KERNELS, LowerContext, Unsupported
+from keydnn.backends.numba_cpu.ops.lowering import Unsupported
+from keydnn.backends.numba_cpu.ops.steps import lower_node
 from keydnn.backends.numba_cpu.ops.plan import MemoryLayout, Plan, Step, plan_memory, resolve_shapes
 from keydnn.errors import BackendError
 from keydnn.ir.graph import Graph
@@ -43,7 +46,7 @@ def _parallel_guard() -> contextlib.AbstractContextManager:
 
 
 def _build_plan(graph: Graph) -> Plan:
-    """Lower every node through KERNELS; report every node the backend cannot run at once."""
+    """Build every node's step (``steps.lower_node``); report every node the backend cannot run at once."""
     slot_names = [v.name for v in graph.inputs] + [c.name for c in graph.constants]
     slot_names += [n.outputs[0].name for n in graph.nodes]
     slot = {name: i for i, name in enumerate(slot_names)}
@@ -60,24 +63,18 @@ def _build_plan(graph: Graph) -> Plan:
             problems.append(f"{where} is a placeholder for the unsupported Keras layer "
                             f"{node.op.keras_class} ({node.op.reason}) and cannot run")
             continue
-        lowering = KERNELS.get(node.op.kind)
-        if lowering is None:
-            problems.append(f"{where}: op kind {node.op.kind!r} has no numba-cpu kernel; "
-                            f"supported: {', '.join(sorted(KERNELS))}")
-            continue
         in_types = tuple(types.get(i) for i in node.inputs)
         if node.outputs[0].type is None or any(t is None for t in in_types):
             if not opaque:  # downstream of a placeholder nothing is typed; the placeholder says why
                 problems.append(f"{where} has untyped operands or result; run the infer-shapes pass first")
             continue
-        ctx = LowerContext(node=node, in_types=in_types, out_type=node.outputs[0].type, weights=graph.weights)
         try:
-            lowered = lowering(ctx)
+            lowered = lower_node(node, in_types, types, graph.weights)
         except Unsupported as exc:
             problems.append(f"{where}: {exc}")
             continue
         steps.append(Step(node.name, node.op.kind, lowered, tuple(slot[i] for i in node.inputs),
-                          slot[node.outputs[0].name], ctx.dtype))
+                          slot[node.outputs[0].name], node.outputs[0].type.np_dtype))
     if problems:
         raise BackendError(f"numba-cpu cannot compile graph {graph.name!r}:\n"
                            + "\n".join(f"  - {p}" for p in problems))
@@ -108,8 +105,12 @@ class NumbaCpuExecutable:
         logger.debug("numba-cpu plan for %s:\n%s", graph.name, self.plan)
 
     def set_threads(self, threads: int) -> None:
-        """Let a call's parallel kernels use ``threads`` threads (numba's pool size caps it)."""
+        """Let a call's steps use ``threads`` threads (numba's pool size caps the per-op-only kernels)."""
         self.threads = max(1, int(threads))
+        for step in self.plan.steps:
+            program = getattr(step.op.run, "program", None)
+            if program is not None:
+                program.set_threads(self.threads)
 
     def _layout(self, key: tuple) -> MemoryLayout:
         layout = self._layouts.get(key)
@@ -134,19 +135,21 @@ class NumbaCpuExecutable:
             cache.move_to_end(key)
         return bufs
 
-    def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
+    def _execute(self, inputs: tuple, private: bool = False) -> tuple[list, MemoryLayout]:
+        """Run every step: into the planned buffers (arena reuse, in-place steps), or with ``private`` each
+        allocating step into a new array of its own (``trace``)."""
         plan = self.plan
         if len(inputs) != len(plan.input_slots):
             raise ValueError(f"graph {self.graph.name!r} takes {len(plan.input_slots)} inputs, got {len(inputs)}")
-        # Kernels are compiled for writable C-contiguous arrays of the graph's dtype; anything
-        # else is copied once here rather than triggering another numba specialization.
+        # Steps are compiled for writable C-contiguous arrays of the graph's dtype; anything
+        # else is copied once here rather than triggering another specialization.
         arrays = [
             a if a.dtype == dt and a.flags.c_contiguous and a.flags.writeable else np.array(a, dtype=dt, order="C")
             for a, dt in zip(map(np.asarray, inputs), self._input_dtypes)
         ]
         key = tuple(a.shape for a in arrays)
         layout = self._layout(key)
-        bufs = self._arena(key, layout)
+        bufs = [None] * len(layout.placements) if private else self._arena(key, layout)
         fresh = [np.empty(n, dtype=d) for n, d in layout.fresh]
         env = list(plan.template)
         for s, a in zip(plan.input_slots, arrays):
@@ -156,25 +159,43 @@ class NumbaCpuExecutable:
         with _parallel_guard():
             try:
                 for step, place, buf in zip(plan.steps, layout.placements, bufs):
+                    if not step.op.allocates:  # a view: the operand reshaped to the step's concrete shape
+                        env[step.output] = env[step.operands[0]].reshape(place.shape)
+                        continue
                     want = 1 if place.serial else threads
-                    if want != current:  # thread-local in numba: other callers are unaffected
+                    if want != current:  # thread-local in numba (per-op-only kernels): other callers unaffected
                         numba.set_num_threads(want)
                         current = want
-                    if place.kind == "fresh":
+                    if private:
+                        buf = np.empty(place.shape, dtype=place.dtype)
+                    elif place.kind == "fresh":
                         buf = fresh[place.index].reshape(place.shape)
                     env[step.output] = step.op.run([env[s] for s in step.operands], buf)
             finally:
                 if current != original:
                     numba.set_num_threads(original)
+        return env, layout
+
+    def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        env, layout = self._execute(inputs)
         results: list[np.ndarray] = []
         handed_out: set[int] = set()
-        for s, f in zip(plan.output_slots, layout.output_fresh):
+        for s, f in zip(self.plan.output_slots, layout.output_fresh):
             if f >= 0 and f not in handed_out:
                 handed_out.add(f)
                 results.append(env[s])
             else:
                 results.append(np.array(env[s], copy=True))
         return results
+
+    def trace(self, *inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Every value of one call by name (graph inputs, then each node's result in order), for debugging:
+        each step writes an array of its own here (no arena reuse, nothing in place), so every intermediate
+        result survives the call; the values are what ``__call__`` computes (views stay views)."""
+        env, _ = self._execute(inputs, private=True)
+        names = [v.name for v in self.graph.inputs] + [n.outputs[0].name for n in self.graph.nodes]
+        slot = {name: i for i, name in enumerate(self.plan.slot_names)}
+        return {name: env[slot[name]] for name in names}
 
     def __repr__(self) -> str:
         return f"NumbaCpuExecutable({self.graph.name!r}, {len(self.plan.steps)} steps)"

@@ -1,9 +1,9 @@
-"""The kernel table of the numba-cpu backend and what a lowering returns.
+"""What a step of the per-op plan is (``LoweredOp``), the per-op kernel table, and the jit options every
+numba function of the backend compiles with.
 
-A *lowering* turns one IR node into a ``LoweredOp``: attributes decoded and
-constant weights cast and laid out once, at compile time, so that a call only
-moves activations. The executor dispatches through ``KERNELS`` (op kind ->
-lowering) and never on op classes by hand; a new op adds one entry here.
+A step is a ``LoweredOp``: bound at compile time, so that a call only moves activations. Every kind with a
+code generator runs as a one-node generated program (``steps``); ``KERNELS`` (op kind -> lowering) holds
+only the per-op kernels of the kinds ``modes.PER_OP_ONLY`` names, until they get emitters.
 """
 
 from __future__ import annotations

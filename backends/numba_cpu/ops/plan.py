@@ -1,8 +1,8 @@
 """The execution plan: steps built once per graph, buffer layouts built once per input shape.
 
-A ``Plan`` is the backend's own small IR — an ordered list of steps, each a
-bound kernel with operand and result slots. Executing it is a straight loop,
-and it is the unit a later whole-graph code generator would replace.
+A ``Plan`` is the per-op mode's small IR — an ordered list of steps, each a
+bound step (a one-node generated program, a view, a per-op-only kernel) with
+operand and result slots. Executing it is a straight loop.
 
 A ``MemoryLayout`` says, for one set of concrete input shapes, where each
 step writes: a view into a reusable arena buffer (buffers are shared by steps
