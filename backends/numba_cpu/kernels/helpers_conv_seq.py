@@ -27,9 +27,10 @@ import logging
 import numba
 
 from keydnn.backends.numba_cpu.codegen.codes import HARD_SIGMOID, HARD_SIGMOID_K2, SIGMOID, TANH
-from keydnn.backends.numba_cpu.kernels.helpers_seq import _act_run, _add_to, _copy_to, _fill, _matmul, _tanh_poly
+from keydnn.backends.numba_cpu.kernels.helpers_seq import _act_run, _add_to, _copy_to, _fill, _matmul
+from keydnn.backends.numba_cpu.kernels.vmath import tanh_rational
 from keydnn.backends.numba_cpu.kernels.simd import load_at, store_at
-from keydnn.backends.numba_cpu.ops.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
+from keydnn.backends.numba_cpu.jit_options import HELPER_JIT_OPTIONS as JIT_OPTIONS
 
 __all__ = ["conv_lstm_sample"]
 
@@ -69,13 +70,13 @@ def _gates_fast(S, z, X, x, c, h, npx, f, ract, W, k_off):
                 zf = load_at(S, zq + f + j) + load_at(X, xq + f + j)
                 zc = load_at(S, zq + 2 * f + j) + load_at(X, xq + 2 * f + j)
                 zo = load_at(S, zq + 3 * f + j) + load_at(X, xq + 3 * f + j)
-                gi = hf * _tanh_poly(zi * hf, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0) + hf
-                gf = hf * _tanh_poly(zf * hf, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0) + hf
-                gc = _tanh_poly(zc, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0)
-                go = hf * _tanh_poly(zo * hf, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0) + hf
+                gi = hf * tanh_rational(zi * hf, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0) + hf
+                gf = hf * tanh_rational(zf * hf, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0) + hf
+                gc = tanh_rational(zc, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0)
+                go = hf * tanh_rational(zo * hf, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0) + hf
                 cc = gf * load_at(S, cq + j) + gi * gc
                 store_at(S, cq + j, cc)
-                store_at(S, hq + j, go * _tanh_poly(cc, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0))
+                store_at(S, hq + j, go * tanh_rational(cc, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0))
         else:  # clip(slope * x + 1/2, 0, 1)
             for j in range(f):
                 zi = load_at(S, zq + j) + load_at(X, xq + j)
@@ -84,11 +85,11 @@ def _gates_fast(S, z, X, x, c, h, npx, f, ract, W, k_off):
                 zo = load_at(S, zq + 3 * f + j) + load_at(X, xq + 3 * f + j)
                 gi = min(max(slope * zi + hf, 0.0), 1.0)
                 gf = min(max(slope * zf + hf, 0.0), 1.0)
-                gc = _tanh_poly(zc, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0)
+                gc = tanh_rational(zc, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0)
                 go = min(max(slope * zo + hf, 0.0), 1.0)
                 cc = gf * load_at(S, cq + j) + gi * gc
                 store_at(S, cq + j, cc)
-                store_at(S, hq + j, go * _tanh_poly(cc, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0))
+                store_at(S, hq + j, go * tanh_rational(cc, clamp, p6, p5, p4, p3, p2, p1, p0, q3, q2, q1, q0))
 
 
 @numba.njit(**JIT_OPTIONS)
