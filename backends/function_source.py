@@ -129,7 +129,7 @@ def render_cpu() -> str:
     lines = [_HEADER.format(doc="Every elementwise scalar function as one numba function of (x, code, a, b, c, d)"
                                 " in float64."),
              "from __future__ import annotations", "", "import math", "", "import numba", "import numpy as np", "",
-             "from keydnn.backends.numba_cpu.ops.lowering import JIT_OPTIONS", "",
+             "from keydnn.backends.numba_cpu.jit_options import JIT_OPTIONS", "",
              '__all__ = ["apply_function", "apply_binary"]', "", "",
              "@numba.njit(**JIT_OPTIONS)", "def _sqrt(v):", "    return math.sqrt(v) if v >= 0.0 else math.nan", "", "",
              "@numba.njit(**JIT_OPTIONS)", "def _log(v):",

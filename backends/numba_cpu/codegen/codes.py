@@ -16,12 +16,12 @@ from keydnn.backends.epilogues import (  # noqa: F401  (re-exported: the kernels
     RELU, RELU0, SELU, SIGMOID, SOFTPLUS, SOFTSIGN, SWISH, TANH, Encoded,
 )
 from keydnn.backends.epilogues import encode_activation as _encode_activation
-from keydnn.backends.numba_cpu.ops.lowering import Unsupported
+from keydnn.backends.numba_cpu.jit_options import Unsupported
 from keydnn.ir.ops.base import OpBase
 
 __all__ = [
     "Epilogue", "ACTIVATION_CODES", "NO_EPILOGUE", "encode_activation", "MERGE_CODES", "batch_norm_params",
-    "LINEAR", "RELU0", "RELU", "COPY", "ADD", "SUB", "MUL", "MAX", "MIN",
+    "LINEAR", "RELU0", "RELU", "COPY", "ADD", "SUB", "MUL", "MAX", "MIN", "TANH_COEFFS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,3 +45,11 @@ def batch_norm_params(weights, names: Sequence[str], epsilon: float) -> tuple[np
     mean, var, gamma, beta = (np.asarray(weights[n], dtype=np.float64).reshape(-1) for n in names)
     s = gamma / np.sqrt(var + epsilon)
     return s, beta - mean * s
+
+
+#: Eigen's rational tanh, the one tanh approximation of the float32 helpers (``kernels.vmath.tanh_rational``):
+#: clamp, then x * P(x^2) / Q(x^2) (P: 7 coefficients, highest first; Q: 4), then 1 and 1/2. Here, not in
+#: ``vmath``, so that the sequence emitter puts them in the weight blob without importing numba.
+TANH_COEFFS = (7.90531110763549805, -2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
+               5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03,
+               1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03, 1.0, 0.5)

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import numba
 
-from keydnn.backends.numba_cpu.ops.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
+from keydnn.backends.numba_cpu.jit_options import HELPER_JIT_OPTIONS as JIT_OPTIONS
 from keydnn.backends.numba_cpu.kernels.simd import (
     vadd, vbroadcast, vfma, vload, vload_n, vmax_zero, vrelu_general, vstore, vstore_n, vzero,
 )

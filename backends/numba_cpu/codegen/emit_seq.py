@@ -34,7 +34,7 @@ import numpy as np
 
 from keydnn.backends.numba_cpu.codegen.emit_nn import EMITTERS_NN
 from keydnn.backends.numba_cpu.codegen.program import Arr, EmitContext, Stage, Unsupported, aligned
-from keydnn.backends.numba_cpu.codegen.codes import ACTIVATION_CODES, RELU0
+from keydnn.backends.numba_cpu.codegen.codes import ACTIVATION_CODES, RELU0, TANH_COEFFS
 from keydnn.backends.numba_cpu.codegen.cpu import dw_lanes
 from keydnn.backends.numba_cpu.codegen.target import current_target
 from keydnn.ir.graph import Graph, Node
@@ -45,10 +45,6 @@ logger = logging.getLogger(__name__)
 
 #: Op kinds that may read an integer (token id) graph input.
 INDEX_KINDS = frozenset({"embedding", "sequence_mask"})
-#: Eigen's rational tanh (see ``cg_kernels_seq``; kept here too so that generating code never imports numba).
-TANH_COEFFS = (7.90531110763549805, -2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
-               5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03,
-               1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03, 1.0, 0.5)
 _CELLS = {"simple": 0, "lstm": 1, "gru": 2}
 _RESULTS = {"output": 0, "state_h": 1, "state_c": 2}
 

@@ -108,7 +108,7 @@ from __future__ import annotations
 import numba
 
 from keydnn.backends.numba_cpu.kernels.depthwise import pad_plane_phased
-from keydnn.backends.numba_cpu.ops.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
+from keydnn.backends.numba_cpu.jit_options import HELPER_JIT_OPTIONS as JIT_OPTIONS
 from keydnn.backends.numba_cpu.kernels.simd import (
     load_at, vadd, vbroadcast, vfma, vload, vload_n, vmax_zero, vrelu_general, vsplat, vstore, vstore_n,
     vstore_transposed, vzero,

@@ -18,7 +18,7 @@ import numba
 
 from keydnn.backends.numba_cpu.codegen.cpu import dw_lanes
 from keydnn.backends.numba_cpu.kernels.helpers import _copy_run, _zero_run
-from keydnn.backends.numba_cpu.ops.lowering import HELPER_JIT_OPTIONS
+from keydnn.backends.numba_cpu.jit_options import HELPER_JIT_OPTIONS
 from keydnn.backends.numba_cpu.kernels.simd import (
     load_at, store_at, vbroadcast, veven, vfma, vload, vmax_zero, vodd, vrelu_general, vsplat, vstore, vstore_n,
     vzero,

@@ -9,7 +9,7 @@ import math
 import numba
 import numpy as np
 
-from keydnn.backends.numba_cpu.ops.lowering import JIT_OPTIONS
+from keydnn.backends.numba_cpu.jit_options import JIT_OPTIONS
 
 __all__ = ["apply_function", "apply_binary"]
 

@@ -19,7 +19,7 @@ import numpy as np
 from keydnn.backends.numba_cpu.codegen.cpu import dw_lanes
 from keydnn.backends.numba_cpu.codegen.codes import GELU_TANH, LINEAR, RELU0, SIGMOID, SWISH, TANH
 from keydnn.backends.numba_cpu.kernels.functions import apply_function
-from keydnn.backends.numba_cpu.ops.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
+from keydnn.backends.numba_cpu.jit_options import HELPER_JIT_OPTIONS as JIT_OPTIONS
 from keydnn.backends.numba_cpu.kernels.vmath import activate_inplace, softmax_row
 from keydnn.backends.numba_cpu.kernels.simd import (
     load_at, store_at, vload, vload_n, vstore, vstore_n, vzero,

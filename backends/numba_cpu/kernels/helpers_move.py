@@ -14,7 +14,7 @@ import numpy as np
 from keydnn.backends.numba_cpu.codegen.codes import ADD, LINEAR, MAX, MIN, MUL, RELU0, SUB
 from keydnn.backends.numba_cpu.codegen.cpu import dw_lanes
 from keydnn.backends.numba_cpu.kernels.functions import apply_function
-from keydnn.backends.numba_cpu.ops.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
+from keydnn.backends.numba_cpu.jit_options import HELPER_JIT_OPTIONS as JIT_OPTIONS
 from keydnn.backends.numba_cpu.kernels.simd import (
     load_at, store_at, vadd, vload, vload_n, vmax_zero, vmul, vstore, vstore_n, vsub,
 )

@@ -38,7 +38,7 @@ from keydnn.backends.numba_cpu.kernels import ukernels
 from keydnn.backends.numba_cpu.codegen.codes import LINEAR, SIGMOID, TANH
 from keydnn.backends.numba_cpu.codegen.cpu import dw_lanes
 from keydnn.backends.numba_cpu.kernels.functions import apply_function
-from keydnn.backends.numba_cpu.ops.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
+from keydnn.backends.numba_cpu.jit_options import HELPER_JIT_OPTIONS as JIT_OPTIONS
 from keydnn.backends.numba_cpu.kernels.simd import farray, load_at, store_at
 from keydnn.backends.numba_cpu.kernels.vmath import TANH_COEFFS, sigmoid64, tanh64, tanh_rational  # noqa: F401
 from keydnn.backends.numba_cpu.codegen.target import current_target

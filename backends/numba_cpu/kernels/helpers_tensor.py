@@ -18,7 +18,7 @@ import numpy as np
 
 from keydnn.backends.numba_cpu.kernels.helpers import REDUCE_OPTIONS
 from keydnn.backends.numba_cpu.kernels.functions import apply_binary, apply_function
-from keydnn.backends.numba_cpu.ops.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
+from keydnn.backends.numba_cpu.jit_options import HELPER_JIT_OPTIONS as JIT_OPTIONS
 from keydnn.backends.numba_cpu.kernels.simd import load_at, store_at
 from keydnn.backends.numba_cpu.kernels.vmath import softmax_row
 

@@ -15,7 +15,7 @@ import logging
 
 import numba
 
-from keydnn.backends.numba_cpu.ops.lowering import JIT_OPTIONS
+from keydnn.backends.numba_cpu.jit_options import JIT_OPTIONS
 from keydnn.backends.numba_cpu.kernels.simd import atomic_load, cpu_relax, fcall
 
 __all__ = ["wait_at_least", "wait_at_most", "SPINS"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba
 
 from keydnn.backends.numba_cpu.kernels.simd import load_at, store_at
-from keydnn.backends.numba_cpu.ops.lowering import HELPER_JIT_OPTIONS
+from keydnn.backends.numba_cpu.jit_options import HELPER_JIT_OPTIONS
 
 __all__ = ["transpose_matrix", "SHORT"]
 

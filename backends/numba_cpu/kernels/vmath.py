@@ -22,8 +22,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from keydnn.backends.numba_cpu.codegen.codes import TANH_COEFFS
 from keydnn.backends.numba_cpu.codegen.cpu import dw_lanes
-from keydnn.backends.numba_cpu.ops.lowering import HELPER_JIT_OPTIONS as JIT_OPTIONS
+from keydnn.backends.numba_cpu.jit_options import HELPER_JIT_OPTIONS as JIT_OPTIONS
 from keydnn.backends.numba_cpu.kernels.simd import Vec, load_at, store_at, vload
 
 __all__ = ["exp64", "tanh64", "sigmoid64", "gelu_tanh64", "exp32", "tanh32", "tanh_rational", "TANH_COEFFS", "sigmoid32", "gelu_tanh32", "row_max", "softmax_row", "activate_inplace"]
@@ -126,9 +127,6 @@ def exp32(x):
 #: (P: 7 coefficients, highest first; Q: 4), then 1 and 1/2; within a few float32 ulps, in plain arithmetic
 #: that LLVM vectorizes. ``tanh32`` uses these as float32 constants; the sequence helpers (``helpers_seq``)
 #: read them from the weight blob, in the graph's dtype.
-TANH_COEFFS = (7.90531110763549805, -2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
-               5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03,
-               1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03, 1.0, 0.5)
 _TCLAMP, _TP6, _TP5, _TP4, _TP3, _TP2, _TP1, _TP0, _TQ3, _TQ2, _TQ1, _TQ0 = (_F(c) for c in TANH_COEFFS[:12])
 
 

@@ -1,5 +1,5 @@
 """What a step of the per-op plan is (``LoweredOp``), the per-op kernel table, and the jit options every
-numba function of the backend compiles with.
+numba function of the backend compiles with (defined in ``numba_cpu.jit_options``, re-exported).
 
 A step is a ``LoweredOp``: bound at compile time, so that a call only moves activations. Every kind with a
 code generator runs as a one-node generated program (``steps``); ``KERNELS`` (op kind -> lowering) holds
@@ -15,7 +15,9 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from keydnn.backends.kernel_table import KernelTable, require_channels_first
-from keydnn.errors import BackendError
+from keydnn.backends.numba_cpu.jit_options import (  # noqa: F401  (re-exported)
+    HELPER_JIT_OPTIONS, JIT_OPTIONS, PARALLEL_JIT_OPTIONS, Unsupported,
+)
 from keydnn.ir.graph import Node
 from keydnn.ir.types import TensorType
 
@@ -26,26 +28,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Every kernel: cached on disk (a second process does not recompile), releases the GIL
-#: (concurrent callers run in parallel) and uses NumPy's float error model (no
-#: ZeroDivisionError checks that would block vectorization). Caveat of numba's cache: it
-#: is invalidated per source file, so after editing a helper that kernels in *other*
-#: files call (activate_range, tap_lo/tap_hi, im2col_channel), delete
-#: backends/numba_cpu/__pycache__/*.nbi so those callers recompile.
-JIT_OPTIONS: dict = {"cache": True, "nogil": True, "error_model": "numpy"}
-PARALLEL_JIT_OPTIONS: dict = {**JIT_OPTIONS, "parallel": True}
-#: The helpers generated code calls (cg_kernels, ukernels): they never allocate, so they are compiled
-#: without numba's reference counting (``_nrt``), which otherwise wraps every array handed to an inner
-#: function in incref/decref calls: a third of a small conv's padding time.
-HELPER_JIT_OPTIONS: dict = {**JIT_OPTIONS, "_nrt": False}
-
 #: (inputs, out) -> result. ``out`` is the preallocated, C-contiguous output buffer
 #: (``None`` when the op does not allocate); the result is ``out`` or a view.
 RunFn = Callable[[Sequence[np.ndarray], Optional[np.ndarray]], np.ndarray]
-
-
-class Unsupported(BackendError):
-    """A lowering cannot handle this node; the executor adds the node's name."""
 
 
 @dataclass(frozen=True)
