@@ -7,13 +7,16 @@ than from each other.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Generic, Mapping, Optional, TypeVar
+
+import numpy as np
 
 from keydnn.errors import BackendError
-from keydnn.ir.graph import Graph
+from keydnn.ir.graph import Graph, Node
 from keydnn.ir.types import TensorType
 
-__all__ = ["KernelTable", "require_channels_first", "resolve_shapes"]
+__all__ = ["KernelTable", "NodeContext", "require_channels_first", "resolve_shapes"]
 
 L = TypeVar("L", bound=Callable)
 
@@ -30,6 +33,36 @@ class KernelTable(dict, Generic[L]):
             return fn
 
         return register
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """What a lowering may read: the node, its operand and result types, and the weights. Each backend
+    subclasses it (adding what binding a kernel there needs) and names its own refusal error."""
+
+    node: Node
+    in_types: tuple[TensorType, ...]
+    out_type: TensorType
+    weights: Mapping[str, np.ndarray]
+
+    #: The backend's "cannot lower this node" error.
+    refusal: ClassVar[type[BackendError]] = BackendError
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.out_type.np_dtype
+
+    def constant(self, position: int) -> Optional[np.ndarray]:
+        """Operand ``position`` as a private, writable, C-contiguous array in the result dtype, or None if the
+        op omits it. A private copy keeps kernel argument types uniform (numba types read-only arrays
+        separately, which would mean another compile) and isolates the executable from whoever else holds
+        the weights."""
+        if position >= len(self.node.inputs):
+            return None
+        name = self.node.inputs[position]
+        if name not in self.weights:
+            raise self.refusal(f"operand {position} (%{name}) must be a constant weight")
+        return np.array(self.weights[name], dtype=self.dtype, order="C", copy=True)
 
 
 def require_channels_first(op: object, unsupported: type[BackendError], backend: str) -> None:

@@ -20,6 +20,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from keydnn.backends.step_list import node_where, opaque_problem
+from keydnn.backends.step_list import slot_names as slot_list
 from keydnn.backends.numba_cuda.device import as_device_array, cuda, device_context, is_device_array, require_device
 from keydnn.backends.numba_cuda.lowering import KERNELS, LowerContext, Unsupported
 from keydnn.backends.numba_cuda.plan import Plan, ShapePlan, Step, plan_shapes
@@ -36,18 +38,16 @@ MAX_CACHED_SHAPES = 8
 
 def _build_plan(graph: Graph) -> tuple[Plan, list]:
     """Lower every node through KERNELS (uploading weights); report every node it cannot run at once."""
-    slot_names = [v.name for v in graph.inputs] + [c.name for c in graph.constants]
-    slot_names += [n.outputs[0].name for n in graph.nodes]
+    slot_names = slot_list(graph)
     slot = {name: i for i, name in enumerate(slot_names)}
     types = graph.value_types()
     problems: list[str] = [f"graph input %{v.name} has no type" for v in graph.inputs if v.type is None]
     steps: list[Step] = []
     uploads: list = []
     for node in graph.nodes:
-        where = f"node {node.name!r} ({node.op.kind})" + (f" from Keras layer {node.source!r}" if node.source else "")
+        where = node_where(node)
         if node.op.kind == "opaque":
-            problems.append(f"{where} is a placeholder for the unsupported Keras layer "
-                            f"{node.op.keras_class} ({node.op.reason}) and cannot run")
+            problems.append(opaque_problem(node))
             continue
         lowering = KERNELS.get(node.op.kind)
         if lowering is None:

@@ -16,15 +16,13 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from keydnn.backends.numba_cuda.device import cuda, simulator_enabled
-from keydnn.backends.kernel_table import KernelTable, require_channels_first
+from keydnn.backends.kernel_table import KernelTable, NodeContext, require_channels_first
 from keydnn.errors import BackendError
-from keydnn.ir.graph import Node
-from keydnn.ir.types import TensorType
 
 __all__ = [
     "KERNELS", "LowerContext", "LoweredOp", "Prepared", "Lowering", "Unsupported", "register_kernel",
@@ -93,31 +91,15 @@ class LoweredOp:
 
 
 @dataclass(frozen=True)
-class LowerContext:
-    """What a lowering may read: the node, its operand and result types, and the weights."""
+class LowerContext(NodeContext):
+    """What a lowering may read (``kernel_table.NodeContext``), and the device uploads it makes."""
 
-    node: Node
-    in_types: tuple[TensorType, ...]
-    out_type: TensorType
-    weights: Mapping[str, np.ndarray]
     _uploads: list = field(default_factory=list, compare=False)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.out_type.np_dtype
+    refusal = Unsupported
 
     def scalar(self, value: float) -> np.generic:
         """A float parameter in the compute dtype, so float32 kernels never promote to float64."""
         return self.dtype.type(value)
-
-    def constant(self, position: int) -> Optional[np.ndarray]:
-        """Operand ``position`` as a host array in the compute dtype, or None if the op omits it."""
-        if position >= len(self.node.inputs):
-            return None
-        name = self.node.inputs[position]
-        if name not in self.weights:
-            raise Unsupported(f"operand {position} (%{name}) must be a constant weight")
-        return np.array(self.weights[name], dtype=self.dtype, order="C", copy=True)
 
     def upload(self, array: np.ndarray) -> DeviceArray:
         """Copy a host array to the device once, flat, in the compute dtype; it lives with the executable."""

@@ -19,6 +19,8 @@ from typing import Optional
 import numba
 import numpy as np
 
+from keydnn.backends.step_list import node_where, opaque_problem
+from keydnn.backends.step_list import slot_names as slot_list
 from keydnn.backends.numba_cpu.ops.lowering import Unsupported
 from keydnn.backends.numba_cpu.ops.steps import lower_node
 from keydnn.backends.numba_cpu.ops.plan import MemoryLayout, Plan, Step, plan_memory, resolve_shapes
@@ -47,8 +49,7 @@ def _parallel_guard() -> contextlib.AbstractContextManager:
 
 def _build_plan(graph: Graph) -> Plan:
     """Build every node's step (``steps.lower_node``); report every node the backend cannot run at once."""
-    slot_names = [v.name for v in graph.inputs] + [c.name for c in graph.constants]
-    slot_names += [n.outputs[0].name for n in graph.nodes]
+    slot_names = slot_list(graph)
     slot = {name: i for i, name in enumerate(slot_names)}
     types = graph.value_types()
     problems: list[str] = []
@@ -58,10 +59,9 @@ def _build_plan(graph: Graph) -> Plan:
     steps: list[Step] = []
     opaque = graph.find_opaque()
     for node in graph.nodes:
-        where = f"node {node.name!r} ({node.op.kind})" + (f" from Keras layer {node.source!r}" if node.source else "")
+        where = node_where(node)
         if node.op.kind == "opaque":
-            problems.append(f"{where} is a placeholder for the unsupported Keras layer "
-                            f"{node.op.keras_class} ({node.op.reason}) and cannot run")
+            problems.append(opaque_problem(node))
             continue
         in_types = tuple(types.get(i) for i in node.inputs)
         if node.outputs[0].type is None or any(t is None for t in in_types):

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from keydnn.backends.kernel_table import KernelTable, require_channels_first
+from keydnn.backends.kernel_table import KernelTable, NodeContext, require_channels_first
 from keydnn.backends.numba_cpu.jit_options import (  # noqa: F401  (re-exported)
     HELPER_JIT_OPTIONS, JIT_OPTIONS, PARALLEL_JIT_OPTIONS, Unsupported,
 )
-from keydnn.ir.graph import Node
-from keydnn.ir.types import TensorType
 
 __all__ = [
     "JIT_OPTIONS", "PARALLEL_JIT_OPTIONS", "HELPER_JIT_OPTIONS", "KERNELS", "LoweredOp", "LowerContext", "Lowering",
@@ -51,32 +49,10 @@ class LoweredOp:
     work_per_element: int = 1
 
 
-@dataclass(frozen=True)
-class LowerContext:
-    """What a lowering may read: the node's operand and result types, and the weights."""
+class LowerContext(NodeContext):
+    """What a per-op lowering may read (``kernel_table.NodeContext``); refuses with ``Unsupported``."""
 
-    node: Node
-    in_types: tuple[TensorType, ...]
-    out_type: TensorType
-    weights: Mapping[str, np.ndarray]
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.out_type.np_dtype
-
-    def constant(self, position: int) -> Optional[np.ndarray]:
-        """Operand ``position`` as a private, writable, C-contiguous array in the result dtype.
-
-        A private copy keeps the kernels' argument types uniform (numba types
-        read-only arrays separately, which would mean another compile) and
-        isolates the executable from whoever else holds the weights.
-        """
-        if position >= len(self.node.inputs):
-            return None
-        name = self.node.inputs[position]
-        if name not in self.weights:
-            raise Unsupported(f"operand {position} (%{name}) must be a constant weight")
-        return np.array(self.weights[name], dtype=self.dtype, order="C", copy=True)
+    refusal = Unsupported
 
 
 Lowering = Callable[[LowerContext], LoweredOp]
