@@ -28,7 +28,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from keydnn.backends.numba_cpu.codegen.ukernel_source import LANES, _activation
+from keydnn.backends.numba_cpu.codegen.ukernel_source import (
+    LANES, activation, column_bias, column_counts, fma_rows, kernel_head,
+)
 
 __all__ = ["DENSE_TILES", "dense_kernel_name", "render_dense_ukernels", "write_dense_ukernels", "DENSE_UKERNELS_PATH",
            "DENSE_SIGNATURE"]
@@ -69,40 +71,24 @@ def dense_kernel_name(mr: int, nv: int, lanes: int) -> str:
 def _render(mr: int, nv: int, lanes: int) -> str:
     acc = [[f"c{m}_{v}" for v in range(nv)] for m in range(mr)]
     ind = "    "
-    lines = [
-        "",
-        "",
-        "@numba.njit(**JIT_OPTIONS)",
-        f"def {dense_kernel_name(mr, nv, lanes)}(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,",
-        "        bias_off, bias_mode, act, p0, p1, p2, p3):",
-        f"{ind}z = vzero(C, {lanes})",
-    ]
-    for m in range(mr):
-        lines.append(f"{ind}{' = '.join(acc[m])} = z")
+    lines = kernel_head(dense_kernel_name(mr, nv, lanes),
+                        "K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias, bias_off,", lanes, acc)
     for m in range(mr):
         lines.append(f"{ind}ar{m} = a_off + min({m}, rows - 1) * a_rs")
-    for v in range(nv):
-        lines.append(f"{ind}n{v} = min({lanes}, max(0, cols - {v * lanes}))")
+    lines += column_counts(nv, lanes, ind)
     for p in range(-(-nv // 2)):
         lines.append(f"{ind}bp{p} = b_off + {p} * b_ps" if p else f"{ind}bp0 = b_off")
     lines.append(f"{ind}for k in range(K):")
     for v in range(nv):
         lines.append(f"{ind * 2}b{v} = vload(B, bp{v // 2} + k * {2 * lanes} + {(v % 2) * lanes}, {lanes})")
-    for m in range(mr):
-        lines.append(f"{ind * 2}a = vbroadcast(A, ar{m} + k, z)")
-        for v in range(nv):
-            lines.append(f"{ind * 2}{acc[m][v]} = vfma(a, b{v}, {acc[m][v]})")
-    lines.append(f"{ind}if bias_mode == 2:")
-    for v in range(nv):
-        lines.append(f"{ind * 2}bv = vload_n(bias, bias_off + {v * lanes}, n{v}, {lanes})")
-        for m in range(mr):
-            lines.append(f"{ind * 2}{acc[m][v]} = vadd({acc[m][v]}, bv)")
+    lines += fma_rows(acc, [f"ar{m} + k" for m in range(mr)], ind * 2)
+    lines += column_bias(acc, lanes, ind)
     lines.append(f"{ind}elif bias_mode == 3:")
     for m in range(mr):
         for v in range(nv):
             at = f"c_off + min({m}, rows - 1) * c_rs + {v * lanes}"
             lines.append(f"{ind * 2}{acc[m][v]} = vadd({acc[m][v]}, vload_n(C, {at}, n{v}, {lanes}))")
-    lines += _activation([a for row in acc for a in row], ind)
+    lines += activation([a for row in acc for a in row], ind)
     full = " and ".join(f"n{v} == {lanes}" for v in range(nv))
     for cond, store in ((f"if {full}:", "vstore(C, {at}, {a})"), ("else:", "vstore_n(C, {at}, {a}, n{v})")):
         lines.append(f"{ind}{cond}")

@@ -212,7 +212,7 @@ def _render_depthwise(kh: int, kw: int, st: int, lanes: int) -> str:
                 t = ki * kw + kj
                 wt = f"w{t}" if hoist else f"vbroadcast(Wt, wb + {t}, z)"
                 lines.append(f"{ind4}{acc[m]} = vfma({wt}, v, {acc[m]})")
-    lines += _activation(acc, ind4)
+    lines += activation(acc, ind4)
     lines.append(f"{ind4}n = min({lanes}, OW - j0)")
     lines.append(f"{ind4}at = plane + i0 * OW + j0")
     lines.append(f"{ind4}if n == {lanes} and i0 + {DW_ROWS} <= OH:")
@@ -222,6 +222,37 @@ def _render_depthwise(kh: int, kw: int, st: int, lanes: int) -> str:
         guard = "" if m == 0 else f"if i0 + {m} < OH: "
         lines.append(f"{ind4}    {guard}vstore_n(y, at + {m} * OW, {acc[m]}, n)")
     return "\n".join(lines) + "\n"
+
+
+def kernel_head(name: str, params: str, lanes: int, acc: list[list[str]], decorator: str = "@numba.njit(**JIT_OPTIONS)",
+                ind: str = "    ") -> list[str]:
+    """A micro-kernel's decorator, signature (``params`` then the epilogue's arguments) and zeroed accumulators."""
+    lines = ["", "", decorator, f"def {name}({params}", "        bias_mode, act, p0, p1, p2, p3):",
+             f"{ind}z = vzero(C, {lanes})"]
+    return lines + [f"{ind}{' = '.join(row)} = z" for row in acc]
+
+
+def column_counts(nv: int, lanes: int, ind: str) -> list[str]:
+    """``n{v}``: the columns of vector ``v`` that exist (a ragged last tile stores fewer)."""
+    return [f"{ind}n{v} = min({lanes}, max(0, cols - {v * lanes}))" for v in range(nv)]
+
+
+def fma_rows(acc: list[list[str]], a_at: list[str], ind: str) -> list[str]:
+    """One depth step: broadcast row ``m``'s ``A`` element (at ``a_at[m]``) and FMA it with every ``b{v}``."""
+    lines = []
+    for m, row in enumerate(acc):
+        lines.append(f"{ind}a = vbroadcast(A, {a_at[m]}, z)")
+        lines += [f"{ind}{a} = vfma(a, b{v}, {a})" for v, a in enumerate(row)]
+    return lines
+
+
+def column_bias(acc: list[list[str]], lanes: int, ind: str) -> list[str]:
+    """``if bias_mode == 2``: one bias vector per column vector, added to every row."""
+    lines = [f"{ind}if bias_mode == 2:"]
+    for v in range(len(acc[0])):
+        lines.append(f"{ind * 2}bv = vload_n(bias, bias_off + {v * lanes}, n{v}, {lanes})")
+        lines += [f"{ind * 2}{row[v]} = vadd({row[v]}, bv)" for row in acc]
+    return lines
 
 
 def _epilogue(acc: list[list[str]], lanes: int, bias_row: bool, ind: str) -> list[str]:
@@ -235,15 +266,11 @@ def _epilogue(acc: list[list[str]], lanes: int, bias_row: bool, ind: str) -> lis
             for v in range(nv):
                 lines.append(f"{ind * 2}{acc[m][v]} = vadd({acc[m][v]}, bv)")
     else:
-        lines.append(f"{ind}if bias_mode == 2:")
-        for v in range(nv):
-            lines.append(f"{ind * 2}bv = vload_n(bias, bias_off + {v * lanes}, n{v}, {lanes})")
-            for m in range(mr):
-                lines.append(f"{ind * 2}{acc[m][v]} = vadd({acc[m][v]}, bv)")
-    return lines + _activation([a for row in acc for a in row], ind)
+        lines += column_bias(acc, lanes, ind)
+    return lines + activation([a for row in acc for a in row], ind)
 
 
-def _activation(accs: list[str], ind: str) -> list[str]:
+def activation(accs: list[str], ind: str) -> list[str]:
     """The fused activation of every accumulator: ``act`` 1 relu, 2 Keras relu with ``p0..p3``."""
     inner = ind + "    "
     return ([f"{ind}if act == 1:"] + [f"{inner}{a} = vmax_zero({a})" for a in accs]
@@ -254,29 +281,17 @@ def _render_channel(mr: int, nv: int, lanes: int) -> str:
     name = channel_kernel_name(mr, nv, lanes)
     acc = [[f"c{m}_{v}" for v in range(nv)] for m in range(mr)]
     ind = "    "
-    lines = [
-        "",
-        "",
-        "@numba.njit(**JIT_OPTIONS)",
-        f"def {name}(K, A, a_off, P, p_off, T, t_off, B, b_off, C, c_off, c_cs, rows, cols, bias, bias_off,",
-        "        bias_mode, act, p0, p1, p2, p3):",
-        f"{ind}z = vzero(C, {lanes})",
-    ]
-    for m in range(mr):
-        lines.append(f"{ind}{' = '.join(acc[m])} = z")
+    lines = kernel_head(name, "K, A, a_off, P, p_off, T, t_off, B, b_off, C, c_off, c_cs, rows, cols, bias, bias_off,",
+                        lanes, acc)
     for m in range(mr):
         lines.append(f"{ind}ar{m} = a_off + load_at(P, p_off + min({m}, rows - 1))")
-    for v in range(nv):
-        lines.append(f"{ind}n{v} = min({lanes}, max(0, cols - {v * lanes}))")
+    lines += column_counts(nv, lanes, ind)
     lines.append(f"{ind}for k in range(K):")
     lines.append(f"{ind * 2}tk = load_at(T, t_off + k)")
     lines.append(f"{ind * 2}bo = b_off + k * {nv * lanes}")
     for v in range(nv):
         lines.append(f"{ind * 2}b{v} = vload(B, bo + {v * lanes}, {lanes})")
-    for m in range(mr):
-        lines.append(f"{ind * 2}a = vbroadcast(A, ar{m} + tk, z)")
-        for v in range(nv):
-            lines.append(f"{ind * 2}{acc[m][v]} = vfma(a, b{v}, {acc[m][v]})")
+    lines += fma_rows(acc, [f"ar{m} + tk" for m in range(mr)], ind * 2)
     lines += _epilogue(acc, lanes, False, ind)
     for v in range(nv):
         tile = ", ".join(acc[m][v] for m in range(mr))
@@ -294,16 +309,8 @@ def _render(mr: int, nv: int, lanes: int, packed: bool = False) -> str:
     else:
         params = "K, A, a_off, a_rs, B, b_off, C, c_off, c_rs, rows, cols, bias, bias_off,"
         vs = str(lanes)
-    lines = [
-        "",
-        "",
-        '@numba.njit(**JIT_OPTIONS, inline="always")' if packed else "@numba.njit(**JIT_OPTIONS)",  # mkpb_* loop it
-        f"def {name}({params}",
-        "        bias_mode, act, p0, p1, p2, p3):",
-        f"{ind}z = vzero(C, {lanes})",
-    ]
-    for m in range(mr):
-        lines.append(f"{ind}{' = '.join(acc[m])} = z")
+    decorator = '@numba.njit(**JIT_OPTIONS, inline="always")' if packed else "@numba.njit(**JIT_OPTIONS)"  # mkpb_* loop it
+    lines = kernel_head(name, params, lanes, acc, decorator)
     if not packed:
         for m in range(mr):
             lines.append(f"{ind}ar{m} = a_off + min({m}, rows - 1) * a_rs")
@@ -320,10 +327,7 @@ def _render(mr: int, nv: int, lanes: int, packed: bool = False) -> str:
         lines.append(f"{ind * 2}bo = b_off + k * {4 * lanes}")
         for v in range(nv):
             lines.append(f"{ind * 2}b{v} = vload(B, bo + {v * lanes}, {lanes})")
-    for m in range(mr):
-        lines.append(f"{ind * 2}a = vbroadcast(A, " + (f"ak + {m}" if packed else f"ar{m} + k") + ", z)")
-        for v in range(nv):
-            lines.append(f"{ind * 2}{acc[m][v]} = vfma(a, b{v}, {acc[m][v]})")
+    lines += fma_rows(acc, [f"ak + {m}" if packed else f"ar{m} + k" for m in range(mr)], ind * 2)
     lines += _epilogue(acc, lanes, packed, ind)
     # stores
     full = " and ".join(f"n{v} == {lanes}" for v in range(nv))

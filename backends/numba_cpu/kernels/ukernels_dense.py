@@ -16,8 +16,8 @@ __all__ = ["DENSE_UKERNELS"]
 
 
 @numba.njit(**JIT_OPTIONS)
-def mkn_12x2_l16(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,
-        bias_off, bias_mode, act, p0, p1, p2, p3):
+def mkn_12x2_l16(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 16)
     c0_0 = c0_1 = z
     c1_0 = c1_1 = z
@@ -216,8 +216,8 @@ def mkn_12x2_l16(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, 
 
 
 @numba.njit(**JIT_OPTIONS)
-def mkn_8x2_l16(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,
-        bias_off, bias_mode, act, p0, p1, p2, p3):
+def mkn_8x2_l16(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 16)
     c0_0 = c0_1 = z
     c1_0 = c1_1 = z
@@ -356,8 +356,8 @@ def mkn_8x2_l16(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, b
 
 
 @numba.njit(**JIT_OPTIONS)
-def mkn_6x2_l16(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,
-        bias_off, bias_mode, act, p0, p1, p2, p3):
+def mkn_6x2_l16(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 16)
     c0_0 = c0_1 = z
     c1_0 = c1_1 = z
@@ -466,8 +466,8 @@ def mkn_6x2_l16(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, b
 
 
 @numba.njit(**JIT_OPTIONS)
-def mkn_4x2_l16(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,
-        bias_off, bias_mode, act, p0, p1, p2, p3):
+def mkn_4x2_l16(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 16)
     c0_0 = c0_1 = z
     c1_0 = c1_1 = z
@@ -546,8 +546,8 @@ def mkn_4x2_l16(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, b
 
 
 @numba.njit(**JIT_OPTIONS)
-def mkn_1x4_l16(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,
-        bias_off, bias_mode, act, p0, p1, p2, p3):
+def mkn_1x4_l16(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 16)
     c0_0 = c0_1 = c0_2 = c0_3 = z
     ar0 = a_off + min(0, rows - 1) * a_rs
@@ -598,8 +598,8 @@ def mkn_1x4_l16(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, b
 
 
 @numba.njit(**JIT_OPTIONS)
-def mkn_12x2_l8(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,
-        bias_off, bias_mode, act, p0, p1, p2, p3):
+def mkn_12x2_l8(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 8)
     c0_0 = c0_1 = z
     c1_0 = c1_1 = z
@@ -798,8 +798,8 @@ def mkn_12x2_l8(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, b
 
 
 @numba.njit(**JIT_OPTIONS)
-def mkn_8x2_l8(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,
-        bias_off, bias_mode, act, p0, p1, p2, p3):
+def mkn_8x2_l8(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 8)
     c0_0 = c0_1 = z
     c1_0 = c1_1 = z
@@ -938,8 +938,8 @@ def mkn_8x2_l8(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bi
 
 
 @numba.njit(**JIT_OPTIONS)
-def mkn_6x2_l8(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,
-        bias_off, bias_mode, act, p0, p1, p2, p3):
+def mkn_6x2_l8(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 8)
     c0_0 = c0_1 = z
     c1_0 = c1_1 = z
@@ -1048,8 +1048,8 @@ def mkn_6x2_l8(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bi
 
 
 @numba.njit(**JIT_OPTIONS)
-def mkn_4x2_l8(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,
-        bias_off, bias_mode, act, p0, p1, p2, p3):
+def mkn_4x2_l8(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 8)
     c0_0 = c0_1 = z
     c1_0 = c1_1 = z
@@ -1128,8 +1128,8 @@ def mkn_4x2_l8(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bi
 
 
 @numba.njit(**JIT_OPTIONS)
-def mkn_1x4_l8(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,
-        bias_off, bias_mode, act, p0, p1, p2, p3):
+def mkn_1x4_l8(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 8)
     c0_0 = c0_1 = c0_2 = c0_3 = z
     ar0 = a_off + min(0, rows - 1) * a_rs
@@ -1180,8 +1180,8 @@ def mkn_1x4_l8(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bi
 
 
 @numba.njit(**JIT_OPTIONS)
-def mkn_12x2_l4(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,
-        bias_off, bias_mode, act, p0, p1, p2, p3):
+def mkn_12x2_l4(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 4)
     c0_0 = c0_1 = z
     c1_0 = c1_1 = z
@@ -1380,8 +1380,8 @@ def mkn_12x2_l4(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, b
 
 
 @numba.njit(**JIT_OPTIONS)
-def mkn_8x2_l4(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,
-        bias_off, bias_mode, act, p0, p1, p2, p3):
+def mkn_8x2_l4(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 4)
     c0_0 = c0_1 = z
     c1_0 = c1_1 = z
@@ -1520,8 +1520,8 @@ def mkn_8x2_l4(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bi
 
 
 @numba.njit(**JIT_OPTIONS)
-def mkn_6x2_l4(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,
-        bias_off, bias_mode, act, p0, p1, p2, p3):
+def mkn_6x2_l4(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 4)
     c0_0 = c0_1 = z
     c1_0 = c1_1 = z
@@ -1630,8 +1630,8 @@ def mkn_6x2_l4(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bi
 
 
 @numba.njit(**JIT_OPTIONS)
-def mkn_4x2_l4(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,
-        bias_off, bias_mode, act, p0, p1, p2, p3):
+def mkn_4x2_l4(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 4)
     c0_0 = c0_1 = z
     c1_0 = c1_1 = z
@@ -1710,8 +1710,8 @@ def mkn_4x2_l4(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bi
 
 
 @numba.njit(**JIT_OPTIONS)
-def mkn_1x4_l4(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias,
-        bias_off, bias_mode, act, p0, p1, p2, p3):
+def mkn_1x4_l4(K, A, a_off, a_rs, B, b_off, b_ps, C, c_off, c_rs, rows, cols, bias, bias_off,
+        bias_mode, act, p0, p1, p2, p3):
     z = vzero(C, 4)
     c0_0 = c0_1 = c0_2 = c0_3 = z
     ar0 = a_off + min(0, rows - 1) * a_rs
