@@ -47,7 +47,8 @@ import numpy as np
 from keydnn.backends.numba_cpu.codegen.kinds import (
     BATCH_VIEW_KINDS, FUSIBLE_INTO_MERGE, INPLACE_KINDS, MERGE_KINDS, VIEW_KINDS, fold_merge_activations,
 )
-from keydnn.errors import BackendError
+from keydnn.backends.numba_cpu.codegen.refusals import LayoutUnsupported, Unsupported
+from keydnn.backends.numba_cpu.codegen.value_types import value_types
 from keydnn.ir.graph import Graph, Node
 
 __all__ = ["Val", "Arr", "Stage", "EmitContext", "Program", "generate", "Unsupported", "LayoutUnsupported", "GRAIN",
@@ -66,15 +67,6 @@ ALIGN = 16
 def aligned(elements: int) -> int:
     """``elements`` rounded up to a multiple of ``ALIGN``."""
     return -(-elements // ALIGN) * ALIGN
-
-
-class Unsupported(BackendError):
-    """A graph (or node) the code generator does not handle; the ops path still may."""
-
-
-class LayoutUnsupported(Unsupported):
-    """A node in a layout the kernels do not take (channels-last): a pass's job (canonicalize-layout), so the
-    per-op mode refuses it too, by name, rather than running it on the reference kernel."""
 
 
 @dataclass
@@ -313,8 +305,6 @@ def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: 
         raise Unsupported(f"values of several dtypes {sorted(dtypes)}")
     dtype = np.dtype(dtypes.pop())
     gen = _Generator(graph, dtype, lanes)
-    from keydnn.backends.numba_cpu.codegen.value_types import value_types
-
     info = value_types(graph, sample_shapes, batched)
     vals = {name: Val(name, b, s, lead, fold=fold) for name, (b, s, lead, fold) in info.items()}
     from keydnn.backends.numba_cpu.codegen.storage import assign_storage

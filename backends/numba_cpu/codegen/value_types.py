@@ -2,13 +2,13 @@
 run on the inputs' per-sample shapes, with the batch standing for ``N`` and time folded into the batch
 (``fold_time`` / ``unfold_time``) counted as rows per sample (``Val.fold``).
 
-Apart from ``program`` to keep that module to values, stages and the generated module's assembly; the
-generator refuses here, by name, a graph whose shapes are not static or whose batch axis moves.
+Apart from ``program`` (which imports it) to keep that module to values, stages and the generated module's
+assembly; the generator refuses here, by name, a graph whose shapes are not static or whose batch axis moves.
 """
 
 from __future__ import annotations
 
-from keydnn.backends.numba_cpu.codegen.program import Unsupported
+from keydnn.backends.numba_cpu.codegen.refusals import Unsupported
 from keydnn.ir.graph import Graph, Node
 from keydnn.ir.types import TensorType
 
