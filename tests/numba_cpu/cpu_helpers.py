@@ -8,7 +8,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from keydnn.backends.numba_cpu import NumbaCpuExecutable, compile_graph
-from keydnn.backends.numba_cpu.codegen import emit_nn as cg_emit_nn
+from keydnn.backends.numba_cpu.codegen import emit_conv as cg_emit_conv
 from keydnn.ir import Graph, Node, TensorType, Value, run_reference
 from keydnn.ir.ops import (
     Activation,
@@ -71,14 +71,14 @@ def patched(module, name: str, value) -> Iterator[None]:
 #: Every way a conv2d runs: the per-op mode (a one-node generated program per node), and the generated code
 #: (which picks implicit GEMM, channel-vector tiles or an im2col panel, or direct loops for grouped filters,
 #: by shape), also with each GEMM form forced where it applies.
-CONV_PATHS = ("ops", "codegen") + tuple(f"codegen:{f}" for f in cg_emit_nn.CONV_FORMS)
+CONV_PATHS = ("ops", "codegen") + tuple(f"codegen:{f}" for f in cg_emit_conv.CONV_FORMS)
 
 
 def conv_form(name: Optional[str]):
     """Force one GEMM form of the generated conv2d code while code is generated: when the executable is made
     (static sample shapes) or at a shape's first call. (The forced-form tests ran the default form while the
     form was only forced around calls.)"""
-    return patched(cg_emit_nn, "FORCE_CONV_FORM", name)
+    return patched(cg_emit_conv, "FORCE_CONV_FORM", name)
 
 
 def compile_path(graph: Graph, path: str):

@@ -19,7 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keydnn.backends.numba_cpu import compile_graph
-from keydnn.backends.numba_cpu.codegen import emit_nn as cg_emit_nn
+from keydnn.backends.numba_cpu.codegen import emit_common as cg_emit_common
+from keydnn.backends.numba_cpu.codegen import emit_conv as cg_emit_conv
 from keydnn.ir import run_reference
 from keydnn.ir.ops import (
     Activation,
@@ -113,7 +114,7 @@ def test_depthwise_kernel_choice(k: tuple, strides: tuple, dilations: tuple, unr
 
 def test_set_conflict_follows_l1_sets() -> None:
     """Rows one 4 KiB way apart share a set; 64 bytes more spreads them; a 1 KiB pitch spreads over 4 sets."""
-    conflict = cg_emit_nn.set_conflict
+    conflict = cg_emit_common.set_conflict
     assert conflict(4096, 32) and conflict(8192, 8) and not conflict(4096, 6)
     assert not conflict(4096 + 64, 32) and not conflict(1028, 64)
     assert conflict(1024, 64) and not conflict(1024, 24)
@@ -141,7 +142,7 @@ def test_conv2d_default_choice_matches_reference_for_batch_1_and_5() -> None:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("form", cg_emit_nn.CONV_FORMS)
+@pytest.mark.parametrize("form", cg_emit_conv.CONV_FORMS)
 def test_conv2d_forms_with_general_epilogue(form: str, dtype: str) -> None:
     """Each GEMM form with an epilogue applied after the tile store, several channel blocks and both dtypes."""
     g, x = conv_graph(3, 5, 9, 7, 37, (3, 3), pads=(1, 1, 1, 1), strides=(1, 2), dtype=dtype,
@@ -153,7 +154,7 @@ def test_conv_form_follows_lane_use() -> None:
     """Rows of at least half a vector go to implicit GEMM (strided ones over phase-split rows), narrow rows
     to channel vectors (even with few channels: packing a panel costs more), unpadded pointwise convs read
     their input as the im2col panel."""
-    form = cg_emit_nn.conv_form
+    form = cg_emit_conv.conv_form
     assert form(ow=32, o_ch=16, pixels=1024, lanes=16) == "implicit"
     assert form(ow=16, o_ch=32, pixels=256, lanes=16) == "implicit"  # row pairs (strided: phase-split rows)
     assert form(ow=8, o_ch=64, pixels=64, lanes=16) == "channel"

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from keydnn.backends.numba_cpu.codegen.emit_nn import _act_args, _conv_rows, kernel_activation, panel_columns, post_activation
+from keydnn.backends.numba_cpu.codegen.emit_common import act_args, conv_rows, kernel_activation, panel_columns, post_activation
 from keydnn.backends.numba_cpu.codegen.program import GRAIN, Arr, EmitContext, LayoutUnsupported, Stage
 from keydnn.backends.numba_cpu.codegen.ukernel_source import blocks_kernel_name
 
@@ -54,7 +54,7 @@ def emit_conv3d(ctx: EmitContext) -> None:
     og = o_ch // groups
     taps2, depth, plane = kh * kw, cg * kd * kh * kw, oh * ow
     vol = od * plane
-    lanes, mr = ctx.lanes, _conv_rows()
+    lanes, mr = ctx.lanes, conv_rows()
     blocks = -(-og // mr)
     packed = np.zeros((groups, blocks * mr, depth))
     packed[:, :og] = w.reshape(groups, og, depth)
@@ -96,7 +96,7 @@ def emit_conv3d(ctx: EmitContext) -> None:
     if post_activation(act):
         body += [f"    for o in range({o_ch}):",
                  "        " + ctx.call("act_copy", y, f"{yo} + o * {vol} + od * {plane} + p0", y,
-                                       f"{yo} + o * {vol} + od * {plane} + p0", "np_", *_act_args(act))]
+                                       f"{yo} + o * {vol} + od * {plane} + p0", "np_", *act_args(act))]
     work = 2.0 * o_ch * depth * vol
     split = od * per_plane
     ctx.stage(Stage(f"conv3d {o_ch}x{cg}x{kd}x{kh}x{kw} groups={groups} im2col-gemm per depth plane "

@@ -19,7 +19,11 @@ import math
 
 import numpy as np
 
+from keydnn.backends.numba_cpu.codegen.emit_common import (
+    act_args, conv_rows, kernel_activation, pack_conv_weights, post_activation,
+)
 from keydnn.backends.numba_cpu.codegen.program import GRAIN, Arr, EmitContext, Stage, aligned
+from keydnn.backends.numba_cpu.codegen.ukernel_source import blocks_kernel_name
 
 __all__ = ["dilate_folds", "emit_conv_transpose", "CHUNK_BYTES"]
 
@@ -68,19 +72,15 @@ def dilate_folds(graph, consts: dict) -> dict[str, object]:
 
 def emit_conv_transpose(ctx: EmitContext, x) -> None:
     """The conv of a folded pair; ``x`` is the undilated input (``ctx.ins[0]`` is the stuffed value)."""
-    from keydnn.backends.numba_cpu.codegen.emit_nn import (
-        _act_args, _conv_rows, _pack_conv_weights, blocks_kernel_name, kernel_activation, post_activation,
-    )
-
     op, y = ctx.op, ctx.out
     w = np.asarray(ctx.constant(1))
     b = ctx.constant(2)
     o_ch, c, kh, kw = w.shape
     _, h, wd = x.sample
     _, oh, ow = y.sample
-    lanes, mr = ctx.lanes, _conv_rows()
+    lanes, mr = ctx.lanes, conv_rows()
     rows = o_ch * kh * kw
-    w_off, blocks = _pack_conv_weights(ctx, w.transpose(0, 2, 3, 1).reshape(rows, c), mr)
+    w_off, blocks = pack_conv_weights(ctx, w.transpose(0, 2, 3, 1).reshape(rows, c), mr)
     if b is not None:
         b_off, bias_mode = ctx.weight(np.repeat(np.asarray(b, dtype=np.float64), kh * kw)), 1
     else:
@@ -107,7 +107,7 @@ def emit_conv_transpose(ctx: EmitContext, x) -> None:
         body += [f"for o in range({o_ch}):",
                  "    " + ctx.call("act_copy", y, f"{yo} + o * {oh * ow} + lo * {kh * ow}", y,
                                    f"{yo} + o * {oh * ow} + lo * {kh * ow}", f"(hi - lo) * {kh * ow}",
-                                   *_act_args(act))]
+                                   *act_args(act))]
     work = 2.0 * rows * c * pixels
     ctx.stage(Stage(f"conv2d-transpose {o_ch}x{c}x{kh}x{kw}/{kh}x{kw} phases-gemm", body, batched=y.batched,
                     split=h, max_blocks=max(1, min(h, math.ceil(work / (8 * GRAIN)))), work=work))

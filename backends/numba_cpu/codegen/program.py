@@ -30,7 +30,9 @@ and ConvLSTM's input convolution) is a view too: a value between them has
 for those rows, so every emitter handles any batch and any length unchanged.
 
 Emitters (``cg_emit.EMITTERS``, keyed by op kind) describe each node's stage;
-this module owns values, storage, blobs and the text around them.
+this module owns values, storage, blobs and the text around them. The op kinds
+it treats specially and the merge-activation folding (``kinds``) and every
+value's concrete shape (``value_types``) live beside it.
 """
 
 from __future__ import annotations
@@ -42,13 +44,16 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from keydnn.errors import BackendError
+from keydnn.backends.numba_cpu.codegen.kinds import (
+    BATCH_VIEW_KINDS, FUSIBLE_INTO_MERGE, INPLACE_KINDS, MERGE_KINDS, VIEW_KINDS, fold_merge_activations,
+)
+from keydnn.backends.numba_cpu.codegen.refusals import LayoutUnsupported, Unsupported
+from keydnn.backends.numba_cpu.codegen.value_types import value_types
 from keydnn.ir.graph import Graph, Node
-from keydnn.ir.ops import kinds_with
-from keydnn.ir.types import TensorType
 
 __all__ = ["Val", "Arr", "Stage", "EmitContext", "Program", "generate", "Unsupported", "LayoutUnsupported", "GRAIN",
-           "VIEW_KINDS", "BATCH_VIEW_KINDS", "fold_merge_activations", "ALIGN", "aligned"]
+           "VIEW_KINDS", "BATCH_VIEW_KINDS", "MERGE_KINDS", "FUSIBLE_INTO_MERGE", "INPLACE_KINDS",
+           "fold_merge_activations", "ALIGN", "aligned"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,30 +62,11 @@ GRAIN = 1 << 15
 #: Arena buffers and thread scratch start at multiples of this many elements, and the arena itself at a 64-byte
 #: boundary: a vector load straddling two cache lines costs two, and numpy's allocator aligns to 16 bytes only.
 ALIGN = 16
-#: Ops that never move data: their result is a reshaped view of their operand's storage.
-VIEW_KINDS = kinds_with("is_view")
-#: Views that move an axis into or out of the batch (``fold_time`` / ``unfold_time``): see ``Val.fold``.
-BATCH_VIEW_KINDS = kinds_with("is_batch_view")
-#: Elementwise merges, and the activations the generated code folds into a merge's last pass when the merge's
-#: result feeds nothing else (a residual block's add + relu: one pass over the tensor instead of two).
-MERGE_KINDS = kinds_with("is_elementwise_merge")
-FUSIBLE_INTO_MERGE = kinds_with("is_activation")
-#: Ops that may write over their first operand when it is dead afterwards.
-INPLACE_KINDS = kinds_with("writes_in_place")
 
 
 def aligned(elements: int) -> int:
     """``elements`` rounded up to a multiple of ``ALIGN``."""
     return -(-elements // ALIGN) * ALIGN
-
-
-class Unsupported(BackendError):
-    """A graph (or node) the code generator does not handle; the ops path still may."""
-
-
-class LayoutUnsupported(Unsupported):
-    """A node in a layout the kernels do not take (channels-last): a pass's job (canonicalize-layout), so the
-    per-op mode refuses it too, by name, rather than running it on the reference kernel."""
 
 
 @dataclass
@@ -305,74 +291,6 @@ class _Generator:
         return offset + pad
 
 
-def _fold_of(node: Node, ins: list[tuple[bool, TensorType, int]]) -> int:
-    """Rows per graph sample (``Val.fold``) of ``node``'s result: a batch view multiplies or divides its
-    operand's by the time steps; any other op keeps the one of its batched operands, which must agree."""
-    if node.op.kind == "fold_time":
-        b, t, fold = ins[0]
-        if not b:
-            raise Unsupported(f"node {node.name}: fold_time of a value without the batch axis")
-        return fold * int(t.shape[1])
-    if node.op.kind == "unfold_time":
-        (_, x, x_fold), (b, like, like_fold) = ins
-        if not b or x_fold != like_fold * int(like.shape[1]):
-            raise Unsupported(f"node {node.name}: unfold_time of rows that are not its sequence's steps")
-        return like_fold
-    folds = {fold for b, _, fold in ins if b}
-    if len(folds) > 1:
-        raise Unsupported(f"node {node.name}: operands with time folded into the batch and without")
-    return folds.pop() if folds else 1
-
-
-def _types_of(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: tuple[bool, ...]) -> dict:
-    """Concrete (batched, sample, lead, fold) of every value, from the ops' own shape rules (batch stands for N;
-    a value with time folded into the batch has ``fold`` rows per sample, ``sample`` the shape of one)."""
-    env: dict[str, tuple[bool, TensorType, int]] = {}
-    probe = 7  # a batch size no static dim is compared against (only the rule's own arithmetic)
-    for value, sample, b in zip(graph.inputs, sample_shapes, batched):
-        env[value.name] = (b, value.type.with_shape(((probe if b else 1),) + tuple(sample)), 1)
-    for c in graph.constants:
-        env[c.name] = (False, c.type, 1)
-    out: dict[str, tuple[bool, tuple[int, ...], int, int]] = {}
-    for v in graph.inputs:
-        b, t, _ = env[v.name]
-        out[v.name] = (b, tuple(t.shape[1:]), 1, 1)
-    for node in graph.nodes:
-        ins = [env[i] for i in node.inputs]
-        b = any(x[0] for x in ins if x is not None)
-        t = node.op.infer([x[1] for x in ins])
-        if not all(isinstance(d, int) for d in t.shape):
-            raise Unsupported(f"node {node.name}: shape {t} is not static")
-        fold = _fold_of(node, ins)
-        if t.rank == 0 or (b and t.shape[0] != probe * fold) or (not b and t.shape[0] != 1):
-            raise Unsupported(f"node {node.name}: the batch axis does not stay first")
-        env[node.outputs[0].name] = (b, t, fold)
-        out[node.outputs[0].name] = (b, tuple(t.shape[1:]), 1, fold)
-    for name in graph.outputs:
-        if out[name][3] != 1:
-            raise Unsupported(f"graph output %{name} has time folded into the batch")
-    return out
-
-
-def fold_merge_activations(graph: Graph) -> dict[str, Node]:
-    """Activation nodes to fold into the merge that feeds them -> that merge: the merge's result has no
-    other use and is not a graph output, so the activation's result can take its storage (a view)."""
-    uses: dict[str, int] = {}
-    for node in graph.nodes:
-        for name in node.inputs:
-            uses[name] = uses.get(name, 0) + 1
-    producers = {node.outputs[0].name: node for node in graph.nodes}
-    folded = {}
-    for node in graph.nodes:
-        if node.op.kind not in FUSIBLE_INTO_MERGE or len(node.inputs) != 1:
-            continue
-        src = producers.get(node.inputs[0])
-        if (src is not None and src.op.kind in MERGE_KINDS and uses.get(node.inputs[0]) == 1
-                and node.inputs[0] not in graph.outputs and src.name not in folded.values()):
-            folded[node.name] = src
-    return folded
-
-
 def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: tuple[bool, ...], *,
              lanes: int, emitters: dict[str, Emitter], cache: bool = True, profile: bool = False,
              shared: Optional[bool] = None) -> Program:
@@ -387,7 +305,7 @@ def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: 
         raise Unsupported(f"values of several dtypes {sorted(dtypes)}")
     dtype = np.dtype(dtypes.pop())
     gen = _Generator(graph, dtype, lanes)
-    info = _types_of(graph, sample_shapes, batched)
+    info = value_types(graph, sample_shapes, batched)
     vals = {name: Val(name, b, s, lead, fold=fold) for name, (b, s, lead, fold) in info.items()}
     from keydnn.backends.numba_cpu.codegen.storage import assign_storage
 
@@ -454,3 +372,4 @@ def generate(graph: Graph, sample_shapes: tuple[tuple[int, ...], ...], batched: 
         outputs=plan.outputs, thunks=list(gen.thunks), dtype=dtype, stages=descriptions,
         state_extra=gen.state_extra, stage_functions=list(gen.stage_functions),
     )
+

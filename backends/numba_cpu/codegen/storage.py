@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from keydnn.backends.numba_cpu.codegen.program import BATCH_VIEW_KINDS, INPLACE_KINDS, VIEW_KINDS, Storage, Val, aligned
+from keydnn.backends.numba_cpu.codegen.kinds import BATCH_VIEW_KINDS, INPLACE_KINDS, VIEW_KINDS
+from keydnn.backends.numba_cpu.codegen.program import Storage, Val, aligned
 from keydnn.ir.graph import Graph
 
 __all__ = ["StoragePlan", "assign_storage", "SLACK"]

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from keydnn.backends.numba_cpu.codegen.program import INPLACE_KINDS
+from keydnn.backends.numba_cpu.codegen.kinds import INPLACE_KINDS
 from keydnn.backends.numba_cpu.runtime.executable import CodegenExecutable
 from keydnn.ir.graph import Graph, Node
 from keydnn.ir.types import TensorType, Value

@@ -18,7 +18,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from keydnn.backends.numba_cpu.codegen.program import INPLACE_KINDS, VIEW_KINDS
+from keydnn.backends.numba_cpu.codegen.kinds import INPLACE_KINDS, VIEW_KINDS
 from keydnn.backends.numba_cpu.codegen.program import LayoutUnsupported
 from keydnn.backends.numba_cpu.codegen.program import Unsupported as GeneratorRefusal
 from keydnn.backends.numba_cpu.ops.lowering import KERNELS, LowerContext, LoweredOp, Unsupported

@@ -13,6 +13,10 @@ are per thread, so concurrent calls never share scratch.
 The entry is either numba's (``jit``: a dispatcher taking arrays) or a
 prebuilt library's (``aot``: a C function taking addresses, called through
 ctypes); this module imports numba only for the former.
+
+Beside it: the compiled entry and its lazy compile hooks (``variant``), what
+one call runs on — plan, buffers, batch chunks, addresses, helper threads
+(``call_plan``) — and the checks of a call's inputs (``inputs``).
 """
 
 from __future__ import annotations
@@ -20,9 +24,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import queue
 import threading
-from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -36,12 +38,18 @@ from keydnn.backends.numba_cpu.codegen.emit_seq import EMITTERS_SEQ, index_check
 from keydnn.backends.numba_cpu.codegen.emit_tensor import EMITTERS_TENSOR
 from keydnn.backends.numba_cpu.codegen.source import state_size
 from keydnn.backends.numba_cpu.kernels.thunks import yield_address
-from keydnn.backends.numba_cpu.codegen.program import Program, Unsupported, generate
+from keydnn.backends.numba_cpu.codegen.program import Unsupported, generate
 from keydnn.backends.numba_cpu.codegen.cpu import native_lanes, thread_count
+from keydnn.backends.numba_cpu.runtime.call_plan import (
+    CHUNK_BYTES, HELPERS, MIN_CHUNK, CallPlan, aligned_empty, array_address, batch_chunk,
+)
+from keydnn.backends.numba_cpu.runtime.inputs import batch_key, constant_outputs, store_ids
+from keydnn.backends.numba_cpu.runtime.variant import LazyAot, LazyCompile, Variant
 
 from keydnn.ir.graph import Graph
 
-__all__ = ["CodegenExecutable", "EMITTERS", "PARALLEL_MIN_WORK", "MAX_THREADS"]
+__all__ = ["CodegenExecutable", "EMITTERS", "PARALLEL_MIN_WORK", "MAX_THREADS", "try_codegen", "codegen_or_reason",
+           "array_address", "batch_chunk", "CHUNK_BYTES", "MIN_CHUNK"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,97 +66,6 @@ PROFILE = os.environ.get("KEYDNN_CPU_PROFILE", "") not in ("", "0")
 AOT = True
 
 
-class _LazyCompile:
-    """compile_fn for the cache: imports numba (``cg_jit``) only when something must be compiled."""
-
-    def __init__(self, n_in: int, n_out: int, dtype: np.dtype) -> None:
-        self.args = (n_in, n_out, dtype)
-
-    def __call__(self, module) -> None:
-        from keydnn.backends.numba_cpu.runtime.jit import compile_entry_for
-
-        compile_entry_for(*self.args)(module)
-
-
-class _LazyAot:
-    """AOT hooks that import the builder (numba, llvmlite) only to build."""
-
-    def __init__(self, thunks: list[str], dtype: np.dtype) -> None:
-        self.thunks, self.dtype = thunks, dtype
-
-    def build(self, module, directory):
-        from keydnn.backends.numba_cpu.runtime.jit import Aot
-
-        return Aot(self.thunks, self.dtype).build(module, directory)
-
-    def load(self, directory, info):
-        from keydnn.backends.numba_cpu.runtime.aot import load_library
-
-        return load_library(directory, info)
-
-
-@dataclass
-class _Variant:
-    """One compiled entry.
-
-    ``jit``: a numba dispatcher called as ``fn(tid, nthr, gen, n, *inputs, *outputs, W, D, T, A, S, F)``.
-    ``aot``: a prebuilt library's C function ``fn(tid, nthr, gen, n, P)``, where ``P`` is the address of
-    an int64 array holding those arrays' addresses (``address`` is the function's own, for the pool).
-    """
-
-    program: Program
-    key: tuple
-    fn: object
-    aot: bool
-    thunks: np.ndarray  # F: addresses of the helpers the code calls (slot 0: the OS's yield)
-    address: int = 0
-
-    def tail(self, arena: np.ndarray, state: np.ndarray) -> tuple:
-        p = self.program
-        return (p.weights, p.params, p.tables, arena, state, self.thunks)
-
-
-class _Helpers:
-    """Threads that join calls as ``tid > 0`` (numba's own thread pool would need a parallel entry,
-    whose compile links every helper again). One queue per thread; a job is (entry, args)."""
-
-    def __init__(self) -> None:
-        self._pid = -1
-        self._queues: list = []
-        self._lock = threading.Lock()
-
-    def submit(self, count: int, entry, args_for, keep: object = None) -> None:
-        """Queue ``entry(*args_for(tid))`` for helpers 1..count. ``keep`` (the call plan) stays referenced
-        until the helper is done: a late helper of a prebuilt entry reads the plan's arrays by address,
-        so they must outlive the call (a caller thread's plans die with the thread)."""
-        if self._pid != os.getpid() or len(self._queues) < count:
-            self._start(count)
-        for tid in range(1, count + 1):
-            self._queues[tid - 1].put((entry, args_for(tid), keep))
-
-    def _start(self, count: int) -> None:
-        with self._lock:
-            if self._pid != os.getpid():
-                self._queues, self._pid = [], os.getpid()
-            while len(self._queues) < count:
-                q: queue.SimpleQueue = queue.SimpleQueue()
-                t = threading.Thread(target=_helper_loop, args=(q,), name=f"keydnn-cpu-{len(self._queues) + 1}",
-                                     daemon=True)
-                self._queues.append(q)
-                t.start()
-
-
-def _helper_loop(q: "queue.SimpleQueue") -> None:
-    while True:
-        entry, args, keep = q.get()
-        try:
-            entry(*args)
-        except Exception:  # noqa: BLE001 - the caller's own thread reports errors
-            logger.exception("numba-cpu helper thread failed")
-        del entry, args, keep
-
-
-_HELPERS = _Helpers()
 _POOL: list = []
 
 
@@ -159,78 +76,6 @@ def _pool():
 
         _POOL.append(pool_function())
     return _POOL[0]
-
-
-#: Bytes of tensors a chunk of a large batch may take (``batch_chunk``), and the fewest samples in a chunk
-#: (each chunk is one more call, and a stage's items are its samples).
-CHUNK_BYTES = 4 << 20
-MIN_CHUNK = 8
-
-
-def batch_chunk(prog: "Program", key: tuple) -> int:
-    """Samples per entry call. A stage runs over the whole batch before the next starts, so at a large batch
-    every intermediate tensor leaves the caches between the stage writing it and the one reading it; in
-    chunks whose tensors fit in ``CHUNK_BYTES`` they stay in the last-level cache (MobileNet-style model at
-    batch 64: 6.2 -> 4.7 ms; the CIFAR CNN 7.7 -> 7.3 ms). Only graphs whose inputs and outputs are all
-    batched are split; ``KEYDNN_CPU_CHUNK`` sets the chunk (benchmarking)."""
-    samples, batched = key
-    if not all(batched) or not all(b for _, _, b in prog.outputs):
-        return 1 << 62
-    override = os.environ.get("KEYDNN_CPU_CHUNK")
-    if override:
-        return max(1, int(override))
-    elements = prog.arena_per_sample + sum(int(np.prod(s)) for s in samples)
-    elements += sum(int(np.prod(s)) for _, s, _ in prog.outputs)
-    return max(MIN_CHUNK, CHUNK_BYTES // (elements * prog.dtype.itemsize))
-
-
-def _data_offset() -> Optional[int]:
-    """Where CPython keeps an ndarray's data pointer inside the object (numpy's ``PyArrayObject_fields.data``,
-    right after the object header), checked on probe arrays; None where it is elsewhere (a debug or
-    free-threaded build): ``array_address`` then asks numpy."""
-    probes = [np.empty(n, dtype=np.float32) for n in (1, 3, 1000)]
-    for offset in (16, 24, 32):
-        if all(ctypes.c_void_p.from_address(id(a) + offset).value == a.ctypes.data for a in probes):
-            return offset
-    return None
-
-
-_DATA_OFFSET = _data_offset()
-
-
-def array_address(a: np.ndarray) -> int:
-    """The address of ``a``'s first element: 0.2 us, where ``a.ctypes.data`` takes 0.8-1 us (two per call of
-    a batch-1 model whose whole inference takes 10 us)."""
-    if _DATA_OFFSET is None:
-        return a.ctypes.data
-    return ctypes.c_void_p.from_address(id(a) + _DATA_OFFSET).value or 0
-
-
-def _aligned_empty(count: int, dtype: np.dtype, align: int = 64) -> np.ndarray:
-    """An uninitialized 1-D array of ``count`` elements whose data starts at an ``align``-byte boundary (the
-    generated code aligns its buffers within the arena; numpy aligns allocations to 16 bytes only)."""
-    itemsize = np.dtype(dtype).itemsize
-    raw = np.empty(count + align // itemsize, dtype=dtype)
-    skip = (-raw.ctypes.data % align) // itemsize
-    return raw[skip:skip + count]
-
-
-@dataclass
-class _CallPlan:
-    var: _Variant
-    n: int
-    out_shapes: list[tuple[int, ...]]
-    nthr: int
-    tail: tuple  # W, D, T, arena, state, F
-    arena: np.ndarray
-    state: np.ndarray
-    slots: Optional[np.ndarray] = None  # aot: the address array P (inputs, outputs, then the tail)
-    slots_address: int = 0
-    chunk: int = 1 << 62  # samples per entry call: a larger batch runs in chunks (then this plan has no buffers)
-    bound: Optional[Callable[..., None]] = None  # aot: ``_bind``'s call of the prebuilt entry
-    #: (inputs to repeat to the batch, outputs to cut to one row), where the generated code has no form with
-    #: batch-1 inputs beside batch-N ones (``_broadcast_plan``); None otherwise
-    broadcast: Optional[tuple[tuple[bool, ...], tuple[bool, ...]]] = None
 
 
 #: Input-shape keys whose call plans (and buffers) one thread keeps.
@@ -262,7 +107,7 @@ class CodegenExecutable:
         self._checks = index_checks(graph)
         self._dtypes = tuple(self.dtype if i in self._ids else v.type.np_dtype for i, v in enumerate(graph.inputs))
         self._n_inputs = len(graph.inputs)
-        self._variants: dict[tuple, _Variant] = {}
+        self._variants: dict[tuple, Variant] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
         #: Threads a call may use (``set_threads``; default: NUMBA_NUM_THREADS or the usable CPUs, at most 8).
@@ -277,7 +122,7 @@ class CodegenExecutable:
                      cache=False)
 
     # -- compiling ------------------------------------------------------------
-    def _variant(self, key: tuple) -> _Variant:
+    def _variant(self, key: tuple) -> Variant:
         var = self._variants.get(key)
         if var is not None:
             with self._lock:  # a hit moves the shape to the young end of the LRU
@@ -295,7 +140,7 @@ class CodegenExecutable:
                 self._variants[key] = self._variants.pop(key)  # most recently used last
         return var
 
-    def _build(self, key: tuple) -> _Variant:
+    def _build(self, key: tuple) -> Variant:
         try:
             return self._build_as(key, None)
         except Exception as exc:  # noqa: BLE001 - only numba's compile errors are retried, the rest re-raised
@@ -307,7 +152,7 @@ class CodegenExecutable:
                            "stages inline", self.graph.name, type(exc).__name__, str(exc).splitlines()[0][:300])
             return self._build_as(key, False)
 
-    def _build_as(self, key: tuple, shared: Optional[bool]) -> _Variant:
+    def _build_as(self, key: tuple, shared: Optional[bool]) -> Variant:
         samples, batched = key
         dtype = self.dtype
         program = generate(self.graph, samples, batched, lanes=native_lanes(str(dtype)), emitters=EMITTERS,
@@ -324,16 +169,16 @@ class CodegenExecutable:
             from keydnn.backends.numba_cpu.runtime.aot import aot_enabled
 
             if aot_enabled():
-                aot = _LazyAot(helpers, dtype)
-        loaded = load_program(program.source, self.graph.name, _LazyCompile(n_in, n_out, dtype), aot)
+                aot = LazyAot(helpers, dtype)
+        loaded = load_program(program.source, self.graph.name, LazyCompile(n_in, n_out, dtype), aot)
         if loaded.kind == "aot":
             thunks = np.array([yield_address(), *loaded.thunks], dtype=np.int64)
             address = ctypes.cast(loaded.entry, ctypes.c_void_p).value or 0
-            return _Variant(program, key, loaded.entry, True, thunks, address)
+            return Variant(program, key, loaded.entry, True, thunks, address)
         from keydnn.backends.numba_cpu.runtime.jit import thunk_addresses
 
         thunks = np.array([yield_address(), *thunk_addresses(helpers, dtype)], dtype=np.int64)
-        return _Variant(program, key, loaded.module.entry, False, thunks)
+        return Variant(program, key, loaded.module.entry, False, thunks)
 
     @property
     def source(self) -> str:
@@ -347,7 +192,7 @@ class CodegenExecutable:
         self._local = threading.local()
 
     # -- running --------------------------------------------------------------
-    def _plan(self, shapes: tuple, arrays: list[np.ndarray]) -> "_CallPlan":
+    def _plan(self, shapes: tuple, arrays: list[np.ndarray]) -> "CallPlan":
         """What calls with these input shapes need on this thread: variant, outputs, threads, buffers."""
         n, key = self._key(arrays)
         try:
@@ -359,14 +204,14 @@ class CodegenExecutable:
         prog = var.program
         chunk = batch_chunk(prog, key)
         if chunk < n:
-            return self._keep(shapes, _CallPlan(var, n, [(n,) + sample for _, sample, _ in prog.outputs], 0, (),
+            return self._keep(shapes, CallPlan(var, n, [(n,) + sample for _, sample, _ in prog.outputs], 0, (),
                                                 np.empty(0, self.dtype), np.empty(0, np.int64), chunk=chunk))
         nthr = 1 if n * prog.work_per_sample < PARALLEL_MIN_WORK else self.threads
-        arena = _aligned_empty(n * prog.arena_per_sample + prog.arena_fixed + nthr * prog.scratch_per_thread + 64,
+        arena = aligned_empty(n * prog.arena_per_sample + prog.arena_fixed + nthr * prog.scratch_per_thread + 64,
                                self.dtype)
         state = np.zeros(state_size(prog.n_stages) + prog.state_extra, dtype=np.int64)
         tail = var.tail(arena, state)
-        plan = _CallPlan(var, n, [((n if b else 1),) + sample for _, sample, b in prog.outputs], nthr, tail, arena,
+        plan = CallPlan(var, n, [((n if b else 1),) + sample for _, sample, b in prog.outputs], nthr, tail, arena,
                          state)
         if var.aot:
             io = len(self.graph.inputs) + len(self.graph.outputs)
@@ -376,7 +221,7 @@ class CodegenExecutable:
             plan.bound = self._bind(plan)
         return self._keep(shapes, plan)
 
-    def _broadcast_plan(self, shapes: tuple, n: int, key: tuple, why: Exception) -> "_CallPlan":
+    def _broadcast_plan(self, shapes: tuple, n: int, key: tuple, why: Exception) -> "CallPlan":
         """The plan of a call whose batch-1 inputs sit beside batch-``n`` ones where the generated code needs
         every operand of some op batched (time folded into the batch, a recurrence): the batch-``n`` code on
         those inputs repeated ``n`` times, and one row of each output that depends on batch-1 inputs only
@@ -386,15 +231,12 @@ class CodegenExecutable:
         samples, batched = key
         full = [np.empty((n,) + tuple(s), dtype=dt) for s, dt in zip(samples, self._dtypes)]
         plan = self._plan(tuple(a.shape for a in full), full)
-        rows = dict(zip((v.name for v in self.graph.inputs), batched))
-        for node in self.graph.nodes:
-            rows[node.outputs[0].name] = any(rows.get(i, False) for i in node.inputs)
-        cut = tuple(not rows[name] for name in self.graph.outputs)
-        wide = _CallPlan(plan.var, n, [], 0, (), np.empty(0, self.dtype), np.empty(0, np.int64),
+        cut = constant_outputs(self.graph, batched)
+        wide = CallPlan(plan.var, n, [], 0, (), np.empty(0, self.dtype), np.empty(0, np.int64),
                          broadcast=(tuple(not b for b in batched), cut))
         return self._keep(shapes, wide)
 
-    def _keep(self, shapes: tuple, plan: "_CallPlan") -> "_CallPlan":
+    def _keep(self, shapes: tuple, plan: "CallPlan") -> "CallPlan":
         plans = self._local.plans
         if len(plans) >= MAX_CACHED_SHAPES:
             plans.pop(next(iter(plans)))
@@ -440,7 +282,7 @@ class CodegenExecutable:
             local.fast = (arrays[0].shape, arrays[0].dtype, plan)
         return outs
 
-    def _run_all(self, plan: "_CallPlan", arrays: list[np.ndarray], plans: dict) -> list[np.ndarray]:
+    def _run_all(self, plan: "CallPlan", arrays: list[np.ndarray], plans: dict) -> list[np.ndarray]:
         """The outputs of one call on ``arrays`` (the plan's shapes): one entry call, or one per chunk."""
         outs = [np.empty(shape, dtype=self.dtype) for shape in plan.out_shapes]
         chunk = plan.chunk
@@ -454,28 +296,10 @@ class CodegenExecutable:
         return outs
 
     def _index_inputs(self, inputs: Sequence) -> list:
-        """Token ids checked against the tables they index (a clear error, never a read outside a table) and
-        integer inputs stored as ``_id_dtype`` in an array of the graph's dtype (``cg_emit_seq``)."""
-        out = list(inputs)
-        for pos, vocab, layer in self._checks:
-            a = np.asarray(out[pos])
-            idx = a if a.dtype.kind in "iub" else np.trunc(a)
-            if idx.size and not (idx.min() >= 0 and idx.max() < vocab):
-                bad = idx[~((idx >= 0) & (idx < vocab))].flat[0]
-                raise ValueError(f"embedding {layer!r}: index {bad} is outside the table [0, {vocab})")
-        for pos in self._ids:
-            a = np.asarray(out[pos])
-            if a.dtype.kind not in "iub":
-                if a.size and not np.array_equal(a, np.trunc(a)):
-                    raise ValueError(f"input %{self.graph.inputs[pos].name} holds integer ids; got non-integral "
-                                     f"values of dtype {a.dtype}")
-            info = np.iinfo(self._id_dtype)
-            if a.size and a.dtype != self._id_dtype and (a.min() < info.min or a.max() > info.max):
-                raise ValueError(f"input %{self.graph.inputs[pos].name}: ids outside the {self._id_dtype} range")
-            out[pos] = np.ascontiguousarray(a, dtype=self._id_dtype).view(self.dtype)
-        return out
+        """Token ids range-checked, integer inputs stored in the float array (``inputs.store_ids``)."""
+        return store_ids(self.graph, inputs, self._checks, self._ids, self._id_dtype, self.dtype)
 
-    def _bind(self, plan: "_CallPlan") -> Callable[[Sequence[np.ndarray], list[np.ndarray]], None]:
+    def _bind(self, plan: "CallPlan") -> Callable[[Sequence[np.ndarray], list[np.ndarray]], None]:
         """``run(arrays, outs)``: one call of a prebuilt entry on arrays of the plan's shapes, with everything
         that does not change between calls bound once (a batch-1 call of a small model takes 8 us, and the
         per-call lookups had cost one of them)."""
@@ -493,14 +317,14 @@ class CodegenExecutable:
             if pool is not None:
                 pool(entry_address, nthr, gen, n, address)
             elif nthr > 1:  # no native pool: Python helper threads
-                _HELPERS.submit(nthr - 1, entry, lambda tid: (tid, nthr, gen, n, address), plan)
+                HELPERS.submit(nthr - 1, entry, lambda tid: (tid, nthr, gen, n, address), plan)
                 entry(0, nthr, gen, n, address)
             else:
                 entry(0, 1, gen, n, address)
 
         return run
 
-    def _run(self, plan: "_CallPlan", arrays: list[np.ndarray], outs: list[np.ndarray]) -> None:
+    def _run(self, plan: "CallPlan", arrays: list[np.ndarray], outs: list[np.ndarray]) -> None:
         """One call of the entry on ``arrays`` (the plan's shapes), writing into ``outs``."""
         if plan.bound is not None:
             plan.bound(arrays, outs)
@@ -510,7 +334,7 @@ class CodegenExecutable:
         n, nthr, entry = plan.n, plan.nthr, plan.var.fn
         args = (*[a.reshape(-1) for a in arrays], *[o.reshape(-1) for o in outs], *plan.tail)
         if nthr > 1:
-            _HELPERS.submit(nthr - 1, entry, lambda tid: (tid, nthr, gen, n, *args))
+            HELPERS.submit(nthr - 1, entry, lambda tid: (tid, nthr, gen, n, *args))
         entry(0, nthr, gen, n, *args)
 
     def stage_profile(self) -> list[tuple[str, list[int], list[int]]]:
@@ -529,16 +353,8 @@ class CodegenExecutable:
         return rows
 
     def _key(self, arrays: list[np.ndarray]) -> tuple[int, tuple]:
-        """Batch size and variant key; checks every input against its declared type."""
-        leads = [a.shape[0] if a.ndim else 0 for a in arrays]
-        n = max(leads) if leads else 1
-        for v, a in zip(self.graph.inputs, arrays):
-            if not v.type.matches(a.shape):
-                raise ValueError(f"input %{v.name} has shape {a.shape}, graph expects {v.type}")
-            if a.shape[0] not in (1, n):
-                raise ValueError(f"input %{v.name} has batch {a.shape[0]}, other inputs {n}")
-        batched = tuple(lead == n for lead in leads)
-        return n, (tuple(a.shape[1:] for a in arrays), batched)
+        """Batch size and variant key; checks every input against its declared type (``inputs.batch_key``)."""
+        return batch_key(self.graph, arrays)
 
     def __repr__(self) -> str:
         return f"CodegenExecutable({self.graph.name!r}, {len(self._variants)} compiled shape(s))"
