@@ -16,7 +16,7 @@ from keydnn.backends.numba_cpu.codegen.codes import LINEAR, RELU, RELU0, encode_
 from keydnn.backends.numba_cpu.codegen.program import EmitContext, LayoutUnsupported
 from keydnn.backends.numba_cpu.codegen.target import current_target
 
-__all__ = ["kernel_activation", "post_activation", "act_args", "require_nchw", "panel_columns", "set_conflict",
+__all__ = ["conv_operands", "kernel_activation", "post_activation", "act_args", "require_nchw", "panel_columns", "set_conflict",
            "pack_conv_weights", "conv_rows", "PANEL_BYTES", "L1_WAY_BYTES", "L1_WAYS"]
 
 #: Bytes a conv strip's panel may take (it should stay in L2).
@@ -86,3 +86,12 @@ def conv_rows() -> int:
     """Output channels per conv GEMM tile: as many as the target's vector registers hold two vectors of
     (8 with 32 registers, 6 with 16: 8 x 2 accumulators would spill on AVX2)."""
     return current_target().gemm_rows
+
+
+def conv_operands(ctx: EmitContext):
+    """A conv2d's operands and sizes, unpacked once for every conv emitter:
+    ``(x, y, w, b, (o_ch, cg, kh, kw), (c, h, wd), (oh, ow))``; ``b`` is None without a bias."""
+    w = ctx.constant(1)
+    b = ctx.constant(2)
+    _, oh, ow = ctx.out.sample
+    return ctx.ins[0], ctx.out, w, b, w.shape, ctx.ins[0].sample, (oh, ow)

@@ -23,7 +23,8 @@ import logging
 import math
 
 from keydnn.backends.numba_cpu.codegen.emit_common import (
-    act_args, conv_rows, kernel_activation, pack_conv_weights, panel_columns, post_activation, require_nchw,
+    act_args, conv_operands, conv_rows, kernel_activation, pack_conv_weights, panel_columns, post_activation,
+    require_nchw,
     set_conflict,
 )
 from keydnn.backends.numba_cpu.codegen.emit_conv_vectors import CHANNEL_ROWS, conv_channel, conv_depthwise, conv_direct
@@ -73,12 +74,8 @@ def conv_form(ow: int, o_ch: int, pixels: int, lanes: int, pointwise: bool = Fal
 def _conv_gemm(ctx: EmitContext) -> None:
     """groups == 1: implicit GEMM on a zero-padded copy of the rows an item reads, channel-vector tiles, or
     GEMM on an im2col panel (``conv_form``)."""
-    op, x, y = ctx.op, ctx.ins[0], ctx.out
-    w = ctx.constant(1)
-    b = ctx.constant(2)
-    o_ch, cg, kh, kw = w.shape
-    c, h, wd = x.sample
-    _, oh, ow = y.sample
+    op = ctx.op
+    x, y, w, b, (o_ch, cg, kh, kw), (c, h, wd), (oh, ow) = conv_operands(ctx)
     depth, pixels = cg * kh * kw, oh * ow
     lanes, mr = ctx.lanes, conv_rows()
     pointwise = (kh == kw == 1 and op.strides == (1, 1) and op.pads == (0, 0, 0, 0)

@@ -23,7 +23,9 @@ import numpy as np
 
 from keydnn.backends.numba_cpu.codegen.codes import LINEAR, encode_activation
 from keydnn.backends.numba_cpu.codegen.cpu import dw_lanes
-from keydnn.backends.numba_cpu.codegen.emit_common import act_args, kernel_activation, post_activation, set_conflict
+from keydnn.backends.numba_cpu.codegen.emit_common import (
+    act_args, conv_operands, kernel_activation, post_activation, set_conflict,
+)
 from keydnn.backends.numba_cpu.codegen.program import GRAIN, Arr, EmitContext, Stage
 from keydnn.backends.numba_cpu.codegen.target import current_target
 from keydnn.backends.numba_cpu.codegen.ukernel_source import (
@@ -46,12 +48,8 @@ CHANNEL_ROWS = {nv: current_target().channel_rows(nv) for nv in (1, 2, 3, 4)}
 def conv_channel(ctx: EmitContext) -> None:
     """groups == 1 with vectors along output channels: ``mkc`` tiles of output pixels x channel vectors over a
     zero-padded copy of the input rows an item reads (or the input itself when there is no padding)."""
-    op, x, y = ctx.op, ctx.ins[0], ctx.out
-    w = ctx.constant(1)
-    b = ctx.constant(2)
-    o_ch, cg, kh, kw = w.shape
-    c, h, wd = x.sample
-    _, oh, ow = y.sample
+    op = ctx.op
+    x, y, w, b, (o_ch, cg, kh, kw), (c, h, wd), (oh, ow) = conv_operands(ctx)
     depth, pixels, lanes = cg * kh * kw, oh * ow, ctx.lanes
     sh, sw = op.strides
     dh, dw = op.dilations
@@ -126,12 +124,8 @@ def conv_channel(ctx: EmitContext) -> None:
 
 
 def conv_direct(ctx: EmitContext) -> None:
-    op, x, y = ctx.op, ctx.ins[0], ctx.out
-    w = ctx.constant(1)
-    b = ctx.constant(2)
-    o_ch, cg, kh, kw = w.shape
-    c, h, wd = x.sample
-    _, oh, ow = y.sample
+    op = ctx.op
+    x, y, w, b, (o_ch, cg, kh, kw), (c, h, wd), (oh, ow) = conv_operands(ctx)
     og = o_ch // op.groups
     w_off = ctx.weight(w)
     b_off = ctx.weight(b) if b is not None else w_off
