@@ -43,14 +43,11 @@ import argparse
 import json
 import os
 import queue
-import random
-import resource
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -62,119 +59,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 TARGETS = ("h5", "keras", "artifact")
 CHUNK = 2500  # inputs per worker process (bounds the cost of one restart and of leaks)
 
-
-# --------------------------------------------------------------------------- one input
-
-
-def _rng(seed: int, target: str, index: int) -> random.Random:
-    return random.Random(f"{seed}/{target}/{index}")
-
-
-def run_one(target: str, index: int, seed: int, seeds: Any, workdir: Path, timeout: float) -> tuple[str, str]:
-    """(kind, outcome) of one input; raises harness.Escape on a finding."""
-    from fuzz import harness, inputs
-
-    kind, inp = inputs.generate(target, _rng(seed, target, index), seeds)
-    for old in workdir.iterdir():
-        old.unlink()
-    path = inp.write(workdir)
-    if target == "artifact":
-        return kind, harness.check_load_artifact(path, seconds=timeout)
-    read = harness.check_read_keras(path, seconds=timeout)
-    conv = harness.check_from_keras(path, strict=inp.strict, allow_non_linear_activation=inp.allow_non_linear_activation,
-                                    seconds=timeout)
-    return kind, f"read:{read}/convert:{conv}"
-
-
-def _safety_net_cause(text: str) -> str:
-    """'TypeError' from '... (TypeError: ...)' in a safety-net message."""
-    for marker in ("unreadable or malformed model file (", "internal error while loading ("):
-        if marker in text:
-            return text.split(marker, 1)[1].split(":", 1)[0]
-    return "?"
-
-
-# --------------------------------------------------------------------------- worker
-
-
-def worker(target: str, start: int, end: int, seed: int, out: Path, timeout: float, mem_mb: int) -> int:
-    """Run inputs start..end-1, one protocol line per event on stdout."""
-    import warnings
-
-    warnings.simplefilter("ignore")
-    from fuzz import harness, inputs
-
-    seeds = inputs.Seeds()
-    _ = seeds.keras, seeds.artifacts  # build before the memory baseline
-    workdir = Path(tempfile.mkdtemp(prefix=f"fuzz-{target}-"))
-    try:  # warm caches and imports before taking the memory baseline
-        run_one(target, start, seed, seeds, workdir, timeout)
-    except Exception:  # noqa: BLE001 -- the input is run (and reported) again below
-        pass
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    emit = lambda *parts: print(*parts, flush=True)  # noqa: E731
-    for index in range(start, end):
-        emit("S", index)
-        t0 = time.perf_counter()
-        try:
-            kind, outcome = run_one(target, index, seed, seeds, workdir, timeout)
-        except harness.Escape as exc:
-            kind = inputs.generate(target, _rng(seed, target, index), seeds)[0]
-            _save_finding(out, target, index, seed, seeds, "escape", str(exc))
-            emit("E", index, kind, json.dumps({"what": exc.what, "signature": exc.signature}))
-            continue
-        except BaseException as exc:  # a bug in the oracle itself: record, keep going
-            kind = "?"
-            _save_finding(out, target, index, seed, seeds, "oracle", traceback.format_exc())
-            emit("E", index, kind, json.dumps({"what": "oracle error", "signature": type(exc).__name__}))
-            continue
-        seconds = time.perf_counter() - t0
-        cause = ""
-        if "safety-net" in outcome:
-            cause = _last_safety_net_cause(target, index, seed, seeds, workdir)
-        emit("D", index, kind, outcome, f"{seconds:.4f}", cause or "-")
-        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline
-        if grown > mem_mb:
-            _save_finding(out, target, index, seed, seeds, "memory", f"peak RSS grew by {grown:.0f} MiB")
-            emit("M", index, kind, f"{grown:.0f}")
-            return 3  # restart with a fresh baseline
-    return 0
-
-
-def _last_safety_net_cause(target: str, index: int, seed: int, seeds: Any, workdir: Path) -> str:
-    """Re-read the input to learn which unexpected exception the safety net caught (for the report)."""
-    import keydnn
-    from keydnn.backends.artifact import load_artifact
-    from keydnn.frontends.keras.reader import read_keras_file
-
-    path = next(p for p in workdir.iterdir() if p.name in ("a.json", "model.h5", "model.keras"))
-    try:
-        if target == "artifact":
-            load_artifact(path)
-        else:
-            read_keras_file(path)
-            keydnn.from_keras(path)
-    except Exception as exc:  # noqa: BLE001 -- classifying, not handling
-        return _safety_net_cause(str(exc))
-    return "?"
-
-
-def _save_finding(out: Path, target: str, index: int, seed: int, seeds: Any, what: str, detail: str) -> Path:
-    from fuzz import inputs
-
-    folder = out / "findings" / f"{target}-{index}-{what}"
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        kind, inp = inputs.generate(target, _rng(seed, target, index), seeds)
-        inp.write(folder)
-    except Exception:  # noqa: BLE001 -- the generator itself failed: that is the finding's detail
-        detail += "\n\ngenerating the input failed:\n" + traceback.format_exc()
-        kind, inp = "?", inputs.FuzzInput("?", {})
-    (folder / "finding.txt").write_text(
-        f"target {target} index {index} seed {seed} kind {kind} ({inp.note}) strict={inp.strict} "
-        f"allow_non_linear_activation={inp.allow_non_linear_activation}\n"
-        f"reproduce: python benchmarks/fuzz_long.py --reproduce {target}:{index} --seed {seed}\n\n{detail}\n")
-    return folder
+from fuzz_worker import input_rng, run_one, save_finding, worker  # noqa: E402
 
 
 # --------------------------------------------------------------------------- parent
@@ -271,7 +156,7 @@ def _record_lost(args: argparse.Namespace, target: str, index: int, what: str, d
                  lock: threading.Lock) -> None:
     from fuzz import inputs
 
-    folder = _save_finding(args.out, target, index, args.seed, inputs.Seeds(), what, detail)
+    folder = save_finding(args.out, target, index, args.seed, inputs.Seeds(), what, detail)
     with lock:
         stats.count[target] += 1
         stats.findings[target].append({"index": index, "kind": "?", "what": what, "signature": detail,
@@ -441,7 +326,7 @@ def reproduce(args: argparse.Namespace) -> int:
     seeds = inputs.Seeds()
     folder = args.out / f"{target}-{index}"
     folder.mkdir(parents=True, exist_ok=True)
-    kind, inp = inputs.generate(target, _rng(args.seed, target, int(index)), seeds)
+    kind, inp = inputs.generate(target, input_rng(args.seed, target, int(index)), seeds)
     path = inp.write(folder)
     print(f"{target}:{index} kind {kind} ({inp.note}) strict={inp.strict} "
           f"allow_non_linear_activation={inp.allow_non_linear_activation} -> {path}")
