@@ -47,11 +47,8 @@ def _foldable(d, c) -> bool:
 def dilate_folds(graph, consts: dict) -> dict[str, object]:
     """``dilate_pad2d`` node name -> the ``conv2d`` node that runs it (its only use, not a graph output), for
     every transposed conv with kernel == stride and the border Keras gives it (``kernel - 1`` each side)."""
-    uses: dict[str, int] = {}
-    for node in graph.nodes:
-        for name in node.inputs:
-            uses[name] = uses.get(name, 0) + 1
-    producers = {node.outputs[0].name: node for node in graph.nodes}
+    uses = {name: len(users) for name, users in graph.users().items()}
+    producers = graph.producers()
     folds = {}
     for node in graph.nodes:
         if node.op.kind != "conv2d" or len(node.inputs) < 2:

@@ -28,11 +28,8 @@ INPLACE_KINDS = kinds_with("writes_in_place")
 def fold_merge_activations(graph: Graph) -> dict[str, Node]:
     """Activation nodes to fold into the merge that feeds them -> that merge: the merge's result has no
     other use and is not a graph output, so the activation's result can take its storage (a view)."""
-    uses: dict[str, int] = {}
-    for node in graph.nodes:
-        for name in node.inputs:
-            uses[name] = uses.get(name, 0) + 1
-    producers = {node.outputs[0].name: node for node in graph.nodes}
+    uses = {name: len(users) for name, users in graph.users().items()}
+    producers = graph.producers()
     folded = {}
     for node in graph.nodes:
         if node.op.kind not in FUSIBLE_INTO_MERGE or len(node.inputs) != 1:
