@@ -231,7 +231,7 @@ def test_wrapper_layer_weight_names_are_unique(built: dict, tmp_path: Path) -> N
     """Bidirectional owns two kernels: names stay unique and h5 agrees with live."""
     keras3 = _load_fixtures_module().keras_modules()[0]
     model = keras3.Sequential(
-        [keras3.Input((5, 3)), keras3.layers.Bidirectional(keras3.layers.LSTM(2))]
+        [keras3.Input((5, 3)), keras3.layers.Bidirectional(keras3.layers.LSTM(2, name="lstm"))]
     )
     model.save(tmp_path / "bi.keras")
     model.save(tmp_path / "bi.h5")
