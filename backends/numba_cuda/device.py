@@ -8,13 +8,19 @@ executor never ask which one they run on:
   device, so it counts as one device;
 * foreign arrays: the simulator has no ``as_cuda_array``; there a "device
   pointer" is a host pointer, so an object's ``__cuda_array_interface__`` is
-  read back as a host view and wrapped like a device array.
+  read back as a host view and wrapped like a device array;
+* shared arrays: the simulator allocates a block's ``cuda.shared.array`` when
+  the first thread reaches it, without a lock, so two threads arriving at once
+  could each get an array of their own; that is serialized here
+  (``_serialize_simulator_shared_arrays``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sys
+import threading
 from typing import Any, Iterator
 
 import numpy as np
@@ -40,6 +46,47 @@ def simulator_enabled() -> bool:
     from numba.core import config
 
     return bool(getattr(config, "ENABLE_CUDASIM", 0))
+
+
+def _serialize_simulator_shared_arrays() -> None:
+    """Make the simulator's shared-array allocation atomic.
+
+    ``FakeCUDAShared.array`` (numba 0.68) looks the caller's line up in a dict and, when it is missing,
+    allocates and stores an array: check, then set, with no lock. The simulator runs a block's threads as
+    Python threads, so under load (or with a short switch interval) two of them can both miss, and each
+    goes on with its own array: a write by one is never seen by the others, which then compute on
+    uninitialized memory. Seen as wrong outputs and an overflow in the recurrent kernel on a busy CI
+    machine, one run in a few. Here the same method runs under one lock; on a real GPU nothing changes.
+    """
+    from numba.core import types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    shared = kernelapi.FakeCUDAShared
+    if getattr(shared, "_keydnn_serialized", False):
+        return
+    lock = threading.Lock()
+    dynamic = shared.array
+
+    def array(self, shape, dtype):
+        if shape == 0:  # dynamic shared memory: one buffer for the block, made with the block
+            return dynamic(self, shape, dtype)
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)  # one allocation per source line, as numba keys it
+        with lock:
+            found = self._allocations.get(key)
+            if found is None:
+                found = self._allocations[key] = np.empty(shape, dtype)
+        return found
+
+    shared.array = array
+    shared._keydnn_serialized = True
+
+
+if simulator_enabled():
+    _serialize_simulator_shared_arrays()
 
 
 def device_count() -> int:

@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+from numba import cuda  # a kernel's global ``cuda``: the simulator swaps it for its fake module
 from cuda_helpers import (  # noqa: F401  (fast_simulator: autouse fixture)
     compile_cuda, fast_simulator, seeded, simulator_only, single_op_graph, skip_without_cuda,
 )
@@ -165,3 +166,33 @@ def test_artifact_round_trip_on_cuda(graph, rng, tmp_path):
     assert model.device == keydnn.Device("cuda", 0)
     np.testing.assert_allclose(model(x), run_reference(graph, x)[0], atol=2e-5)
     np.testing.assert_allclose(model(x), keydnn.load(path)(x), atol=2e-5)
+
+
+def _neighbours(out):  # pragma: no cover - device code
+    s = cuda.shared.array(32, np.float32)
+    t = cuda.threadIdx.x
+    s[t] = t
+    cuda.syncthreads()
+    out[t] = s[(t + 1) % 32]
+
+
+@simulator_only
+def test_simulator_threads_of_a_block_share_one_shared_array(monkeypatch):
+    """The simulator allocates a shared array when the first thread of a block reaches it; unlocked, threads
+    arriving together each got their own (a flaky wrong result in CI). Allocation is made slow here so that
+    every thread arrives while it runs: each thread writes its slot and reads its neighbour's."""
+    import time
+
+    threads = 32
+    neighbours = cuda.jit(_neighbours)
+    fast_empty = np.empty
+
+    def slow_empty(*args, **kwargs):
+        time.sleep(0.005)
+        return fast_empty(*args, **kwargs)
+
+    out = cuda.to_device(np.full(threads, -1.0, dtype=np.float32))
+    monkeypatch.setattr(np, "empty", slow_empty)
+    neighbours[1, threads](out)
+    monkeypatch.setattr(np, "empty", fast_empty)
+    np.testing.assert_array_equal(out.copy_to_host(), (np.arange(threads) + 1) % threads)
