@@ -159,6 +159,43 @@ def test_codegen_helper_threads_match_reference(threaded: None) -> None:
             check(g, randn(n, 1, 28, 28, seed=10 * n + seed), exe=exe)
 
 
+@pytest.mark.parametrize("threads", [3, 6])
+@pytest.mark.parametrize("helpers", ["never-come", "python-helpers"])
+def test_every_owner_range_runs_whoever_comes(threads: int, helpers: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage's items are cut into one range per thread (``cg_source.OWNERS`` of them at most, shared by the
+    threads beyond): when no helper ever comes, the caller alone must run every range; with more threads than
+    ranges, threads share a range's counter. Both compute exactly what one thread computes."""
+    from keydnn.backends.numba_cpu.codegen.source import OWNERS
+    from keydnn.backends.numba_cpu.runtime import call_plan
+    from keydnn.backends.numba_cpu.runtime import executable as cg_exec
+
+    assert 3 < OWNERS < 6  # the two counts fall on each side of the number of ranges
+    monkeypatch.setattr(cg_exec, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(cg_exec, "_THREADS", threads)
+    monkeypatch.setattr(cg_exec, "_POOL", [None])
+    if helpers == "never-come":
+        monkeypatch.setattr(call_plan.HELPERS, "submit", lambda *args, **kwargs: None)
+    import threading
+
+    g = seed_cnn()
+    exe = compile_graph(g, mode="codegen")
+    errors: list[BaseException] = []
+
+    def calls() -> None:
+        try:
+            for n in (1, 3):
+                check(g, randn(n, 1, 28, 28, seed=20 + n), exe=exe)
+        except BaseException as exc:  # reported below, on the test's thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=calls, daemon=True)  # a caller waiting forever for items fails, not hangs
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "the calling thread waits for items no thread claims"
+    if errors:
+        raise errors[0]
+
+
 def test_native_pool_runs_workers_and_survives_fork(threaded: None, request) -> None:
     """The pool's workers really take part, and a forked child (no threads of its parent) starts its own."""
     import os

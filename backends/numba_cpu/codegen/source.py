@@ -1,12 +1,19 @@
 """The text of a generated module: the stages of ``entry``, with the thread protocol around them.
 
-Each stage is a work-claiming loop: ``it = atomic_add(S, claim, 1)`` hands out
-item numbers until the stage's total is reached, each finished item bumps a
-done counter, and a thread leaves the stage when every item is done. A thread
-only ever waits for items another thread has already claimed (and is
-running), so the scheme cannot deadlock however many threads actually show
-up, and one thread alone simply runs every item. Counters of different stages
-sit on different cache lines.
+Each stage is a work-claiming loop. A stage's items are cut into ``min(nthr,
+OWNERS)`` contiguous ranges, each with its own claim counter on its own cache
+line: a thread claims the items of its own range first (``it = lo +
+atomic_add(S, claim + 8 * owner, 1)``), then those left in the others'. So
+thread t runs the same part of every stage (at batch 1: the same rows of an
+image, stage after stage, whose data is then in its own cache, not the other
+core's) and claims on a line no other thread writes, while a thread that is
+slow or never shows up only has its items taken by the others. A thread adds
+the number of items it ran to the stage's done counter once, when no item is
+left to claim, and leaves the stage when every item is done. A thread only
+ever waits for items another thread has already claimed (and is running), so
+the scheme cannot deadlock however many threads actually show up, and one
+thread alone simply runs every item. Counters of different stages sit on
+different cache lines.
 
 Threads: the caller runs ``entry(tid=0, ...)``; helper threads run the same
 function with ``tid > 0`` for the same call (generation ``gen``). The caller
@@ -14,7 +21,8 @@ resets the counters and publishes ``gen``; a helper counts itself ``active``,
 joins only if the call is still open and is the one it was sent for, and
 leaves; the caller closes the call when its stages are done and waits until no
 helper is active, so a late helper never touches a finished call's buffers.
-State slots: 0 closed, 8 active, 16 generation, then two per stage.
+State slots: 0 closed, 8 active, 16 generation, then per stage ``OWNERS`` claim lines and a done line
+(``stage_slots``).
 """
 
 from __future__ import annotations
@@ -28,22 +36,33 @@ if TYPE_CHECKING:  # pragma: no cover
     from keydnn.backends.numba_cpu.codegen.program import Stage, _Generator
     from keydnn.ir.graph import Graph
 
-__all__ = ["render", "SOURCE_VERSION", "STATE_STRIDE", "state_size", "entry_c_signature"]
+__all__ = ["render", "SOURCE_VERSION", "STATE_STRIDE", "OWNERS", "state_size", "stage_slots", "entry_c_signature"]
 
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the shape of generated code changes (part of the cache key via the text anyway).
-SOURCE_VERSION = 3
+SOURCE_VERSION = 4
 
 
 def shared_stages() -> bool:
     """Stages as calls of shared, separately compiled stage functions (``cg_stagefn``); ``KEYDNN_SHARED_STAGES=0``
     renders every stage inline in ``entry`` as before (one function per graph: slow to compile for large graphs)."""
     return os.environ.get("KEYDNN_SHARED_STAGES", "1").strip().lower() not in ("0", "false", "no", "off")
-#: int64 slots per stage in the state array (claim counter, done counter, each on its own cache line).
-STATE_STRIDE = 16
+#: Item ranges of a stage with their own claim counter (threads beyond this many share them).
+OWNERS = 4
+#: int64 slots per stage in the state array: ``OWNERS`` claim counters, then the done counter, each on its own
+#: cache line (8 slots).
+STATE_STRIDE = 8 * (OWNERS + 1)
 
 _CONTROL = 2  # state slots (in STATE_STRIDE units) before the first stage's counters
+
+
+def stage_slots(k: int) -> tuple[int, int]:
+    """State slots of stage ``k``'s first claim counter and of its done counter. With ``KEYDNN_CPU_PROFILE``
+    the three slots after the first claim counter accumulate busy cycles of threads 0, 1 and the rest, the
+    three after the done counter their waiting cycles."""
+    claim = (k + _CONTROL) * STATE_STRIDE
+    return claim, claim + STATE_STRIDE - 8
 
 
 def state_size(n_stages: int) -> int:
@@ -57,8 +76,7 @@ def _args(n_in: int, n_out: int) -> str:
 def _stage(k: int, st: "Stage", profile: bool, uniform: bool = False) -> list[str]:
     """The lines of stage ``k``. ``uniform``: a stage of one block computes ``blocks`` with the same
     expression as a stage of several (it evaluates to 1), so that both share one stage function."""
-    claim = (k + _CONTROL) * STATE_STRIDE
-    done = claim + STATE_STRIDE // 2
+    claim, done = stage_slots(k)
     lines = [f"    # stage {k}: {st.description}"]
     if st.fold > 1:  # time folded into the batch: the stage's N counts rows (cg_program.Val.fold), put back after
         lines.append(f"    N = N * {st.fold}")
@@ -81,15 +99,22 @@ def _stage(k: int, st: "Stage", profile: bool, uniform: bool = False) -> list[st
         prelude = ["n = it // blocks", "blk = it - n * blocks",
                    f"lo = blk * {st.split} // blocks", f"hi = (blk + 1) * {st.split} // blocks"]
     lines += [
-        "    while True:",
-        f"        it = atomic_add(S, {claim}, 1)",
-        "        if it >= total:",
-        "            break",
+        f"    owners = min(nthr, {OWNERS})",
+        "    mine = 0",
+        "    for k_own in range(owners):",
+        "        own = (tid + k_own) % owners",
+        "        own_hi = (own + 1) * total // owners",
+        "        while True:",
+        f"            it = own * total // owners + atomic_add(S, {claim} + 8 * own, 1)",
+        "            if it >= own_hi:",
+        "                break",
+        "            mine += 1",
     ]
-    lines += [f"        {p}" for p in prelude]
-    lines += [f"        {b}" for b in st.body]
+    lines += [f"            {p}" for p in prelude]
+    lines += [f"            {b}" for b in st.body]
     lines += [
-        f"        atomic_add(S, {done}, 1)",
+        "    if mine > 0:",
+        f"        atomic_add(S, {done}, mine)",
     ]
     if profile:  # busy cycles of this thread in slot claim+1+tid, waiting cycles in claim+4+tid
         lines += ["    t_mid = cycles()", f"    S[{claim + 1} + min(tid, 2)] += t_mid - t_start"]

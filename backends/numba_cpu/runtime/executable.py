@@ -165,7 +165,7 @@ class CodegenExecutable:
         n_in, n_out = len(self.graph.inputs), len(self.graph.outputs)
         helpers = program.thunks[1:]
         aot = None
-        if cache_enabled() and AOT and not PROFILE:
+        if cache_enabled() and AOT:
             from keydnn.backends.numba_cpu.runtime.aot import aot_enabled
 
             if aot_enabled():
@@ -340,14 +340,13 @@ class CodegenExecutable:
     def stage_profile(self) -> list[tuple[str, list[int], list[int]]]:
         """Per stage of the calling thread's buffers: (description, busy cycles per thread, waiting cycles
         per thread), accumulated over calls since compiling with ``KEYDNN_CPU_PROFILE=1``."""
-        from keydnn.backends.numba_cpu.codegen.source import STATE_STRIDE, _CONTROL
+        from keydnn.backends.numba_cpu.codegen.source import stage_slots
 
         rows = []
         for plan in getattr(self._local, "plans", {}).values():
             var, state = plan.var, plan.state
             for k, desc in enumerate(var.program.stages):
-                claim = (k + _CONTROL) * STATE_STRIDE
-                done = claim + STATE_STRIDE // 2
+                claim, done = stage_slots(k)
                 rows.append((desc, [int(v) for v in state[claim + 1: claim + 4]],
                              [int(v) for v in state[done + 1: done + 4]]))
         return rows
