@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from keydnn.backends.numba_cpu.codegen.emit_common import act_args, conv_rows, kernel_activation, panel_columns, post_activation
-from keydnn.backends.numba_cpu.codegen.program import GRAIN, Arr, EmitContext, LayoutUnsupported, Stage
+from keydnn.backends.numba_cpu.codegen.program import CONV_GRAIN, GRAIN, Arr, EmitContext, LayoutUnsupported, Stage
 from keydnn.backends.numba_cpu.codegen.ukernel_source import blocks_kernel_name
 
 __all__ = ["EMITTERS_3D"]
@@ -101,7 +101,7 @@ def emit_conv3d(ctx: EmitContext) -> None:
     split = od * per_plane
     ctx.stage(Stage(f"conv3d {o_ch}x{cg}x{kd}x{kh}x{kw} groups={groups} im2col-gemm per depth plane "
                     f"strips={per_plane}x{strip}", body, batched=y.batched, split=split,
-                    max_blocks=max(1, min(split, math.ceil(work / (8 * GRAIN)))), work=work))
+                    max_blocks=max(1, min(split, math.ceil(work / CONV_GRAIN))), work=work))
 
 
 def _emit_pool3d(ctx: EmitContext, helper: str) -> None:

@@ -29,7 +29,7 @@ from keydnn.backends.numba_cpu.codegen.emit_common import (
 )
 from keydnn.backends.numba_cpu.codegen.emit_conv_vectors import CHANNEL_ROWS, conv_channel, conv_depthwise, conv_direct
 from keydnn.backends.numba_cpu.codegen.emit_convt import emit_conv_transpose
-from keydnn.backends.numba_cpu.codegen.program import GRAIN, Arr, EmitContext, Stage
+from keydnn.backends.numba_cpu.codegen.program import CONV_GRAIN, Arr, EmitContext, Stage
 from keydnn.backends.numba_cpu.codegen.ukernel_source import blocks_kernel_name
 
 __all__ = ["emit_conv2d", "conv_form", "CONV_FORMS", "FORCE_CONV_FORM", "MIN_ITEMS"]
@@ -130,7 +130,7 @@ def _conv_gemm(ctx: EmitContext) -> None:
                                       f"{yo} + o * {pixels} + i_lo * {ow}", f"(i_hi - i_lo) * {ow}", *act_args(act))]
         ctx.stage(Stage(f"conv2d {o_ch}x{cg}x{kh}x{kw} implicit-gemm {'row pairs' if pair else 'rows'}",
                         body + tail, batched=y.batched, split=groups,
-                        max_blocks=max(1, min(groups, math.ceil(work / (8 * GRAIN)))), work=work))
+                        max_blocks=max(1, min(groups, math.ceil(work / CONV_GRAIN))), work=work))
         return
     slab = 2 * lanes
     # a 1x1 conv reads its input planes in place, unless they share L1 sets: then each slab is copied out once
@@ -189,7 +189,7 @@ def _conv_gemm(ctx: EmitContext) -> None:
                     + (f" channel-groups={ocs}" if ocs > 1 else "") + (" packed-slabs" if pack_slabs else ""), body,
                     batched=y.batched,
                     setup=["packed = -1"] if ocs > 1 and not pointwise else [],
-                    split=split, max_blocks=max(1, min(split, math.ceil(work / (8 * GRAIN)))), work=work))
+                    split=split, max_blocks=max(1, min(split, math.ceil(work / CONV_GRAIN))), work=work))
 
 
 def emit_conv2d(ctx: EmitContext) -> None:

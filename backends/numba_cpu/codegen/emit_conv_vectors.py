@@ -26,7 +26,7 @@ from keydnn.backends.numba_cpu.codegen.cpu import dw_lanes
 from keydnn.backends.numba_cpu.codegen.emit_common import (
     act_args, conv_operands, kernel_activation, post_activation, set_conflict,
 )
-from keydnn.backends.numba_cpu.codegen.program import GRAIN, Arr, EmitContext, Stage
+from keydnn.backends.numba_cpu.codegen.program import CONV_GRAIN, GRAIN, Arr, EmitContext, Stage
 from keydnn.backends.numba_cpu.codegen.target import current_target
 from keydnn.backends.numba_cpu.codegen.ukernel_source import (
     DEPTHWISE_SHAPES, DW_ROWS, channel_kernel_name, depthwise_kernel_name,
@@ -119,7 +119,7 @@ def conv_channel(ctx: EmitContext) -> None:
     work = 2.0 * o_ch * depth * pixels
     ctx.stage(Stage(f"conv2d {o_ch}x{cg}x{kh}x{kw} channel-vectors blocks={'+'.join(map(str, widths))}"
                     + (f" staged={chunk}" if staged else ""), body,
-                    batched=y.batched, split=units, max_blocks=max(1, min(units, math.ceil(work / (8 * GRAIN)))),
+                    batched=y.batched, split=units, max_blocks=max(1, min(units, math.ceil(work / CONV_GRAIN))),
                     work=work))
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from keydnn.backends.numba_cpu.codegen.emit_common import (
     act_args, conv_rows, kernel_activation, pack_conv_weights, post_activation,
 )
-from keydnn.backends.numba_cpu.codegen.program import GRAIN, Arr, EmitContext, Stage, aligned
+from keydnn.backends.numba_cpu.codegen.program import CONV_GRAIN, Arr, EmitContext, Stage, aligned
 from keydnn.backends.numba_cpu.codegen.ukernel_source import blocks_kernel_name
 
 __all__ = ["dilate_folds", "emit_conv_transpose", "CHUNK_BYTES"]
@@ -107,4 +107,4 @@ def emit_conv_transpose(ctx: EmitContext, x) -> None:
                                    *act_args(act))]
     work = 2.0 * rows * c * pixels
     ctx.stage(Stage(f"conv2d-transpose {o_ch}x{c}x{kh}x{kw}/{kh}x{kw} phases-gemm", body, batched=y.batched,
-                    split=h, max_blocks=max(1, min(h, math.ceil(work / (8 * GRAIN)))), work=work))
+                    split=h, max_blocks=max(1, min(h, math.ceil(work / CONV_GRAIN))), work=work))

@@ -53,12 +53,14 @@ from keydnn.ir.graph import Graph, Node
 
 __all__ = ["Val", "Arr", "Stage", "EmitContext", "Program", "generate", "Unsupported", "LayoutUnsupported", "GRAIN",
            "VIEW_KINDS", "BATCH_VIEW_KINDS", "MERGE_KINDS", "FUSIBLE_INTO_MERGE", "INPLACE_KINDS",
-           "fold_merge_activations", "ALIGN", "aligned"]
+           "fold_merge_activations", "ALIGN", "aligned", "CONV_GRAIN"]
 
 logger = logging.getLogger(__name__)
 
 #: Floating-point work (flops or element moves) below which a block is not split further.
 GRAIN = 1 << 15
+#: The same for a convolution's multiply-adds (GEMM work runs several times faster per flop than data moves).
+CONV_GRAIN = 4 * GRAIN
 #: Arena buffers and thread scratch start at multiples of this many elements, and the arena itself at a 64-byte
 #: boundary: a vector load straddling two cache lines costs two, and numpy's allocator aligns to 16 bytes only.
 ALIGN = 16
