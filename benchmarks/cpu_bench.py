@@ -100,7 +100,21 @@ def ort_runner(fn_spec) -> Callable:
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    return lambda x: sess.run(None, {name: x})[0]
+    fixed = _captured_feeds(fn, spec, [i.name for i in sess.get_inputs()[1:]])
+    return lambda x: sess.run(None, {name: x, **fixed})[0]
+
+
+def _captured_feeds(fn, spec, names: list[str]) -> dict[str, np.ndarray]:
+    """Values of the graph inputs tf2onnx made of captured tensors (EfficientNet's Normalization constants
+    come out as inputs ``.../Sub/y:0``): the value each placeholder captures, fed with every call."""
+    if not names:
+        return {}
+    graph = fn.get_concrete_function(*spec).graph
+    inner = {placeholder.name: external for external, placeholder in graph.captures}
+    missing = [n for n in names if n not in inner]
+    if missing:
+        raise SystemExit(f"ONNX inputs {missing} are neither the model input nor captured tensors")
+    return {n: np.asarray(inner[n].numpy()) for n in names}
 
 
 def measure(runners: dict[str, Callable], x: np.ndarray, seconds: float) -> dict[str, float]:
