@@ -175,8 +175,6 @@ def test_every_owner_range_runs_whoever_comes(threads: int, helpers: str, monkey
     monkeypatch.setattr(cg_exec, "_POOL", [None])
     if helpers == "never-come":
         monkeypatch.setattr(call_plan.HELPERS, "submit", lambda *args, **kwargs: None)
-    import threading
-
     g = seed_cnn()
     exe = compile_graph(g, mode="codegen")
     errors: list[BaseException] = []

@@ -91,12 +91,13 @@ def _stage(k: int, st: "Stage", profile: bool, uniform: bool = False) -> list[st
         lines += [f"    {p}" for p in st.setup]
         if st.max_blocks <= 1 and not uniform:
             lines.append("    blocks = 1")
-        elif st.batched:
-            lines.append(f"    blocks = 1 if nthr == 1 else max(1, min({max(1, st.max_blocks)}, (4 * nthr + N - 1) // N))")
         else:
-            lines.append(f"    blocks = 1 if nthr == 1 else min({max(1, st.max_blocks)}, 4 * nthr)")
-        if st.max_blocks > 1 or uniform:  # a whole number of items per thread: 3 blocks on 2 threads take as
-            # long as 4, 2 as long as 2 (each larger, but one thread no longer waits for the other's third)
+            if st.batched:
+                lines.append(f"    blocks = 1 if nthr == 1 else max(1, min({max(1, st.max_blocks)}, (4 * nthr + N - 1) // N))")
+            else:
+                lines.append(f"    blocks = 1 if nthr == 1 else min({max(1, st.max_blocks)}, 4 * nthr)")
+            # a whole number of items per thread: 3 blocks on 2 threads take as long as 4, 2 as long as 2 (each
+            # larger, but one thread no longer waits for the other's third)
             lines.append(f"    while blocks > 1 and {rows} * blocks > nthr and ({rows} * blocks) % nthr != 0:")
             lines.append("        blocks -= 1")
         lines.append(f"    total = {rows} * blocks")
